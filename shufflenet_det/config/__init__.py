@@ -1,0 +1,3 @@
+from .defaults import add_shufflenet_config, get_cfg
+
+__all__ = ["add_shufflenet_config", "get_cfg"]

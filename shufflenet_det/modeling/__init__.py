@@ -1,0 +1,27 @@
+"""Classification networks (ShuffleNet v1, MobileNet v1) with a stage interface for detection."""
+
+from . import mobilenet, shufflenet  # noqa: F401  (registers the builders)
+from .layers import ChannelShuffle, ConvNormAct, channel_shuffle, convert_frozen_batchnorm, get_norm
+from .mobilenet import MobileNetV1
+from .registry import MODEL_REGISTRY, build_model, list_models, model_architecture, register_model
+from .shufflenet import ShuffleNetV1, ShuffleUnit, shufflenet_v1_channels
+from .staged import FeatureInfo, StagedNetwork
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "ChannelShuffle",
+    "ConvNormAct",
+    "FeatureInfo",
+    "MobileNetV1",
+    "ShuffleNetV1",
+    "ShuffleUnit",
+    "StagedNetwork",
+    "build_model",
+    "channel_shuffle",
+    "convert_frozen_batchnorm",
+    "get_norm",
+    "list_models",
+    "model_architecture",
+    "register_model",
+    "shufflenet_v1_channels",
+]

@@ -1,0 +1,111 @@
+"""Building blocks shared by the model families: conv-norm-act, normalization choice, freezing."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+NORMS = ("BN", "FrozenBN", "SyncBN")
+
+
+def get_norm(norm: str, channels: int) -> nn.Module:
+    """Normalization layer by detectron2's names: "BN", "FrozenBN" or "SyncBN"."""
+    if norm == "BN":
+        return nn.BatchNorm2d(channels)
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d(channels)
+    if norm == "SyncBN":
+        return nn.SyncBatchNorm(channels)
+    raise ValueError(f"unknown norm '{norm}': expected one of {', '.join(NORMS)}")
+
+
+class ConvNormAct(nn.Sequential):
+    """Bias-free convolution, normalization and an optional ReLU."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        norm: str = "BN",
+        relu: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        )
+        self.norm = get_norm(norm, out_channels)
+        if relu:
+            self.act = nn.ReLU(inplace=True)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int, inverse: bool = False) -> torch.Tensor:
+    """The paper's shuffle: view channels as (groups, n), transpose to (n, groups), flatten.
+
+    ``inverse=True`` applies the inverse permutation (view as (n, groups)), the one the official
+    release uses; some of its checkpoints can only be reproduced exactly with it.
+    """
+    batch, channels, height, width = x.shape
+    if inverse:
+        x = x.view(batch, channels // groups, groups, height, width)
+    else:
+        x = x.view(batch, groups, channels // groups, height, width)
+    return x.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int, inverse: bool = False) -> None:
+        super().__init__()
+        self.groups = groups
+        self.inverse = inverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups, self.inverse)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, inverse={self.inverse}"
+
+
+def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm (and SyncBatchNorm) in ``module`` by a FrozenBatchNorm2d with its statistics.
+
+    Returns the converted module; a BatchNorm passed directly is returned as a new object.
+    """
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        if module.running_mean is not None:
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        converted = convert_frozen_batchnorm(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+def freeze_module(module: nn.Module) -> nn.Module:
+    """Stop gradients and statistics updates: parameters frozen, BatchNorms turned into FrozenBatchNorm2d."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return convert_frozen_batchnorm(module)
+
+
+def make_divisible(value: float, divisor: int, minimum: Optional[int] = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (halves up), at least ``minimum``."""
+    minimum = divisor if minimum is None else minimum
+    return max(minimum, int(value / divisor + 0.5) * divisor)

@@ -1,0 +1,210 @@
+"""ShuffleNet v1 (Zhang et al., CVPR 2018): pointwise group convolutions and channel shuffle.
+
+The unit follows the paper (Fig. 2): grouped 1x1 conv -> shuffle -> 3x3 depthwise (no ReLU) ->
+grouped 1x1 conv; stride-1 units add the input, stride-2 units concatenate a 3x3 average-pooled
+shortcut. The official release (megvii) shuffles at another place with the inverse permutation;
+``shufflenet_det.weights`` converts its checkpoints to this layout exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .layers import ChannelShuffle, ConvNormAct, make_divisible
+from .registry import register_model
+from .staged import FeatureInfo, StagedNetwork
+
+GROUPS = (1, 2, 3, 4, 8)
+WIDTH_MULTS = (0.25, 0.5, 1.0, 1.5, 2.0)
+UNITS_PER_STAGE = (4, 8, 4)
+
+# Paper Table 1: stage 2 output channels at 1x; stages 3 and 4 double it each time.
+_STAGE2_CHANNELS_1X = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+
+# The official release's channel plans, [stem, stage2, stage3, stage4]. Its 1.5x models keep a
+# 24-channel stem, which the generic rule below would make 36, so these are stated explicitly.
+_OFFICIAL_CHANNELS = {
+    (3, 0.5): (12, 120, 240, 480),
+    (3, 1.0): (24, 240, 480, 960),
+    (3, 1.5): (24, 360, 720, 1440),
+    (3, 2.0): (48, 480, 960, 1920),
+    (8, 0.5): (16, 192, 384, 768),
+    (8, 1.0): (24, 384, 768, 1536),
+    (8, 1.5): (24, 576, 1152, 2304),
+    (8, 2.0): (48, 768, 1536, 3072),
+}
+
+
+def shufflenet_v1_channels(width_mult: float, groups: int) -> Tuple[int, List[int]]:
+    """Stem and stage widths for a width multiplier and group count.
+
+    Official variants use the release's plan. Otherwise each stage width is the paper's scaled width
+    rounded to a multiple of 4 * groups (so the bottleneck, a quarter of it, splits into groups),
+    and the stem is 24 * width_mult rounded to a multiple of groups (so the first stride-2 unit's
+    branch, stage2 - stem channels wide, splits too).
+    """
+    if groups not in _STAGE2_CHANNELS_1X:
+        raise ValueError(f"ShuffleNet v1 groups must be one of {GROUPS}, got {groups}")
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+    official = _OFFICIAL_CHANNELS.get((groups, float(width_mult)))
+    if official is not None:
+        return official[0], list(official[1:])
+    stage2 = make_divisible(_STAGE2_CHANNELS_1X[groups] * width_mult, 4 * groups)
+    stem = make_divisible(24 * width_mult, groups)
+    return stem, [stage2, 2 * stage2, 4 * stage2]
+
+
+class ShuffleUnit(nn.Module):
+    """One ShuffleNet unit. ``compress_groups`` is 1 for the very first unit (too few input channels)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        stride: int,
+        compress_groups: int,
+        shuffle: bool = True,
+        norm: str = "BN",
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError("a stride-1 unit needs equal input and output channels")
+        mid_channels = out_channels // 4
+        branch_channels = out_channels - in_channels if stride == 2 else out_channels
+        for what, channels, divisor in (
+            ("input channels", in_channels, compress_groups),
+            ("bottleneck channels", mid_channels, groups),
+            ("branch output channels", branch_channels, groups),
+        ):
+            if channels <= 0 or channels % divisor:
+                raise ValueError(
+                    f"{what} ({channels}) must be a positive multiple of groups ({divisor}); "
+                    f"unit {in_channels}->{out_channels}, stride {stride}"
+                )
+        self.stride = stride
+        self.compress = ConvNormAct(in_channels, mid_channels, 1, groups=compress_groups, norm=norm)
+        self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else nn.Identity()
+        self.depthwise = ConvNormAct(
+            mid_channels, mid_channels, 3, stride=stride, groups=mid_channels, norm=norm, relu=False
+        )
+        self.expand = ConvNormAct(mid_channels, branch_channels, 1, groups=groups, norm=norm, relu=False)
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
+        if self.stride == 1:
+            return F.relu(x + branch)
+        return torch.cat((self.shortcut(x), F.relu(branch)), dim=1)
+
+
+class ShuffleNetV1(StagedNetwork):
+    """Stem (3x3/2 conv + 3x3/2 max pool, stride 4), stages 2-4 (strides 8, 16, 32), pool, fc."""
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        groups: int = 3,
+        num_classes: int = 1000,
+        channel_shuffle: bool = True,
+        norm: str = "BN",
+    ) -> None:
+        super().__init__()
+        self.width_mult = width_mult
+        self.groups = groups
+        stem_channels, stage_channels = shufflenet_v1_channels(width_mult, groups)
+        self.stem = nn.Sequential(
+            ConvNormAct(3, stem_channels, 3, stride=2, norm=norm),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        feature_info = [FeatureInfo("stem", stem_channels, 4)]
+        in_channels = stem_channels
+        for index, (units, out_channels) in enumerate(zip(UNITS_PER_STAGE, stage_channels)):
+            name = f"stage{index + 2}"
+            blocks = []
+            for unit in range(units):
+                first = unit == 0
+                blocks.append(
+                    ShuffleUnit(
+                        in_channels,
+                        out_channels,
+                        groups,
+                        stride=2 if first else 1,
+                        compress_groups=1 if index == 0 and first else groups,
+                        shuffle=channel_shuffle,
+                        norm=norm,
+                    )
+                )
+                in_channels = out_channels
+            setattr(self, name, nn.Sequential(*blocks))
+            feature_info.append(FeatureInfo(name, out_channels, 2 ** (index + 3)))
+        self._finish(feature_info, num_classes)
+        _init_weights(self)
+
+    @property
+    def shuffle_layout(self) -> str:
+        """Which permutation the shuffles apply: "paper", "inverse" (the official release's) or "none"."""
+        layouts = {m.inverse for m in self.modules() if isinstance(m, ChannelShuffle)}
+        if not layouts:
+            return "none"
+        if len(layouts) > 1:
+            return "mixed"
+        return "inverse" if layouts.pop() else "paper"
+
+    def set_shuffle_layout(self, layout: str) -> None:
+        if layout not in ("paper", "inverse"):
+            raise ValueError(f"shuffle layout must be 'paper' or 'inverse', got '{layout}'")
+        for module in self.modules():
+            if isinstance(module, ChannelShuffle):
+                module.inverse = layout == "inverse"
+
+
+def _init_weights(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def width_tag(width_mult: float) -> str:
+    """torchvision's naming: 0.5 -> "x0_5", 2.0 -> "x2_0"."""
+    text = f"{width_mult:g}"
+    return "x" + (text.replace(".", "_") if "." in text else text + "_0")
+
+
+def _register_shufflenet(width_mult: float, groups: int) -> None:
+    name = f"shufflenet_v1_{width_tag(width_mult)}_g{groups}"
+
+    def builder(**kwargs) -> ShuffleNetV1:
+        return ShuffleNetV1(width_mult=width_mult, groups=groups, **kwargs)
+
+    builder.__name__ = name
+    builder.__qualname__ = name
+    builder.__doc__ = (
+        f"ShuffleNet v1 {width_mult}x, g={groups}. Keyword arguments: num_classes, "
+        "channel_shuffle (False gives the paper's Table 3 ablation), norm."
+    )
+    register_model(family="shufflenet_v1", width_mult=width_mult, groups=groups)(builder)
+    globals()[name] = builder
+
+
+for _groups in GROUPS:
+    for _width in WIDTH_MULTS:
+        _register_shufflenet(_width, _groups)
+
+__all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_channels"] + [
+    name for name in list(globals()) if name.startswith("shufflenet_v1_x")
+]

@@ -1,0 +1,88 @@
+"""The interface every classification network here offers to detection: named stages with known strides.
+
+A network is a stem followed by stages, each a child module listed in ``stage_names``. Generic code
+(detection backbones, feature extraction, freezing) works from ``feature_info`` and never needs to
+know which family it is looking at.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .layers import freeze_module
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    name: str
+    channels: int
+    stride: int
+
+
+class StagedNetwork(nn.Module):
+    """Base class: subclasses build their stages, then call ``_finish(feature_info, num_classes)``."""
+
+    feature_info: List[FeatureInfo]
+
+    def _finish(self, feature_info: Sequence[FeatureInfo], num_classes: int, classifier_bias: bool = True) -> None:
+        self.feature_info = list(feature_info)
+        self.num_classes = num_classes
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.feature_info[-1].channels, num_classes, bias=classifier_bias)
+
+    @property
+    def stage_names(self) -> List[str]:
+        return [info.name for info in self.feature_info]
+
+    def forward_features(
+        self, x: torch.Tensor, out_features: Optional[Sequence[str]] = None
+    ) -> Dict[str, torch.Tensor]:
+        """Run the stages; return the named feature maps asked for (all of them by default)."""
+        wanted = set(self.stage_names if out_features is None else out_features)
+        unknown = wanted - set(self.stage_names)
+        if unknown:
+            raise KeyError(f"unknown feature(s) {sorted(unknown)}; this model has {self.stage_names}")
+        outputs: Dict[str, torch.Tensor] = OrderedDict()
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in wanted:
+                outputs[name] = x
+            if len(outputs) == len(wanted):
+                break
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = self.stage_names[-1]
+        features = self.forward_features(x, [last])[last]
+        return self.fc(torch.flatten(self.pool(features), 1))
+
+    def stage(self, name: str) -> nn.Module:
+        return getattr(self, name)
+
+    def split_at_stride(self, stride: int = 16) -> Tuple[nn.Sequential, nn.Sequential]:
+        """The C4 split: (trunk up to the last stage of ``stride``, the stages after it).
+
+        The returned modules share parameters with this network and keep its stage names, so state
+        dict keys stay ``<stage>.<...>``.
+        """
+        strides = [info.stride for info in self.feature_info]
+        if stride not in strides:
+            raise ValueError(f"no stage of stride {stride}; strides are {strides}")
+        cut = len(strides) - strides[::-1].index(stride)
+        names = self.stage_names
+        trunk = nn.Sequential(OrderedDict((name, self.stage(name)) for name in names[:cut]))
+        rest = nn.Sequential(OrderedDict((name, self.stage(name)) for name in names[cut:]))
+        return trunk, rest
+
+    def freeze(self, freeze_at: int) -> "StagedNetwork":
+        """detectron2's FREEZE_AT: 0 freezes nothing, 1 the stem, k the stem and the next k-1 stages."""
+        if not 0 <= freeze_at <= len(self.stage_names):
+            raise ValueError(f"freeze_at must be in [0, {len(self.stage_names)}], got {freeze_at}")
+        for name in self.stage_names[:freeze_at]:
+            setattr(self, name, freeze_module(self.stage(name)))
+        return self
