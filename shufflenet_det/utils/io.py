@@ -1,0 +1,83 @@
+"""Safe file handling: atomic writes, refusing to overwrite, loading checkpoints without running code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: missing, truncated, not a checkpoint, or unsafe."""
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``.
+
+    A crash mid-write leaves any previous file intact. An existing ``path`` is only replaced when
+    ``overwrite`` is true.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: PathLike, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=overwrite)
+
+
+def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for the usual ways a file goes wrong.
+
+    A pickle that would need to run code (arbitrary classes) is refused, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            global_name = _unsupported_global(str(error))
+            raise CheckpointError(
+                f"refusing to load {path}: unpickling it would run code{global_name}. Only tensors and "
+                "plain containers are loaded; convert it with tools/convert_weights.py on a machine "
+                "where you trust the file."
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(error)}") from None
+    except Exception as error:  # torch raises many types for damaged files
+        raise CheckpointError(f"{path} is truncated or not a checkpoint: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _unsupported_global(message: str) -> str:
+    marker = "Unsupported global: GLOBAL "
+    if marker not in message:
+        return ""
+    return " (" + message.split(marker, 1)[1].split()[0].rstrip(".,") + ")"
