@@ -1,0 +1,166 @@
+"""The paper's Table 7 (COCO box mAP of Faster R-CNN with ShuffleNet / MobileNet backbones) beside ours.
+
+Paper: Zhang et al., "ShuffleNet", CVPR 2018, Table 7: mAP[.5:.95] on COCO minival (= 2017 val),
+shorter image side 300 or 600. Our runs are named after their configs; each leaves
+``OUTPUT_DIR/inference/results.json`` written by ``COCOEvaluator``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .text_table import format_table
+
+SIZES = (300, 600)
+
+
+@dataclass(frozen=True)
+class Table7Row:
+    """One line of Table 7: the paper's mAP per input size and the runs of ours that reproduce it."""
+
+    model: str
+    runs: Mapping[int, str]  # input size -> run (config) name
+    paper_map: Mapping[int, float]  # input size -> the paper's mAP (percent)
+    backbone_mflops: float  # multiply-adds of the classifier at 224x224
+    mflops_source: str
+
+
+def _runs(stem: str) -> Dict[int, str]:
+    return {300: f"{stem}_300", 600: stem}
+
+
+TABLE7: Tuple[Table7Row, ...] = (
+    Table7Row(
+        "ShuffleNet 2x (g=3)",
+        _runs("shufflenet_2x_frcnn"),
+        {300: 18.7, 600: 25.0},
+        524.0,
+        "paper Table 5; official ShuffleNetV1 code: 524.0M",
+    ),
+    Table7Row(
+        "ShuffleNet 1x (g=3)",
+        _runs("shufflenet_1x_frcnn"),
+        {300: 14.5, 600: 19.8},
+        137.5,
+        "official ShuffleNetV1 code: 137.5M (paper Table 1: 137)",
+    ),
+    Table7Row(
+        "1.0 MobileNet-224 (as reported by MobileNet)",
+        _runs("mobilenet_v1_frcnn"),
+        {300: 16.4, 600: 19.8},
+        569.0,
+        "paper Table 5, from the MobileNet paper",
+    ),
+    Table7Row(
+        "1.0 MobileNet-224 (paper's reimplementation)",
+        _runs("mobilenet_v1_frcnn"),
+        {300: 14.9, 600: 19.3},
+        569.0,
+        "paper Table 5, from the MobileNet paper",
+    ),
+)
+
+RUN_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(name for row in TABLE7 for name in row.runs.values()))
+
+
+class ResultsFileError(ValueError):
+    """A results file that is missing or cannot be read; the message names the file."""
+
+
+def find_results_file(path: str) -> str:
+    """``path`` itself if it is (or names) a file, else the run directory's ``inference/results.json``
+    (or its ``results.json``, if only that exists)."""
+    if os.path.isfile(path) or path.endswith(".json"):
+        return path
+    default = os.path.join(path, "inference", "results.json")
+    flat = os.path.join(path, "results.json")
+    return flat if not os.path.isfile(default) and os.path.isfile(flat) else default
+
+
+def read_box_ap(results_file: str) -> float:
+    """The box mAP[.5:.95] (percent) in a ``results.json`` written by ``COCOEvaluator``."""
+    try:
+        with open(results_file, "r", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ResultsFileError(f"results file not found: {results_file}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ResultsFileError(f"cannot read {results_file}: {error}") from None
+    value = data.get("bbox", {}).get("AP") if isinstance(data, dict) and isinstance(data.get("bbox"), dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ResultsFileError(f"{results_file} has no numeric bbox.AP (not a COCOEvaluator results.json?)")
+    return float(value)
+
+
+def collect_results(
+    runs: Optional[Mapping[str, str]] = None, output_root: Optional[str] = None
+) -> Tuple[Dict[str, float], Dict[str, str], List[str]]:
+    """Read the box AP of each Table 7 run.
+
+    ``runs`` maps run names to result files or run directories; ``output_root`` is scanned for the
+    run names not given in ``runs``. Returns (AP per run name, file read per run name, problems).
+    """
+    runs = dict(runs or {})
+    unknown = sorted(set(runs) - set(RUN_NAMES))
+    if unknown:
+        raise ValueError(f"unknown run name(s) {', '.join(unknown)}; Table 7 runs are: {', '.join(RUN_NAMES)}")
+    paths = {name: runs[name] for name in RUN_NAMES if name in runs}
+    if output_root is not None:
+        for name in RUN_NAMES:
+            paths.setdefault(name, os.path.join(output_root, name))
+    box_ap: Dict[str, float] = {}
+    files: Dict[str, str] = {}
+    problems: List[str] = []
+    for name, path in paths.items():
+        results_file = find_results_file(path)
+        try:
+            box_ap[name] = read_box_ap(results_file)
+            files[name] = results_file
+        except ResultsFileError as error:
+            problems.append(f"{name}: {error}")
+    return box_ap, files, problems
+
+
+def table7_rows(box_ap: Mapping[str, float]) -> List[Dict[str, Any]]:
+    """Table 7 as records: the paper's mAP, ours (``None`` if missing) and ours - paper, per input size."""
+    records = []
+    for row in TABLE7:
+        record: Dict[str, Any] = {
+            "model": row.model,
+            "backbone_mflops": row.backbone_mflops,
+            "mflops_source": row.mflops_source,
+        }
+        for size in SIZES:
+            ours = box_ap.get(row.runs[size])
+            paper = row.paper_map[size]
+            record[f"run_{size}"] = row.runs[size]
+            record[f"paper_{size}"] = paper
+            record[f"ours_{size}"] = ours
+            record[f"diff_{size}"] = None if ours is None else round(ours - paper, 2)
+        records.append(record)
+    return records
+
+
+def format_table7(records: Sequence[Mapping[str, Any]]) -> str:
+    """A text table: model, backbone MFLOPs, then paper / ours / difference for 300x and 600x."""
+    headers = ["model", "MFLOPs@224"]
+    for size in SIZES:
+        headers += [f"{size}x paper", f"{size}x ours", f"{size}x diff"]
+    rows = []
+    for record in records:
+        row: List[Any] = [record["model"], record["backbone_mflops"]]
+        for size in SIZES:
+            row += [record[f"paper_{size}"], record[f"ours_{size}"], record[f"diff_{size}"]]
+        rows.append(row)
+    sources = dict.fromkeys(f"  {r['backbone_mflops']:g}: {r['mflops_source']}" for r in records)
+    notes = "MFLOPs@224 = the classifier's multiply-adds at 224x224, from:\n" + "\n".join(sources)
+    return (
+        "COCO box mAP[.5:.95] on 2017 val (minival), Faster R-CNN; paper = Zhang et al. CVPR 2018 Table 7\n"
+        + format_table(headers, rows, digits=1)
+        + "\n"
+        + notes
+    )

@@ -1,0 +1,35 @@
+"""Plain-text tables for logs and tool output (no dependency beyond the standard library)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Sequence
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """A float with ``digits`` decimals; ``None`` and NaN print as "-" (not measured / not available)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A pipe table: text columns left-aligned, numeric columns right-aligned."""
+    cells: List[List[str]] = [[format_number(value, digits) for value in row] for row in rows]
+    columns = list(zip(*([list(headers)] + cells))) if cells else [(header,) for header in headers]
+    widths = [max(len(text) for text in column) for column in columns]
+    numeric = [
+        bool(rows) and all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(texts: Sequence[str]) -> str:
+        padded = [text.rjust(w) if num else text.ljust(w) for text, w, num in zip(texts, widths, numeric)]
+        return "| " + " | ".join(padded) + " |"
+
+    separator = (
+        "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    )
+    return "\n".join([line(headers), separator] + [line(row) for row in cells])
