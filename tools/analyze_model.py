@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + traceback-like noise
+    def error(self, message: str) -> None:  # one line instead of the usage text
         raise UsageError(message)
 
 
@@ -114,7 +115,10 @@ def main(argv=None) -> int:
             )
 
     if not args.output:
-        print(text)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # the reader (e.g. `| head`) stopped early: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     try:
         atomic_write(args.output, lambda tmp: Path(tmp).write_text(text + "\n"), overwrite=args.overwrite)
