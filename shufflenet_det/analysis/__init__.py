@@ -1,0 +1,33 @@
+"""Model analysis: parameter and multiply-add counts against the published figures, latency."""
+
+from .complexity import (
+    REFERENCE_INPUT_SIZE,
+    REFERENCES,
+    Complexity,
+    ReferenceFigures,
+    analyze_models,
+    compare_with_references,
+    complexity,
+    count_mult_adds,
+    count_parameters,
+    format_breakdown,
+    format_table,
+    reference_figures,
+)
+from .latency import measure_latency
+
+__all__ = [
+    "REFERENCES",
+    "REFERENCE_INPUT_SIZE",
+    "Complexity",
+    "ReferenceFigures",
+    "analyze_models",
+    "compare_with_references",
+    "complexity",
+    "count_mult_adds",
+    "count_parameters",
+    "format_breakdown",
+    "format_table",
+    "measure_latency",
+    "reference_figures",
+]

@@ -1,0 +1,399 @@
+"""Parameter and multiply-add counts, and the published figures they are checked against.
+
+Multiply-adds are counted with fvcore's tracer, restricted to convolutions and linear layers (one
+count per multiply-add, biases free), which is how the ShuffleNet and MobileNet papers count
+"FLOPs". Batch norm, activations, pooling, additions and concatenations are not counted.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..modeling import build_model
+
+with warnings.catch_warnings():
+    # Importing fvcore.nn scripts a loss function with torch.jit.script, which recent torch flags.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
+
+# Traced ops that are counted. nn.Linear traces to aten::linear (aten::addmm in older torch).
+MULT_ADD_HANDLES = {
+    "aten::_convolution": conv_flop_jit,
+    "aten::linear": linear_flop_jit,
+    "aten::addmm": addmm_flop_jit,
+}
+
+# The input size the published figures refer to.
+REFERENCE_INPUT_SIZE = (224, 224)
+
+PAPER = "Zhang et al., ShuffleNet, CVPR 2018 (arXiv 1707.01083v2)"
+MOBILENET_PAPER = "Howard et al., MobileNets, arXiv 1704.04861"
+OFFICIAL = "megvii-model/ShuffleNet-Series, ShuffleNetV1"
+
+
+@dataclass(frozen=True)
+class ReferenceFigures:
+    """Published figures for one model from one source; ``None`` where the source gives none.
+
+    ``classifier_bias`` says whether ``params`` counts a classifier bias, which decides which of our
+    counts it is compared with.
+    """
+
+    source: str
+    citation: str
+    mult_adds: Optional[int] = None
+    params: Optional[int] = None
+    top1_error: Optional[float] = None
+    classifier_bias: bool = True
+
+
+# The paper's figures: MFLOPs (= millions of multiply-adds at 224x224) and ImageNet top-1 error (%).
+# Table 1 gives the 1x complexity per group count; Table 2's 0.5x and 0.25x rows state one nominal
+# complexity (38 / 13 MFLOPs) for all group counts. Table 5 rounds 1x g8 to 140 MFLOPs; Table 1's
+# 137 is used here.
+_PAPER_FIGURES = (
+    # name, MFLOPs, top-1 error, where
+    ("shufflenet_v1_x1_0_g1", 143, 33.6, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g2", 140, 32.7, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g3", 137, 32.6, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g4", 133, 32.8, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g8", 137, 32.4, "Table 1; Tables 2, 5"),
+    ("shufflenet_v1_x0_5_g1", 38, 45.1, "Table 2"),
+    ("shufflenet_v1_x0_5_g2", 38, 44.4, "Table 2"),
+    ("shufflenet_v1_x0_5_g3", 38, 43.2, "Table 2"),
+    ("shufflenet_v1_x0_5_g4", 38, 41.6, "Tables 2, 5"),
+    ("shufflenet_v1_x0_5_g8", 38, 42.3, "Table 2"),
+    ("shufflenet_v1_x0_25_g1", 13, 57.1, "Table 2"),
+    ("shufflenet_v1_x0_25_g2", 13, 56.8, "Table 2"),
+    ("shufflenet_v1_x0_25_g3", 13, 55.0, "Table 2"),
+    ("shufflenet_v1_x0_25_g4", 13, 54.2, "Table 2"),
+    ("shufflenet_v1_x0_25_g8", 13, 52.7, "Table 2"),
+    ("shufflenet_v1_x1_5_g3", 292, 28.5, "Table 5"),
+    ("shufflenet_v1_x2_0_g3", 524, 26.3, "Table 5"),
+)
+
+# MobileNet v1: MFLOPs and top-1 error from the ShuffleNet paper's Table 5 (which quotes the
+# MobileNet paper); parameters, rounded to 0.1M there, from the MobileNet paper's Table 6.
+_MOBILENET_FIGURES = (
+    # name, MFLOPs, millions of parameters, top-1 error
+    ("mobilenet_v1_x1_0", 569, 4.2, 29.4),
+    ("mobilenet_v1_x0_75", 325, 2.6, 31.6),
+    ("mobilenet_v1_x0_5", 149, 1.3, 36.3),
+    ("mobilenet_v1_x0_25", 41, 0.5, 49.4),
+)
+
+# The official release: exact parameter counts of its models (its classifier has no bias), the
+# conv+linear multiply-adds of its model code at 224x224 (its README rounds them, e.g. 1.0x g3 138M),
+# and the top-1 errors of its README. Collected in the project's REFERENCE.md, section 2.
+_OFFICIAL_FIGURES = (
+    # name, parameters, multiply-adds, top-1 error
+    ("shufflenet_v1_x0_5_g3", 717_324, 37.6e6, 42.7),
+    ("shufflenet_v1_x1_0_g3", 1_864_728, 137.5e6, 32.2),
+    ("shufflenet_v1_x1_5_g3", 3_441_168, 292.4e6, 28.4),
+    ("shufflenet_v1_x2_0_g3", 5_449_776, 524.0e6, 25.9),
+    ("shufflenet_v1_x0_5_g8", 1_010_448, 40.5e6, 41.2),
+    ("shufflenet_v1_x1_0_g8", 2_433_768, 138.4e6, 32.0),
+    ("shufflenet_v1_x1_5_g8", 4_268_952, 290.2e6, 29.0),
+    ("shufflenet_v1_x2_0_g8", 6_521_232, 521.9e6, 27.1),
+)
+
+
+def _collect_references() -> Dict[str, Dict[str, ReferenceFigures]]:
+    references: Dict[str, Dict[str, ReferenceFigures]] = {}
+    for name, mflops, error, where in _PAPER_FIGURES:
+        references.setdefault(name, {})["paper"] = ReferenceFigures(
+            "paper", f"{PAPER}, {where}", mult_adds=int(mflops * 1e6), top1_error=error
+        )
+    for name, mflops, mparams, error in _MOBILENET_FIGURES:
+        references.setdefault(name, {})["paper"] = ReferenceFigures(
+            "paper",
+            f"{PAPER}, Table 5 (multiply-adds, error); {MOBILENET_PAPER}, Table 6 (parameters)",
+            mult_adds=int(mflops * 1e6),
+            params=int(mparams * 1e6),
+            top1_error=error,
+        )
+    for name, params, mult_adds, error in _OFFICIAL_FIGURES:
+        references.setdefault(name, {})["official"] = ReferenceFigures(
+            "official",
+            f"{OFFICIAL}: parameters and multiply-adds of its model code, top-1 error of its README",
+            mult_adds=int(mult_adds),
+            params=params,
+            top1_error=error,
+            classifier_bias=False,
+        )
+    return references
+
+
+REFERENCES: Dict[str, Dict[str, ReferenceFigures]] = _collect_references()
+
+
+def reference_figures(name: str) -> Dict[str, ReferenceFigures]:
+    """The published figures for a registered model name, by source ("paper", "official"); may be empty."""
+    return dict(REFERENCES.get(name, {}))
+
+
+@dataclass
+class Complexity:
+    """Size and cost of a model at one input size.
+
+    ``params_without_classifier_bias`` is the count comparable with the official release, whose
+    classifier has no bias. The ``*_by_stage`` dicts follow the model's direct children (stem, stages,
+    pool, fc); ``uncounted_ops`` lists the traced ops that were seen but not counted.
+    """
+
+    input_size: Tuple[int, int]
+    params: int
+    params_without_classifier_bias: int
+    mult_adds: int
+    mult_adds_by_stage: Dict[str, int] = field(default_factory=dict)
+    params_by_stage: Dict[str, int] = field(default_factory=dict)
+    uncounted_ops: Dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, object]:
+        result = asdict(self)
+        result["input_size"] = list(self.input_size)
+        return result
+
+
+def count_parameters(model: nn.Module, exclude_classifier_bias: bool = False) -> int:
+    """Number of parameters; optionally without the classifier bias (``model.fc.bias``)."""
+    total = sum(p.numel() for p in model.parameters())
+    if exclude_classifier_bias:
+        total -= _classifier_bias_size(model)
+    return total
+
+
+def _classifier_bias_size(model: nn.Module) -> int:
+    classifier = getattr(model, "fc", None)
+    if isinstance(classifier, nn.Linear) and classifier.bias is not None:
+        return classifier.bias.numel()
+    return 0
+
+
+def check_input_size(input_size: Sequence[int]) -> Tuple[int, int]:
+    """``(height, width)`` as two positive ints, or a ValueError that says what is wrong."""
+    size = tuple(input_size)
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise ValueError(f"input size must be two positive integers (height, width), got {input_size!r}")
+    return size  # type: ignore[return-value]
+
+
+@contextmanager
+def num_threads(threads: Optional[int]) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), then restore the setting."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    previous = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _mult_add_analysis(model: nn.Module, input_size: Tuple[int, int], in_channels: int) -> FlopCountAnalysis:
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    inputs = torch.zeros(1, in_channels, *input_size, device=device, dtype=dtype)
+    analysis = FlopCountAnalysis(model, inputs).clear_op_handles().set_op_handle(**MULT_ADD_HANDLES)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis
+
+
+def _run_analysis(model: nn.Module, analysis: FlopCountAnalysis) -> Tuple[int, Dict[str, int], Dict[str, int]]:
+    # Tracing runs the model: eval mode keeps BatchNorm statistics untouched. One thread, because
+    # the count does not depend on speed and several threads on a busy machine can be 10x slower.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), num_threads(1):
+            total = int(analysis.total())
+            by_module = {name: int(count) for name, count in analysis.by_module().items()}
+            uncounted = dict(analysis.unsupported_ops())
+    finally:
+        model.train(was_training)
+    return total, by_module, uncounted
+
+
+def count_mult_adds(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> int:
+    """Conv + linear multiply-adds of one forward pass of a batch-1 input of ``input_size`` (H, W)."""
+    size = check_input_size(input_size)
+    return _run_analysis(model, _mult_add_analysis(model, size, in_channels))[0]
+
+
+def complexity(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> Complexity:
+    """Parameters and conv + linear multiply-adds of ``model`` at ``input_size`` (H, W), with a per-stage breakdown."""
+    size = check_input_size(input_size)
+    total, by_module, uncounted = _run_analysis(model, _mult_add_analysis(model, size, in_channels))
+    mult_adds_by_stage: Dict[str, int] = OrderedDict()
+    params_by_stage: Dict[str, int] = OrderedDict()
+    for name, child in model.named_children():
+        mult_adds_by_stage[name] = by_module.get(name, 0)
+        params_by_stage[name] = count_parameters(child)
+    # Ops called from the model's own forward rather than inside a child module.
+    outside_children = total - sum(mult_adds_by_stage.values())
+    if outside_children:
+        mult_adds_by_stage["(other)"] = outside_children
+    return Complexity(
+        input_size=size,
+        params=count_parameters(model),
+        params_without_classifier_bias=count_parameters(model, exclude_classifier_bias=True),
+        mult_adds=total,
+        mult_adds_by_stage=dict(mult_adds_by_stage),
+        params_by_stage=dict(params_by_stage),
+        uncounted_ops=uncounted,
+    )
+
+
+def relative_difference(value: float, reference: Optional[float]) -> Optional[float]:
+    """``(value - reference) / reference``, or None without a reference."""
+    if reference is None or reference == 0:
+        return None
+    return (value - reference) / reference
+
+
+def compare_with_references(
+    result: Complexity, references: Mapping[str, ReferenceFigures]
+) -> Dict[str, Dict[str, object]]:
+    """Each source's figures beside the relative difference of ours from them.
+
+    Published figures are for 224x224 inputs, so at any other size only the parameter counts are
+    compared. Parameters are compared with our total or our count without the classifier bias,
+    as the source counts them.
+    """
+    at_reference_size = tuple(result.input_size) == REFERENCE_INPUT_SIZE
+    comparison: Dict[str, Dict[str, object]] = {}
+    for source, figures in references.items():
+        ours_params = result.params if figures.classifier_bias else result.params_without_classifier_bias
+        mult_adds = figures.mult_adds if at_reference_size else None
+        comparison[source] = {
+            "citation": figures.citation,
+            "params": figures.params,
+            "params_diff": relative_difference(ours_params, figures.params),
+            "params_counts_classifier_bias": figures.classifier_bias,
+            "mult_adds": mult_adds,
+            "mult_adds_diff": relative_difference(result.mult_adds, mult_adds),
+            "top1_error": figures.top1_error,
+        }
+    return comparison
+
+
+def analyze_models(
+    names: Iterable[str],
+    input_size: Sequence[int] = REFERENCE_INPUT_SIZE,
+    latency: Optional[Mapping[str, object]] = None,
+) -> List[Dict[str, object]]:
+    """Complexity of registered models, beside the published figures.
+
+    ``latency``, if given, holds keyword arguments of :func:`measure_latency` (``runs``, ``warmup``,
+    ``threads``) and asks for a latency measurement at the same input size. Returns one JSON-ready
+    dict per model: ``arch``, the fields of :class:`Complexity`, ``references`` (see
+    :func:`compare_with_references`) and ``latency_ms`` (None unless measured).
+    """
+    from .latency import measure_latency  # imported here: latency.py builds on this module
+
+    size = check_input_size(input_size)
+    rows = []
+    for name in names:
+        model = build_model(name).eval()
+        result = complexity(model, size)
+        row: Dict[str, object] = {"arch": name, **result.to_dict()}
+        row["references"] = compare_with_references(result, reference_figures(name))
+        row["latency_ms"] = None if latency is None else measure_latency(model, size, **latency)
+        rows.append(row)
+    return rows
+
+
+def _millions(value: Optional[float], digits: int = 1) -> str:
+    return "" if value is None else f"{value / 1e6:.{digits}f}"
+
+
+def _percent(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    return "exact" if value == 0 else f"{100 * value:+.2f}%"
+
+
+def _number(value: Optional[object], digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _reference(row: Mapping[str, object], source: str) -> Mapping[str, object]:
+    return row["references"].get(source, {})  # type: ignore[union-attr]
+
+
+def format_table(rows: Sequence[Mapping[str, object]]) -> str:
+    """The rows of :func:`analyze_models` as a fixed-width text table (multiply-adds and params in millions)."""
+    columns = [
+        ("model", lambda r: str(r["arch"])),
+        ("params", lambda r: _millions(r["params"], 3)),
+        ("params-nb", lambda r: _millions(r["params_without_classifier_bias"], 3)),
+        ("MAdds", lambda r: _millions(r["mult_adds"])),
+        ("paper MAdds", lambda r: _millions(_reference(r, "paper").get("mult_adds"), 0)),
+        ("diff", lambda r: _percent(_reference(r, "paper").get("mult_adds_diff"))),
+        ("paper params", lambda r: _millions(_reference(r, "paper").get("params"))),
+        ("diff", lambda r: _percent(_reference(r, "paper").get("params_diff"))),
+        ("off. params", lambda r: _millions(_reference(r, "official").get("params"), 3)),
+        ("diff", lambda r: _percent(_reference(r, "official").get("params_diff"))),
+        ("off. MAdds", lambda r: _millions(_reference(r, "official").get("mult_adds"))),
+        ("diff", lambda r: _percent(_reference(r, "official").get("mult_adds_diff"))),
+        ("paper err", lambda r: _number(_reference(r, "paper").get("top1_error"))),
+        ("off. err", lambda r: _number(_reference(r, "official").get("top1_error"))),
+    ]
+    if any(r.get("latency_ms") is not None for r in rows):
+        columns.append(("latency ms", lambda r: _number(r.get("latency_ms"), 2)))
+    cells = [[header for header, _ in columns]] + [[cell(r) for _, cell in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = []
+    for line in cells:
+        first = line[0].ljust(widths[0])
+        lines.append("  ".join([first] + [text.rjust(width) for text, width in zip(line[1:], widths[1:])]).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def format_breakdown(row: Mapping[str, object]) -> str:
+    """One model's per-stage parameters and multiply-adds, then its published figures."""
+    height, width = row["input_size"]  # type: ignore[misc]
+    total = row["mult_adds"]
+    lines = [
+        f"{row['arch']} at {height}x{width}: {row['params']:,} parameters "
+        f"({row['params_without_classifier_bias']:,} without the classifier bias), "
+        f"{total:,} multiply-adds ({_millions(total)}M)"
+    ]
+    if row.get("latency_ms") is not None:
+        lines[0] += f", {row['latency_ms']:.2f} ms"
+    stage_width = max(len(name) for name in row["mult_adds_by_stage"]) if row["mult_adds_by_stage"] else 5
+    lines.append(f"  {'stage'.ljust(stage_width)}  {'params':>10}  {'MAdds':>13}  {'share':>6}")
+    params_by_stage: Mapping[str, int] = row["params_by_stage"]  # type: ignore[assignment]
+    for name, count in row["mult_adds_by_stage"].items():  # type: ignore[union-attr]
+        share = f"{100 * count / total:.1f}%" if total else ""
+        params = params_by_stage.get(name)
+        lines.append(
+            f"  {name.ljust(stage_width)}  {'' if params is None else f'{params:,}':>10}  {count:>13,}  {share:>6}"
+        )
+    if row["references"] and (height, width) != REFERENCE_INPUT_SIZE:
+        lines.append(f"  (published multiply-adds are for 224x224, so they are not compared at {height}x{width})")
+    for source, figures in row["references"].items():  # type: ignore[union-attr]
+        parts = []
+        if figures["mult_adds"] is not None:
+            parts.append(f"{_millions(figures['mult_adds'])}M multiply-adds ({_percent(figures['mult_adds_diff'])})")
+        if figures["params"] is not None:
+            which = "" if figures["params_counts_classifier_bias"] else ", no classifier bias"
+            parts.append(f"{figures['params']:,} parameters{which} ({_percent(figures['params_diff'])})")
+        if figures["top1_error"] is not None:
+            parts.append(f"top-1 error {figures['top1_error']}%")
+        lines.append(f"  {source}: {'; '.join(parts)}  [{figures['citation']}]")
+    return "\n".join(lines)
