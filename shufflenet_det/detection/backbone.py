@@ -74,7 +74,10 @@ def split_c4(network: StagedNetwork, feature_name: str = "res4", stride: int = 1
 
 def build_backbone(cfg: CfgNode) -> StagedNetwork:
     """The classification network named by MODEL.BACKBONE.NAME, with its weights, norm and FREEZE_AT."""
-    return BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg)
+    name = cfg.MODEL.BACKBONE.NAME
+    if name not in BACKBONE_REGISTRY:
+        raise ConfigError(f"MODEL.BACKBONE.NAME: {BACKBONE_REGISTRY.unknown_message(name)}")
+    return BACKBONE_REGISTRY.get(name)(cfg)
 
 
 @BACKBONE_REGISTRY.register()
