@@ -61,7 +61,8 @@ def test_overrides_parse_literals_and_keep_strings():
 
 
 def test_unknown_override_key_names_nearest():
-    with pytest.raises(ConfigError, match=r"unknown config key 'SOLVER\.BASE_LRR'.*nearest valid key: SOLVER\.BASE_LR$"):
+    expected = r"unknown config key 'SOLVER\.BASE_LRR' in the overrides; nearest valid key: SOLVER\.BASE_LR$"
+    with pytest.raises(ConfigError, match=expected):
         load_config("quickstart", ["SOLVER.BASE_LRR", "0.1"])
     with pytest.raises(ConfigError, match="nearest valid key: SOLVER.BASE_LR$"):
         load_config("quickstart", ["MODEL.BASE_LR", "0.1"])

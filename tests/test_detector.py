@@ -193,7 +193,8 @@ def test_full_image_roi_reproduces_feature_map():
 
 
 def test_pooler_type_from_config():
-    assert not build(tiny_cfg("quickstart", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlign")).roi_heads.box_roi_pool.aligned
+    legacy = build(tiny_cfg("quickstart", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlign"))
+    assert not legacy.roi_heads.box_roi_pool.aligned
     with pytest.raises(ConfigError, match="POOLER_TYPE 'ROIPool'"):
         build(tiny_cfg("quickstart", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool"))
 

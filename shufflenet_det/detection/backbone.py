@@ -153,7 +153,8 @@ def preprocessing_mismatches(
             f"{source} weights expect {expected_format} input but INPUT.FORMAT is {input_format}; "
             f"set INPUT.FORMAT {expected_format} (and the loader will read images that way)"
         )
-    for name, key, configured in (("pixel_mean", "MODEL.PIXEL_MEAN", pixel_mean), ("pixel_std", "MODEL.PIXEL_STD", pixel_std)):
+    compared = (("pixel_mean", "MODEL.PIXEL_MEAN", pixel_mean), ("pixel_std", "MODEL.PIXEL_STD", pixel_std))
+    for name, key, configured in compared:
         expected = field(name)
         if expected is None:
             continue

@@ -192,13 +192,14 @@ def cpu_name() -> str:
 
 def markdown_table(results: Sequence[LatencyResult]) -> str:
     lines = [
-        "| model | params (M) | RoIs | median ms | min ms | CPU ms | backbone ms | RPN ms | RoIAlign ms | box head ms |",
+        "| model | params (M) | RoIs | median ms | min ms | CPU ms | backbone ms | RPN ms | RoIAlign ms "
+        "| box head ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         parts = r.parts_median_ms
         lines.append(
-            f"| {r.model} | {r.params_m} | {r.rois} | {r.median_ms} | {r.min_ms} | {r.cpu_median_ms} | {parts['backbone']} | "
-            f"{parts['rpn']} | {parts['roi_pool']} | {parts['box_head']} |"
+            f"| {r.model} | {r.params_m} | {r.rois} | {r.median_ms} | {r.min_ms} | {r.cpu_median_ms} "
+            f"| {parts['backbone']} | {parts['rpn']} | {parts['roi_pool']} | {parts['box_head']} |"
         )
     return "\n".join(lines)

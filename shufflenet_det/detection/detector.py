@@ -153,7 +153,9 @@ def check_detector_config(cfg: CfgNode) -> None:
         if len(_get(cfg, key)) != 1 or _get(cfg, key)[0] != cfg.MODEL.RPN.IN_FEATURES[0]:
             raise ConfigError(f"{key} must name the one C4 feature, e.g. ['res4'], got {list(_get(cfg, key))}")
     if len(cfg.MODEL.RPN.IOU_THRESHOLDS) != 2:
-        raise ConfigError(f"MODEL.RPN.IOU_THRESHOLDS needs [background, foreground], got {cfg.MODEL.RPN.IOU_THRESHOLDS}")
+        raise ConfigError(
+            f"MODEL.RPN.IOU_THRESHOLDS needs [background, foreground], got {list(cfg.MODEL.RPN.IOU_THRESHOLDS)}"
+        )
     roi_iou_thresholds(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS, cfg.MODEL.ROI_HEADS.IOU_LABELS)
     try:
         pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
