@@ -1,0 +1,117 @@
+"""Load a config by name or path: ``_BASE_`` inheritance, ``KEY VALUE`` overrides, one-line errors."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Sequence
+
+from fvcore.common.config import CfgNode
+
+from .defaults import get_cfg
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: missing file, unknown key, bad value. The message is one line."""
+
+
+def config_dir() -> Path:
+    """The repository's ``configs/`` folder (found beside the package, else under the current directory)."""
+    beside_package = Path(__file__).resolve().parents[2] / "configs"
+    return beside_package if beside_package.is_dir() else Path.cwd() / "configs"
+
+
+def list_configs() -> List[str]:
+    """Names of the configs in ``config_dir()``, without the ``.yaml`` suffix."""
+    folder = config_dir()
+    return sorted(path.stem for path in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """An existing file as given, else a bare name (with or without ``.yaml``) under ``config_dir()``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        for candidate in (config_dir() / path.name, config_dir() / f"{path.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    available = ", ".join(list_configs()) or f"none (no configs in {config_dir()})"
+    raise ConfigError(f"config '{name_or_path}' not found; available configs: {available}")
+
+
+def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) -> CfgNode:
+    """The defaults merged with a YAML config (and its ``_BASE_`` chain), then ``overrides``; frozen.
+
+    ``overrides`` is a flat list ``["SOLVER.BASE_LR", "0.01", "INPUT.MIN_SIZE_TRAIN", "(300,)"]``
+    (detectron2's command-line style); string values are parsed as Python literals where they are one.
+    """
+    path = resolve_config_path(name_or_path)
+    cfg = get_cfg()
+    try:
+        loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
+    except Exception as error:  # yaml and fvcore raise many types for a broken file
+        raise ConfigError(f"cannot read config {path}: {_first_line(error)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {path} is not a mapping of keys to values")
+    for key in _flat_keys(loaded):
+        _check_key(cfg, key, f"in {path}")
+    _merge(lambda: cfg.merge_from_other_cfg(CfgNode(loaded)), f"in {path}")
+
+    overrides = list(overrides)
+    if len(overrides) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs; '{overrides[-1]}' has no value")
+    for key in overrides[0::2]:
+        _check_key(cfg, str(key), "in the overrides")
+    _merge(lambda: cfg.merge_from_list(overrides), "in the overrides")
+    cfg.freeze()
+    return cfg
+
+
+def _flat_keys(tree: Dict[str, Any], prefix: str = "") -> Iterable[str]:
+    for key, value in tree.items():
+        full_key = f"{prefix}{key}"
+        yield full_key
+        if isinstance(value, dict):
+            yield from _flat_keys(value, f"{full_key}.")
+
+
+def _check_key(cfg: CfgNode, full_key: str, where: str) -> None:
+    node: Any = cfg
+    for part in full_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(
+                f"unknown config key '{full_key}' {where}; nearest valid key: {nearest_key(cfg, full_key)}"
+            )
+        node = node[part]
+
+
+def nearest_key(cfg: CfgNode, full_key: str) -> str:
+    """The valid key most like ``full_key``: by full name, else by last component (BASE_LR -> SOLVER.BASE_LR)."""
+    keys = list(_flat_keys(cfg))
+    close = difflib.get_close_matches(full_key, keys, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    by_leaf: Dict[str, str] = {}
+    for key in keys:
+        by_leaf.setdefault(key.rsplit(".", 1)[-1], key)
+    leaf = full_key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+    if close:
+        return by_leaf[close[0]]
+    return difflib.get_close_matches(full_key, keys, n=1, cutoff=0.0)[0]
+
+
+def _merge(merge: Callable[[], None], where: str) -> None:
+    """Run an fvcore merge, turning its type errors into one-line ConfigErrors."""
+    try:
+        merge()
+    except (ValueError, KeyError, AssertionError) as error:
+        raise ConfigError(f"{_first_line(error)} ({where})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().strip("'\"")
+    return text.splitlines()[0][:300] if text else type(error).__name__
+

@@ -1,0 +1,167 @@
+"""C4 backbones: a classification network cut at stride 16 into a trunk and a per-RoI box head.
+
+The trunk (stem .. last stride-16 stage) computes one feature map for the RPN and RoIAlign; the
+stages after it (the first unit has stride 2) run on every 14x14 RoI and end in global average
+pooling, as in detectron2's R50-C4. Both keep the network's stage names, so a classification
+state dict maps onto a detector by prefix only (``stage3.*`` -> ``backbone.body.stage3.*``,
+``stage4.*`` -> ``roi_heads.box_head.stage4.*``; ``fc.*`` is dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from fvcore.common.config import CfgNode
+from torch import nn
+
+from ..config.loading import ConfigError
+from ..modeling import MODEL_REGISTRY, StagedNetwork, build_model
+from ..modeling.staged import FeatureInfo
+from ..modeling.shufflenet import width_tag
+from ..utils.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_REGISTRY = Registry("backbone")
+
+# A MODEL.WEIGHTS value with one of these endings (or a folder part) is a file path, not a weight name.
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".ckpt", ".bin", ".safetensors")
+
+
+class C4Backbone(nn.Module):
+    """The trunk, returning its stride-16 map as ``{feature_name: tensor}`` (what torchvision's RPN reads)."""
+
+    def __init__(self, body: nn.Module, out_channels: int, stride: int, feature_name: str = "res4") -> None:
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+        self.stride = stride
+        self.feature_name = feature_name
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return OrderedDict([(self.feature_name, self.body(images))])
+
+    def output_shape(self) -> Dict[str, FeatureInfo]:
+        return {self.feature_name: FeatureInfo(self.feature_name, self.out_channels, self.stride)}
+
+
+class C4BoxHead(nn.Sequential):
+    """The network's last stage(s) on a batch of pooled RoIs [R, C, 14, 14], mean-pooled to [R, out_channels]."""
+
+    def __init__(self, stages: nn.Sequential, out_channels: int) -> None:
+        super().__init__(OrderedDict(stages.named_children()))
+        self.out_channels = out_channels
+
+    def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
+        return super().forward(roi_features).mean(dim=(2, 3))
+
+
+def split_c4(network: StagedNetwork, feature_name: str = "res4", stride: int = 16) -> Tuple[C4Backbone, C4BoxHead]:
+    """Cut a staged network into its C4 trunk and per-RoI head; both share the network's modules."""
+    trunk, rest = network.split_at_stride(stride)
+    if len(rest) == 0:
+        raise ValueError(f"{type(network).__name__} has no stage after stride {stride} to use as the box head")
+    info = {feature.name: feature for feature in network.feature_info}
+    trunk_channels = info[list(trunk.named_children())[-1][0]].channels
+    head_channels = info[list(rest.named_children())[-1][0]].channels
+    return C4Backbone(trunk, trunk_channels, stride, feature_name), C4BoxHead(rest, head_channels)
+
+
+def build_backbone(cfg: CfgNode) -> StagedNetwork:
+    """The classification network named by MODEL.BACKBONE.NAME, with its weights, norm and FREEZE_AT."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if name not in BACKBONE_REGISTRY:
+        raise ConfigError(f"MODEL.BACKBONE.NAME: {BACKBONE_REGISTRY.unknown_message(name)}")
+    return BACKBONE_REGISTRY.get(name)(cfg)
+
+
+@BACKBONE_REGISTRY.register()
+def build_shufflenet_v1_backbone(cfg: CfgNode) -> StagedNetwork:
+    """ShuffleNet v1 from MODEL.SHUFFLENET (WIDTH_MULT, GROUPS, CHANNEL_SHUFFLE, NORM)."""
+    options = cfg.MODEL.SHUFFLENET
+    arch = f"shufflenet_v1_{width_tag(options.WIDTH_MULT)}_g{options.GROUPS}"
+    return _build_network(cfg, arch, options.NORM, "MODEL.SHUFFLENET.NORM", channel_shuffle=options.CHANNEL_SHUFFLE)
+
+
+@BACKBONE_REGISTRY.register()
+def build_mobilenet_v1_backbone(cfg: CfgNode) -> StagedNetwork:
+    """MobileNet v1 from MODEL.MOBILENET (WIDTH_MULT, NORM)."""
+    options = cfg.MODEL.MOBILENET
+    return _build_network(cfg, f"mobilenet_v1_{width_tag(options.WIDTH_MULT)}", options.NORM, "MODEL.MOBILENET.NORM")
+
+
+def _build_network(cfg: CfgNode, arch: str, norm: str, norm_key: str, **kwargs: Any) -> StagedNetwork:
+    weights = cfg.MODEL.WEIGHTS
+    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+    if weights:
+        _check_weights_file(weights)
+    elif norm == "FrozenBN" or freeze_at:
+        logger.warning(
+            "MODEL.WEIGHTS is empty (training from scratch) but %s is %s and MODEL.BACKBONE.FREEZE_AT is %d: "
+            "randomly initialized frozen layers never learn; set %s \"BN\" (or \"SyncBN\") and "
+            "MODEL.BACKBONE.FREEZE_AT 0",
+            norm_key,
+            norm,
+            freeze_at,
+            norm_key,
+        )
+    if arch not in MODEL_REGISTRY:
+        raise ConfigError(f"{norm_key.rsplit('.', 1)[0]} asks for {MODEL_REGISTRY.unknown_message(arch)}")
+    network = build_model(arch, norm=norm, freeze_at=freeze_at, weights=weights or None, **kwargs)
+    if weights:
+        for message in preprocessing_mismatches(
+            getattr(network, "weights_meta", None), cfg.INPUT.FORMAT, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
+        ):
+            logger.warning("MODEL.WEIGHTS %s: %s", weights, message)
+    return network
+
+
+def _check_weights_file(weights: str) -> None:
+    looks_like_path = os.sep in weights or "/" in weights or weights.endswith(_CHECKPOINT_SUFFIXES)
+    if looks_like_path and not os.path.isfile(weights):
+        raise ConfigError(
+            f"MODEL.WEIGHTS file '{weights}' not found: download the ImageNet weights and convert them with "
+            "tools/convert_weights.py (see docs/weights.md), or set MODEL.WEIGHTS \"\" to train from scratch "
+            "(with NORM \"BN\" and MODEL.BACKBONE.FREEZE_AT 0)"
+        )
+
+
+def preprocessing_mismatches(
+    meta: Optional[Any], input_format: str, pixel_mean: Sequence[float], pixel_std: Sequence[float]
+) -> List[str]:
+    """Where the weights' expected input (their metadata) differs from the config, one message per key.
+
+    ``meta`` is the mapping or object returned by ``shufflenet_det.weights.load_weights`` (fields
+    ``input_format``, ``pixel_mean``, ``pixel_std`` in 0-255, ``source``); missing fields are not compared.
+    """
+
+    def field(name: str) -> Any:
+        return meta.get(name) if isinstance(meta, Mapping) else getattr(meta, name, None)
+
+    if meta is None:
+        return []
+    source = field("source") or "these weights"
+    messages = []
+    expected_format = field("input_format")
+    if expected_format and str(expected_format).upper() != input_format.upper():
+        messages.append(
+            f"{source} weights expect {expected_format} input but INPUT.FORMAT is {input_format}; "
+            f"set INPUT.FORMAT {expected_format} (and the loader will read images that way)"
+        )
+    compared = (("pixel_mean", "MODEL.PIXEL_MEAN", pixel_mean), ("pixel_std", "MODEL.PIXEL_STD", pixel_std))
+    for name, key, configured in compared:
+        expected = field(name)
+        if expected is None:
+            continue
+        expected = [float(value) for value in expected]
+        if len(expected) != len(configured) or any(abs(a - b) > 1e-3 for a, b in zip(expected, configured)):
+            messages.append(
+                f"{source} weights were trained with {name} {expected} (0-255 scale) but {key} is "
+                f"{list(configured)}; set {key} {expected}"
+            )
+    return messages
