@@ -75,7 +75,9 @@ class ResumableBatches:
 
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, NUM_SAMPLES)
-        permutation = torch.randperm(NUM_SAMPLES, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        permutation = torch.randperm(
+            NUM_SAMPLES, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        )
         return int(permutation[offset])
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
@@ -133,6 +135,7 @@ def main(args: Any) -> int:
     start_iter = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume).get("iteration", 0)
     model = create_ddp_model(model, find_unused_parameters=cfg.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS)
 
+    per_device_batch_size(cfg)  # fails clearly on a global batch that does not split evenly
     data = toy_data()
     batches = ResumableBatches(
         data,
@@ -144,7 +147,6 @@ def main(args: Any) -> int:
         sleep=args.sleep,
         nan_at=args.nan_at,
     )
-    per_device_batch_size(cfg)  # fails clearly on an indivisible global batch
 
     def evaluate() -> Dict[str, Any]:
         net = unwrap_model(model).eval()
@@ -153,7 +155,15 @@ def main(args: Any) -> int:
         return {"val": {"mse": mse}}
 
     trainer = build_trainer(
-        cfg, model, batches, optimizer, scheduler, checkpointer, start_iter=start_iter, eval_function=evaluate, grad_scaler=grad_scaler
+        cfg,
+        model,
+        batches,
+        optimizer,
+        scheduler,
+        checkpointer,
+        start_iter=start_iter,
+        eval_function=evaluate,
+        grad_scaler=grad_scaler,
     )
     trainer.train()
     return 0
@@ -161,7 +171,9 @@ def main(args: Any) -> int:
 
 def argument_parser():
     parser = default_argument_parser("Train the engine's toy regressor.")
-    parser.add_argument("--sleep", type=float, default=0.0, help="seconds per batch (to interrupt runs in tests)")
+    parser.add_argument(
+        "--sleep", type=float, default=0.0, help="seconds per batch (to interrupt runs in tests)"
+    )
     parser.add_argument("--nan-at", type=int, default=0, help="iteration whose targets are NaN")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--batch-norm", action="store_true")

@@ -23,7 +23,16 @@ from engine_toy import run_in_process
 from test_engine_resume import start_toy, wait_for_file
 from shufflenet_det.utils.io import safe_torch_load
 
-RUN = ["SOLVER.IMS_PER_BATCH", 8, "SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 2, "SHUFFLENET_DET.LOG_PERIOD", 1]
+RUN = [
+    "SOLVER.IMS_PER_BATCH",
+    8,
+    "SOLVER.MAX_ITER",
+    6,
+    "SOLVER.CHECKPOINT_PERIOD",
+    2,
+    "SHUFFLENET_DET.LOG_PERIOD",
+    1,
+]
 
 
 def _metrics(output_dir: Path):
@@ -60,9 +69,13 @@ def test_two_processes_match_one_process_through_sigterm_and_resume(tmp_path):
     result = _two_process_run(["--resume", *RUN, "OUTPUT_DIR", double])
     assert result.returncode == 0, result.stdout + result.stderr
 
-    final_1, final_2 = safe_torch_load(single / "model_final.pth"), safe_torch_load(double / "model_final.pth")
+    final_1, final_2 = safe_torch_load(single / "model_final.pth"), safe_torch_load(
+        double / "model_final.pth"
+    )
     initial = safe_torch_load(single / "model_0000002.pth")["model"]["fc1.weight"]
-    assert not torch.allclose(final_1["model"]["fc1.weight"], initial, rtol=1e-3)  # training moved the weights
+    assert not torch.allclose(
+        final_1["model"]["fc1.weight"], initial, rtol=1e-3
+    )  # training moved the weights
     for key, value in final_1["model"].items():
         assert torch.allclose(final_2["model"][key], value, rtol=1e-5, atol=1e-6), key
     assert len(final_2["rng"]) == 2  # every rank's RNG state, so each resumes its own stream
@@ -76,7 +89,13 @@ def test_two_processes_match_one_process_through_sigterm_and_resume(tmp_path):
 
     # Only rank 0 writes files: the same kinds as the single process (one event file per launch).
     def names(directory):
-        return sorted({re.sub(r"tfevents\..*", "tfevents", p.name) for p in directory.iterdir() if not re.match(r"model_\d+", p.name)})
+        return sorted(
+            {
+                re.sub(r"tfevents\..*", "tfevents", p.name)
+                for p in directory.iterdir()
+                if not re.match(r"model_\d+", p.name)
+            }
+        )
 
     assert names(double) == names(single)
     assert len(list(double.glob("events.out.tfevents.*"))) == 2

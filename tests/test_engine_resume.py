@@ -26,8 +26,19 @@ from shufflenet_det.utils.io import safe_torch_load
 TOY_SCRIPT = Path(__file__).with_name("engine_toy.py")
 # Dropout and BatchNorm make the RNG state and buffers part of what a resume must restore.
 # A log period of 1 makes every iteration's logged loss unsmoothed, so the runs' metrics compare exactly.
-RUN = ["--dropout", 0.2, "--batch-norm", "SOLVER.MAX_ITER", 24, "SOLVER.CHECKPOINT_PERIOD", 4, "TEST.EVAL_PERIOD", 8,
-       "SHUFFLENET_DET.LOG_PERIOD", 1]
+RUN = [
+    "--dropout",
+    0.2,
+    "--batch-norm",
+    "SOLVER.MAX_ITER",
+    24,
+    "SOLVER.CHECKPOINT_PERIOD",
+    4,
+    "TEST.EVAL_PERIOD",
+    8,
+    "SHUFFLENET_DET.LOG_PERIOD",
+    1,
+]
 
 
 def start_toy(argv) -> subprocess.Popen:
@@ -43,7 +54,9 @@ def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 180.0)
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
-            raise AssertionError(f"run ended (status {process.returncode}) before {path.name}:\n{process.stdout.read()}")
+            raise AssertionError(
+                f"run ended (status {process.returncode}) before {path.name}:\n{process.stdout.read()}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError(f"{path.name} not written within {timeout} s")
@@ -52,6 +65,17 @@ def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 180.0)
 
 def metrics(output_dir: Path):
     return [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
+
+
+def last_logged_iteration(output_dir: Path) -> int:
+    """Of a run still writing: complete lines only."""
+    iterations = [0]
+    for line in (output_dir / "metrics.json").read_text().splitlines():
+        try:
+            iterations.append(json.loads(line)["iteration"])
+        except ValueError:
+            pass
+    return max(iterations)
 
 
 def assert_same_training_state(a: Path, b: Path) -> None:
@@ -65,7 +89,9 @@ def assert_same_training_state(a: Path, b: Path) -> None:
     for index in momentum_a:
         assert torch.equal(momentum_a[index]["momentum_buffer"], momentum_b[index]["momentum_buffer"])
     assert final_a["scheduler"] == final_b["scheduler"]
-    assert [g["lr"] for g in final_a["optimizer"]["param_groups"]] == [g["lr"] for g in final_b["optimizer"]["param_groups"]]
+    assert [g["lr"] for g in final_a["optimizer"]["param_groups"]] == [
+        g["lr"] for g in final_b["optimizer"]["param_groups"]
+    ]
     # Logged values match too, and the resumed run wrote every iteration exactly once.
     lines_a, lines_b = metrics(a), metrics(b)
     assert [line["iteration"] for line in lines_b] == [line["iteration"] for line in lines_a]
@@ -78,16 +104,21 @@ def assert_same_training_state(a: Path, b: Path) -> None:
 def uninterrupted_run(tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("run_a")
     assert run_in_process([*RUN, "OUTPUT_DIR", output_dir]) == 0
+    evaluated = [line["iteration"] for line in metrics(output_dir) if "val/mse" in line]
+    assert evaluated == [8, 16, 24]  # TEST.EVAL_PERIOD and the end
     return output_dir
 
 
 def test_resume_after_sigkill_is_exact(uninterrupted_run, tmp_path):
     process = start_toy(["--sleep", 0.2, *RUN, "OUTPUT_DIR", tmp_path])
     wait_for_file(tmp_path / "model_0000008.pth", process)
+    while last_logged_iteration(tmp_path) < 10:  # let it log past its last checkpoint
+        time.sleep(0.02)
     process.kill()  # SIGKILL: no handler runs, whatever was being written is cut off
     process.communicate()
-    newest = (tmp_path / "last_checkpoint").read_text().strip()
-    assert newest != "model_final.pth"
+    resume_point = safe_torch_load(tmp_path / (tmp_path / "last_checkpoint").read_text().strip())["iteration"]
+    assert resume_point < 24
+    assert metrics(tmp_path)[-1]["iteration"] > resume_point  # lines the resumed run must not duplicate
 
     assert run_in_process(["--resume", *RUN, "OUTPUT_DIR", tmp_path]) == 0
     assert_same_training_state(uninterrupted_run, tmp_path)
@@ -101,7 +132,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(uninterrupted_run, tmp_
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, output
-    stopped = re.search(r"error: training stopped by SIGTERM after iteration (\d+); checkpoint (\S+) written", output)
+    stopped = re.search(
+        r"error: training stopped by SIGTERM after iteration (\d+); checkpoint (\S+) written", output
+    )
     assert stopped, output
     iteration = int(stopped.group(1))
     assert 4 <= iteration < 24 and "Traceback" not in output
@@ -120,7 +153,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     message = next(line for line in output.splitlines() if "error:" in line)
     assert "non-finite loss at iteration 7:" in message
     assert "loss_mse=nan" in message and "loss_l1=nan" in message and "total_loss=nan" in message
-    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000002.pth", "model_0000004.pth", "model_0000006.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "model_0000002.pth",
+        "model_0000004.pth",
+        "model_0000006.pth",
+    ]
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000006.pth"
     checkpoint = safe_torch_load(tmp_path / "model_0000006.pth")
     assert checkpoint["iteration"] == 6

@@ -17,7 +17,15 @@ from .defaults import (
 )
 from .errors import EngineError, NonFiniteLossError, SetupError, TrainingInterrupted
 from .events import EventStorage, HistoryBuffer
-from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter, flatten_results
+from .hooks import (
+    EvalHook,
+    HookBase,
+    IterationTimer,
+    LRLogger,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+    flatten_results,
+)
 from .launch import (
     create_ddp_model,
     get_local_rank,

@@ -55,7 +55,11 @@ def rng_state() -> Dict[str, Any]:
             "has_gauss": int(np_has_gauss),
             "cached_gaussian": float(np_gauss),
         },
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
+        "python": {
+            "version": py_version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -76,18 +80,24 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         )
     )
     python_state = state["python"]
-    random.setstate((python_state["version"], tuple(python_state["state"].tolist()), python_state["gauss_next"]))
+    random.setstate(
+        (python_state["version"], tuple(python_state["state"].tolist()), python_state["gauss_next"])
+    )
     cuda_states = state.get("cuda")
     if cuda_states is not None and torch.cuda.is_available():
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
         else:
-            logger.warning("CUDA RNG state saved for %d devices, %d visible: not restored", len(cuda_states), torch.cuda.device_count())
+            logger.warning(
+                "CUDA RNG state saved for %d devices, %d visible: not restored",
+                len(cuda_states),
+                torch.cuda.device_count(),
+            )
 
 
 def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
     if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix):]: value for key, value in state_dict.items()}
+        return {key[len(prefix) :]: value for key, value in state_dict.items()}
     return state_dict
 
 
@@ -135,7 +145,9 @@ class Checkpointer:
             checkpoint.update(data)
             atomic_torch_save(checkpoint, path, overwrite=True)
             atomic_write(
-                self.save_dir / POINTER_FILE, lambda tmp: Path(tmp).write_text(path.name + "\n"), overwrite=True
+                self.save_dir / POINTER_FILE,
+                lambda tmp: Path(tmp).write_text(path.name + "\n"),
+                overwrite=True,
             )
             self._delete_old_periodic()
             logger.info("Saved checkpoint %s", path)
@@ -188,9 +200,13 @@ class Checkpointer:
                     return self.load(candidate, resume=True)
                 except CheckpointError as error:
                     errors.append(str(error))
-                    logger.error("Cannot resume from %s: %s. Trying the previous checkpoint.", candidate.name, error)
+                    logger.error(
+                        "Cannot resume from %s: %s. Trying the previous checkpoint.", candidate.name, error
+                    )
             if candidates:
-                raise CheckpointError(f"no usable checkpoint to resume from in {self.save_dir}: " + "; ".join(errors))
+                raise CheckpointError(
+                    f"no usable checkpoint to resume from in {self.save_dir}: " + "; ".join(errors)
+                )
             logger.info("No checkpoint in %s to resume from: starting a new run", self.save_dir)
         if path:
             self.load(path, resume=False)
@@ -219,7 +235,9 @@ class Checkpointer:
         if rng_states:
             rank = get_rank()
             if rank >= len(rng_states):
-                logger.warning("RNG states saved for %d processes; rank %d reuses rank 0's", len(rng_states), rank)
+                logger.warning(
+                    "RNG states saved for %d processes; rank %d reuses rank 0's", len(rng_states), rank
+                )
             set_rng_state(rng_states[rank if rank < len(rng_states) else 0])
         return checkpoint
 

@@ -31,7 +31,9 @@ from .writers import default_writers
 logger = logging.getLogger(__name__)
 
 # Files a training run writes into OUTPUT_DIR that --overwrite removes before a new run.
-_RUN_FILES = re.compile(r"^(model_\d{7,}\.pth|model_final\.pth|last_checkpoint|metrics\.json|events\.out\.tfevents\..*)$")
+_RUN_FILES = re.compile(
+    r"^(model_\d{7,}\.pth|model_final\.pth|last_checkpoint|metrics\.json|events\.out\.tfevents\..*)$"
+)
 
 
 def default_argument_parser(description: str) -> argparse.ArgumentParser:
@@ -48,20 +50,35 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--config", default="", metavar="NAME_OR_PATH", help="config name or YAML file")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="start a new run in an OUTPUT_DIR that holds one (its checkpoints, metrics and events are deleted)",
+        help="start a new run in an OUTPUT_DIR that holds one (deletes its checkpoints, metrics, events)",
     )
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)")
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)"
+    )
     parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's index, 0 .. num-machines - 1")
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="this machine's index, 0 .. num-machines - 1"
+    )
     parser.add_argument(
         "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (required with several machines)"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. SOLVER.BASE_LR 0.01",
+    )
     return parser
 
 
@@ -129,8 +146,8 @@ def environment_info() -> str:
     else:
         device = f"CPU only, {torch.get_num_threads()} threads"
     return (
-        f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{device}, {get_world_size()} process(es)"
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, {device}, {get_world_size()} process(es)"
     )
 
 
@@ -205,7 +222,11 @@ def build_hooks(
     """Timer, LR logging, periodic checkpoints, evaluation (when ``eval_function``) and metric writers
     (console, metrics.json, TensorBoard on the main process), in the order they must run."""
     period = cfg.SHUFFLENET_DET.LOG_PERIOD
-    hooks: List[HookBase] = [IterationTimer(), LRLogger(), PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
+    hooks: List[HookBase] = [
+        IterationTimer(),
+        LRLogger(),
+        PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
+    ]
     if eval_function is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
     writers = default_writers(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, window=period) if is_main_process() else []
@@ -246,4 +267,3 @@ def build_trainer(
         max_bad_batches=cfg.SHUFFLENET_DET.MAX_BAD_BATCHES,
         channels_last=cfg.SHUFFLENET_DET.CHANNELS_LAST,
     )
-

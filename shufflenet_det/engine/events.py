@@ -51,7 +51,9 @@ class EventStorage:
 
     def history(self, name: str) -> HistoryBuffer:
         if name not in self._histories:
-            raise KeyError(f"no scalar named '{name}' recorded yet (have: {', '.join(sorted(self._histories))})")
+            raise KeyError(
+                f"no scalar named '{name}' recorded yet (have: {', '.join(sorted(self._histories))})"
+            )
         return self._histories[name]
 
     def has(self, name: str) -> bool:

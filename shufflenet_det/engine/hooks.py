@@ -72,12 +72,19 @@ class IterationTimer(HookBase):
 
 
 class LRLogger(HookBase):
-    """Records the learning rate of the iteration about to run as ``lr`` (the largest parameter group's)."""
+    """Records the learning rate of the iteration about to run as ``lr`` (the largest parameter group's,
+    so that bias or norm groups with their own factors do not hide the main rate)."""
+
+    def __init__(self) -> None:
+        self._group = 0
+
+    def before_train(self) -> None:
+        sizes = [sum(p.numel() for p in group["params"]) for group in self.trainer.optimizer.param_groups]
+        self._group = sizes.index(max(sizes))
 
     def before_step(self) -> None:
-        groups = self.trainer.optimizer.param_groups
-        largest = max(groups, key=lambda group: sum(p.numel() for p in group["params"]))
-        self.trainer.storage.put_scalar("lr", largest["lr"], smoothing_hint=False)
+        lr = self.trainer.optimizer.param_groups[self._group]["lr"]
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
 
 
 class PeriodicCheckpointer(HookBase):

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -100,12 +101,16 @@ def launch(
     if world_size == 1:
         return _run_reporting_errors(main_func, args)
     if torch.cuda.is_available() and num_gpus_per_machine > torch.cuda.device_count():
-        raise SetupError(f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} CUDA device(s) visible")
+        raise SetupError(
+            f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} CUDA device(s) visible"
+        )
     if not torch.cuda.is_available():
         logger.warning("No CUDA: starting %d CPU processes with the gloo backend", num_gpus_per_machine)
     if dist_url == "auto":
         if num_machines > 1:
-            raise SetupError("--dist-url tcp://HOST:PORT (an address of machine 0) is required with --num-machines > 1")
+            raise SetupError(
+                "--dist-url tcp://HOST:PORT (an address of machine 0) is required with --num-machines > 1"
+            )
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
 
     context = mp.start_processes(
@@ -134,7 +139,10 @@ def _join_forwarding_signals(context: Any) -> int:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    in_main_thread = threading.current_thread() is threading.main_thread()  # handlers only work there
+    previous = {
+        signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM) if in_main_thread
+    }
     try:
         while not context.join():
             pass
@@ -162,7 +170,9 @@ def _worker(
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     rank = machine_rank * num_gpus_per_machine + local_rank
-    dist.init_process_group(_backend(), init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
+    dist.init_process_group(
+        _backend(), init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+    )
     try:
         code = _run_reporting_errors(main_func, args)
     finally:
@@ -214,11 +224,17 @@ def create_ddp_model(
         return model
     if broadcast_buffers is None:
         broadcast_buffers = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not isinstance(m, nn.SyncBatchNorm)
+            and m.track_running_stats
             for m in model.modules()
         )
     device = next(model.parameters()).device
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    device_ids = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else None
+    )
     # torch >= 2.13 renamed broadcast_buffers (runtime syncing) to forward_sync_buffers.
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:
         sync = {"forward_sync_buffers": broadcast_buffers}

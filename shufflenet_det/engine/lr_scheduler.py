@@ -95,7 +95,14 @@ class WarmupLRScheduler:
 class WarmupMultiStepLR(WarmupLRScheduler):
     """Multiply the rate by ``gamma`` at each of ``steps`` (from that iteration on)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_iter: int, steps: Sequence[int], gamma: float = 0.1, **warmup: Any) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_iter: int,
+        steps: Sequence[int],
+        gamma: float = 0.1,
+        **warmup: Any,
+    ) -> None:
         if list(steps) != sorted(steps):
             raise ValueError(f"SOLVER.STEPS must be increasing, got {tuple(steps)}")
         self.steps = list(steps)
@@ -109,7 +116,9 @@ class WarmupMultiStepLR(WarmupLRScheduler):
 class WarmupCosineLR(WarmupLRScheduler):
     """Half a cosine from 1 down to ``end_factor`` at ``max_iter``."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any
+    ) -> None:
         self.end_factor = end_factor
         super().__init__(optimizer, max_iter, **warmup)
 
@@ -121,7 +130,9 @@ class WarmupCosineLR(WarmupLRScheduler):
 class WarmupLinearLR(WarmupLRScheduler):
     """Straight line from 1 down to ``end_factor`` at ``max_iter`` (the ShuffleNet ImageNet recipe)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any
+    ) -> None:
         self.end_factor = end_factor
         super().__init__(optimizer, max_iter, **warmup)
 
@@ -138,7 +149,9 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Warmup
     solver = cfg.SOLVER
     name = solver.LR_SCHEDULER_NAME
     if name not in SCHEDULERS:
-        raise ValueError(f"unknown SOLVER.LR_SCHEDULER_NAME '{name}': expected one of {', '.join(SCHEDULERS)}")
+        raise ValueError(
+            f"unknown SOLVER.LR_SCHEDULER_NAME '{name}': expected one of {', '.join(SCHEDULERS)}"
+        )
     warmup = {
         "warmup_factor": solver.WARMUP_FACTOR,
         "warmup_iters": solver.WARMUP_ITERS,

@@ -69,7 +69,9 @@ def add_gradient_clipping(
     elif clip_type in ("norm", "full_model"):
         clip = lambda params: nn.utils.clip_grad_norm_(params, clip_value, norm_type)  # noqa: E731
     else:
-        raise ValueError(f"unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE '{clip_type}': expected one of {', '.join(CLIP_TYPES)}")
+        raise ValueError(
+            f"unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE '{clip_type}': expected one of {', '.join(CLIP_TYPES)}"
+        )
     if clip_value <= 0:
         raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be positive, got {clip_value}")
 
@@ -105,4 +107,3 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
         clip = solver.CLIP_GRADIENTS
         add_gradient_clipping(optimizer, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE)
     return optimizer
-

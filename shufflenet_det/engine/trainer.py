@@ -29,7 +29,8 @@ LossFunction = Callable[[nn.Module, Any], Union[Mapping[str, torch.Tensor], torc
 
 
 def move_to_device(batch: Any, device: Union[str, torch.device], channels_last: bool = False) -> Any:
-    """``batch`` with every tensor inside (dicts, lists, tuples, nested) moved to ``device``.
+    """``batch`` with every tensor inside (dicts, lists, tuples, nested) moved to ``device``; mappings
+    come back as plain dicts, other objects unchanged.
 
     Copies are ``non_blocking``: from pinned memory (``DataLoader(pin_memory=True)``) they overlap with
     compute. With ``channels_last``, 4-D floating-point tensors also change memory format.
@@ -40,7 +41,7 @@ def move_to_device(batch: Any, device: Union[str, torch.device], channels_last: 
             moved = moved.contiguous(memory_format=torch.channels_last)
         return moved
     if isinstance(batch, Mapping):
-        return type(batch)({key: move_to_device(value, device, channels_last) for key, value in batch.items()})  # type: ignore[call-arg]
+        return {key: move_to_device(value, device, channels_last) for key, value in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(move_to_device(value, device, channels_last) for value in batch))
     if isinstance(batch, (list, tuple)):
@@ -52,7 +53,9 @@ def amp_dtype_from_name(name: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name not in AMP_DTYPES:
-        raise ValueError(f"unknown SHUFFLENET_DET.AMP_DTYPE '{name}': expected one of {', '.join(AMP_DTYPES)}")
+        raise ValueError(
+            f"unknown SHUFFLENET_DET.AMP_DTYPE '{name}': expected one of {', '.join(AMP_DTYPES)}"
+        )
     return AMP_DTYPES[name]
 
 
@@ -83,8 +86,11 @@ class _StopRequest:
         self.signum = signum
         name = signal.Signals(signum).name
         # os.write, not logging: the handler may run while the main thread is inside a logging call.
-        os.write(2, f"\n{name} received: stopping after this iteration and saving a checkpoint "
-                    "(Ctrl-C again aborts without one)\n".encode())
+        os.write(
+            2,
+            f"\n{name} received: stopping after this iteration and saving a checkpoint "
+            "(Ctrl-C again aborts without one)\n".encode(),
+        )
 
 
 class Trainer:
@@ -103,7 +109,8 @@ class Trainer:
     ``after_train`` (the checkpoint hook saves) and raise ``TrainingInterrupted``.
 
     ``channels_last`` converts the model and 4-D floating-point inputs to that memory format (faster
-    convolutions on recent GPUs). AMP (``amp_enabled``) runs on CUDA only; on another device it is ignored with a warning.
+    convolutions on recent GPUs). AMP (``amp_enabled``) runs on CUDA only; on another device it is
+    ignored with a warning.
     ``amp_dtype="float16"`` uses ``grad_scaler`` (a ``torch.amp.GradScaler`` is created when not given;
     pass the same object to the ``Checkpointer`` so its state is saved).
     """
@@ -141,7 +148,9 @@ class Trainer:
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.amp_dtype = amp_dtype_from_name(amp_dtype)
         if amp_enabled and self.device.type != "cuda":
-            logger.warning("AMP runs on CUDA only: training on %s in float32 (SOLVER.AMP.ENABLED ignored)", self.device)
+            logger.warning(
+                "AMP runs on CUDA only: training on %s in float32 (SOLVER.AMP.ENABLED ignored)", self.device
+            )
             amp_enabled = False
         self.amp_enabled = amp_enabled
         if amp_enabled and self.amp_dtype == torch.float16 and grad_scaler is None:
@@ -236,7 +245,11 @@ class Trainer:
     def _align_scheduler(self) -> None:
         # The schedule is a function of the iteration: make it agree with where training starts.
         if isinstance(self.scheduler, WarmupLRScheduler) and self.scheduler.last_iter != self.start_iter:
-            logger.info("Setting the LR schedule to iteration %d (it was at %d)", self.start_iter, self.scheduler.last_iter)
+            logger.info(
+                "Setting the LR schedule to iteration %d (it was at %d)",
+                self.start_iter,
+                self.scheduler.last_iter,
+            )
             self.scheduler.set_iteration(self.start_iter)
 
     def _next_batch(self) -> Any:
@@ -258,7 +271,8 @@ class Trainer:
             losses = {"loss": losses}
         if not isinstance(losses, Mapping) or not losses:
             raise TypeError(
-                f"the training forward must return a non-empty dict of scalar loss tensors, got {type(losses).__name__}"
+                "the training forward must return a non-empty dict of scalar loss tensors, "
+                f"got {type(losses).__name__}"
             )
         for name, loss in losses.items():
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -266,9 +280,13 @@ class Trainer:
                 raise TypeError(f"loss '{name}' must be a scalar tensor, got {shape}")
         return {name: losses[name] for name in sorted(losses)}
 
-    def _reduce_losses(self, loss_dict: Dict[str, torch.Tensor], total: torch.Tensor) -> Tuple[Dict[str, float], bool]:
+    def _reduce_losses(
+        self, loss_dict: Dict[str, torch.Tensor], total: torch.Tensor
+    ) -> Tuple[Dict[str, float], bool]:
         """Loss values averaged over processes (one transfer, one all-reduce) and the global stop flag."""
-        local = torch.stack([total.detach()] + [loss.detach().float().reshape(()) for loss in loss_dict.values()])
+        local = torch.stack(
+            [total.detach()] + [loss.detach().float().reshape(()) for loss in loss_dict.values()]
+        )
         requested = self._stop_request.signum is not None
         world_size = get_world_size()
         if world_size > 1:

@@ -47,9 +47,7 @@ class EventWriter:
         """Flush and release files."""
 
 
-def _new_scalars(
-    storage: EventStorage, window: int, after_iter: int
-) -> Dict[int, Dict[str, float]]:
+def _new_scalars(storage: EventStorage, window: int, after_iter: int) -> Dict[int, Dict[str, float]]:
     """Scalars recorded after ``after_iter``, smoothed over ``window``, grouped by their iteration."""
     by_iter: Dict[int, Dict[str, float]] = {}
     for name, (value, iteration) in sorted(storage.latest_smoothed(window).items()):
@@ -77,7 +75,10 @@ class ConsoleWriter(EventWriter):
         eta = current("eta_seconds")
         if eta is not None:
             parts.append(f"eta: {datetime.timedelta(seconds=int(eta))}")
-        losses = sorted((name for name, (_, at) in latest.items() if "loss" in name and at == iteration), key=lambda n: (n != "total_loss", n))
+        losses = sorted(
+            (name for name, (_, at) in latest.items() if "loss" in name and at == iteration),
+            key=lambda n: (n != "total_loss", n),
+        )
         parts += [f"{name}: {latest[name][0]:.4g}" for name in losses]
         for name, fmt in (("time", "{:.4f}"), ("data_time", "{:.4f}"), ("lr", "{:.5g}")):
             value = current(name)
@@ -130,7 +131,12 @@ class JSONWriter(EventWriter):
             text = "".join(line + "\n" for line in kept)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
             if dropped:
-                logger.info("%s: removed %d line(s) after iteration %d (resuming from there)", self.path, dropped, start_iter)
+                logger.info(
+                    "%s: removed %d line(s) after iteration %d (resuming from there)",
+                    self.path,
+                    dropped,
+                    start_iter,
+                )
 
     def write(self, storage: EventStorage) -> None:
         if self._handle is None:
@@ -148,7 +154,7 @@ class JSONWriter(EventWriter):
 
 
 class TensorboardWriter(EventWriter):
-    """TensorBoard scalars in ``log_dir``. A resumed run purges the old run's events after the resume point."""
+    """TensorBoard scalars in ``log_dir``; a resumed run hides the old run's events after its resume point."""
 
     def __init__(self, log_dir: PathLike, window: int = 20) -> None:
         self.log_dir = Path(log_dir)
@@ -185,4 +191,3 @@ def default_writers(output_dir: PathLike, max_iter: int, window: int = 20) -> Li
         JSONWriter(Path(output_dir) / "metrics.json", window),
         TensorboardWriter(output_dir, window),
     ]
-
