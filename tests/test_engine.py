@@ -26,6 +26,7 @@ from shufflenet_det.engine import (
     default_setup,
     flatten_results,
     get_param_groups,
+    launch,
     move_to_device,
     per_device_batch_size,
     set_deterministic,
@@ -412,6 +413,13 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
     assert run_in_process(["--overwrite", "OUTPUT_DIR", run, "SOLVER.MAX_ITER", 2]) == 0
     assert not (tmp_path / "run" / "model_0000004.pth").exists()  # the old run's files were removed
     assert safe_torch_load(tmp_path / "run" / "model_final.pth")["iteration"] == 2
+
+
+def test_bad_process_layout_is_reported(capsys):
+    assert launch(print, 0) == 2
+    assert launch(print, 4, num_machines=2) == 2
+    err = capsys.readouterr().err
+    assert "invalid process layout: --num-gpus 0" in err and "--dist-url tcp://HOST:PORT" in err
 
 
 def test_per_device_batch_size_must_divide(monkeypatch):

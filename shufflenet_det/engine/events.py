@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from typing import Deque, Dict, List, Tuple
+from typing import Deque, Dict, Tuple
 
 
 class HistoryBuffer:
@@ -21,9 +21,6 @@ class HistoryBuffer:
 
     def median(self, window: int) -> float:
         return statistics.median(value for value, _ in list(self._data)[-window:])
-
-    def values(self) -> List[Tuple[float, int]]:
-        return list(self._data)
 
 
 class EventStorage:

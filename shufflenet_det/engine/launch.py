@@ -92,27 +92,16 @@ def launch(
         finally:
             dist.destroy_process_group()
 
+    try:
+        dist_url = _check_layout(num_gpus_per_machine, num_machines, machine_rank, dist_url)
+    except SetupError as error:
+        report_error(error)
+        return error.exit_code
     world_size = num_gpus_per_machine * num_machines
-    if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
-        raise SetupError(
-            f"invalid process layout: --num-gpus {num_gpus_per_machine} --num-machines {num_machines} "
-            f"--machine-rank {machine_rank}"
-        )
     if world_size == 1:
         return _run_reporting_errors(main_func, args)
-    if torch.cuda.is_available() and num_gpus_per_machine > torch.cuda.device_count():
-        raise SetupError(
-            f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} CUDA device(s) visible"
-        )
     if not torch.cuda.is_available():
         logger.warning("No CUDA: starting %d CPU processes with the gloo backend", num_gpus_per_machine)
-    if dist_url == "auto":
-        if num_machines > 1:
-            raise SetupError(
-                "--dist-url tcp://HOST:PORT (an address of machine 0) is required with --num-machines > 1"
-            )
-        dist_url = f"tcp://127.0.0.1:{_free_port()}"
-
     context = mp.start_processes(
         _worker,
         args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout),
@@ -121,6 +110,26 @@ def launch(
         start_method="spawn",
     )
     return _join_forwarding_signals(context)
+
+
+def _check_layout(num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str) -> str:
+    """Validate the process layout; returns the rendezvous URL (a free local port for "auto")."""
+    if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise SetupError(
+            f"invalid process layout: --num-gpus {num_gpus_per_machine} --num-machines {num_machines} "
+            f"--machine-rank {machine_rank}"
+        )
+    if torch.cuda.is_available() and num_gpus_per_machine > torch.cuda.device_count():
+        raise SetupError(
+            f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} CUDA device(s) visible"
+        )
+    if dist_url != "auto":
+        return dist_url
+    if num_machines > 1:
+        raise SetupError(
+            "--dist-url tcp://HOST:PORT (an address of machine 0) is required with --num-machines > 1"
+        )
+    return f"tcp://127.0.0.1:{_free_port()}" if num_gpus_per_machine > 1 else ""
 
 
 def _join_forwarding_signals(context: Any) -> int:
