@@ -185,6 +185,15 @@ _C.SHUFFLENET_DET.AMP_DTYPE = "bfloat16"
 _C.SHUFFLENET_DET.MAX_BAD_BATCHES = 0
 # Images drawn with their detections at the end of training, for a first look.
 _C.SHUFFLENET_DET.NUM_VIS_IMAGES = 4
+# Periodic checkpoints (model_NNNNNNN.pth) kept in OUTPUT_DIR, newest first; 0 keeps all.
+# model_final.pth is never deleted.
+_C.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP = 3
+# Training refuses to start with less free space (GiB) on the disk of OUTPUT_DIR.
+_C.SHUFFLENET_DET.MIN_FREE_DISK_GB = 1.0
+# Model and 4-D float inputs in channels_last memory format (faster convolutions on recent GPUs).
+_C.SHUFFLENET_DET.CHANNELS_LAST = False
+# DistributedDataParallel's find_unused_parameters: needed when some parameters get no gradient.
+_C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False
 
 
 

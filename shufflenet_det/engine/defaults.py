@@ -1,0 +1,269 @@
+"""What every training tool does the same way: command-line arguments, output directory checks, logging,
+seeding, and assembling the trainer with its standard hooks from a config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Mapping, Optional
+
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+from torch import nn
+
+from ..utils.distributed import get_rank, get_world_size, is_main_process
+from ..utils.io import atomic_write
+from ..utils.logger import setup_logger
+from .checkpoint import POINTER_FILE, Checkpointer
+from .errors import SetupError
+from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter
+from .trainer import LossFunction, Trainer, amp_dtype_from_name
+from .writers import default_writers
+
+logger = logging.getLogger(__name__)
+
+# Files a training run writes into OUTPUT_DIR that --overwrite removes before a new run.
+_RUN_FILES = re.compile(
+    r"^(model_\d{7,}\.pth|model_final\.pth|last_checkpoint|metrics\.json|events\.out\.tfevents\..*)$"
+)
+
+
+def default_argument_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments shared by the training tools; add your own before parsing."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  one process:          %(prog)s --config NAME [KEY VALUE ...]\n"
+            "  8 GPUs, one machine:  %(prog)s --config NAME --num-gpus 8\n"
+            "  continue a run:       %(prog)s --config NAME --resume\n"
+            "  with torchrun:        torchrun --nproc_per_node 8 %(prog)s --config NAME\n"
+        ),
+    )
+    parser.add_argument("--config", default="", metavar="NAME_OR_PATH", help="config name or YAML file")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an OUTPUT_DIR that holds one (deletes its checkpoints, metrics, events)",
+    )
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)"
+    )
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="this machine's index, 0 .. num-machines - 1"
+    )
+    parser.add_argument(
+        "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (required with several machines)"
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. SOLVER.BASE_LR 0.01",
+    )
+    return parser
+
+
+def check_output_dir(output_dir: str, min_free_gb: float) -> None:
+    """Create ``output_dir`` and make sure a file can be written there and the disk has ``min_free_gb`` GiB
+    free, so that a problem shows at start-up, not at the first checkpoint hours later."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SetupError(f"cannot create OUTPUT_DIR '{output_dir}': {error.strerror or error}") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise SetupError(f"OUTPUT_DIR '{output_dir}' is not writable: {error.strerror or error}") from None
+    free_gb = shutil.disk_usage(path).free / 2**30
+    if free_gb < min_free_gb:
+        raise SetupError(
+            f"only {free_gb:.2f} GiB free on the disk of OUTPUT_DIR '{output_dir}', less than "
+            f"SHUFFLENET_DET.MIN_FREE_DISK_GB={min_free_gb:g}: free space or choose another OUTPUT_DIR"
+        )
+
+
+def _prepare_run_files(output_dir: str, resume: bool, overwrite: bool) -> None:
+    path = Path(output_dir)
+    if resume or not (path / POINTER_FILE).exists():
+        return
+    if not overwrite:
+        raise SetupError(
+            f"OUTPUT_DIR '{output_dir}' holds a training run already: pass --resume to continue it, "
+            "--overwrite to replace it, or choose another OUTPUT_DIR"
+        )
+    removed = [p for p in path.iterdir() if _RUN_FILES.match(p.name)]
+    for file in removed:
+        file.unlink()
+    logger.info("--overwrite: removed %d file(s) of the previous run in %s", len(removed), output_dir)
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (all devices) random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(seed: int = 0) -> None:
+    """Seed everything and make cuDNN pick deterministic kernels (for tests and exact comparisons).
+
+    Full CUDA determinism also needs ``torch.use_deterministic_algorithms(True)`` and the environment
+    variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; CPU runs are deterministic for a fixed thread count.
+    """
+    seed_all(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def environment_info() -> str:
+    """One line: Python, torch, torchvision, devices, processes."""
+    import torchvision
+
+    if torch.cuda.is_available():
+        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+        device = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {', '.join(names)}"
+    else:
+        device = f"CPU only, {torch.get_num_threads()} threads"
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, {device}, {get_world_size()} process(es)"
+    )
+
+
+def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> int:
+    """Start-up shared by the tools. Returns the random seed used on this process.
+
+    Checks OUTPUT_DIR (created, writable, enough free disk; refuses to start a new run over an old one
+    without ``--overwrite``), sets up logging (console, and ``OUTPUT_DIR/log.txt`` on the main process),
+    logs the environment, arguments and config, writes ``OUTPUT_DIR/config.yaml``, seeds the random
+    generators (``SEED`` >= 0: ``SEED + rank``; < 0: a random seed, logged) and sets cuDNN benchmarking.
+    """
+    rank = get_rank()
+    output_dir = cfg.OUTPUT_DIR
+    resume = bool(getattr(args, "resume", False)) or bool(getattr(args, "eval_only", False))
+    if is_main_process():
+        check_output_dir(output_dir, cfg.SHUFFLENET_DET.MIN_FREE_DISK_GB)
+    setup_logger(output_dir if is_main_process() else None, distributed_rank=rank)
+    if is_main_process():
+        _prepare_run_files(output_dir, resume, bool(getattr(args, "overwrite", False)))
+    logger.info("Rank %d of %d. %s", rank, get_world_size(), environment_info())
+    if args is not None:
+        logger.info("Arguments: %s", vars(args))
+    if is_main_process():
+        config_path = Path(output_dir) / "config.yaml"
+        text = cfg.dump()
+        atomic_write(config_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
+        logger.info("Config written to %s", config_path)
+        logger.debug("Config:\n%s", text)
+
+    seed = cfg.SEED + rank if cfg.SEED >= 0 else int.from_bytes(os.urandom(4), "little")
+    seed_all(seed)
+    logger.info("Random seed %d%s", seed, "" if cfg.SEED >= 0 else " (SEED < 0: drawn at random)")
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    return seed
+
+
+def build_grad_scaler(cfg: CfgNode) -> Optional[torch.amp.GradScaler]:
+    """A GradScaler when training in float16 on CUDA, else None (bfloat16 and float32 need none)."""
+    use = (
+        cfg.SOLVER.AMP.ENABLED
+        and amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) == torch.float16
+        and torch.cuda.is_available()
+    )
+    return torch.amp.GradScaler("cuda") if use else None
+
+
+def build_checkpointer(
+    cfg: CfgNode,
+    model: nn.Module,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+    grad_scaler: Optional[torch.amp.GradScaler] = None,
+) -> Checkpointer:
+    """A Checkpointer over OUTPUT_DIR that also stores the config and (when given) the grad scaler."""
+    extra = {"grad_scaler": grad_scaler} if grad_scaler is not None else {}
+    return Checkpointer(
+        model,
+        cfg.OUTPUT_DIR,
+        optimizer,
+        scheduler,
+        config=cfg,
+        keep_last=cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP,
+        **extra,
+    )
+
+
+def build_hooks(
+    cfg: CfgNode,
+    checkpointer: Checkpointer,
+    eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
+) -> List[HookBase]:
+    """Timer, LR logging, periodic checkpoints, evaluation (when ``eval_function``) and metric writers
+    (console, metrics.json, TensorBoard on the main process), in the order they must run."""
+    period = cfg.SHUFFLENET_DET.LOG_PERIOD
+    hooks: List[HookBase] = [
+        IterationTimer(),
+        LRLogger(),
+        PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
+    ]
+    if eval_function is not None:
+        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
+    writers = default_writers(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, window=period) if is_main_process() else []
+    hooks.append(PeriodicWriter(writers, period))
+    return hooks
+
+
+def build_trainer(
+    cfg: CfgNode,
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Optional[Any],
+    checkpointer: Checkpointer,
+    *,
+    start_iter: int = 0,
+    loss_fn: Optional[LossFunction] = None,
+    eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
+    grad_scaler: Optional[torch.amp.GradScaler] = None,
+    extra_hooks: Iterable[HookBase] = (),
+) -> Trainer:
+    """A Trainer with ``build_hooks``' hooks (``extra_hooks`` run before the writers) and the AMP, bad-batch
+    and channels_last settings of ``cfg``."""
+    hooks = build_hooks(cfg, checkpointer, eval_function)
+    hooks[-1:-1] = list(extra_hooks)
+    return Trainer(
+        model,
+        data_loader,
+        optimizer,
+        scheduler,
+        loss_fn=loss_fn,
+        max_iter=cfg.SOLVER.MAX_ITER,
+        start_iter=start_iter,
+        hooks=hooks,
+        amp_enabled=cfg.SOLVER.AMP.ENABLED,
+        amp_dtype=cfg.SHUFFLENET_DET.AMP_DTYPE,
+        grad_scaler=grad_scaler,
+        max_bad_batches=cfg.SHUFFLENET_DET.MAX_BAD_BATCHES,
+        channels_last=cfg.SHUFFLENET_DET.CHANNELS_LAST,
+    )

@@ -1,0 +1,197 @@
+"""Hooks run by the ``Trainer`` around each iteration: timing, learning rate, checkpoints, evaluation,
+metric writers. A hook sees the trainer as ``self.trainer``; ``trainer.iter`` is the number of completed
+iterations (in ``after_step`` it includes the step that just ran)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import numbers
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence
+
+import torch
+
+from ..utils.distributed import synchronize
+from .checkpoint import FINAL_NAME, Checkpointer, periodic_checkpoint_name
+from .writers import EventWriter, max_memory_mb
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """Override any of the four methods. ``after_train`` also runs when training fails or is
+    interrupted: check ``self.trainer.status`` ("finished", "interrupted" or "failed")."""
+
+    trainer: "Trainer"
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+
+class IterationTimer(HookBase):
+    """Records the duration of each step as ``time`` (hooks after it excluded when it comes first)."""
+
+    def __init__(self) -> None:
+        self._step_start = 0.0
+        self._train_start = 0.0
+
+    def before_train(self) -> None:
+        self._train_start = time.perf_counter()
+
+    def before_step(self) -> None:
+        self._step_start = time.perf_counter()
+
+    def after_step(self) -> None:
+        self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+
+    def after_train(self) -> None:
+        done = self.trainer.iter - self.trainer.start_iter
+        elapsed = time.perf_counter() - self._train_start
+        if done > 0:
+            logger.info(
+                "Ran %d iterations in %s (%.4f s/it including hooks)",
+                done,
+                datetime.timedelta(seconds=int(elapsed)),
+                elapsed / done,
+            )
+
+
+class LRLogger(HookBase):
+    """Records the learning rate of the iteration about to run as ``lr`` (the largest parameter group's,
+    so that bias or norm groups with their own factors do not hide the main rate)."""
+
+    def __init__(self) -> None:
+        self._group = 0
+
+    def before_train(self) -> None:
+        sizes = [sum(p.numel() for p in group["params"]) for group in self.trainer.optimizer.param_groups]
+        self._group = sizes.index(max(sizes))
+
+    def before_step(self) -> None:
+        lr = self.trainer.optimizer.param_groups[self._group]["lr"]
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+
+
+class PeriodicCheckpointer(HookBase):
+    """Saves ``model_NNNNNNN.pth`` every ``period`` iterations, ``model_final.pth`` at ``max_iter`` and,
+    when training is interrupted by a signal, a checkpoint of the iteration reached."""
+
+    def __init__(self, checkpointer: Checkpointer, period: int) -> None:
+        self.checkpointer = checkpointer
+        self.period = period
+        self._last_saved: Optional[int] = None
+        self.last_path: Optional[Path] = None
+
+    def _save(self, name: str) -> None:
+        self.last_path = self.checkpointer.save(name, iteration=self.trainer.iter)
+        self._last_saved = self.trainer.iter
+
+    def after_step(self) -> None:
+        iteration = self.trainer.iter
+        if iteration >= self.trainer.max_iter:
+            self._save(FINAL_NAME)
+        elif self.period > 0 and iteration % self.period == 0:
+            self._save(periodic_checkpoint_name(iteration))
+
+    def after_train(self) -> None:
+        if self.trainer.status != "interrupted":
+            return  # a failed run's state may be broken: keep the previous checkpoints as they are
+        if self._last_saved != self.trainer.iter:
+            self._save(periodic_checkpoint_name(self.trainer.iter))
+        self.trainer.interrupt_checkpoint = self.last_path
+
+
+def flatten_results(results: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
+    """``{"bbox": {"AP": 30.1}}`` -> ``{"bbox/AP": 30.1}``; values that are not numbers are left out."""
+    flat: Dict[str, float] = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_results(value, prefix=f"{name}/"))
+        elif isinstance(value, numbers.Number) and not isinstance(value, bool):
+            flat[name] = float(value)  # type: ignore[arg-type]
+        elif isinstance(value, torch.Tensor) and value.numel() == 1:
+            flat[name] = float(value.item())
+    return flat
+
+
+class EvalHook(HookBase):
+    """Calls ``eval_function() -> dict`` every ``period`` iterations (0: never) and after the last one;
+    numeric results are logged and recorded as scalars (``bbox/AP``...). Runs on every rank, so the
+    function may do distributed inference; only the main process's results need to be complete."""
+
+    def __init__(self, period: int, eval_function: Callable[[], Optional[Mapping[str, Any]]]) -> None:
+        self.period = period
+        self.eval_function = eval_function
+
+    def after_step(self) -> None:
+        iteration = self.trainer.iter
+        if iteration >= self.trainer.max_iter or (self.period > 0 and iteration % self.period == 0):
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        results = self.eval_function() or {}
+        self.trainer.model.train()
+        flat = flatten_results(results)
+        if flat:
+            self.trainer.storage.put_scalars(smoothing_hint=False, **flat)
+            summary = ", ".join(f"{name}={value:.4g}" for name, value in flat.items())
+            logger.info("Evaluation after iteration %d: %s", self.trainer.iter, summary)
+        synchronize()
+
+
+class PeriodicWriter(HookBase):
+    """Runs the ``writers`` every ``period`` iterations and at the end, adding ``eta_seconds`` and
+    ``max_mem_mb`` (peak CUDA memory, or peak RSS on CPU) first. Closes them after training."""
+
+    def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
+        if period <= 0:
+            raise ValueError(f"SHUFFLENET_DET.LOG_PERIOD must be positive, got {period}")
+        self.writers = list(writers)
+        self.period = period
+
+    def before_train(self) -> None:
+        for writer in self.writers:
+            writer.start(self.trainer.start_iter)
+
+    def after_step(self) -> None:
+        iteration = self.trainer.iter
+        if iteration % self.period == 0 or iteration >= self.trainer.max_iter:
+            self._write()
+
+    def after_train(self) -> None:
+        try:
+            if self.trainer.status != "finished":
+                self._write()
+        finally:
+            for writer in self.writers:
+                writer.close()
+
+    def _write(self) -> None:
+        if not self.writers:
+            return
+        storage = self.trainer.storage
+        if storage.has("time"):
+            seconds_per_iter = storage.history("time").median(self.period)
+            remaining = self.trainer.max_iter - self.trainer.iter
+            storage.put_scalar("eta_seconds", seconds_per_iter * remaining, smoothing_hint=False)
+        memory = max_memory_mb()
+        if memory is not None and math.isfinite(memory):
+            storage.put_scalar("max_mem_mb", memory, smoothing_hint=False)
+        for writer in self.writers:
+            writer.write(storage)
