@@ -21,6 +21,7 @@ from torchvision.models.detection.rpn import RPNHead
 
 from ..config.loading import ConfigError
 from ..modeling.layers import NORMS
+from .checkpoint import load_detector_state_dict, load_detector_weights
 from .backbone import build_backbone, split_c4
 from .pooler import RoIPooler, pooler_aligned
 from .transform import DetectionTransform
@@ -95,6 +96,9 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
         aligned=pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE),
     )
     model.transform = build_transform(cfg)
+    detector_weights = load_detector_state_dict(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
+    if detector_weights is not None:
+        load_detector_weights(model, detector_weights, cfg.MODEL.WEIGHTS)
     return model.to(torch.device(cfg.MODEL.DEVICE))
 
 

@@ -1,0 +1,56 @@
+"""MODEL.WEIGHTS may name a whole trained detector (an engine checkpoint) as well as ImageNet weights.
+
+As in detectron2, one key serves both: ImageNet weights initialize the backbone network, a detector
+checkpoint initializes everything. The two are told apart by their keys, not by file names.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config.loading import ConfigError
+from ..utils.io import safe_torch_load
+
+# Every detector built here has parameters under these prefixes; classifiers have none.
+_DETECTOR_PREFIXES = ("backbone.body.", "roi_heads.box_head.")
+
+
+def load_detector_state_dict(path: str) -> Optional[Dict[str, torch.Tensor]]:
+    """The model state dict of ``path`` if it is a detector checkpoint, else None (e.g. ImageNet weights)."""
+    if not os.path.isfile(path):
+        return None
+    checkpoint = safe_torch_load(path)
+    state_dict = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        return None
+    has_all = all(any(key.startswith(prefix) for key in state_dict) for prefix in _DETECTOR_PREFIXES)
+    return state_dict if has_all else None
+
+
+def load_detector_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Load a whole detector strictly; a mismatch names the first differing keys and shapes."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    wrong_shape = [
+        f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
+        for key in own
+        if key in state_dict and state_dict[key].shape != own[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}")
+    if wrong_shape:
+        problems.append(f"shape (checkpoint vs model) {', '.join(wrong_shape[:3])}")
+    if problems:
+        raise ConfigError(
+            f"MODEL.WEIGHTS {source} is a detector checkpoint for another configuration "
+            f"(backbone, width or NUM_CLASSES differ): {'; '.join(problems)}"
+        )
+    model.load_state_dict(state_dict)
