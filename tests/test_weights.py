@@ -30,7 +30,14 @@ def official_forward(state_dict, x, groups):
 
     def bn(y, name):
         return F.batch_norm(
-            y, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"], sd[f"{name}.bias"], False, 0.0, 1e-5
+            y,
+            sd[f"{name}.running_mean"],
+            sd[f"{name}.running_var"],
+            sd[f"{name}.weight"],
+            sd[f"{name}.bias"],
+            False,
+            0.0,
+            1e-5,
         )
 
     x = F.relu(bn(F.conv2d(x, sd["first_conv.0.weight"], stride=2, padding=1), "first_conv.1"))
@@ -131,7 +138,11 @@ def test_every_official_model_converts_completely(variant):
     model = build_model(arch)
     assert set(state_dict) == set(model.state_dict())  # nothing missing, nothing unexpected
     assert all(state_dict[k].shape == v.shape for k, v in model.state_dict().items())
-    assert sum(state_dict[k].numel() for k in state_dict if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == (
+    assert sum(
+        state_dict[k].numel()
+        for k in state_dict
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ) == (
         MANIFEST[variant]["params"] + model.fc.out_features  # plus our zero classifier bias
     )
     assert meta["shuffle_layout"] == EXPECTED_LAYOUT[variant]

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from shufflenet_det.weights import (
     save_weights,
 )
 
-MARKER = Path(__file__).parent / "fixtures" / "megvii" / "megvii_shufflenetv1_0.5x_g3_random.pth.tar"
+FIXTURE = Path(__file__).parent / "fixtures" / "megvii" / "megvii_shufflenetv1_0.5x_g3_random.pth.tar"
 
 
 def tiny(name="shufflenet_v1_x0_25_g3", **kwargs):
@@ -60,7 +59,7 @@ def test_pickle_that_runs_code_is_refused_not_executed(tmp_path):
     "content,message",
     [
         (b"", "empty"),
-        (MARKER.read_bytes()[:50_000], "truncated or not a checkpoint"),
+        (FIXTURE.read_bytes()[:50_000], "truncated or not a checkpoint"),
         (b"just some text\n", "truncated or not a checkpoint"),
     ],
     ids=["empty", "truncated", "text"],
@@ -92,7 +91,9 @@ def test_objects_that_are_not_classifier_checkpoints(tmp_path, obj, message):
 def test_missing_file_and_unknown_names():
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_weights(tiny(), "no/such/file.pth")
-    with pytest.raises(CheckpointError, match="unknown pretrained weights 'pytorchcv:nope'.*pytorchcv:shufflenet_g3_w1"):
+    with pytest.raises(
+        CheckpointError, match="unknown pretrained weights 'pytorchcv:nope'.*pytorchcv:shufflenet_g3_w1"
+    ):
         load_weights(tiny(), "pytorchcv:nope")
     with pytest.raises(CheckpointError, match="OneDrive.*convert_weights.py"):
         load_weights(tiny("shufflenet_v1_x1_0_g3"), "megvii:1.0x_g3")
@@ -223,7 +224,7 @@ def hub_dir(tmp_path):
 
 def test_pytorchcv_name_downloads_into_the_hub_cache(hub_dir, monkeypatch):
     pytorchcv_shufflenet = pytest.importorskip("pytorchcv.models.shufflenet")
-    from pytorchcv.models.common import model_store
+    model_store = pytest.importorskip("pytorchcv.models.common.model_store")
 
     calls = []
 
@@ -246,7 +247,7 @@ def test_pytorchcv_name_downloads_into_the_hub_cache(hub_dir, monkeypatch):
 def test_timm_name_downloads_safetensors_into_the_hub_cache(hub_dir, monkeypatch):
     timm = pytest.importorskip("timm")
     huggingface_hub = pytest.importorskip("huggingface_hub")
-    from safetensors.torch import save_file
+    save_file = pytest.importorskip("safetensors.torch").save_file
 
     source = timm.create_model("mobilenetv1_100").eval()
 
@@ -266,7 +267,7 @@ def test_timm_name_downloads_safetensors_into_the_hub_cache(hub_dir, monkeypatch
 
 
 def test_download_failure_is_one_clear_error(hub_dir, monkeypatch):
-    from pytorchcv.models.common import model_store
+    model_store = pytest.importorskip("pytorchcv.models.common.model_store")
 
     def offline(model_name, local_model_store_dir_path):
         raise ConnectionError("Name or service not known\nmore lines")
@@ -280,7 +281,7 @@ def test_download_failure_is_one_clear_error(hub_dir, monkeypatch):
 
 
 def test_truncated_safetensors_file(tmp_path):
-    from safetensors.torch import save_file
+    save_file = pytest.importorskip("safetensors.torch").save_file
 
     path = tmp_path / "model.safetensors"
     save_file({"conv_stem.weight": torch.zeros(8, 3, 3, 3)}, str(path))

@@ -51,11 +51,20 @@ def assert_same(actual, expected):
 
 PYTORCHCV_NAMES = list_pretrained(source="pytorchcv")
 # Every group count and the 0.75x width, compared numerically; all names are load-checked below.
-PYTORCHCV_NUMERIC = ["shufflenet_g1_wd4", "shufflenet_g2_w1", "shufflenet_g3_wd4", "shufflenet_g3_w3d4", "shufflenet_g4_w1", "shufflenet_g8_w1"]
+PYTORCHCV_NUMERIC = [
+    "shufflenet_g1_wd4",
+    "shufflenet_g2_w1",
+    "shufflenet_g3_wd4",
+    "shufflenet_g3_w3d4",
+    "shufflenet_g4_w1",
+    "shufflenet_g8_w1",
+]
 
 
 def test_catalog_has_every_pytorchcv_shufflenet():
-    assert sorted(f"pytorchcv:{name}" for name in pytorchcv_shufflenet.__all__ if name != "ShuffleNet") == PYTORCHCV_NAMES
+    assert (
+        sorted(f"pytorchcv:{name}" for name in pytorchcv_shufflenet.__all__ if name != "ShuffleNet") == PYTORCHCV_NAMES
+    )
 
 
 @pytest.mark.parametrize("name", PYTORCHCV_NAMES)

@@ -64,7 +64,7 @@ class MobileNetV1(StagedNetwork):
 
     @property
     def activation(self) -> str:
-        """"relu" (the paper) or "relu6" (TensorFlow's and timm's MobileNet v1)."""
+        """Either "relu" (the paper) or "relu6" (TensorFlow's and timm's MobileNet v1)."""
         kinds = {type(m.act) for m in self.modules() if isinstance(m, ConvNormAct) and hasattr(m, "act")}
         names = [name for name, kind in ACTIVATIONS.items() if {kind} == kinds]
         return names[0] if names else "mixed"

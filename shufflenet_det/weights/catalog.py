@@ -40,9 +40,7 @@ class Preprocessing:
 
 # The official code feeds BGR 0-255 floats with no normalization (OpenCV bilinear resize).
 MEGVII_PREPROCESSING = Preprocessing("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear")
-IMAGENET_PREPROCESSING = Preprocessing(
-    "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "bilinear"
-)
+IMAGENET_PREPROCESSING = Preprocessing("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "bilinear")
 # timm's pretrained cfg for mobilenetv1_100.ra4_e3600_r224_in1k: mean = std = 0.5, bicubic, crop 0.875.
 TIMM_MOBILENETV1_PREPROCESSING = Preprocessing("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), "bicubic")
 SOURCE_PREPROCESSING = {
@@ -130,21 +128,22 @@ for _size, _groups, _top1, _top5, _params, _mflops in (
         )
     )
 
-# pytorchcv (osmr/imgclsmob): name, our arch, top-1/top-5 error (%), params, MFLOPs, release tag, file.
+# pytorchcv (osmr/imgclsmob): name, our arch, top-1/top-5 error (%), params, MFLOPs, release tag, SHA-1 prefix.
 _PYTORCHCV_RELEASES = "https://github.com/osmr/imgclsmob/releases/download"
-for _name, _arch, _top1, _top5, _params, _mflops, _tag, _file in (
-    ("shufflenet_g1_w1", "shufflenet_v1_x1_0_g1", 34.93, 13.89, 1_531_936, 143.1, "v0.0.223", "shufflenet_g1_w1-1389-4cfb65a3.pth"),
-    ("shufflenet_g2_w1", "shufflenet_v1_x1_0_g2", 34.25, 13.63, 1_733_848, 140.8, "v0.0.241", "shufflenet_g2_w1-1363-07256203.pth"),
-    ("shufflenet_g3_w1", "shufflenet_v1_x1_0_g3", 34.39, 13.48, 1_865_728, 137.5, "v0.0.244", "shufflenet_g3_w1-1348-ce54f64e.pth"),
-    ("shufflenet_g4_w1", "shufflenet_v1_x1_0_g4", 34.19, 13.35, 1_968_344, 134.3, "v0.0.245", "shufflenet_g4_w1-1335-e2415f82.pth"),
-    ("shufflenet_g8_w1", "shufflenet_v1_x1_0_g8", 34.06, 13.42, 2_434_768, 138.4, "v0.0.250", "shufflenet_g8_w1-1342-9a979b36.pth"),
-    ("shufflenet_g1_w3d4", "shufflenet_v1_x0_75_g1", 39.58, 17.11, 975_214, 82.5, "v0.0.218", "shufflenet_g1_w3d4-1711-161cd24a.pth"),
-    ("shufflenet_g3_w3d4", "shufflenet_v1_x0_75_g3", 38.20, 16.50, 1_238_266, 79.7, "v0.0.219", "shufflenet_g3_w3d4-1650-3f3b0aef.pth"),
-    ("shufflenet_g1_wd2", "shufflenet_v1_x0_5_g1", 46.59, 22.61, 534_484, 38.5, "v0.0.174", "shufflenet_g1_wd2-2261-dae4bdad.pth"),
-    ("shufflenet_g3_wd2", "shufflenet_v1_x0_5_g3", 44.16, 20.80, 718_324, 37.6, "v0.0.167", "shufflenet_g3_wd2-2080-ccaacfc8.pth"),
-    ("shufflenet_g1_wd4", "shufflenet_v1_x0_25_g1", 62.44, 37.29, 209_746, 11.0, "v0.0.134", "shufflenet_g1_wd4-3729-47dbd0f2.pth"),
-    ("shufflenet_g3_wd4", "shufflenet_v1_x0_25_g3", 61.74, 36.53, 305_902, 11.0, "v0.0.135", "shufflenet_g3_wd4-3653-6abdd65e.pth"),
+for _name, _arch, _top1, _top5, _params, _mflops, _tag, _sha in (
+    ("shufflenet_g1_w1", "shufflenet_v1_x1_0_g1", 34.93, 13.89, 1_531_936, 143.1, "v0.0.223", "4cfb65a3"),
+    ("shufflenet_g2_w1", "shufflenet_v1_x1_0_g2", 34.25, 13.63, 1_733_848, 140.8, "v0.0.241", "07256203"),
+    ("shufflenet_g3_w1", "shufflenet_v1_x1_0_g3", 34.39, 13.48, 1_865_728, 137.5, "v0.0.244", "ce54f64e"),
+    ("shufflenet_g4_w1", "shufflenet_v1_x1_0_g4", 34.19, 13.35, 1_968_344, 134.3, "v0.0.245", "e2415f82"),
+    ("shufflenet_g8_w1", "shufflenet_v1_x1_0_g8", 34.06, 13.42, 2_434_768, 138.4, "v0.0.250", "9a979b36"),
+    ("shufflenet_g1_w3d4", "shufflenet_v1_x0_75_g1", 39.58, 17.11, 975_214, 82.5, "v0.0.218", "161cd24a"),
+    ("shufflenet_g3_w3d4", "shufflenet_v1_x0_75_g3", 38.20, 16.50, 1_238_266, 79.7, "v0.0.219", "3f3b0aef"),
+    ("shufflenet_g1_wd2", "shufflenet_v1_x0_5_g1", 46.59, 22.61, 534_484, 38.5, "v0.0.174", "dae4bdad"),
+    ("shufflenet_g3_wd2", "shufflenet_v1_x0_5_g3", 44.16, 20.80, 718_324, 37.6, "v0.0.167", "ccaacfc8"),
+    ("shufflenet_g1_wd4", "shufflenet_v1_x0_25_g1", 62.44, 37.29, 209_746, 11.0, "v0.0.134", "47dbd0f2"),
+    ("shufflenet_g3_wd4", "shufflenet_v1_x0_25_g3", 61.74, 36.53, 305_902, 11.0, "v0.0.135", "6abdd65e"),
 ):
+    _file = f"{_name}-{round(_top5 * 100):04d}-{_sha}.pth"  # pytorchcv's naming: top-5 error, SHA-1
     _add(
         PretrainedWeights(
             name=f"pytorchcv:{_name}",
@@ -167,7 +166,7 @@ _add(
         name="timm:mobilenetv1_100",
         arch="mobilenet_v1_x1_0",
         source="timm",
-        url="https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k",
+        url="https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
         preprocessing=TIMM_MOBILENETV1_PREPROCESSING,
         top1_error=24.618,
         top5_error=7.688,
@@ -210,7 +209,9 @@ def download_weights(name: str, cache_dir: Optional[Union[str, Path]] = None) ->
     try:
         path = Path(_DOWNLOADERS[entry.source](entry, directory))
     except ImportError as error:
-        raise CheckpointError(f"downloading {name} needs the '{error.name}' package: pip install {error.name}") from None
+        raise CheckpointError(
+            f"downloading {name} needs the '{error.name}' package: pip install {error.name}"
+        ) from None
     except Exception as error:  # network and hub libraries raise many types
         raise CheckpointError(
             f"could not download {name} from {entry.url} ({type(error).__name__}: {_first_line(error)}); "

@@ -197,7 +197,12 @@ def convert_pytorchcv(state_dict: StateDict) -> Tuple[StateDict, Structure]:
 
 
 # ------------------------------------------------------------------------------------- timm
-_TIMM_LAYERS = {"conv_dw": "depthwise.conv", "bn1": "depthwise.norm", "conv_pw": "pointwise.conv", "bn2": "pointwise.norm"}
+_TIMM_LAYERS = {
+    "conv_dw": "depthwise.conv",
+    "bn1": "depthwise.norm",
+    "conv_pw": "pointwise.conv",
+    "bn2": "pointwise.norm",
+}
 _TIMM_RULES = [
     (r"conv_stem\.weight", lambda m: "stem.0.conv.weight"),
     (r"bn1\.(\w+)", lambda m: f"stem.0.norm.{m[1]}"),

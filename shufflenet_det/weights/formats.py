@@ -101,7 +101,10 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
 
 
 def save_weights(
-    path: Union[str, os.PathLike], state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any], overwrite: bool = False
+    path: Union[str, os.PathLike],
+    state_dict: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     """Write ``{"format", "version", "state_dict", "meta"}`` atomically; refuses to replace a file unless asked.
 

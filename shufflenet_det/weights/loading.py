@@ -57,7 +57,9 @@ def convert_checkpoint(
         candidates = matching_archs(state_dict)
         if len(candidates) != 1:
             found = f"several fit ({', '.join(candidates)})" if candidates else "no registered model fits its shapes"
-            raise CheckpointError(f"cannot tell the architecture of {meta['label']}: {found}; name it with arch= (--arch)")
+            raise CheckpointError(
+                f"cannot tell the architecture of {meta['label']}: {found}; name it with arch= (--arch)"
+            )
         arch = candidates[0]
     return state_dict, _finish_meta(meta, arch, num_classes)
 
@@ -85,7 +87,10 @@ def load_weights(model: nn.Module, source: CheckpointLike, strict: bool = True) 
         skipped = sorted(key for key in state_dict if key.startswith("fc."))
         logger.warning(
             "%s has %d classes, the model %d: not loading %s",
-            label, fc_weight.shape[0], model_fc.shape[0], ", ".join(skipped),
+            label,
+            fc_weight.shape[0],
+            model_fc.shape[0],
+            ", ".join(skipped),
         )
         state_dict = {key: value for key, value in state_dict.items() if key not in skipped}
     model_name = getattr(model, "arch", None) or type(model).__name__
@@ -175,7 +180,7 @@ def _num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
 
 
 def _shape_problems(expected: Shapes, found: Shapes, skipped: Sequence[str] = (), limit: int = 3) -> str:
-    """"" when ``found`` fits ``expected``; else one line naming the first misshapen/missing/unexpected keys."""
+    """Empty when ``found`` fits ``expected``; else one line naming the first misshapen/missing/unexpected keys."""
     missing = [k for k in expected if k not in found and k not in skipped]
     unexpected = [k for k in found if k not in expected]
     wrong = [k for k in expected if k in found and expected[k] != found[k]]

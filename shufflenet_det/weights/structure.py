@@ -44,7 +44,9 @@ def apply_structure(model: nn.Module, meta: Mapping[str, Any]) -> None:
                 "these weights were trained without channel shuffle: build the model with channel_shuffle=False"
             )
         if layout in ("paper", "inverse") and not has_shuffle and model.groups > 1:
-            raise CheckpointError("these weights need channel shuffle, but the model was built with channel_shuffle=False")
+            raise CheckpointError(
+                "these weights need channel shuffle, but the model was built with channel_shuffle=False"
+            )
         if wanted.get("activation", "relu") != "relu":
             raise CheckpointError(f"ShuffleNet v1 uses ReLU; these weights need {wanted['activation']}")
         if layout in ("paper", "inverse") and has_shuffle:
