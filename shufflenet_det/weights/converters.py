@@ -156,7 +156,7 @@ def _reorder_unit(
     """Permute one unit's tensors so that ``compress -> shuffle -> depthwise -> expand`` in our layout
     computes what the official ``compress -> depthwise -> official shuffle -> expand`` does."""
     depthwise_order = compress_order[shuffle]
-    expand_order = official_inverse[depthwise_order]  # our expand input j = official expand input this
+    expand_order = official_inverse[depthwise_order]  # official expand input that our input j carries
     for layer, order in (("compress", compress_order), ("depthwise", depthwise_order)):
         for key in [f"{prefix}{layer}.conv.weight"] + [f"{prefix}{layer}.norm.{name}" for name in _BN_PER_CHANNEL]:
             ours[key] = ours[key].index_select(0, order)
