@@ -26,7 +26,7 @@ def count(model):
 
 def test_registry_lists_every_variant():
     names = list_models()
-    assert len(list_models("shufflenet_v1_*")) == 25
+    assert len(list_models("shufflenet_v1_*")) == 30
     assert list_models("mobilenet_v1_*") == [
         "mobilenet_v1_x0_25",
         "mobilenet_v1_x0_5",
@@ -100,6 +100,34 @@ def test_no_shuffle_ablation_and_layout_switch():
     assert model.shuffle_layout == "paper"
     model.set_shuffle_layout("inverse")
     assert model.shuffle_layout == "inverse"
+
+
+def test_concat_order_switch_reorders_stride2_outputs_only():
+    model = build_model("shufflenet_v1_x0_25_g3").eval()
+    assert model.concat_order == "shortcut_first"
+    unit, x = model.stage2[0], torch.rand(1, model.stem[0].conv.out_channels, 16, 16)
+    with torch.no_grad():
+        before = unit(x)
+        model.set_concat_order("branch_first")
+        after = unit(x)
+    assert model.concat_order == "branch_first"
+    shortcut = x.shape[1]
+    torch.testing.assert_close(after[:, -shortcut:], before[:, :shortcut])
+    torch.testing.assert_close(after[:, :-shortcut], before[:, shortcut:])
+    with pytest.raises(ValueError, match="concat order"):
+        model.set_concat_order("random")
+
+
+def test_mobilenet_activation_choice():
+    model = build_model("mobilenet_v1_x0_25", activation="relu6").eval()
+    assert model.activation == "relu6"
+    x = torch.full((1, 3, 32, 32), 100.0)
+    with torch.no_grad():
+        assert model.stem[0](x).max() <= 6.0
+    model.set_activation("relu")
+    assert model.activation == "relu"
+    with pytest.raises(ValueError, match="activation"):
+        model.set_activation("gelu")
 
 
 @pytest.mark.parametrize("norm,kind", [("BN", nn.BatchNorm2d), ("FrozenBN", FrozenBatchNorm2d), ("SyncBN", nn.SyncBatchNorm)])

@@ -2,6 +2,7 @@
 
 A 3x3/2 stem conv and 13 depthwise-separable blocks (3x3 depthwise + BN + ReLU, 1x1 + BN + ReLU),
 grouped into stages by output stride so that it offers the same stage interface as ShuffleNet.
+The paper uses ReLU; timm's ImageNet weights need ReLU6 (``activation="relu6"`` or ``set_activation``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .shufflenet import _init_weights, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 # (output channels, stride) of the 13 separable blocks at width 1.0, by stage. The stem conv and
 # the first block form the stride-2 "stem"; the stride-16 stage4 is the C4 trunk's last stage.
@@ -34,7 +36,9 @@ class DepthwiseSeparable(nn.Sequential):
 
 
 class MobileNetV1(StagedNetwork):
-    def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, norm: str = "BN") -> None:
+    def __init__(
+        self, width_mult: float = 1.0, num_classes: int = 1000, norm: str = "BN", activation: str = "relu"
+    ) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {width_mult}")
@@ -56,6 +60,21 @@ class MobileNetV1(StagedNetwork):
             feature_info.append(FeatureInfo(name, in_channels, stride))
         self._finish(feature_info, num_classes)
         _init_weights(self)
+        self.set_activation(activation)
+
+    @property
+    def activation(self) -> str:
+        """Either "relu" (the paper) or "relu6" (TensorFlow's and timm's MobileNet v1)."""
+        kinds = {type(m.act) for m in self.modules() if isinstance(m, ConvNormAct) and hasattr(m, "act")}
+        names = [name for name, kind in ACTIVATIONS.items() if {kind} == kinds]
+        return names[0] if names else "mixed"
+
+    def set_activation(self, activation: str) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{activation}'")
+        for module in self.modules():
+            if isinstance(module, ConvNormAct) and hasattr(module, "act"):
+                module.act = ACTIVATIONS[activation](inplace=True)
 
 
 def _register_mobilenet(width_mult: float) -> None:
@@ -65,7 +84,7 @@ def _register_mobilenet(width_mult: float) -> None:
         return MobileNetV1(width_mult=width_mult, **kwargs)
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"MobileNet v1 {width_mult}. Keyword arguments: num_classes, norm."
+    builder.__doc__ = f"MobileNet v1 {width_mult}. Keyword arguments: num_classes, norm, activation."
     register_model(family="mobilenet_v1", width_mult=width_mult)(builder)
     globals()[name] = builder
 

@@ -2,8 +2,11 @@
 
 The unit follows the paper (Fig. 2): grouped 1x1 conv -> shuffle -> 3x3 depthwise (no ReLU) ->
 grouped 1x1 conv; stride-1 units add the input, stride-2 units concatenate a 3x3 average-pooled
-shortcut. The official release (megvii) shuffles at another place with the inverse permutation;
-``shufflenet_det.weights`` converts its checkpoints to this layout exactly.
+shortcut. Two details vary between public implementations without changing any parameter shape,
+so they are switchable on a built model (``shufflenet_det.weights`` sets them from checkpoint
+metadata): the shuffle permutation (``set_shuffle_layout``: the official megvii release uses the
+inverse of the paper's) and the order of the stride-2 concatenation (``set_concat_order``: the
+official release puts the shortcut first, pytorchcv the branch).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from .registry import register_model
 from .staged import FeatureInfo, StagedNetwork
 
 GROUPS = (1, 2, 3, 4, 8)
-WIDTH_MULTS = (0.25, 0.5, 1.0, 1.5, 2.0)
+# 0.75 is not in the paper; pytorchcv publishes 0.75x weights ("w3d4").
+WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+CONCAT_ORDERS = ("shortcut_first", "branch_first")
 UNITS_PER_STAGE = (4, 8, 4)
 
 # Paper Table 1: stage 2 output channels at 1x; stages 3 and 4 double it each time.
@@ -90,6 +95,7 @@ class ShuffleUnit(nn.Module):
                     f"unit {in_channels}->{out_channels}, stride {stride}"
                 )
         self.stride = stride
+        self.shortcut_first = True
         self.compress = ConvNormAct(in_channels, mid_channels, 1, groups=compress_groups, norm=norm)
         self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else nn.Identity()
         self.depthwise = ConvNormAct(
@@ -102,7 +108,8 @@ class ShuffleUnit(nn.Module):
         branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
         if self.stride == 1:
             return F.relu(x + branch)
-        return torch.cat((self.shortcut(x), F.relu(branch)), dim=1)
+        parts = (self.shortcut(x), F.relu(branch))
+        return torch.cat(parts if self.shortcut_first else parts[::-1], dim=1)
 
 
 class ShuffleNetV1(StagedNetwork):
@@ -164,6 +171,21 @@ class ShuffleNetV1(StagedNetwork):
         for module in self.modules():
             if isinstance(module, ChannelShuffle):
                 module.inverse = layout == "inverse"
+
+    @property
+    def concat_order(self) -> str:
+        """Stride-2 units' output: "shortcut_first" (official, the default) or "branch_first" (pytorchcv)."""
+        orders = {m.shortcut_first for m in self.modules() if isinstance(m, ShuffleUnit) and m.stride == 2}
+        if len(orders) > 1:
+            return "mixed"
+        return "shortcut_first" if orders.pop() else "branch_first"
+
+    def set_concat_order(self, order: str) -> None:
+        if order not in CONCAT_ORDERS:
+            raise ValueError(f"concat order must be one of {', '.join(CONCAT_ORDERS)}, got '{order}'")
+        for module in self.modules():
+            if isinstance(module, ShuffleUnit):
+                module.shortcut_first = order == "shortcut_first"
 
 
 def _init_weights(model: nn.Module) -> None:

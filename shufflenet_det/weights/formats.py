@@ -1,0 +1,153 @@
+"""Checkpoint files: reading them safely, telling which source wrote them, writing our own format.
+
+Every file goes through ``shufflenet_det.utils.io.safe_torch_load`` (a pickle that needs code is
+refused), except ``.safetensors`` files, whose format cannot run code, read with the safetensors
+package. Nothing here knows a key layout beyond the one signature key per source used to detect it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Union
+
+import torch
+
+from ..utils.io import CheckpointError, atomic_torch_save, safe_torch_load
+
+FORMAT_NAME = "shufflenet_det.weights"
+FORMAT_VERSION = 1
+
+# One key that only a given source's state dicts have (after any "module." prefix is removed).
+_SIGNATURE_KEYS = {
+    "megvii": "first_conv.0.weight",
+    "pytorchcv": "features.init_block.conv.weight",
+    "timm": "conv_stem.weight",
+    "shufflenet_det": "stem.0.conv.weight",
+}
+SOURCES = tuple(_SIGNATURE_KEYS)
+
+StateDict = Dict[str, torch.Tensor]
+
+
+@dataclass
+class RawCheckpoint:
+    """A checkpoint's state dict in its source's key layout, and the metadata stored beside it."""
+
+    source: str
+    container: str  # how the file held it: FORMAT_NAME, "training", "wrapped" ({"state_dict": ...}) or "bare"
+    state_dict: StateDict
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
+    """Load a checkpoint file without running code from it; damaged files raise ``CheckpointError``."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return safe_torch_load(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"reading {path} needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path} is truncated or not a safetensors file: {_first_line(error)}") from None
+
+
+def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
+    """Find the state dict in a loaded checkpoint object and detect its source from the keys.
+
+    Understands our format, training checkpoints (``{"model": state_dict, "meta": ...}``), megvii's
+    ``{"state_dict": ...}`` and bare state dicts; a ``module.`` prefix (DataParallel) is removed.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{label} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
+    meta: Dict[str, Any] = {}
+    if obj.get("format") == FORMAT_NAME:
+        version = obj.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{label} is {FORMAT_NAME} version {version}; this shufflenet_det reads up to version "
+                f"{FORMAT_VERSION} (upgrade the package)"
+            )
+        container, state_dict, meta = FORMAT_NAME, obj.get("state_dict"), dict(obj.get("meta") or {})
+    elif isinstance(obj.get("model"), Mapping):
+        container, state_dict = "training", obj["model"]
+        meta = dict(obj.get("meta") or {})
+    elif isinstance(obj.get("state_dict"), Mapping):
+        container, state_dict = "wrapped", obj["state_dict"]
+    else:
+        container, state_dict = "bare", obj
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise CheckpointError(f"{label} has no (or an empty) state dict")
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"{label} is not a model checkpoint: entries {_first(not_tensors)} are not tensors "
+            f"(top-level keys: {_first(list(obj))})"
+        )
+    state_dict = _strip_prefix(dict(state_dict), "module.")
+    for source, key in _SIGNATURE_KEYS.items():
+        if key in state_dict:
+            return RawCheckpoint(source, container, state_dict, meta)
+    raise CheckpointError(
+        f"{label} is not a checkpoint of a known classifier (megvii ShuffleNetV1, pytorchcv ShuffleNet, "
+        f"timm mobilenetv1, shufflenet_det): first keys {_first(list(state_dict))}"
+    )
+
+
+def save_weights(
+    path: Union[str, os.PathLike],
+    state_dict: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write ``{"format", "version", "state_dict", "meta"}`` atomically; refuses to replace a file unless asked.
+
+    ``meta`` must hold plain types only (str, int, float, bool, None, lists and str-keyed dicts of them),
+    so the file loads with ``torch.load(weights_only=True)``.
+    """
+    _check_plain(meta, "meta")
+    tensors = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict['{key}'] is a {type(value).__name__}, not a tensor")
+        tensors[key] = value.detach().to("cpu").contiguous()
+    payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "state_dict": tensors, "meta": dict(meta)}
+    return atomic_torch_save(payload, path, overwrite=overwrite)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has a non-string key {key!r}")
+            _check_plain(item, f"{where}['{key}']")
+        return
+    raise TypeError(f"{where} is a {type(value).__name__}; checkpoint metadata must be plain types")
+
+
+def _strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
+    if all(key.startswith(prefix) for key in state_dict):
+        return {key[len(prefix) :]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _first(items: list, count: int = 4) -> str:
+    shown = ", ".join(repr(item) for item in items[:count])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > count else "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -1,0 +1,196 @@
+"""The user-facing entry points: convert a checkpoint to our layout, load weights into a model."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..modeling.registry import MODEL_REGISTRY, build_model, list_models
+from ..utils.io import CheckpointError
+from .catalog import SOURCE_PREPROCESSING, download_weights, find_pretrained, list_pretrained
+from .converters import CONVERTERS
+from .formats import SOURCES, StateDict, read_checkpoint, unpack_checkpoint
+from .structure import STRUCTURE_KEYS, apply_structure, model_structure
+
+logger = logging.getLogger(__name__)
+
+CheckpointLike = Union[str, os.PathLike, Mapping[str, Any]]
+Shapes = Dict[str, Tuple[int, ...]]
+_PREPROCESSING_KEYS = ("input_format", "pixel_mean", "pixel_std", "interpolation", "resize_size", "crop_size")
+
+
+def resolve_weights(source: Union[str, os.PathLike]) -> Path:
+    """A checkpoint path, downloading first when ``source`` names known weights (``list_pretrained()``)."""
+    text = os.fspath(source)
+    if Path(text).exists():
+        return Path(text)
+    if text in list_pretrained():
+        return download_weights(text)
+    if ":" in text and text.split(":", 1)[0] in SOURCES:
+        raise CheckpointError(f"unknown pretrained weights '{text}'; known names: {', '.join(list_pretrained())}")
+    raise CheckpointError(f"checkpoint not found: {text} (neither a file nor a name from list_pretrained())")
+
+
+def convert_checkpoint(
+    path_or_obj: CheckpointLike, arch: Optional[str] = None, source: Optional[str] = None
+) -> Tuple[StateDict, Dict[str, Any]]:
+    """Convert a checkpoint (file, known weight name, or loaded object) to our layout and metadata.
+
+    ``source`` ("megvii", "pytorchcv", "timm", "shufflenet_det") asserts what the checkpoint is; by
+    default it is detected from the keys. ``arch`` is inferred from the tensor shapes when omitted;
+    a checkpoint that fits no registered model, or several, needs it named (and then must fit it).
+    """
+    state_dict, meta = _convert(path_or_obj, source)
+    num_classes = _num_classes(state_dict)
+    if arch is not None:
+        MODEL_REGISTRY.get(arch)  # unknown names raise with the valid ones
+        problems = _shape_problems(_reference_shapes(arch, num_classes), _shapes(state_dict))
+        if problems:
+            raise CheckpointError(f"{meta['label']} does not fit {arch}: {problems}")
+    else:
+        candidates = matching_archs(state_dict)
+        if len(candidates) != 1:
+            found = f"several fit ({', '.join(candidates)})" if candidates else "no registered model fits its shapes"
+            raise CheckpointError(
+                f"cannot tell the architecture of {meta['label']}: {found}; name it with arch= (--arch)"
+            )
+        arch = candidates[0]
+    return state_dict, _finish_meta(meta, arch, num_classes)
+
+
+def load_weights(model: nn.Module, source: CheckpointLike, strict: bool = True) -> Dict[str, Any]:
+    """Load a checkpoint of any supported source into a model of this package; return its metadata.
+
+    ``source`` is a path, a known weight name (downloaded on first use) or a loaded checkpoint object.
+    Parameters must match the model's exactly, except that a classifier for another number of classes
+    is skipped (with a warning; listed in ``meta["skipped"]``). ``strict=False`` also skips keys
+    that do not fit and leaves the model's own values there. The checkpoint's structure settings
+    (shuffle layout, concat order, activation) are applied to the model. Works with FrozenBatchNorm2d.
+    """
+    state_dict, meta = _convert(source, None)
+    label, num_classes = meta["label"], _num_classes(state_dict)
+    expected = model.state_dict()
+    skipped: List[str] = []
+    fc_weight, model_fc = state_dict.get("fc.weight"), expected.get("fc.weight")
+    if (
+        fc_weight is not None
+        and model_fc is not None
+        and fc_weight.shape[1:] == model_fc.shape[1:]
+        and fc_weight.shape[0] != model_fc.shape[0]
+    ):
+        skipped = sorted(key for key in state_dict if key.startswith("fc."))
+        logger.warning(
+            "%s has %d classes, the model %d: not loading %s",
+            label,
+            fc_weight.shape[0],
+            model_fc.shape[0],
+            ", ".join(skipped),
+        )
+        state_dict = {key: value for key, value in state_dict.items() if key not in skipped}
+    model_name = getattr(model, "arch", None) or type(model).__name__
+    problems = _shape_problems(_shapes(expected), _shapes(state_dict), skipped)
+    if problems:
+        candidates = matching_archs(state_dict)
+        about = f" (it fits {', '.join(candidates)})" if candidates else ""
+        if strict:
+            raise CheckpointError(f"{label} does not fit {model_name}{about}: {problems}")
+        logger.warning("%s: loading only what fits %s; %s", label, model_name, problems)
+    misfits = [k for k, shape in _shapes(state_dict).items() if k not in expected or tuple(expected[k].shape) != shape]
+    skipped += sorted(misfits)
+    apply_structure(model, meta)
+    merged = dict(expected)
+    merged.update((k, v) for k, v in state_dict.items() if k in expected and k not in misfits)
+    model.load_state_dict(merged, strict=True)
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        candidates = matching_archs(state_dict)
+        arch = candidates[0] if len(candidates) == 1 else None
+    meta = _finish_meta(meta, arch, num_classes)
+    meta.update(model_structure(model))
+    meta["skipped"] = skipped
+    return meta
+
+
+def matching_archs(state_dict: Mapping[str, torch.Tensor]) -> List[str]:
+    """Registered model names whose parameters and buffers have exactly these keys and shapes."""
+    shapes = _shapes(state_dict)
+    num_classes = _num_classes(state_dict)
+    return [arch for arch in list_models() if _reference_shapes(arch, num_classes) == shapes]
+
+
+def _convert(path_or_obj: CheckpointLike, source: Optional[str]) -> Tuple[StateDict, Dict[str, Any]]:
+    if isinstance(path_or_obj, Mapping):
+        obj, label = path_or_obj, "checkpoint"
+    else:
+        path = resolve_weights(path_or_obj)
+        obj, label = read_checkpoint(path), str(path_or_obj)
+    raw = unpack_checkpoint(obj, label)
+    if source is not None and source != raw.source:
+        if source not in SOURCES:
+            raise CheckpointError(f"unknown source '{source}': expected one of {', '.join(SOURCES)}")
+        raise CheckpointError(f"{label} looks like a {raw.source} checkpoint, not {source}")
+    if raw.source in CONVERTERS:
+        state_dict, structure = CONVERTERS[raw.source](raw.state_dict)
+        meta: Dict[str, Any] = {"source": raw.source, **SOURCE_PREPROCESSING[raw.source].meta(), **structure}
+    else:  # already our layout: its own metadata says where it came from
+        state_dict = raw.state_dict
+        meta = {"source": "shufflenet_det", **{key: None for key in _PREPROCESSING_KEYS}}
+        meta.update(raw.meta)
+    meta.update(label=label, format=raw.container if raw.source == "shufflenet_det" else raw.source)
+    return state_dict, meta
+
+
+def _finish_meta(meta: Dict[str, Any], arch: Optional[str], num_classes: Optional[int]) -> Dict[str, Any]:
+    """Add the architecture and, for released weights, what their publisher reports."""
+    meta = dict(meta)
+    meta.pop("label", None)
+    meta["arch"] = arch
+    if num_classes is not None:
+        meta["num_classes"] = num_classes
+    entry = find_pretrained(meta["source"], arch)
+    if entry is not None and meta["source"] != "shufflenet_det":
+        for key, value in entry.meta().items():
+            meta.setdefault(key, value)
+    for key in STRUCTURE_KEYS:
+        meta.setdefault(key, None)
+    return meta
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_shapes(arch: str, num_classes: int) -> Shapes:
+    with torch.device("meta"):  # shapes only: no memory, no initialization cost
+        model = build_model(arch, num_classes=num_classes)
+    return _shapes(model.state_dict())
+
+
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> Shapes:
+    # BatchNorm's step counter is absent from FrozenBatchNorm2d and from some sources: not a parameter.
+    return {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+
+
+def _num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
+    weight = state_dict.get("fc.weight")
+    return int(weight.shape[0]) if weight is not None else 1000
+
+
+def _shape_problems(expected: Shapes, found: Shapes, skipped: Sequence[str] = (), limit: int = 3) -> str:
+    """Empty when ``found`` fits ``expected``; else one line naming the first misshapen/missing/unexpected keys."""
+    missing = [k for k in expected if k not in found and k not in skipped]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and expected[k] != found[k]]
+    parts = []
+    for title, keys, describe in (
+        ("shape mismatch", wrong, lambda k: f"{k} {list(found[k])} vs model {list(expected[k])}"),
+        ("missing", missing, lambda k: f"{k} {list(expected[k])}"),
+        ("unexpected", unexpected, lambda k: f"{k} {list(found[k])}"),
+    ):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+            parts.append(f"{title}: " + ", ".join(describe(k) for k in keys[:limit]) + more)
+    return "; ".join(parts)
