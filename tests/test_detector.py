@@ -307,7 +307,7 @@ def test_bgr_and_rgb_give_the_same_detections_when_swapped_consistently():
     (["MODEL.MASK_ON", "True"], "MODEL.MASK_ON True is not supported"),
     (["MODEL.ROI_HEADS.IN_FEATURES", "['res5']"], "MODEL.ROI_HEADS.IN_FEATURES must name the one C4 feature"),
     (["MODEL.SHUFFLENET.NORM", "GN"], "MODEL.SHUFFLENET.NORM must be one of BN, FrozenBN, SyncBN"),
-    (["MODEL.SHUFFLENET.WIDTH_MULT", "0.75"], "shufflenet_v1_x0_75_g3"),
+    (["MODEL.SHUFFLENET.WIDTH_MULT", "0.6"], "shufflenet_v1_x0_6_g3"),
     (["MODEL.BACKBONE.NAME", "build_shufflenet_backbone"], "Did you mean: build_shufflenet_v1_backbone"),
 ])
 def test_bad_settings_are_one_line_config_errors(overrides, message):
