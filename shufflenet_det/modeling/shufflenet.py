@@ -49,8 +49,8 @@ def shufflenet_v1_channels(width_mult: float, groups: int) -> Tuple[int, List[in
 
     Official variants use the release's plan. Otherwise each stage width is the paper's scaled width
     rounded to a multiple of 4 * groups (so the bottleneck, a quarter of it, splits into groups),
-    and the stem is 24 * width_mult, at least 12 (as the official 0.5x models), rounded up to a
-    multiple of groups (so the first stride-2 unit's branch, stage2 - stem channels wide, splits too).
+    and the stem is 24 * width_mult rounded to a multiple of groups (so the first stride-2 unit's
+    branch, stage2 - stem channels wide, splits too).
     """
     if groups not in _STAGE2_CHANNELS_1X:
         raise ValueError(f"ShuffleNet v1 groups must be one of {GROUPS}, got {groups}")
@@ -60,7 +60,7 @@ def shufflenet_v1_channels(width_mult: float, groups: int) -> Tuple[int, List[in
     if official is not None:
         return official[0], list(official[1:])
     stage2 = make_divisible(_STAGE2_CHANNELS_1X[groups] * width_mult, 4 * groups)
-    stem = -(-max(12, round(24 * width_mult)) // groups) * groups
+    stem = make_divisible(24 * width_mult, groups)
     return stem, [stage2, 2 * stage2, 4 * stage2]
 
 
