@@ -31,6 +31,7 @@ from torchvision.ops import roi_align  # noqa: E402
 
 import shufflenet_det.integrations.d2 as sd2  # noqa: E402
 from shufflenet_det import build_model  # noqa: E402
+from shufflenet_det.config import get_cfg as get_our_cfg  # noqa: E402
 from shufflenet_det.integrations.d2 import parity  # noqa: E402
 from shufflenet_det.integrations.d2.train import (  # noqa: E402
     d2_evaluate,
@@ -113,6 +114,15 @@ EXPECTED_SHAPES = {
     "shufflenet_g8_noshuffle.yaml": (384, "stage4", 768),
     "mobilenet.yaml": (128, "stage5", 256),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread: these tiny models run 5-40x slower with two threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _write_configs(folder: Path) -> dict:
@@ -296,6 +306,9 @@ def test_config_errors_are_one_line(configs, tmp_path):
 
 
 def test_our_defaults_carry_over_to_detectron2():
+    ours = get_our_cfg()
+    ours.SOLVER.BASE_LR = 0.5
+    assert sd2.setup_d2_cfg(ours).SOLVER.BASE_LR == 0.5  # a config of our own engine converts too
     cfg = sd2.get_shufflenet_d2_cfg()
     assert cfg.MODEL.BACKBONE.NAME == "build_shufflenet_v1_backbone"
     assert cfg.MODEL.ROI_HEADS.NAME == "ShuffleNetC4ROIHeads"
@@ -515,3 +528,17 @@ def test_torchvision_rounded_anchors_break_end_to_end_parity(engines):
     finally:
         tv_model.rpn.anchor_generator = exact
     assert differences["proposals"] > 0.1 and differences["boxes"] > 0.1
+
+
+def test_torchvision_engine_checkpoints_load_into_detectron2(engines, tmp_path):
+    cfg, tv_model, d2_model, _ = engines
+    torch.save({"model": tv_model.state_dict(), "iteration": 7}, tmp_path / "tv_engine.pth")
+    fresh = build_d2_model(cfg)
+    with pytest.raises(CheckpointError, match="needs the anchor layout"):
+        sd2.ShuffleNetCheckpointer(fresh).load(str(tmp_path / "tv_engine.pth"))
+    checkpointer = sd2.ShuffleNetCheckpointer(fresh, anchor_layout=sd2.anchor_layout(cfg))
+    checkpointer.load(str(tmp_path / "tv_engine.pth"))
+    report = checkpointer.last_incompatible_keys
+    assert report.missing_keys == [] and report.unexpected_keys == [] and report.incorrect_shapes == []
+    expected = d2_model.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in fresh.state_dict().items())

@@ -6,9 +6,9 @@ import os
 from typing import Callable, Sequence, Union
 
 import yaml
-
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as get_d2_cfg
+from fvcore.common.config import CfgNode as AnyCfgNode  # ours and detectron2's both derive from it
 
 from ...config.defaults import add_shufflenet_config as _add_keys
 from ...config.defaults import get_cfg as get_our_cfg
@@ -41,12 +41,12 @@ def get_shufflenet_d2_cfg() -> CfgNode:
     return cfg
 
 
-def setup_d2_cfg(config: Union[str, os.PathLike, CfgNode], opts: Sequence[str] = ()) -> CfgNode:
-    """A frozen detectron2 config: our defaults, then a YAML file (with ``_BASE_``) or a given config,
-    then ``opts`` (``["SOLVER.BASE_LR", "0.01", ...]``). Bad files and keys raise a one-line ValueError.
+def setup_d2_cfg(config: Union[str, os.PathLike, AnyCfgNode], opts: Sequence[str] = ()) -> CfgNode:
+    """A frozen detectron2 config: our defaults, then a YAML file (with ``_BASE_``) or a given config
+    (ours or detectron2's), then ``opts`` (``["SOLVER.BASE_LR", "0.01", ...]``). Bad files and keys raise a one-line ValueError.
     """
     cfg = get_shufflenet_d2_cfg()
-    if isinstance(config, CfgNode):
+    if isinstance(config, AnyCfgNode):
         where = "the given config"
         _merge(lambda: cfg.merge_from_other_cfg(config), where)
     else:
