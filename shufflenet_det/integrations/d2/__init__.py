@@ -1,0 +1,52 @@
+"""detectron2 plugin: ShuffleNet v1 / MobileNet v1 C4 backbones and RoI heads in detectron2's registries.
+
+In a detectron2 project::
+
+    import shufflenet_det.integrations.d2  # registers the backbones and ShuffleNetC4ROIHeads
+    from shufflenet_det.integrations.d2 import add_shufflenet_config
+    add_shufflenet_config(cfg)  # adds MODEL.SHUFFLENET, MODEL.MOBILENET, SHUFFLENET_DET
+
+Training and evaluation helpers (DefaultTrainer, COCOEvaluator) are in ``.train``. detectron2 is
+optional: nothing else in shufflenet_det imports this package.
+"""
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "shufflenet_det.integrations.d2 needs detectron2, an optional dependency that is not installed "
+        "(it is not on PyPI). Build it from source, e.g. "
+        "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`; "
+        "see docs/detectron2.md and https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
+    ) from error
+
+from .backbone import (
+    ShuffleNetC4Backbone,
+    build_mobilenet_v1_backbone,
+    build_shufflenet_v1_backbone,
+    network_from_cfg,
+)
+from .checkpoint import (
+    ShuffleNetCheckpointer,
+    anchor_layout,
+    classifier_to_d2_state_dict,
+    torchvision_to_d2_state_dict,
+)
+from .config import add_shufflenet_config, get_shufflenet_d2_cfg, setup_d2_cfg
+from .roi_heads import RoIStageHead, ShuffleNetC4ROIHeads
+
+__all__ = [
+    "RoIStageHead",
+    "ShuffleNetC4Backbone",
+    "ShuffleNetC4ROIHeads",
+    "ShuffleNetCheckpointer",
+    "add_shufflenet_config",
+    "anchor_layout",
+    "build_mobilenet_v1_backbone",
+    "build_shufflenet_v1_backbone",
+    "classifier_to_d2_state_dict",
+    "get_shufflenet_d2_cfg",
+    "network_from_cfg",
+    "setup_d2_cfg",
+    "torchvision_to_d2_state_dict",
+]

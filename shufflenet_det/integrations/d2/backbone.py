@@ -1,0 +1,122 @@
+"""ShuffleNet v1 / MobileNet v1 C4 backbones in detectron2's ``BACKBONE_REGISTRY``.
+
+The network is built by our own modeling code and cut at stride 16: the stem and the stages up to
+stride 16 form the backbone (one output, "res4" by default), the stage after it is the per-RoI head
+of :class:`~shufflenet_det.integrations.d2.roi_heads.ShuffleNetC4ROIHeads`. Both parts keep the
+network's stage names, so a classification state dict maps onto the detector by prefix only.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
+
+from ...modeling import MODEL_REGISTRY, StagedNetwork, build_model
+from ...modeling.layers import NORMS
+from ...modeling.shufflenet import width_tag
+
+C4_STRIDE = 16
+# Our torchvision engine pads batches to a multiple of 32 (GeneralizedRCNNTransform); padding the
+# same way keeps features identical near the bottom/right border, where BatchNorm shifts the
+# padded zeros (see docs/detectron2.md, "Parity").
+SIZE_DIVISIBILITY = 32
+
+
+class ShuffleNetC4Backbone(Backbone):
+    """The stages of a network up to stride 16, returning ``{out_feature: [N, C, H/16, W/16]}``.
+
+    ``stages`` is an ordered mapping of stage name -> module (``split_at_stride(16)``'s trunk); the
+    stages become children under their own names, so parameters are ``stem.*``, ``stage2.*``, ....
+    """
+
+    def __init__(
+        self,
+        stages: nn.Sequential,
+        out_channels: int,
+        out_feature: str = "res4",
+        stride: int = C4_STRIDE,
+        size_divisibility: int = SIZE_DIVISIBILITY,
+    ) -> None:
+        super().__init__()
+        self.stage_names = [name for name, _ in stages.named_children()]
+        for name, stage in stages.named_children():
+            self.add_module(name, stage)
+        self._out_features = [out_feature]
+        self._out_feature_channels = {out_feature: out_channels}
+        self._out_feature_strides = {out_feature: stride}
+        self._size_divisibility = size_divisibility
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return {self._out_features[0]: x}
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+
+def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
+    """The classification network MODEL.BACKBONE.NAME describes (norm and FREEZE_AT applied), and
+    the name of its C4 feature (MODEL.SHUFFLENET / MODEL.MOBILENET .OUT_FEATURES[0]).
+
+    No weights are loaded here: in detectron2, MODEL.WEIGHTS goes through the checkpointer.
+    """
+    name = cfg.MODEL.BACKBONE.NAME
+    if name == "build_shufflenet_v1_backbone":
+        options, node = cfg.MODEL.SHUFFLENET, "MODEL.SHUFFLENET"
+        arch = f"shufflenet_v1_{width_tag(options.WIDTH_MULT)}_g{options.GROUPS}"
+        kwargs = {"channel_shuffle": options.CHANNEL_SHUFFLE}
+    elif name == "build_mobilenet_v1_backbone":
+        options, node = cfg.MODEL.MOBILENET, "MODEL.MOBILENET"
+        arch, kwargs = f"mobilenet_v1_{width_tag(options.WIDTH_MULT)}", {}
+    else:
+        raise ValueError(
+            f"MODEL.BACKBONE.NAME is '{name}'; the ShuffleNet C4 model needs 'build_shufflenet_v1_backbone' "
+            "or 'build_mobilenet_v1_backbone'"
+        )
+    if options.NORM not in NORMS:
+        raise ValueError(f"{node}.NORM must be one of {', '.join(NORMS)}, got '{options.NORM}'")
+    if len(options.OUT_FEATURES) != 1:
+        raise ValueError(
+            f"{node}.OUT_FEATURES must name the one stride-16 C4 feature, e.g. ['res4'], got {list(options.OUT_FEATURES)}"
+        )
+    if arch not in MODEL_REGISTRY:
+        raise ValueError(f"{node} asks for {MODEL_REGISTRY.unknown_message(arch)}")
+    network = build_model(arch, norm=options.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, **kwargs)
+    return network, options.OUT_FEATURES[0]
+
+
+def split_c4(network: StagedNetwork) -> Tuple[nn.Sequential, int, nn.Sequential, int]:
+    """(trunk stages, trunk channels, head stages, head channels) of a network cut at stride 16."""
+    trunk, head = network.split_at_stride(C4_STRIDE)
+    if len(head) == 0:
+        raise ValueError(f"{type(network).__name__} has no stage after stride {C4_STRIDE} for the per-RoI head")
+    channels = {info.name: info.channels for info in network.feature_info}
+    trunk_end, head_end = (list(dict(stages.named_children()))[-1] for stages in (trunk, head))
+    return trunk, channels[trunk_end], head, channels[head_end]
+
+
+def _build_c4_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ShuffleNetC4Backbone:
+    if input_shape.channels != 3:
+        raise ValueError(f"the backbone takes 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels} values")
+    network, out_feature = network_from_cfg(cfg)
+    trunk, channels, _, _ = split_c4(network)
+    return ShuffleNetC4Backbone(trunk, channels, out_feature)
+
+
+@BACKBONE_REGISTRY.register()
+def build_shufflenet_v1_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ShuffleNetC4Backbone:
+    """ShuffleNet v1 C4 backbone from MODEL.SHUFFLENET (WIDTH_MULT, GROUPS, CHANNEL_SHUFFLE, NORM, OUT_FEATURES)."""
+    return _build_c4_backbone(cfg, input_shape)
+
+
+@BACKBONE_REGISTRY.register()
+def build_mobilenet_v1_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ShuffleNetC4Backbone:
+    """MobileNet v1 C4 backbone from MODEL.MOBILENET (WIDTH_MULT, NORM, OUT_FEATURES)."""
+    return _build_c4_backbone(cfg, input_shape)

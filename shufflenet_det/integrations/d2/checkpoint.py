@@ -1,0 +1,205 @@
+"""Loading our checkpoints into detectron2 models, always with ``torch.load(weights_only=True)``.
+
+``ShuffleNetCheckpointer`` is a ``DetectionCheckpointer`` that reads:
+
+- our ImageNet weights (``{"format": "shufflenet_det.weights", "state_dict": ...}``, classification
+  key names): the trunk stages go to ``backbone.<stage>``, the last stage to
+  ``roi_heads.box_head.<stage>``, the classifier (``fc``) is dropped;
+- detectron2 training checkpoints (``{"model": ..., "optimizer": ..., ...}``), unchanged;
+- checkpoints of our torchvision engine (``backbone.body.*``, ``rpn.head.*``, ``roi_heads.*``),
+  converted to detectron2's names and tensor layouts.
+
+torch >= 2.6 made ``weights_only=True`` the default of ``torch.load``; every ``.pth`` here is read
+that way on every torch version, and pickle files (``.pkl``, ``.pyth``), which detectron2 reads
+with plain ``pickle``, are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from torch import nn
+
+from ...utils.io import CheckpointError, safe_torch_load
+
+WEIGHTS_FORMAT = "shufflenet_det.weights"
+WEIGHTS_FORMAT_VERSION = 1
+# Where a classification network's stages live in the detectron2 model, in the order tried.
+_STAGE_PREFIXES = ("backbone.", "roi_heads.box_head.")
+_CLASSIFIER_PREFIX = "fc."
+
+# Our torchvision engine's module names -> detectron2's (tensor layouts are converted separately).
+_TORCHVISION_RENAMES = (
+    ("backbone.body.", "backbone."),
+    ("rpn.head.conv.0.0.", "proposal_generator.rpn_head.conv."),
+    ("rpn.head.cls_logits.", "proposal_generator.rpn_head.objectness_logits."),
+    ("rpn.head.bbox_pred.", "proposal_generator.rpn_head.anchor_deltas."),
+    ("roi_heads.box_head.", "roi_heads.box_head."),
+    ("roi_heads.box_predictor.", "roi_heads.box_predictor."),
+)
+
+StateDict = Dict[str, torch.Tensor]
+
+
+def classifier_to_d2_state_dict(state_dict: Mapping, model_keys: Iterable[str]) -> StateDict:
+    """Rename a classification state dict (``stem.*``, ``stage3.*``, ``fc.*``) to a detectron2 model's keys.
+
+    Each stage goes to the prefix under which ``model_keys`` holds it; ``fc.*`` is dropped; keys of
+    stages the model lacks keep their names (the checkpointer reports them as unexpected).
+    """
+    # "backbone.stage3", "roi_heads.box_head.stage4", ...: where each stage is in the model.
+    placed = {
+        prefix + key[len(prefix) :].split(".", 1)[0]
+        for key in model_keys
+        for prefix in _STAGE_PREFIXES
+        if key.startswith(prefix)
+    }
+    renamed: StateDict = {}
+    for key, value in state_dict.items():
+        if key.startswith(_CLASSIFIER_PREFIX):
+            continue
+        stage = key.split(".", 1)[0]
+        prefix = next((p for p in _STAGE_PREFIXES if p + stage in placed), "")
+        renamed[prefix + key] = value
+    return renamed
+
+
+def torchvision_to_d2_state_dict(state_dict: Mapping, num_sizes: int, num_ratios: int) -> StateDict:
+    """Our torchvision engine's detector state dict in the detectron2 model's names and layouts.
+
+    ``num_sizes`` / ``num_ratios``: the anchor sizes and aspect ratios of the one feature map.
+    torchvision orders a location's anchors ratio-major, detectron2 size-major, so the RPN's
+    per-anchor outputs are permuted. torchvision's class 0 is the background, detectron2's is the
+    last one, and detectron2 has no background box regression: the predictor rows are reordered.
+    """
+    num_anchors = num_sizes * num_ratios
+    # detectron2's anchor (size s, ratio r) is torchvision's anchor r * num_sizes + s.
+    anchor_order = torch.tensor([r * num_sizes + s for s in range(num_sizes) for r in range(num_ratios)])
+    converted: StateDict = {}
+    for key, value in state_dict.items():
+        new_key = _rename(key)
+        if new_key.startswith("proposal_generator.rpn_head.objectness_logits."):
+            _check_rows(key, value, num_anchors)
+            value = value[anchor_order]
+        elif new_key.startswith("proposal_generator.rpn_head.anchor_deltas."):
+            _check_rows(key, value, num_anchors * 4)
+            value = value.reshape(num_anchors, 4, *value.shape[1:])[anchor_order].reshape(value.shape)
+        elif new_key.startswith("roi_heads.box_predictor.cls_score."):
+            value = torch.cat([value[1:], value[:1]])
+        elif new_key.startswith("roi_heads.box_predictor.bbox_pred."):
+            value = value[4:]
+        converted[new_key] = value
+    return converted
+
+
+def is_torchvision_engine_state_dict(state_dict: Mapping) -> bool:
+    return any(key.startswith(("backbone.body.", "rpn.head.")) for key in state_dict)
+
+
+def anchor_layout(cfg: CfgNode) -> Tuple[int, int]:
+    """(number of anchor sizes, number of aspect ratios) of the C4 feature map."""
+    return len(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]), len(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0])
+
+
+class ShuffleNetCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` reading our weight files too, never unpickling code.
+
+    ``anchor_layout`` ((sizes, ratios), see :func:`anchor_layout`) is only needed to load
+    checkpoints of our torchvision engine. After a load, ``last_incompatible_keys`` holds the
+    missing / unexpected keys and shape mismatches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        anchor_layout: Optional[Tuple[int, int]] = None,
+        **checkpointables: Any,
+    ) -> None:
+        super().__init__(model, save_dir, **checkpointables)
+        self.anchor_layout = anchor_layout
+        self.last_incompatible_keys = None
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # DetectionCheckpointer resets this only on success and asserts it is unset on entry:
+            # without the reset, one refused file would break every later load.
+            self._parsed_url_during_load = None
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith((".pkl", ".pyth")):
+            raise CheckpointError(
+                f"refusing to read {filename}: pickle files can run code when loaded. Load it once with "
+                "detectron2's DetectionCheckpointer where you trust the file and save the model as .pth"
+            )
+        return super()._load_file(filename)
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        checkpoint = safe_torch_load(f)
+        if not isinstance(checkpoint, Mapping):
+            raise CheckpointError(f"{f} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+        if checkpoint.get("format") == WEIGHTS_FORMAT:
+            version = checkpoint.get("version")
+            if not isinstance(version, int) or version > WEIGHTS_FORMAT_VERSION:
+                raise CheckpointError(
+                    f"{f} is {WEIGHTS_FORMAT} version {version}; this version reads up to {WEIGHTS_FORMAT_VERSION}"
+                )
+            model_keys = self.model.state_dict().keys()
+            state_dict = classifier_to_d2_state_dict(checkpoint["state_dict"], model_keys)
+            return {"model": state_dict, "__author__": "shufflenet_det", "meta": checkpoint.get("meta", {})}
+        state_dict = checkpoint.get("model", checkpoint)
+        if isinstance(state_dict, Mapping) and is_torchvision_engine_state_dict(state_dict):
+            if self.anchor_layout is None:
+                raise CheckpointError(
+                    f"{f} is a checkpoint of the torchvision engine; converting it needs the anchor layout: "
+                    "ShuffleNetCheckpointer(..., anchor_layout=anchor_layout(cfg))"
+                )
+            converted = torchvision_to_d2_state_dict(state_dict, *self.anchor_layout)
+            # Optimizer and scheduler states of the other engine do not apply here.
+            return {"model": converted, "__author__": "shufflenet_det torchvision engine"}
+        return dict(checkpoint)
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        if not checkpoint.get("matching_heuristics", False):
+            _check_overlap(checkpoint["model"], self.model.state_dict().keys())
+        self.last_incompatible_keys = super()._load_model(checkpoint)
+        return self.last_incompatible_keys
+
+
+def _rename(key: str) -> str:
+    for old, new in _TORCHVISION_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def _check_rows(key: str, value: torch.Tensor, rows: int) -> None:
+    if value.shape[0] != rows:
+        raise CheckpointError(
+            f"{key} has {value.shape[0]} outputs, the anchor layout gives {rows}: "
+            "MODEL.ANCHOR_GENERATOR SIZES / ASPECT_RATIOS differ from the checkpoint's"
+        )
+
+
+def _check_overlap(state_dict: Mapping, model_keys: Iterable[str]) -> None:
+    """A checkpoint that shares no key with the model would leave it untouched with only warnings."""
+    model_keys = set(model_keys)
+    if state_dict and not model_keys.intersection(state_dict):
+        raise CheckpointError(
+            f"none of the checkpoint's {len(state_dict)} keys (first: {_first(state_dict)}) fits the model "
+            f"(first: {_first(sorted(model_keys))}); convert other weights with tools/convert_weights.py"
+        )
+
+
+def _first(keys: Sequence[str] | Mapping, count: int = 3) -> str:
+    return ", ".join(list(keys)[:count])

@@ -1,0 +1,114 @@
+"""C4 RoI heads for ShuffleNet / MobileNet backbones, in the manner of detectron2's ``Res5ROIHeads``.
+
+Every proposal is pooled from the stride-16 feature (ROIAlignV2, 14x14, adaptive sampling), run
+through the network's last stage (its first unit has stride 2: 14x14 -> 7x7), mean-pooled and fed
+to detectron2's ``FastRCNNOutputLayers``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import ROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+
+from .backbone import network_from_cfg, split_c4
+
+
+class RoIStageHead(nn.Sequential):
+    """Stages run on pooled RoIs [R, C, S, S], mean-pooled to [R, out_channels].
+
+    The stages keep their network names (``stage4.*`` for ShuffleNet, ``stage5.*`` for MobileNet).
+    """
+
+    def __init__(self, stages: nn.Sequential, out_channels: int) -> None:
+        super().__init__(OrderedDict(stages.named_children()))
+        self.out_channels = out_channels
+
+    def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
+        return super().forward(roi_features).mean(dim=(2, 3))
+
+
+@ROI_HEADS_REGISTRY.register()
+class ShuffleNetC4ROIHeads(ROIHeads):
+    """RoI pooling on the one C4 feature, the network's last stage as the per-RoI head, box predictor.
+
+    Parameters live under ``box_head.<stage>`` and ``box_predictor.{cls_score,bbox_pred}``: the same
+    names as in our torchvision engine's ``roi_heads``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_feature: str,
+        pooler: ROIPooler,
+        box_head: RoIStageHead,
+        box_predictor: nn.Module,
+        **kwargs,
+    ) -> None:
+        """``kwargs`` are :class:`ROIHeads`'s (num_classes, batch_size_per_image, positive_fraction,
+        proposal_matcher, proposal_append_gt)."""
+        super().__init__(**kwargs)
+        self.in_feature = in_feature
+        self.pooler = pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
+        if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
+            raise ValueError("ShuffleNetC4ROIHeads predicts boxes only: set MODEL.MASK_ON and MODEL.KEYPOINT_ON False")
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        if len(in_features) != 1 or in_features[0] not in input_shape:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.IN_FEATURES must name the backbone's one feature {sorted(input_shape)}, got {in_features}"
+            )
+        network, _ = network_from_cfg(cfg)
+        _, _, head_stages, head_channels = split_c4(network)
+        box_head = cfg.MODEL.ROI_BOX_HEAD
+        return {
+            **super().from_config(cfg),
+            "in_feature": in_features[0],
+            "pooler": ROIPooler(
+                output_size=box_head.POOLER_RESOLUTION,
+                scales=(1.0 / input_shape[in_features[0]].stride,),
+                sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
+                pooler_type=box_head.POOLER_TYPE,
+            ),
+            "box_head": RoIStageHead(head_stages, head_channels),
+            "box_predictor": FastRCNNOutputLayers(cfg, ShapeSpec(channels=head_channels)),
+        }
+
+    def box_predictions(
+        self, features: Dict[str, torch.Tensor], proposal_boxes: List[Boxes]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Class logits [R, K+1] (background last) and box deltas [R, 4K] for the given boxes, all images concatenated."""
+        roi_features = self.pooler([features[self.in_feature]], proposal_boxes)
+        return self.box_predictor(self.box_head(roi_features))
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        del images
+        if self.training:
+            if not targets:
+                raise ValueError("ShuffleNetC4ROIHeads needs targets in training mode")
+            proposals = self.label_and_sample_proposals(proposals, targets)
+        predictions = self.box_predictions(features, [p.proposal_boxes for p in proposals])
+        if self.training:
+            return [], self.box_predictor.losses(predictions, proposals)
+        instances, _ = self.box_predictor.inference(predictions, proposals)
+        return instances, {}

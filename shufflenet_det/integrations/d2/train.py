@@ -1,0 +1,141 @@
+"""Training and evaluation with detectron2's ``DefaultTrainer`` and ``COCOEvaluator``.
+
+``tools/train_net.py --engine detectron2`` calls :func:`setup_d2_cfg`, the ``register_d2_*``
+functions for datasets detectron2 does not know, then :func:`d2_train` or :func:`d2_evaluate`.
+detectron2 registers the COCO datasets itself under the same names and layout as ours
+(``$DETECTRON2_DATASETS/coco/...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any, Dict, List, Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.logger import setup_logger
+
+from ...utils.io import atomic_write
+from .checkpoint import ShuffleNetCheckpointer, anchor_layout
+from .config import setup_d2_cfg
+
+__all__ = [
+    "SYNTHETIC_SPLITS",
+    "ShuffleNetTrainer",
+    "d2_evaluate",
+    "d2_train",
+    "register_d2_coco",
+    "register_d2_synthetic",
+    "setup_d2_cfg",
+]
+
+logger = logging.getLogger(__name__)
+
+# The synthetic dataset's splits: name -> (image folder, annotation file), relative to its folder.
+SYNTHETIC_SPLITS = {
+    "synthetic_train": ("train", "annotations/instances_train.json"),
+    "synthetic_val": ("val", "annotations/instances_val.json"),
+}
+
+
+class ShuffleNetTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with COCO evaluation, :class:`ShuffleNetCheckpointer` (safe loading, our
+    weight formats) and metrics written every SHUFFLENET_DET.LOG_PERIOD iterations (not 20)."""
+
+    def build_hooks(self) -> List[HookBase]:
+        # DefaultTrainer.__init__ creates a plain DetectionCheckpointer just before calling this,
+        # which hands it to the PeriodicCheckpointer hook: put ours in its place first.
+        self.checkpointer = ShuffleNetCheckpointer(
+            self._trainer.model,
+            self.cfg.OUTPUT_DIR,
+            anchor_layout=anchor_layout(self.cfg),
+            trainer=weakref.proxy(self),
+        )
+        period = self.cfg.SHUFFLENET_DET.LOG_PERIOD
+        return [
+            hooks.PeriodicWriter(self.build_writers(), period=period) if isinstance(hook, hooks.PeriodicWriter) else hook
+            for hook in super().build_hooks()
+        ]
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+
+def register_d2_coco(name: str, json_file: str, image_root: str) -> None:
+    """Register a COCO-format dataset in detectron2's catalogs, replacing an entry of the same name."""
+    if not os.path.isfile(json_file):
+        raise ValueError(f"dataset '{name}': annotation file not found: {json_file}")
+    if not os.path.isdir(image_root):
+        raise ValueError(f"dataset '{name}': image folder not found: {image_root}")
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, json_file, image_root)
+
+
+def register_d2_synthetic(root: str) -> None:
+    """Register ``synthetic_train`` / ``synthetic_val`` for a generated synthetic dataset in ``root``."""
+    for name, (image_dir, json_file) in SYNTHETIC_SPLITS.items():
+        register_d2_coco(name, os.path.join(root, json_file), os.path.join(root, image_dir))
+
+
+def d2_train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Train with ``ShuffleNetTrainer``; returns the evaluation on DATASETS.TEST after the last iteration.
+
+    ``resume`` continues from OUTPUT_DIR's last checkpoint (optimizer, schedule, iteration);
+    otherwise training starts from MODEL.WEIGHTS, and an OUTPUT_DIR holding another run's
+    checkpoints is refused unless ``overwrite``.
+    """
+    _check_weights(cfg)
+    if not resume and not overwrite and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        raise ValueError(
+            f"{cfg.OUTPUT_DIR} holds checkpoints of an earlier run: resume it (--resume), choose another "
+            "OUTPUT_DIR, or pass --overwrite to start over there"
+        )
+    _prepare_output_dir(cfg)
+    trainer = ShuffleNetTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    # DefaultTrainer's evaluation hook keeps the final results here (train() only returns them
+    # when TEST.EXPECTED_RESULTS is set).
+    return getattr(trainer, "_last_eval_results", None) or {}
+
+
+def d2_evaluate(cfg: CfgNode) -> Dict[str, Any]:
+    """COCO box AP of MODEL.WEIGHTS on every DATASETS.TEST: ``{dataset: {"bbox": {"AP": ..., ...}}}``."""
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("MODEL.WEIGHTS is empty: give the checkpoint to evaluate (MODEL.WEIGHTS path/to/model.pth)")
+    _check_weights(cfg)
+    _prepare_output_dir(cfg)
+    model = ShuffleNetTrainer.build_model(cfg)
+    ShuffleNetCheckpointer(model, cfg.OUTPUT_DIR, anchor_layout=anchor_layout(cfg)).load(cfg.MODEL.WEIGHTS)
+    return ShuffleNetTrainer.test(cfg, model)
+
+
+def _check_weights(cfg: CfgNode) -> None:
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise ValueError(
+            f"MODEL.WEIGHTS file not found: {weights} (convert ImageNet weights with tools/convert_weights.py, "
+            "or set MODEL.WEIGHTS \"\" to train from scratch)"
+        )
+
+
+def _prepare_output_dir(cfg: CfgNode) -> None:
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    setup_logger(output=cfg.OUTPUT_DIR, name="detectron2")
+    setup_logger(output=cfg.OUTPUT_DIR, name="shufflenet_det", abbrev_name="sdet")
+    atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda tmp: _write_text(tmp, cfg.dump()), overwrite=True)
+    logger.info("detectron2 engine; config written to %s", os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
