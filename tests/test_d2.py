@@ -24,6 +24,8 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from torchvision.models.detection import FasterRCNN  # noqa: E402
 from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
+
+from shufflenet_det.detection.anchors import ExactAnchorGenerator  # noqa: E402
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor  # noqa: E402
 from torchvision.models.detection.rpn import RPNHead  # noqa: E402
 from torchvision.models.detection.transform import GeneralizedRCNNTransform  # noqa: E402
@@ -470,7 +472,7 @@ def engines(configs):
             "MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 32, 64]]"]
     cfg = sd2.setup_d2_cfg(configs["shufflenet.yaml"], opts)
     torch.manual_seed(0)
-    tv_model = _torchvision_c4(cfg, parity.D2StyleAnchorGenerator)
+    tv_model = _torchvision_c4(cfg, ExactAnchorGenerator)
     state_dict = tv_model.state_dict()
     for key, value in state_dict.items():  # random statistics and predictors that produce detections
         if "running_var" in key:

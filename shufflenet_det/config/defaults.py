@@ -15,7 +15,8 @@ _C.MODEL.WEIGHTS = ""
 _C.MODEL.MASK_ON = False
 _C.MODEL.LOAD_PROPOSALS = False
 # 0-255 scale, in INPUT.FORMAT channel order (detectron2's convention). These defaults suit the
-# official megvii weights (BGR, no normalization); pytorchcv/timm weights want RGB ImageNet mean/std.
+# official megvii weights (BGR, no normalization); pytorchcv weights want RGB ImageNet mean/std, timm's
+# mobilenetv1_100 RGB mean = std = 127.5.
 _C.MODEL.PIXEL_MEAN = [0.0, 0.0, 0.0]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 
@@ -199,9 +200,11 @@ _C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False
 
 def add_shufflenet_config(cfg: CN) -> None:
     """Add the keys of our own to a config (ours or detectron2's). Existing keys are left alone."""
-    cfg.MODEL.SHUFFLENET = _C.MODEL.SHUFFLENET.clone()
-    cfg.MODEL.MOBILENET = _C.MODEL.MOBILENET.clone()
-    cfg.SHUFFLENET_DET = _C.SHUFFLENET_DET.clone()
+    # detectron2's CfgNode subclasses fvcore's, and yacs refuses to merge YAML into a node of another class.
+    node = type(cfg)
+    cfg.MODEL.SHUFFLENET = node(_C.MODEL.SHUFFLENET.clone())
+    cfg.MODEL.MOBILENET = node(_C.MODEL.MOBILENET.clone())
+    cfg.SHUFFLENET_DET = node(_C.SHUFFLENET_DET.clone())
 
 
 def get_cfg() -> CN:

@@ -15,14 +15,14 @@ from fvcore.common.config import CfgNode
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 
 from ..config.loading import ConfigError
 from ..modeling.layers import NORMS
-from .checkpoint import load_detector_state_dict, load_detector_weights
+from .anchors import ExactAnchorGenerator
 from .backbone import build_backbone, split_c4
+from .checkpoint import load_detector_state_dict, load_detector_weights
 from .pooler import RoIPooler, pooler_aligned
 from .transform import DetectionTransform
 
@@ -54,7 +54,7 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
     feature_name = cfg.MODEL.RPN.IN_FEATURES[0]
     backbone, box_head = split_c4(build_backbone(cfg), feature_name, C4_STRIDE)
 
-    anchor_generator = AnchorGenerator(
+    anchor_generator = ExactAnchorGenerator(
         sizes=(tuple(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]),),
         aspect_ratios=(tuple(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),),
     )

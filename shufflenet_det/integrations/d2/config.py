@@ -10,24 +10,8 @@ from detectron2.config import CfgNode
 from detectron2.config import get_cfg as get_d2_cfg
 from fvcore.common.config import CfgNode as AnyCfgNode  # ours and detectron2's both derive from it
 
-from ...config.defaults import add_shufflenet_config as _add_keys
+from ...config.defaults import add_shufflenet_config
 from ...config.defaults import get_cfg as get_our_cfg
-
-# The nodes add_shufflenet_config creates, as (parent path, key).
-_OWN_NODES = (("MODEL", "SHUFFLENET"), ("MODEL", "MOBILENET"), ("", "SHUFFLENET_DET"))
-
-
-def add_shufflenet_config(cfg: CfgNode) -> None:
-    """Add MODEL.SHUFFLENET, MODEL.MOBILENET and SHUFFLENET_DET (with our defaults) to a detectron2 config.
-
-    The new nodes take the class of ``cfg``: yacs refuses to merge a YAML file into a node of another
-    CfgNode class (detectron2's CfgNode subclasses fvcore's).
-    """
-    _add_keys(cfg)
-    for parent_path, key in _OWN_NODES:
-        parent = cfg[parent_path] if parent_path else cfg
-        parent[key] = type(cfg)(parent[key])
-
 
 def get_shufflenet_d2_cfg() -> CfgNode:
     """detectron2's defaults overlaid with ours, so one YAML file gives the same model in both engines.

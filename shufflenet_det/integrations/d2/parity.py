@@ -9,40 +9,13 @@ differences found; docs/detectron2.md ("Parity") explains which stages agree and
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Sequence, Tuple
 
 import torch
 from detectron2.structures import Boxes, Instances
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 Differences = Dict[str, float]
-
-
-class D2StyleAnchorGenerator(AnchorGenerator):
-    """torchvision's anchor generator with detectron2's cell anchors: not rounded to whole pixels.
-
-    torchvision rounds each cell anchor's corners (a 45.25 px wide anchor becomes 46 px); detectron2
-    keeps them exact. The per-location order stays torchvision's (ratio-major), which
-    ``torchvision_to_d2_state_dict`` accounts for.
-    """
-
-    def generate_anchors(
-        self,
-        scales: Sequence[int],
-        aspect_ratios: Sequence[float],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device = torch.device("cpu"),
-    ) -> torch.Tensor:
-        corners = []
-        for ratio in aspect_ratios:
-            for size in scales:
-                # detectron2's definition: area size**2, height / width = ratio.
-                width = math.sqrt(float(size) ** 2 / float(ratio))
-                height = float(ratio) * width
-                corners.append([-width / 2, -height / 2, width / 2, height / 2])
-        return torch.tensor(corners, dtype=dtype, device=device)
 
 
 @torch.no_grad()
