@@ -9,7 +9,7 @@ differences found; docs/detectron2.md ("Parity") explains which stages agree and
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
 import torch
 from detectron2.structures import Boxes, Instances
