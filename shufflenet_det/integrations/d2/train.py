@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import weakref
 from typing import Any, Dict, List, Optional
 
@@ -20,12 +21,14 @@ from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import setup_logger
 
-from ...utils.io import atomic_write
+from ...config.loading import resolve_config_path
+from ...data.builtin import SYNTHETIC_DIRNAME, SYNTHETIC_SPLITS, datasets_root
+from ...data.synthetic import ensure_synthetic_dataset
+from ...utils.io import CheckpointError, atomic_write
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout
 from .config import setup_d2_cfg
 
 __all__ = [
-    "SYNTHETIC_SPLITS",
     "ShuffleNetTrainer",
     "d2_evaluate",
     "d2_train",
@@ -35,12 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# The synthetic dataset's splits: name -> (image folder, annotation file), relative to its folder.
-SYNTHETIC_SPLITS = {
-    "synthetic_train": ("train", "annotations/instances_train.json"),
-    "synthetic_val": ("val", "annotations/instances_val.json"),
-}
 
 
 class ShuffleNetTrainer(DefaultTrainer):
@@ -81,7 +78,9 @@ def register_d2_coco(name: str, json_file: str, image_root: str) -> None:
 
 
 def register_d2_synthetic(root: str) -> None:
-    """Register ``synthetic_train`` / ``synthetic_val`` for a generated synthetic dataset in ``root``."""
+    """Register ``synthetic_train`` / ``synthetic_val`` for the synthetic dataset in ``root`` (generated
+    there first if missing)."""
+    ensure_synthetic_dataset(root)
     for name, (image_dir, json_file) in SYNTHETIC_SPLITS.items():
         register_d2_coco(name, os.path.join(root, json_file), os.path.join(root, image_dir))
 
@@ -139,3 +138,19 @@ def _prepare_output_dir(cfg: CfgNode) -> None:
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as handle:
         handle.write(text)
+
+
+def run_from_args(args: Any) -> int:
+    """``tools/train_net.py --engine detectron2``: returns an exit status; user mistakes are one line."""
+    try:
+        cfg = setup_d2_cfg(resolve_config_path(args.config), args.opts)
+        for name, json_file, image_root in args.register_coco or ():
+            register_d2_coco(name, json_file, image_root)
+        if any(name in SYNTHETIC_SPLITS for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)):
+            register_d2_synthetic(os.path.join(datasets_root(), SYNTHETIC_DIRNAME))
+        results = d2_evaluate(cfg) if args.eval_only else d2_train(cfg, args.resume, args.overwrite)
+    except (ValueError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logger.info("Results: %s", results)
+    return 0

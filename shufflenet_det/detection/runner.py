@@ -1,0 +1,222 @@
+"""Training and evaluating a detector from a config: the library behind ``tools/train_net.py``.
+
+The engine (``shufflenet_det.engine``) knows nothing about detection; this module connects it with the
+detector, the data loaders and COCO evaluation, and draws a few validation images at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import cv2
+import torch
+from fvcore.common.config import CfgNode
+from torch import nn
+
+from ..config import load_config
+from ..config.loading import ConfigError
+from ..data import (
+    DatasetCatalog,
+    DatasetError,
+    MetadataCatalog,
+    UnknownDatasetError,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    read_image,
+    register_coco_instances,
+)
+from ..engine import (
+    SetupError,
+    build_checkpointer,
+    build_grad_scaler,
+    build_lr_scheduler,
+    build_optimizer,
+    build_trainer,
+    create_ddp_model,
+    default_setup,
+)
+from ..evaluation import COCOEvaluator, inference_on_dataset
+from ..utils.distributed import is_main_process
+from ..utils.visualizer import draw_detections
+from .checkpoint import load_detector_state_dict
+from .detector import build_detector
+
+logger = logging.getLogger(__name__)
+
+# Mistakes in what the user gave us: reported as one line, not as a traceback.
+USER_ERRORS = (ConfigError, DatasetError, UnknownDatasetError, FileExistsError)
+
+
+def detection_losses(model: nn.Module, batch: Sequence[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
+    """The detector's training losses for a loader batch (contiguous labels 0..K-1 become 1..K)."""
+    images = [item["image"] for item in batch]
+    targets = [
+        {"boxes": item["instances"]["boxes"], "labels": item["instances"]["labels"] + 1} for item in batch
+    ]
+    return model(images, targets)
+
+
+def _amp_dtype(cfg: CfgNode, model: nn.Module) -> Optional[str]:
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    return cfg.SHUFFLENET_DET.AMP_DTYPE if cfg.SOLVER.AMP.ENABLED and on_cuda else None
+
+
+def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
+    """COCO box AP on every dataset of DATASETS.TEST; files under OUTPUT_DIR/inference[/NAME]."""
+    results: Dict[str, Any] = OrderedDict()
+    names = list(cfg.DATASETS.TEST)
+    for name in names:
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", *([name] if len(names) > 1 else []))
+        evaluator = COCOEvaluator.from_metadata(MetadataCatalog.get(name), output_dir)
+        loader = build_detection_test_loader(cfg, name)
+        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=_amp_dtype(cfg, model))
+    return results[names[0]] if len(names) == 1 else results
+
+
+@torch.no_grad()
+def draw_dataset_predictions(
+    cfg: CfgNode, model: nn.Module, dataset_name: str, num_images: int, output_dir: str
+) -> List[Path]:
+    """Draw the detections on the first ``num_images`` images of a dataset; returns the written files."""
+    class_names = MetadataCatalog.get(dataset_name).get("thing_classes")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    written = []
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    for record in DatasetCatalog.get(dataset_name)[:num_images]:
+        image = read_image(record["file_name"], cfg.INPUT.FORMAT)
+        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
+        output = model([tensor])[0]
+        bgr = image if cfg.INPUT.FORMAT == "BGR" else image[:, :, ::-1]
+        canvas = draw_detections(
+            bgr,
+            output["boxes"].cpu().numpy(),
+            (output["labels"] - 1).tolist(),
+            output["scores"].tolist(),
+            class_names,
+            score_threshold=0.5,
+        )
+        path = Path(output_dir) / f"{Path(record['file_name']).stem}.jpg"
+        cv2.imwrite(str(path), canvas)
+        written.append(path)
+    model.train(was_training)
+    return written
+
+
+def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
+    """Train the detector ``cfg`` describes; returns the final evaluation results (main process)."""
+    model = build_detector(cfg)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    grad_scaler = build_grad_scaler(cfg)
+    checkpointer = build_checkpointer(cfg, model, optimizer, scheduler, grad_scaler)
+    # MODEL.WEIGHTS went into the model as it was built; the checkpointer only resumes.
+    start_iter = checkpointer.resume_or_load(None, resume=resume).get("iteration", 0)
+    loader = build_detection_train_loader(cfg, start_iter=start_iter)
+    trained = create_ddp_model(model, find_unused_parameters=cfg.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS)
+
+    results: Dict[str, Any] = {}
+
+    def evaluate_and_keep() -> Dict[str, Any]:
+        results.clear()
+        results.update(evaluate(cfg, model))
+        return results
+
+    trainer = build_trainer(
+        cfg,
+        trained,
+        loader,
+        optimizer,
+        scheduler,
+        checkpointer,
+        start_iter=start_iter,
+        loss_fn=detection_losses,
+        eval_function=evaluate_and_keep if cfg.DATASETS.TEST else None,
+        grad_scaler=grad_scaler,
+    )
+    trainer.train()
+    if loader.num_failed:
+        logger.warning("%d training image(s) could not be read and were skipped (see the log above)", loader.num_failed)
+    num_vis = cfg.SHUFFLENET_DET.NUM_VIS_IMAGES
+    if is_main_process() and num_vis > 0 and cfg.DATASETS.TEST:
+        vis_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
+        written = draw_dataset_predictions(cfg, model, cfg.DATASETS.TEST[0], num_vis, vis_dir)
+        logger.info("Detections drawn on %d %s images in %s", len(written), cfg.DATASETS.TEST[0], vis_dir)
+    return results
+
+
+def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
+    """Evaluate MODEL.WEIGHTS (a trained detector), or with ``resume`` the last checkpoint in OUTPUT_DIR."""
+    if not resume:
+        if not cfg.MODEL.WEIGHTS:
+            raise ConfigError(
+                "--eval-only needs a trained detector: set MODEL.WEIGHTS to its checkpoint "
+                "(e.g. output/quickstart/model_final.pth) or pass --resume to use OUTPUT_DIR's last one"
+            )
+        if load_detector_state_dict(cfg.MODEL.WEIGHTS) is None:
+            logger.warning(
+                "MODEL.WEIGHTS %s holds no detector, only backbone weights: the RPN and box predictor are "
+                "untrained, so expect an AP near 0",
+                cfg.MODEL.WEIGHTS,
+            )
+    model = build_detector(cfg)
+    if resume:
+        build_checkpointer(cfg, model).resume_or_load(None, resume=True)
+    return evaluate(cfg, model)
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Config from ``--config`` and the trailing overrides, extra datasets, then the engine's start-up."""
+    cfg = load_config(args.config, args.opts)
+    for name, json_file, image_root in args.register_coco or ():
+        register_coco_instances(name, json_file, image_root)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args: argparse.Namespace) -> Any:
+    """One training process: train, or evaluate with ``--eval-only``."""
+    try:
+        cfg = setup(args)
+        if args.eval_only:
+            return evaluate_only(cfg, resume=args.resume)
+        return train(cfg, resume=args.resume)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        raise SetupError(message) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The detection-specific options of train_net.py."""
+    parser.add_argument(
+        "--register-coco",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME for DATASETS.TRAIN/TEST (repeatable)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("torchvision", "detectron2"),
+        default="torchvision",
+        help="the built-in engine (default) or detectron2's DefaultTrainer (needs detectron2 installed)",
+    )
+    return parser
+
+
+def run_detectron2(args: argparse.Namespace) -> int:
+    """``--engine detectron2``: the same config trained or evaluated by detectron2 (one process here;
+    detectron2's own ``launch`` spreads it over GPUs). Returns an exit status."""
+    try:
+        from ..integrations.d2.train import run_from_args
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run_from_args(args)
