@@ -364,8 +364,8 @@ def _render_image(
             strict = forced_sizes is not None  # no occlusion or border cut, so the size range holds
             _place_object(rng, image, owner, objects, params, category, side**2, strict=strict)
 
-    noise = rng.normal(0.0, 3.0 + 7.0 * params.clutter, size=image.shape).astype(np.float32)
-    image = np.clip(image + noise, 0, 255).astype(np.uint8)
+    image += rng.standard_normal(size=image.shape, dtype=np.float32) * (3.0 + 7.0 * params.clutter)
+    image = np.clip(image, 0, 255).astype(np.uint8)
     kept = []
     for index, obj in enumerate(objects):
         ys, xs = np.nonzero(owner == index)
@@ -420,10 +420,13 @@ def _draw_distractors(rng: np.random.Generator, image: np.ndarray, clutter: floa
             cv2.ellipse(image, center, axes, 0.0, begin, begin + float(rng.uniform(40, 200)), color, 1, cv2.LINE_AA)
         else:
             sigma = float(rng.uniform(8, 30))
-            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-            ys, xs = np.ogrid[0:height, 0:width]
+            cx, cy = int(rng.integers(width)), int(rng.integers(height))
+            reach = int(3 * sigma)
+            x0, x1, y0, y1 = max(cx - reach, 0), min(cx + reach, width), max(cy - reach, 0), min(cy + reach, height)
+            ys, xs = np.ogrid[y0:y1, x0:x1]
             weight = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2)).astype(np.float32)
-            image += weight[..., None] * (np.asarray(color, np.float32) - image) * 0.5
+            window = image[y0:y1, x0:x1]
+            window += weight[..., None] * (np.asarray(color, np.float32) - window) * 0.5
 
 
 def _shape_mask(rng: np.random.Generator, category: int, area: float, center: Tuple[float, float], difficulty: float,
@@ -494,9 +497,9 @@ def _place_object(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray
 
 
 def _occlusion_ok(covered: np.ndarray, objects: List[_Object], max_occlusion: float) -> bool:
-    hidden = Counter(int(i) for i in covered[covered >= 0])
-    for index, pixels in hidden.items():
-        if objects[index].crowd or pixels > max_occlusion * objects[index].drawn_area:
+    hidden = np.bincount(covered[covered >= 0], minlength=len(objects))
+    for obj, pixels in zip(objects, hidden):
+        if pixels and (obj.crowd or pixels > max_occlusion * obj.drawn_area):
             return False
     return True
 
@@ -547,5 +550,5 @@ def _paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, diffic
         shade = np.clip(best * float(rng.choice([0.45, 1.6])), 0, 255)
         fill[stripes] = shade
     elif texture_roll < textured:  # grain
-        fill += rng.normal(0.0, 20.0, size=fill.shape).astype(np.float32)
+        fill += rng.standard_normal(size=fill.shape, dtype=np.float32) * 20.0
     patch[local] = fill[local]
