@@ -4,7 +4,6 @@ synthetic_val load. Default folder: $DETECTRON2_DATASETS/synthetic (./datasets/s
 An existing dataset is verified and kept; --overwrite replaces it."""
 
 import argparse
-import json
 import os
 import sys
 
@@ -43,7 +42,12 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"synthetic dataset ready in {os.path.abspath(root)}")
-    print(json.dumps(manifest["stats"], indent=2))
+    for split, stats in manifest["stats"].items():
+        sizes = ", ".join(f"{size} {stats['per_size'].get(size, 0)}" for size in ("small", "medium", "large"))
+        print(
+            f"  {split}: {stats['images']} images, {stats['annotations']} objects ({sizes}), "
+            f"{stats['crowd_annotations']} crowd regions, {stats['images_without_objects']} images without objects"
+        )
     return 0
 
 

@@ -177,7 +177,7 @@ def test_make_synthetic_script(tmp_path, capsys):
     root = str(tmp_path / "synthetic")
     args = ["--root", root, "--num-train", "4", "--num-val", "2"]
     assert make_synthetic.main(args) == 0
-    assert '"images": 4' in capsys.readouterr().out
+    assert "train: 4 images" in capsys.readouterr().out
     assert make_synthetic.main(args) == 0  # present and verified, kept
     assert make_synthetic.main(args + ["--seed", "7"]) == 1
     assert "--overwrite" in capsys.readouterr().err
