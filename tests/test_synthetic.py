@@ -16,7 +16,6 @@ from shufflenet_det.data import (
     SyntheticParams,
     ensure_synthetic_dataset,
     generate_synthetic_coco,
-    read_image,
     register_builtin_datasets,
     verify_synthetic_dataset,
 )
@@ -32,10 +31,6 @@ TINY = dict(num_train=6, num_val=4, seed=3)
 
 def all_files(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def load_split(root: Path, split: str) -> dict:
-    return json.loads((root / "annotations" / f"instances_{split}.json").read_text())
 
 
 def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
