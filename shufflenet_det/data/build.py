@@ -1,0 +1,275 @@
+"""Detection data loaders: datasets from the catalog -> mapped dicts -> batches (lists of dicts).
+
+Unreadable images: the mapper raises :class:`ImageReadError`, the worker turns it into a marker, and
+the main process logs the path, counts it (``loader.num_failed``, one number over all workers) and
+leaves the image out. A training batch is filled from the next images, so it keeps its size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from ..utils.distributed import get_rank, get_world_size
+from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
+from .mapper import DatasetMapper, ImageReadError
+from .samplers import InferenceSampler, TrainingSampler, aspect_ratio_group, batch_stream
+
+logger = logging.getLogger(__name__)
+
+_LOGGED_FAILURES = 20  # failures logged one by one; after that, every _FAILURE_LOG_PERIOD-th
+_FAILURE_LOG_PERIOD = 1000
+
+
+def get_detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = True) -> List[dict]:
+    """The dicts of one or more registered datasets, concatenated.
+
+    Several datasets must have the same ``thing_classes``. ``filter_empty`` drops images without
+    non-crowd annotations (for training); an empty result is an error naming the datasets.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise DatasetError("no dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    dataset_dicts: List[dict] = []
+    classes = None
+    for name in names:
+        dicts = DatasetCatalog.get(name)
+        if not dicts:
+            raise DatasetError(f"dataset '{name}' has no images")
+        name_classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and name_classes is not None and name_classes != classes[1]:
+            raise DatasetError(
+                f"datasets '{classes[0]}' and '{name}' have different classes and cannot be combined: "
+                f"{classes[1]} vs {name_classes}"
+            )
+        if name_classes is not None and classes is None:
+            classes = (name, name_classes)
+        dataset_dicts.extend(dicts)
+    if filter_empty:
+        kept = [d for d in dataset_dicts if any(not ann.get("iscrowd", 0) for ann in d.get("annotations", []))]
+        if not kept:
+            raise DatasetError(
+                f"dataset(s) {', '.join(names)}: none of the {len(dataset_dicts)} images has a (non-crowd) "
+                "annotation, so there is nothing to train on"
+            )
+        if len(kept) < len(dataset_dicts):
+            logger.info(
+                "%s: removed %d images without (non-crowd) annotations; %d remain",
+                "+".join(names), len(dataset_dicts) - len(kept), len(kept),
+            )
+        dataset_dicts = kept
+    return dataset_dicts
+
+
+def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dict]] = None) -> "TrainLoader":
+    """An endless iterable of training batches (lists of ``cfg.SOLVER.IMS_PER_BATCH // world size`` dicts).
+
+    Reads DATASETS.TRAIN, DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING, FILTER_EMPTY_ANNOTATIONS,
+    SAMPLER_TRAIN}, SOLVER.IMS_PER_BATCH and SEED (>= 0: the sample order, the flips and the worker
+    seeds repeat exactly; each rank gets its own flip and worker seeds).
+    """
+    world_size = get_world_size()
+    total = int(cfg.SOLVER.IMS_PER_BATCH)
+    if total <= 0 or total % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of processes ({world_size})"
+        )
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; use TrainingSampler")
+    dataset_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    seed = int(cfg.SEED) if cfg.SEED >= 0 else None
+    mapper = DatasetMapper(cfg, is_train=True) if mapper is None else mapper
+    sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=seed)
+    stream = _MappedStream(_SerializedList(dataset_dicts), sampler, mapper, seed, get_rank())
+    loader = DataLoader(
+        stream,
+        batch_size=None,  # items travel one by one; the main process groups them into batches
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=_identity,
+        pin_memory=torch.cuda.is_available(),
+        generator=_loader_generator(seed, get_rank()),
+    )
+    return TrainLoader(
+        loader,
+        batch_size=total // world_size,
+        group_key=aspect_ratio_group if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None,
+        num_images=len(dataset_dicts),
+    )
+
+
+def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Callable[[dict], dict]] = None) -> "TestLoader":
+    """Batches of one dict per image of ``dataset_name``, this rank's contiguous share (InferenceSampler)."""
+    dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    mapper = DatasetMapper(cfg, is_train=False) if mapper is None else mapper
+    sampler = InferenceSampler(len(dataset_dicts))
+    loader = DataLoader(
+        _MappedDataset(_SerializedList(dataset_dicts), mapper),
+        batch_size=1,
+        sampler=sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=_identity,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return TestLoader(loader, len(sampler))
+
+
+class _ReadFailure:
+    """Stands for an image the mapper could not read, on its way from a worker to the main process."""
+
+    def __init__(self, file_name: str, reason: str) -> None:
+        self.file_name = file_name
+        self.reason = reason
+
+
+class _FailureLog:
+    """Counts unreadable images in the main process and logs them without flooding the log."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.consecutive = 0
+
+    def record(self, failure: _ReadFailure) -> None:
+        self.count += 1
+        self.consecutive += 1
+        if self.count <= _LOGGED_FAILURES or self.count % _FAILURE_LOG_PERIOD == 0:
+            logger.warning(
+                "skipping unreadable image %s: %s (%d skipped so far%s)", failure.file_name, failure.reason,
+                self.count, "; further ones are only counted, see num_failed" if self.count == _LOGGED_FAILURES else "",
+            )
+
+
+class TrainLoader:
+    """Endless iterable of batches; ``num_failed`` counts the images skipped as unreadable."""
+
+    def __init__(self, loader: DataLoader, batch_size: int, group_key: Optional[Callable[[dict], int]], num_images: int) -> None:
+        self.loader = loader
+        self.batch_size = batch_size
+        self.num_images = num_images
+        self._group_key = group_key
+        self._failures = _FailureLog()
+        # Consecutive failures that mean "nothing is readable" rather than "a few bad files".
+        self._give_up_after = min(max(2 * num_images, 20), 1000)
+
+    @property
+    def num_failed(self) -> int:
+        return self._failures.count
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        return batch_stream(self._readable(), self.batch_size, self._group_key)
+
+    def _readable(self) -> Iterator[dict]:
+        for item in self.loader:
+            if isinstance(item, _ReadFailure):
+                self._failures.record(item)
+                if self._failures.consecutive >= self._give_up_after:
+                    raise DatasetError(
+                        f"the last {self._failures.consecutive} training images could not be read "
+                        f"(e.g. {item.file_name}: {item.reason}); check the dataset's image folder"
+                    )
+                continue
+            self._failures.consecutive = 0
+            yield item
+
+
+class TestLoader:
+    """Finite iterable of one-image batches; unreadable images are left out and counted in ``num_failed``."""
+
+    def __init__(self, loader: DataLoader, num_images: int) -> None:
+        self.loader = loader
+        self.num_images = num_images
+        self._failures = _FailureLog()
+
+    @property
+    def num_failed(self) -> int:
+        return self._failures.count
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        for batch in self.loader:
+            readable = []
+            for item in batch:
+                if isinstance(item, _ReadFailure):
+                    self._failures.record(item)
+                else:
+                    readable.append(item)
+            if readable:
+                yield readable
+
+
+class _MappedStream(IterableDataset):
+    """This rank's endless sampler stream, split over the loader's workers, mapped item by item."""
+
+    def __init__(self, dataset: "_SerializedList", sampler: TrainingSampler, mapper: Callable[[dict], dict],
+                 seed: Optional[int], rank: int) -> None:
+        self.dataset = dataset
+        self.sampler = sampler
+        self.mapper = mapper
+        self.seed = seed
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[Any]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        if self.seed is not None and hasattr(self.mapper, "generator"):
+            state = np.random.SeedSequence([self.seed, self.rank, worker_id]).generate_state(1)[0]
+            self.mapper.generator = torch.Generator().manual_seed(int(state))
+        for index in itertools.islice(iter(self.sampler), worker_id, None, num_workers):
+            yield _map_or_failure(self.mapper, self.dataset[index])
+
+
+class _MappedDataset(Dataset):
+    def __init__(self, dataset: "_SerializedList", mapper: Callable[[dict], dict]) -> None:
+        self.dataset = dataset
+        self.mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return _map_or_failure(self.mapper, self.dataset[index])
+
+
+def _map_or_failure(mapper: Callable[[dict], dict], dataset_dict: dict) -> Any:
+    try:
+        return mapper(dataset_dict)
+    except ImageReadError as error:
+        return _ReadFailure(error.file_name, error.reason)
+
+
+class _SerializedList:
+    """A list of dicts kept as one pickled byte buffer.
+
+    Workers read it without touching Python object refcounts, so forked workers share its pages
+    instead of copying a list of 100k+ dicts each.
+    """
+
+    def __init__(self, items: List[dict]) -> None:
+        blobs = [np.frombuffer(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for item in items]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> dict:
+        begin = int(self._ends[index - 1]) if index > 0 else 0
+        return pickle.loads(self._buffer[begin : int(self._ends[index])].tobytes())
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _loader_generator(seed: Optional[int], rank: int) -> Optional[torch.Generator]:
+    if seed is None:
+        return None
+    state = np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))

@@ -1,0 +1,93 @@
+"""Index samplers for distributed training and inference, and aspect-ratio batch grouping."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
+
+import torch
+from torch.utils.data import Sampler
+
+from ..utils.distributed import broadcast, get_rank, get_world_size
+
+
+def shared_random_seed() -> int:
+    """A random seed that is the same on every rank (rank 0 draws it)."""
+    return int(broadcast(int(torch.randint(2**31, ()).item())))
+
+
+def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple:
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return rank, world_size
+
+
+class TrainingSampler(Sampler[int]):
+    """An endless stream of indices in ``range(size)``: one (seeded) permutation after another.
+
+    Rank r of w takes elements r, r + w, r + 2w, ... of that stream, so ranks see disjoint indices
+    within each stretch of the stream. All ranks must use the same seed; ``seed=None`` draws one on
+    rank 0 and shares it.
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None,
+                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+        if size <= 0:
+            raise ValueError(f"TrainingSampler needs a dataset with at least one item, got size {size}")
+        self._size = size
+        self._shuffle = shuffle
+        self._seed = shared_random_seed() if seed is None else int(seed)
+        self._rank, self._world_size = _rank_and_world(rank, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self._seed)
+        while True:
+            order = torch.randperm(self._size, generator=generator) if self._shuffle else torch.arange(self._size)
+            yield from order.tolist()
+
+
+class InferenceSampler(Sampler[int]):
+    """Every index of ``range(size)`` exactly once over all ranks, in contiguous, in-order shards whose
+    lengths differ by at most one (the first ``size % world_size`` ranks get one more)."""
+
+    def __init__(self, size: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        rank, world_size = _rank_and_world(rank, world_size)
+        per_rank, extra = divmod(size, world_size)
+        begin = rank * per_rank + min(rank, extra)
+        self._indices = range(begin, begin + per_rank + (1 if rank < extra else 0))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+
+def aspect_ratio_group(item: dict) -> int:
+    """0 for landscape (width > height), 1 otherwise; from the dict's own width/height, no image read."""
+    return 0 if item["width"] > item["height"] else 1
+
+
+def batch_stream(items: Iterable[dict], batch_size: int,
+                 group_key: Optional[Callable[[dict], int]] = aspect_ratio_group) -> Iterator[List[dict]]:
+    """Batches of ``batch_size`` from a stream of mapped dicts.
+
+    With ``group_key`` (default: aspect-ratio grouping), a batch only holds items of one group: each
+    group fills its own bucket and a full bucket is emitted. ``group_key=None`` batches in order.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    buckets: Dict[int, List[dict]] = {}
+    for item in items:
+        bucket = buckets.setdefault(group_key(item) if group_key else 0, [])
+        bucket.append(item)
+        if len(bucket) == batch_size:
+            yield bucket[:]
+            bucket.clear()
