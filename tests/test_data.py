@@ -1,3 +1,4 @@
+import itertools
 import json
 import logging
 import os
@@ -475,3 +476,11 @@ def test_check_coco_exit_codes(tmp_path, capsys):
 
     assert check_coco.main(["--root", str(tmp_path), "--splits", "coco_2099"]) == 2
     assert "unknown split(s) coco_2099" in capsys.readouterr().err
+
+
+def test_training_sampler_start_continues_the_stream():
+    from shufflenet_det.data import TrainingSampler
+
+    full = list(itertools.islice(iter(TrainingSampler(7, seed=3, rank=1, world_size=2)), 12))
+    resumed = list(itertools.islice(iter(TrainingSampler(7, seed=3, rank=1, world_size=2, start=5)), 7))
+    assert resumed == full[5:]

@@ -67,8 +67,13 @@ def get_detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: 
     return dataset_dicts
 
 
-def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dict]] = None) -> "TrainLoader":
+def build_detection_train_loader(
+    cfg: Any, mapper: Optional[Callable[[dict], dict]] = None, start_iter: int = 0
+) -> "TrainLoader":
     """An endless iterable of training batches (lists of ``cfg.SOLVER.IMS_PER_BATCH // world size`` dicts).
+
+    ``start_iter`` positions the sample order after that many iterations, so that a resumed run does not
+    see the first images again (with aspect-ratio grouping the batches are regrouped from there on).
 
     Reads DATASETS.TRAIN, DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING, FILTER_EMPTY_ANNOTATIONS,
     SAMPLER_TRAIN}, SOLVER.IMS_PER_BATCH and SEED (>= 0: the sample order, the flips and the worker
@@ -85,7 +90,7 @@ def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dic
     dataset_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     seed = int(cfg.SEED) if cfg.SEED >= 0 else None
     mapper = DatasetMapper(cfg, is_train=True) if mapper is None else mapper
-    sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=seed)
+    sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=seed, start=start_iter * (total // world_size))
     stream = _MappedStream(_SerializedList(dataset_dicts), sampler, mapper, seed, get_rank())
     loader = DataLoader(
         stream,

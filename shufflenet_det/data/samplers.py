@@ -29,20 +29,23 @@ class TrainingSampler(Sampler[int]):
 
     Rank r of w takes elements r, r + w, r + 2w, ... of that stream, so ranks see disjoint indices
     within each stretch of the stream. All ranks must use the same seed; ``seed=None`` draws one on
-    rank 0 and shares it.
+    rank 0 and shares it. ``start`` skips the first ``start`` indices of this rank's share (a resumed
+    run continues the order where it stopped).
     """
 
     def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None,
-                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+                 rank: Optional[int] = None, world_size: Optional[int] = None, start: int = 0) -> None:
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a dataset with at least one item, got size {size}")
         self._size = size
         self._shuffle = shuffle
         self._seed = shared_random_seed() if seed is None else int(seed)
         self._rank, self._world_size = _rank_and_world(rank, world_size)
+        self._start = start
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+        first = self._rank + self._start * self._world_size
+        return itertools.islice(self._infinite_indices(), first, None, self._world_size)
 
     def _infinite_indices(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self._seed)
