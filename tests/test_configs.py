@@ -111,12 +111,16 @@ def test_shipped_configs_set_only_valid_values(name):
 
 
 def test_paper_configs_match_weight_sources():
-    for name, weights, fmt in (
-        ("shufflenet_2x_frcnn", "weights/shufflenet_v1_x2_0_g3-megvii.pth", "BGR"),
-        ("shufflenet_1x_frcnn_300", "weights/shufflenet_v1_x1_0_g3-megvii.pth", "BGR"),
-        ("mobilenet_v1_frcnn", "weights/mobilenet_v1_x1_0-timm.pth", "RGB"),
+    from shufflenet_det.weights import find_pretrained
+
+    for name, weights, source, arch in (
+        ("shufflenet_2x_frcnn", "weights/shufflenet_v1_x2_0_g3-megvii.pth", "megvii", "shufflenet_v1_x2_0_g3"),
+        ("shufflenet_1x_frcnn_300", "weights/shufflenet_v1_x1_0_g3-megvii.pth", "megvii", "shufflenet_v1_x1_0_g3"),
+        ("mobilenet_v1_frcnn", "weights/mobilenet_v1_x1_0-timm.pth", "timm", "mobilenet_v1_x1_0"),
     ):
         cfg = load_config(name)
-        assert cfg.MODEL.WEIGHTS == weights and cfg.INPUT.FORMAT == fmt
-        expected_mean = [0.0] * 3 if fmt == "BGR" else [123.675, 116.28, 103.53]
-        assert list(cfg.MODEL.PIXEL_MEAN) == expected_mean
+        # The preprocessing the config feeds is the one the published weights were trained with.
+        expected = find_pretrained(source, arch).meta()
+        assert cfg.MODEL.WEIGHTS == weights and cfg.INPUT.FORMAT == expected["input_format"]
+        assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx(expected["pixel_mean"])
+        assert list(cfg.MODEL.PIXEL_STD) == pytest.approx(expected["pixel_std"])

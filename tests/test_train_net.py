@@ -1,0 +1,127 @@
+"""tools/train_net.py end to end on a small, easy synthetic dataset, and its handling of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from shufflenet_det.data.synthetic import SyntheticParams, generate_synthetic_coco
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_NET = str(REPO / "tools" / "train_net.py")
+
+# Small images, one worker-less process, few RoIs: a training run of about a minute on 2 cores.
+FAST = [
+    "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "256",
+    "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "256",
+    "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "300",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+    "SHUFFLENET_DET.LOG_PERIOD", "10", "SHUFFLENET_DET.NUM_VIS_IMAGES", "2",
+    "SHUFFLENET_DET.MIN_FREE_DISK_GB", "0",
+]
+
+
+def run(*args, env=None, timeout=900):
+    return subprocess.run(
+        [sys.executable, TRAIN_NET, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="module")
+def easy_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("easy")
+    params = SyntheticParams(num_train=64, num_val=16, seed=1, difficulty=0.0, clutter=0.0, short_side=(128, 160))
+    generate_synthetic_coco(root, params=params)
+    return root
+
+
+def register_args(root):
+    return [
+        "--register-coco", "easy_train", str(root / "annotations/instances_train.json"), str(root / "train"),
+        "--register-coco", "easy_val", str(root / "annotations/instances_val.json"), str(root / "val"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained_run(easy_dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("run")
+    result = run(
+        "--config", "quickstart.yaml", *register_args(easy_dataset),
+        "DATASETS.TRAIN", "('easy_train',)", "DATASETS.TEST", "('easy_val',)",
+        "SOLVER.MAX_ITER", "80", "SOLVER.STEPS", "(70,)", "SOLVER.CHECKPOINT_PERIOD", "40",
+        "OUTPUT_DIR", str(output), *FAST,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output, result
+
+
+def test_training_learns_and_reports_pycocotools_ap(trained_run, easy_dataset):
+    output, _ = trained_run
+    results = json.loads((output / "inference" / "results.json").read_text())
+    box = results["bbox"] if "bbox" in results else results["metrics"]["bbox"]
+    # A broken detector (or one that did not learn) stays near 0; random boxes reach < 1 AP50.
+    assert box["AP50"] > 20.0, box
+    # The reported AP is pycocotools' own on the detections file the run wrote.
+    gt = COCO(str(easy_dataset / "annotations/instances_val.json"))
+    detections = gt.loadRes(str(output / "inference" / "coco_instances_results.json"))
+    evaluation = COCOeval(gt, detections, "bbox")
+    evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    assert box["AP"] == pytest.approx(100 * evaluation.stats[0], abs=1e-6)
+    assert box["AP50"] == pytest.approx(100 * evaluation.stats[1], abs=1e-6)
+
+
+def test_run_writes_checkpoints_metrics_and_drawings(trained_run):
+    output, _ = trained_run
+    assert (output / "model_final.pth").is_file()
+    assert (output / "model_0000040.pth").is_file()
+    lines = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    assert any("total_loss" in line for line in lines)
+    assert len(list((output / "vis").glob("*.jpg"))) == 2
+
+
+def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tmp_path):
+    output, _ = trained_run
+    final = json.loads((output / "inference" / "results.json").read_text())
+    result = run(
+        "--config", "quickstart.yaml", "--eval-only", *register_args(easy_dataset),
+        "DATASETS.TEST", "('easy_val',)", "MODEL.WEIGHTS", str(output / "model_final.pth"),
+        "OUTPUT_DIR", str(tmp_path), *FAST,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp_path / "inference" / "results.json").read_text())
+    final_box = final.get("bbox", final.get("metrics", {}).get("bbox"))
+    again_box = again.get("bbox", again.get("metrics", {}).get("bbox"))
+    assert again_box["AP"] == pytest.approx(final_box["AP"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["SOLVER.BASE_LRR", "0.1"], "SOLVER.BASE_LR"),
+        (["MODEL.WEIGHTS", "/nonexistent/weights.pth"], "tools/convert_weights.py"),
+        (["DATASETS.TRAIN", "('coco_2017_train',)"], "coco/annotations/instances_train2017.json"),
+        (["DATASETS.TRAIN", "('no_such_set',)"], "no_such_set"),
+        (["--eval-only"], "MODEL.WEIGHTS"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    options = [a for a in args if a.startswith("--")]
+    overrides = [a for a in args if not a.startswith("--")]
+    result = run("--config", "quickstart.yaml", *options, "OUTPUT_DIR", str(tmp_path / "out"), *overrides, env=env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    error_lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    assert any(message in line for line in error_lines), result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_missing_config_lists_the_available_ones(tmp_path):
+    result = run("--config", "no_such_config.yaml", "OUTPUT_DIR", str(tmp_path))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "quickstart" in result.stderr + result.stdout
