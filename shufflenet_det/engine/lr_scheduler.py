@@ -113,32 +113,38 @@ class WarmupMultiStepLR(WarmupLRScheduler):
         return self.gamma ** bisect.bisect_right(self.steps, iteration)
 
 
-class WarmupCosineLR(WarmupLRScheduler):
+class _DecayToEnd(WarmupLRScheduler):
+    """A decay from 1 at iteration 0 to ``end_factor`` at ``max_iter``, shaped by ``curve(progress)``."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any
+    ) -> None:
+        self.end_factor = end_factor
+        super().__init__(optimizer, max_iter, **warmup)
+
+    def decay(self, iteration: int) -> float:
+        progress = min(iteration, self.max_iter) / self.max_iter
+        return self.end_factor + (1.0 - self.end_factor) * self.curve(progress)
+
+    @staticmethod
+    def curve(progress: float) -> float:
+        raise NotImplementedError
+
+
+class WarmupCosineLR(_DecayToEnd):
     """Half a cosine from 1 down to ``end_factor`` at ``max_iter``."""
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any
-    ) -> None:
-        self.end_factor = end_factor
-        super().__init__(optimizer, max_iter, **warmup)
-
-    def decay(self, iteration: int) -> float:
-        progress = min(iteration, self.max_iter) / self.max_iter
-        return self.end_factor + (1.0 - self.end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    @staticmethod
+    def curve(progress: float) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class WarmupLinearLR(WarmupLRScheduler):
+class WarmupLinearLR(_DecayToEnd):
     """Straight line from 1 down to ``end_factor`` at ``max_iter`` (the ShuffleNet ImageNet recipe)."""
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any
-    ) -> None:
-        self.end_factor = end_factor
-        super().__init__(optimizer, max_iter, **warmup)
-
-    def decay(self, iteration: int) -> float:
-        progress = min(iteration, self.max_iter) / self.max_iter
-        return 1.0 - (1.0 - self.end_factor) * progress
+    @staticmethod
+    def curve(progress: float) -> float:
+        return 1.0 - progress
 
 
 SCHEDULERS = {cls.__name__: cls for cls in (WarmupMultiStepLR, WarmupCosineLR, WarmupLinearLR)}
