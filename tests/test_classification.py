@@ -282,7 +282,7 @@ def test_dataset_root_from_config_or_environment(monkeypatch):
         dataset_root(cfg)
     monkeypatch.setenv("IMAGENET", "/data/imagenet")
     assert dataset_root(cfg) == Path("/data/imagenet")
-    assert dataset_root(load_classification_config("tiny_shapes")) == Path("datasets/tiny_shapes")
+    assert dataset_root(load_classification_config("tiny_shapes")) == Path("datasets/synthetic_classification")
 
 
 def test_missing_imagenet_is_one_line_with_exit_status_2(tmp_path):
@@ -392,13 +392,20 @@ def test_eval_only_of_a_training_checkpoint_as_model_weights(trained, shapes_roo
     report = json.loads((tmp_path / "eval_results.json").read_text())
     final_top1 = [line["val/top1"] for line in metrics(trained) if "val/top1" in line][-1]
     assert report["top1"] == pytest.approx(final_top1)
+    capsys.readouterr()
+    assert run_tool([*argv, "CLASSIFICATION.NUM_CLASSES", 5]) == 2
+    assert "the weights classify 4 classes but CLASSIFICATION.NUM_CLASSES is 5" in capsys.readouterr().out
 
 
-def test_converted_megvii_weights_give_the_reference_logits(tmp_path):
-    pytest.importorskip("shufflenet_det.weights")
+@pytest.mark.parametrize("form", ["official", "converted"])
+def test_megvii_weights_give_the_reference_logits(form, tmp_path):
+    weights = pytest.importorskip("shufflenet_det.weights")
     reference = torch.load(fixture_path(MEGVII_REFERENCE_NAME), weights_only=True)
+    path = fixture_path(MEGVII_NAME)
+    if form == "converted":  # what tools/convert_weights.py writes
+        path = weights.save_weights(tmp_path / "converted.pth", *weights.convert_checkpoint(path))
     cfg = load_classification_config(
-        "shufflenet_0.5x_g3", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(fixture_path(MEGVII_NAME)),
+        "shufflenet_0.5x_g3", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(path),
                                "INPUT.FORMAT", "RGB", "MODEL.PIXEL_MEAN", "[1.0, 2.0, 3.0]"]  # fmt: skip
     )
     model = build_classifier(cfg).eval()
@@ -418,12 +425,13 @@ def test_converted_megvii_weights_give_the_reference_logits(tmp_path):
     for k, (image, label) in enumerate(zip(reference["input_bgr_uint8"], labels)):
         padded = torch.nn.functional.pad(image.flip(0), (16, 16, 16, 16), value=128)  # files are RGB
         Image.fromarray(padded.permute(1, 2, 0).numpy()).save(root / "val" / f"class{label:04d}" / f"{k}.png")
-    argv = ["--eval-only", "--config", "shufflenet_0.5x_g3", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", fixture_path(MEGVII_NAME),
+    argv = ["--eval-only", "--config", "shufflenet_0.5x_g3", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path,
             "CLASSIFICATION.DATASET_ROOT", root, "DATALOADER.NUM_WORKERS", 0,
             "SHUFFLENET_DET.MIN_FREE_DISK_GB", 0.0, "OUTPUT_DIR", tmp_path / "out"]  # fmt: skip
     assert run_tool(argv) == 0
     report = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert report["top1"] == 100.0 and report["num_images"] == 2
+    assert report["reported"]["top1_error"] == 42.7  # the official README's figure for 0.5x g3
 
 
 def test_training_checkpoint_loads_as_a_detection_backbone(trained):

@@ -1,6 +1,6 @@
 """A tiny ImageNet-layout dataset of colored shapes, for smoke tests and examples.
 
-    python -m shufflenet_det.classification.synthetic datasets/tiny_shapes
+    python -m shufflenet_det.classification.synthetic datasets/synthetic_classification
 
 writes ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*.JPEG``. Each class is a shape with its
 own hue (disk, square, triangle, horizontal stripes, ...) at a random position and size on a noisy

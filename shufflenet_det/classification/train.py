@@ -354,6 +354,12 @@ def run_evaluation(cfg: CfgNode, args: argparse.Namespace) -> int:
         meta = checkpointer.resume_or_load(None, resume=True).get("meta", {})
     if not meta and not cfg.MODEL.WEIGHTS:
         logger.warning("No weights given (MODEL.WEIGHTS, or --resume with a checkpoint): evaluating a random model")
+    weights_classes = meta.get("num_classes")
+    if weights_classes is not None and weights_classes != cfg.CLASSIFICATION.NUM_CLASSES:
+        raise SetupError(
+            f"the weights classify {weights_classes} classes but CLASSIFICATION.NUM_CLASSES is "
+            f"{cfg.CLASSIFICATION.NUM_CLASSES}: evaluate them on a dataset of their classes"
+        )
     preprocessing, differences = ImagePreprocessing.from_config(cfg).with_metadata(meta)
     for difference in differences:
         logger.warning("Using the weights' preprocessing, not the config's: %s", difference)
