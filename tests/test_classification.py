@@ -231,7 +231,10 @@ def test_preprocessing_from_metadata_replaces_the_config_and_says_what_changed()
     used, changes = config.with_metadata(meta)
     assert used.input_format == "RGB" and used.pixel_mean == (123.675, 116.28, 103.53)
     assert used.pixel_std == (1.0, 1.0, 1.0) and used.crop_size == 224
-    assert changes == ["input_format: config BGR, weights RGB", "pixel_mean: config [0.0, 0.0, 0.0], weights [123.675, 116.28, 103.53]"]
+    assert changes == [
+        "input_format: config BGR, weights RGB",
+        "pixel_mean: config [0.0, 0.0, 0.0], weights [123.675, 116.28, 103.53]",
+    ]
     assert config.with_metadata({}) == (config, [])
 
 
@@ -247,7 +250,9 @@ def test_sampler_batches_are_a_function_of_the_iteration():
     assert take(ResumableSampler(10, 4, seed=3, start_iter=2), 8) == whole[8:16]  # resume by arithmetic
     rank0 = take(ResumableSampler(10, 4, seed=3, rank=0, world_size=2), 6)
     rank1 = take(ResumableSampler(10, 4, seed=3, rank=1, world_size=2), 6)
-    interleaved = [item for step in range(3) for item in rank0[2 * step : 2 * step + 2] + rank1[2 * step : 2 * step + 2]]
+    interleaved = [
+        item for step in range(3) for item in rank0[2 * step : 2 * step + 2] + rank1[2 * step : 2 * step + 2]
+    ]
     assert interleaved == whole[:12]  # the same global batches at any number of processes
     assert len({seed for _, seed in whole}) == len(whole)  # a fresh augmentation seed per position
     assert take(ResumableSampler(10, 4, seed=4), 8) != whole[:8]
@@ -261,7 +266,9 @@ def test_seeded_items_augment_reproducibly(shapes_root):
 
 
 def test_unreadable_images_are_skipped_and_counted(shapes_root, tmp_path, caplog):
-    dataset = ImageFolderDataset(shapes_root / "train", build_test_transform(ImagePreprocessing(resize_size=64, crop_size=56)))
+    dataset = ImageFolderDataset(
+        shapes_root / "train", build_test_transform(ImagePreprocessing(resize_size=64, crop_size=56))
+    )
     index = next(i for i, (path, _) in enumerate(dataset.folder.samples) if path.endswith("zz_truncated.JPEG"))
     with caplog.at_level(logging.WARNING, logger="shufflenet_det"):
         item = dataset[index]
@@ -278,7 +285,9 @@ def test_unreadable_images_are_skipped_and_counted(shapes_root, tmp_path, caplog
 def test_dataset_root_from_config_or_environment(monkeypatch):
     cfg = load_classification_config("shufflenet_1x_g3")
     monkeypatch.delenv("IMAGENET", raising=False)
-    with pytest.raises(DatasetMissingError, match=r"CLASSIFICATION.DATASET_ROOT is empty and \$IMAGENET is not set; get ImageNet"):
+    with pytest.raises(
+        DatasetMissingError, match=r"CLASSIFICATION.DATASET_ROOT is empty and \$IMAGENET is not set; get ImageNet"
+    ):
         dataset_root(cfg)
     monkeypatch.setenv("IMAGENET", "/data/imagenet")
     assert dataset_root(cfg) == Path("/data/imagenet")
@@ -322,11 +331,16 @@ def test_checkpoints_carry_the_weights_metadata(trained):
     final = safe_torch_load(trained / "model_final.pth")
     meta = final["meta"]
     assert meta["source"] == "shufflenet_det" and meta["arch"] == "shufflenet_v1_x0_25_g3"
-    assert meta["input_format"] == "BGR" and meta["pixel_mean"] == [0.0, 0.0, 0.0] and meta["pixel_std"] == [1.0, 1.0, 1.0]
+    assert (
+        meta["input_format"] == "BGR" and meta["pixel_mean"] == [0.0, 0.0, 0.0] and meta["pixel_std"] == [1.0, 1.0, 1.0]
+    )
     assert meta["classes"] == ["disk", "square", "stripes", "triangle"] and meta["num_classes"] == 4
     assert meta["shuffle_layout"] == "paper" and (meta["resize_size"], meta["crop_size"]) == (64, 56)
     top1 = [line["val/top1"] for line in metrics(trained) if "val/top1" in line][-1]
-    assert meta["top1_error"] == pytest.approx(100 - top1) and "after 40 iterations" in meta["metrics_from"]
+    assert (
+        meta["top1_error"] == pytest.approx(100 - top1)
+        and meta["metrics_from"] == "its training run, val split, iteration 40"
+    )
     assert final["iteration"] == 40 and isinstance(final["data_seed"], int)
     assert safe_torch_load(trained / "model_0000020.pth")["meta"]["arch"] == "shufflenet_v1_x0_25_g3"
 
@@ -346,8 +360,12 @@ def test_resume_reproduces_the_uninterrupted_run(trained, shapes_root, tmp_path)
         assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
     assert expected["meta"] == resumed["meta"] and expected["data_seed"] == resumed["data_seed"]
     logged = ("total_loss", "lr", "val/top1", "val/top5")
-    after_resume = [{k: line.get(k) for k in ("iteration", *logged)} for line in metrics(tmp_path) if line["iteration"] > 20]
-    uninterrupted = [{k: line.get(k) for k in ("iteration", *logged)} for line in metrics(trained) if line["iteration"] > 20]
+    after_resume = [
+        {k: line.get(k) for k in ("iteration", *logged)} for line in metrics(tmp_path) if line["iteration"] > 20
+    ]
+    uninterrupted = [
+        {k: line.get(k) for k in ("iteration", *logged)} for line in metrics(trained) if line["iteration"] > 20
+    ]
     assert after_resume == uninterrupted
 
 
@@ -366,7 +384,7 @@ def test_eval_only_uses_the_checkpoint_preprocessing(trained, shapes_root, tmp_p
     assert report["top1"] == pytest.approx(final_top1) and report["num_images"] == 40
     assert report["preprocessing"]["input_format"] == "BGR"
     assert report["reported"]["top1_error"] == pytest.approx(100 - final_top1)
-    assert "| measured" in output and "| reported (val split of" in output
+    assert "| measured" in output and "| reported (its training run, val split, iteration 40)" in output
 
 
 def test_benchmark_reports_throughput():
@@ -440,7 +458,9 @@ def test_training_checkpoint_loads_as_a_detection_backbone(trained):
     from shufflenet_det.detection import build_backbone, build_detector
 
     checkpoint = safe_torch_load(trained / "model_final.pth")["model"]
-    cfg = load_config("quickstart", ["MODEL.SHUFFLENET.WIDTH_MULT", "0.25", "MODEL.WEIGHTS", str(trained / "model_final.pth")])
+    cfg = load_config(
+        "quickstart", ["MODEL.SHUFFLENET.WIDTH_MULT", "0.25", "MODEL.WEIGHTS", str(trained / "model_final.pth")]
+    )
     backbone = build_backbone(cfg)
     for key, value in backbone.state_dict().items():
         if not key.startswith("fc.") and not key.endswith("num_batches_tracked"):

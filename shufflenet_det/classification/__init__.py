@@ -1,5 +1,6 @@
 """ImageNet classification with the paper's recipe: class-folder data and transforms, label smoothing,
-top-1/top-5 evaluation, a tiny synthetic dataset (``synthetic.make_shapes_dataset``), and the training / evaluation / benchmark modes of ``tools/train_cls.py``.
+top-1/top-5 evaluation, a tiny synthetic dataset (``synthetic.make_shapes_dataset``), and the
+training / evaluation / benchmark modes of ``tools/train_cls.py``.
 
 Checkpoints written here carry ``"meta"`` (architecture, input format, mean/std) and load directly as
 MODEL.WEIGHTS of the detection configs.

@@ -107,7 +107,9 @@ class ImagePreprocessing:
                 differs = wanted != current
             if differs:
                 changes[name] = wanted
-        messages = [f"{name}: config {_plain(getattr(self, name))}, weights {_plain(value)}" for name, value in changes.items()]
+        messages = [
+            f"{name}: config {_plain(getattr(self, name))}, weights {_plain(value)}" for name, value in changes.items()
+        ]
         return replace(self, **changes), messages
 
     def meta(self) -> Dict[str, Any]:
@@ -153,7 +155,11 @@ def build_train_transform(
         raise ValueError(f"INPUT.RANDOM_FLIP must be one of horizontal, vertical, none; got '{flip}'")
     steps: List[Callable] = [
         v2.RandomResizedCrop(
-            crop_size, scale=tuple(scale), ratio=tuple(ratio), interpolation=INTERPOLATIONS[interpolation], antialias=True
+            crop_size,
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            interpolation=INTERPOLATIONS[interpolation],
+            antialias=True,
         )
     ]
     if any(color_jitter):
@@ -169,7 +175,9 @@ def build_test_transform(preprocessing: ImagePreprocessing) -> v2.Compose:
     """Resize the shorter side to ``resize_size``, center crop ``crop_size``, to uint8 in the input format."""
     return v2.Compose(
         [
-            v2.Resize(preprocessing.resize_size, interpolation=INTERPOLATIONS[preprocessing.interpolation], antialias=True),
+            v2.Resize(
+                preprocessing.resize_size, interpolation=INTERPOLATIONS[preprocessing.interpolation], antialias=True
+            ),
             v2.CenterCrop(preprocessing.crop_size),
             v2.PILToTensor(),
             ChannelOrder(preprocessing.input_format),
@@ -249,7 +257,9 @@ def dataset_root(cfg: CfgNode) -> Path:
     """CLASSIFICATION.DATASET_ROOT, else $IMAGENET; a one-line ``DatasetMissingError`` if neither is set."""
     configured = cfg.CLASSIFICATION.DATASET_ROOT or os.environ.get("IMAGENET", "")
     if not configured:
-        raise DatasetMissingError(f"no dataset: CLASSIFICATION.DATASET_ROOT is empty and $IMAGENET is not set; {IMAGENET_HELP}")
+        raise DatasetMissingError(
+            f"no dataset: CLASSIFICATION.DATASET_ROOT is empty and $IMAGENET is not set; {IMAGENET_HELP}"
+        )
     return Path(os.path.expandvars(os.path.expanduser(configured)))
 
 
@@ -338,9 +348,7 @@ class ResumableSampler(Sampler):
             iteration += 1
 
 
-def build_train_loader(
-    cfg: CfgNode, dataset: Dataset, batch_size: int, seed: int, start_iter: int = 0
-) -> DataLoader:
+def build_train_loader(cfg: CfgNode, dataset: Dataset, batch_size: int, seed: int, start_iter: int = 0) -> DataLoader:
     """Batches of ``batch_size`` (this process's share of SOLVER.IMS_PER_BATCH) for iterations
     ``start_iter, start_iter + 1, ...``, from a ``ResumableSampler``; endless."""
     sampler = ResumableSampler(

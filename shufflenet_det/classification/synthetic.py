@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+
 def _box(rng: np.random.Generator, size: int):
     extent = rng.uniform(0.45, 0.8) * size
     x0, y0 = rng.uniform(0, size - extent, 2)

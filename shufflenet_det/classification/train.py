@@ -53,7 +53,6 @@ from .data import (
     build_test_transform,
     build_train_loader,
     build_train_transform,
-    dataset_root,
 )
 from .evaluation import evaluate_classifier
 from .loss import label_smoothing_cross_entropy
@@ -119,7 +118,9 @@ def load_pretrained(model: nn.Module, weights: str) -> Dict[str, Any]:
     try:
         from ..weights import load_weights
     except ImportError as error:
-        raise EngineError(f"MODEL.WEIGHTS needs the shufflenet_det.weights package, which is missing ({error})") from None
+        raise EngineError(
+            f"MODEL.WEIGHTS needs the shufflenet_det.weights package, which is missing ({error})"
+        ) from None
     return dict(load_weights(model, weights))
 
 
@@ -236,7 +237,9 @@ def _device(cfg: CfgNode) -> torch.device:
 
 
 def _eval_amp_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
-    return amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) if cfg.SOLVER.AMP.ENABLED and device.type == "cuda" else None
+    return (
+        amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) if cfg.SOLVER.AMP.ENABLED and device.type == "cuda" else None
+    )
 
 
 def _data_seed(cfg: CfgNode) -> int:
@@ -281,7 +284,9 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     model = build_classifier(cfg).to(device)
     _, differences = preprocessing.with_metadata(model.weights_meta)
     for difference in differences:
-        logger.warning("MODEL.WEIGHTS expects other input than the config says (training uses the config): %s", difference)
+        logger.warning(
+            "MODEL.WEIGHTS expects other input than the config says (training uses the config): %s", difference
+        )
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     grad_scaler = build_grad_scaler(cfg)
@@ -326,7 +331,7 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
         _record_final_accuracy(
             Path(cfg.OUTPUT_DIR) / "model_final.pth",
             results,
-            f"{options.VAL_SPLIT} split of {dataset_root(cfg)}, this training run after {trainer.iter} iterations",
+            f"its training run, {options.VAL_SPLIT} split, iteration {trainer.iter}",
         )
     return 0
 
@@ -334,9 +339,7 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
 def _record_final_accuracy(path: Path, results: Mapping[str, Any], where: str) -> None:
     """Add the final evaluation to the final checkpoint's metadata: ``--eval-only`` shows it as reported."""
     checkpoint = safe_torch_load(path)
-    checkpoint["meta"].update(
-        top1_error=results["top1_error"], top5_error=results["top5_error"], metrics_from=where
-    )
+    checkpoint["meta"].update(top1_error=results["top1_error"], top5_error=results["top5_error"], metrics_from=where)
     atomic_torch_save(checkpoint, path, overwrite=True)
 
 
@@ -390,7 +393,14 @@ def run_evaluation(cfg: CfgNode, args: argparse.Namespace) -> int:
 def accuracy_table(results: Mapping[str, Any], meta: Optional[Mapping[str, Any]]) -> str:
     """Measured top-1/top-5 accuracy and error, and the weights' reported ones when their metadata has them."""
     rows: List[List[Any]] = [
-        ["measured", results["num_images"], results["top1"], results["top5"], results["top1_error"], results["top5_error"]]
+        [
+            "measured",
+            results["num_images"],
+            results["top1"],
+            results["top5"],
+            results["top1_error"],
+            results["top5_error"],
+        ]
     ]
     meta = meta or {}
     top1_error, top5_error = meta.get("top1_error"), meta.get("top5_error")
@@ -477,15 +487,18 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
             model(normalize(batch["image"]))
             times.append(_synchronized_time(device) - start)
     inference_time = sorted(times[warmup:])[iterations // 2]
-    setting = ", ".join(
-        part
-        for part, on in (
-            (f"AMP {cfg.SHUFFLENET_DET.AMP_DTYPE}", trainer.amp_enabled),
-            ("channels_last", channels_last),
-            (f"{torch.get_num_threads()} CPU threads", device.type == "cpu"),
+    setting = (
+        ", ".join(
+            part
+            for part, on in (
+                (f"AMP {cfg.SHUFFLENET_DET.AMP_DTYPE}", trainer.amp_enabled),
+                ("channels_last", channels_last),
+                (f"{torch.get_num_threads()} CPU threads", device.type == "cpu"),
+            )
+            if on
         )
-        if on
-    ) or "float32"
+        or "float32"
+    )
     return {
         "arch": model.arch,
         "batch_size": batch_size,
