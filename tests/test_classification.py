@@ -278,8 +278,12 @@ def test_unreadable_images_are_skipped_and_counted(shapes_root, tmp_path, caplog
     broken.mkdir(parents=True)
     for k in range(20):
         (broken / f"{k}.JPEG").write_bytes(b"not an image")
+    broken_dataset = ImageFolderDataset(broken.parent, build_test_transform(ImagePreprocessing()))
     with pytest.raises(CorruptDatasetError, match="16 unreadable images in a row"):
-        ImageFolderDataset(broken.parent, build_test_transform(ImagePreprocessing()))[0]
+        broken_dataset[0]
+    with pytest.raises(CorruptDatasetError) as raised:  # from a worker process: still one line
+        next(iter(torch.utils.data.DataLoader(broken_dataset, num_workers=1)))
+    assert str(raised.value).startswith("16 unreadable images in a row") and "\n" not in str(raised.value)
 
 
 def test_dataset_root_from_config_or_environment(monkeypatch):

@@ -48,6 +48,14 @@ class DatasetMissingError(SetupError):
 class CorruptDatasetError(EngineError):
     """Too many unreadable images in a row."""
 
+    def __init__(self, message: str) -> None:
+        # Re-raised by the DataLoader from a worker process, the message holds the worker's traceback:
+        # keep the original one-line message, its last line.
+        marker = f"{type(self).__name__}: "
+        if "\n" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
