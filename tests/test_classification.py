@@ -313,10 +313,22 @@ def test_missing_imagenet_is_one_line_with_exit_status_2(tmp_path):
     assert "https://image-net.org" in errors[0] and "IMAGENET=ROOT" in errors[0]
 
 
-def test_wrong_number_of_classes_is_reported(shapes_root, tmp_path, capsys):
-    argv = ["--config", "tiny_shapes", "CLASSIFICATION.NUM_CLASSES", 5, "CLASSIFICATION.DATASET_ROOT", shapes_root]
-    assert run_tool([*argv, "OUTPUT_DIR", tmp_path]) == 2
-    assert "has 4 class folders but CLASSIFICATION.NUM_CLASSES is 5" in capsys.readouterr().out
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("CLASSIFICATION.NUM_CLASSES", 5, "has 4 class folders but CLASSIFICATION.NUM_CLASSES is 5"),
+        ("INPUT.FORMAT", "YUV", "INPUT.FORMAT must be one of RGB, BGR, got 'YUV'"),
+        ("CLASSIFICATION.LABEL_SMOOTHING", 1.0, "CLASSIFICATION.LABEL_SMOOTHING must be in [0, 1), got 1.0"),
+        ("CLASSIFICATION.SMOOTHING", 0.1, "nearest valid key: CLASSIFICATION.LABEL_SMOOTHING"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(setting, value, message, shapes_root, tmp_path, capsys):
+    argv = ["--config", "tiny_shapes", setting, value, "CLASSIFICATION.DATASET_ROOT", shapes_root]
+    assert run_tool([*argv, "OUTPUT_DIR", tmp_path, "DATALOADER.NUM_WORKERS", 0]) == 2
+    output = capsys.readouterr()
+    errors = [line for line in (output.out + output.err).splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "last_checkpoint").exists()
 
 
 # ---------------------------------------------------------------------------- whole runs

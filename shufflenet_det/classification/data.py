@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from ..config.loading import ConfigError
 from ..engine.errors import EngineError, SetupError
 from ..utils.distributed import get_rank, get_world_size
 
@@ -74,13 +75,13 @@ class ImagePreprocessing:
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"INPUT.FORMAT must be one of {', '.join(INPUT_FORMATS)}, got '{self.input_format}'")
+            raise ConfigError(f"INPUT.FORMAT must be one of {', '.join(INPUT_FORMATS)}, got '{self.input_format}'")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"CLASSIFICATION.INTERPOLATION must be one of {', '.join(INTERPOLATIONS)}, got '{self.interpolation}'"
             )
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values each (std > 0), got "
                 f"{list(self.pixel_mean)} and {list(self.pixel_std)}"
             )
@@ -160,7 +161,7 @@ def build_train_transform(
     """The official ShuffleNet training augmentation: RandomResizedCrop, ColorJitter (brightness,
     contrast, saturation), a random flip ("horizontal", "vertical" or "none"), to uint8 in ``input_format``."""
     if flip not in FLIPS and flip != "none":
-        raise ValueError(f"INPUT.RANDOM_FLIP must be one of horizontal, vertical, none; got '{flip}'")
+        raise ConfigError(f"INPUT.RANDOM_FLIP must be one of horizontal, vertical, none; got '{flip}'")
     steps: List[Callable] = [
         v2.RandomResizedCrop(
             crop_size,

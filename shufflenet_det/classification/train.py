@@ -173,6 +173,8 @@ class ClassificationLoss:
     runs the model, applies label smoothing. Counts the unreadable images the loader skipped."""
 
     def __init__(self, normalize: Callable[[torch.Tensor], torch.Tensor], label_smoothing: float) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"CLASSIFICATION.LABEL_SMOOTHING must be in [0, 1), got {label_smoothing}")
         self.normalize = normalize
         self.label_smoothing = label_smoothing
         self._skipped: Optional[torch.Tensor] = None  # on the device: reading it every step would sync
