@@ -196,6 +196,32 @@ _C.SHUFFLENET_DET.CHANNELS_LAST = False
 # DistributedDataParallel's find_unused_parameters: needed when some parameters get no gradient.
 _C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False
 
+# ImageNet-style classification (tools/train_cls.py, shufflenet_det.classification). Everything else
+# it reads is a detectron2 key: MODEL.WEIGHTS, MODEL.PIXEL_MEAN/STD, INPUT.FORMAT, INPUT.RANDOM_FLIP,
+# SOLVER.*, TEST.EVAL_PERIOD, DATALOADER.NUM_WORKERS, OUTPUT_DIR, SEED.
+_C.CLASSIFICATION = CN()
+# Folder holding TRAIN_SPLIT/ and VAL_SPLIT/, each with one sub-folder of images per class
+# (ImageNet's layout). Empty: the IMAGENET environment variable.
+_C.CLASSIFICATION.DATASET_ROOT = ""
+_C.CLASSIFICATION.TRAIN_SPLIT = "train"
+_C.CLASSIFICATION.VAL_SPLIT = "val"
+# Must equal the number of class folders of the dataset.
+_C.CLASSIFICATION.NUM_CLASSES = 1000
+_C.CLASSIFICATION.LABEL_SMOOTHING = 0.1
+# Training augmentation: RandomResizedCrop(TRAIN_CROP_SIZE, scale=CROP_SCALE, ratio=CROP_RATIO), then
+# ColorJitter(brightness, contrast, saturation = COLOR_JITTER), then INPUT.RANDOM_FLIP.
+_C.CLASSIFICATION.TRAIN_CROP_SIZE = 224
+_C.CLASSIFICATION.CROP_SCALE = (0.08, 1.0)
+_C.CLASSIFICATION.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_C.CLASSIFICATION.COLOR_JITTER = (0.4, 0.4, 0.4)
+# Evaluation: resize the shorter side to TEST_RESIZE_SIZE, center crop TEST_CROP_SIZE.
+_C.CLASSIFICATION.TEST_RESIZE_SIZE = 256
+_C.CLASSIFICATION.TEST_CROP_SIZE = 224
+# "bilinear" or "bicubic", for both resizes.
+_C.CLASSIFICATION.INTERPOLATION = "bilinear"
+# Evaluation batch over all processes (like SOLVER.IMS_PER_BATCH).
+_C.CLASSIFICATION.TEST_IMS_PER_BATCH = 256
+
 
 
 def add_shufflenet_config(cfg: CN) -> None:

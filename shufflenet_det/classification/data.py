@@ -1,0 +1,390 @@
+"""ImageNet-style data: class-folder datasets, the paper's transforms, a resumable sampler, loaders.
+
+Images reach the model in two steps. In the loader (worker processes): decode, augment or resize/crop
+with torchvision.transforms.v2, convert to a uint8 tensor and, for ``input_format="BGR"``, flip the
+channel order. On the model's device: ``Normalizer`` turns the uint8 batch into floats
+``(x - pixel_mean) / pixel_std`` on the 0-255 scale (detectron2's convention). Sending uint8 keeps
+host-to-device copies four times smaller than float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from fvcore.common.config import CfgNode
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from ..config.loading import ConfigError
+from ..engine.errors import EngineError, SetupError
+from ..utils.distributed import get_rank, get_world_size
+
+logger = logging.getLogger(__name__)
+
+INPUT_FORMATS = ("RGB", "BGR")
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+FLIPS = {"horizontal": v2.RandomHorizontalFlip, "vertical": v2.RandomVerticalFlip}
+IMAGENET_HELP = (
+    "get ImageNet-1k (ILSVRC2012, https://image-net.org/download-images.php, free registration), extract "
+    "its train and val archives into ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (val sorted into "
+    "class folders), then set CLASSIFICATION.DATASET_ROOT ROOT or IMAGENET=ROOT"
+)
+# A run of unreadable files this long means a broken dataset, not a few damaged images.
+MAX_CORRUPT_IN_A_ROW = 16
+# PIL's errors for unreadable, truncated or implausible image files.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class DatasetMissingError(SetupError):
+    """The dataset folder (or one of its splits) does not exist or holds no class folders."""
+
+
+class CorruptDatasetError(EngineError):
+    """Too many unreadable images in a row."""
+
+    def __init__(self, message: str) -> None:
+        # Re-raised by the DataLoader from a worker process, the message holds the worker's traceback:
+        # keep the original one-line message, its last line.
+        marker = f"{type(self).__name__}: "
+        if "\n" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How pixels reach the model: channel order, 0-255 mean/std, and the evaluation resize and crop.
+
+    The fields are those of ``shufflenet_det.weights`` metadata, so weights can say how they want
+    their input (``with_metadata``).
+    """
+
+    input_format: str = "BGR"
+    pixel_mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pixel_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: str = "bilinear"
+    resize_size: int = 256
+    crop_size: int = 224
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise ConfigError(f"INPUT.FORMAT must be one of {', '.join(INPUT_FORMATS)}, got '{self.input_format}'")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"CLASSIFICATION.INTERPOLATION must be one of {', '.join(INTERPOLATIONS)}, got '{self.interpolation}'"
+            )
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
+            raise ConfigError(
+                f"MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values each (std > 0), got "
+                f"{list(self.pixel_mean)} and {list(self.pixel_std)}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> "ImagePreprocessing":
+        return cls(
+            input_format=cfg.INPUT.FORMAT.upper(),
+            pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),
+            pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),
+            interpolation=cfg.CLASSIFICATION.INTERPOLATION,
+            resize_size=cfg.CLASSIFICATION.TEST_RESIZE_SIZE,
+            crop_size=cfg.CLASSIFICATION.TEST_CROP_SIZE,
+        )
+
+    def with_metadata(self, meta: Optional[Mapping[str, Any]]) -> Tuple["ImagePreprocessing", List[str]]:
+        """These settings with those that weights metadata states replacing them, and one message per
+        setting that changed ("pixel_mean: config [0, 0, 0], weights [123.675, ...]")."""
+        if not meta:
+            return self, []
+        changes: Dict[str, Any] = {}
+        for name in ("input_format", "pixel_mean", "pixel_std", "interpolation", "resize_size", "crop_size"):
+            wanted = meta.get(name)
+            if wanted is None:
+                continue
+            current = getattr(self, name)
+            if isinstance(current, tuple):
+                wanted = tuple(float(v) for v in wanted)
+                differs = len(wanted) != len(current) or any(abs(a - b) > 1e-3 for a, b in zip(wanted, current))
+            else:
+                wanted = type(current)(wanted.upper() if name == "input_format" else wanted)
+                differs = wanted != current
+            if differs:
+                changes[name] = wanted
+        messages = [
+            f"{name}: config {_plain(getattr(self, name))}, weights {_plain(value)}" for name, value in changes.items()
+        ]
+        return replace(self, **changes), messages
+
+    def meta(self) -> Dict[str, Any]:
+        """Plain-type metadata for checkpoints."""
+        return {
+            "input_format": self.input_format,
+            "pixel_mean": list(self.pixel_mean),
+            "pixel_std": list(self.pixel_std),
+            "interpolation": self.interpolation,
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+        }
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ---------------------------------------------------------------------------- transforms
+class ChannelOrder(torch.nn.Module):
+    """uint8 RGB [3, H, W] -> the model's channel order."""
+
+    def __init__(self, input_format: str) -> None:
+        super().__init__()
+        self.flip = input_format == "BGR"
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.flip(0) if self.flip else image
+
+
+def build_train_transform(
+    crop_size: int = 224,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    color_jitter: Sequence[float] = (0.4, 0.4, 0.4),
+    flip: str = "horizontal",
+    input_format: str = "BGR",
+    interpolation: str = "bilinear",
+) -> v2.Compose:
+    """The official ShuffleNet training augmentation: RandomResizedCrop, ColorJitter (brightness,
+    contrast, saturation), a random flip ("horizontal", "vertical" or "none"), to uint8 in ``input_format``."""
+    if flip not in FLIPS and flip != "none":
+        raise ConfigError(f"INPUT.RANDOM_FLIP must be one of horizontal, vertical, none; got '{flip}'")
+    steps: List[Callable] = [
+        v2.RandomResizedCrop(
+            crop_size,
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            interpolation=INTERPOLATIONS[interpolation],
+            antialias=True,
+        )
+    ]
+    if any(color_jitter):
+        brightness, contrast, saturation = color_jitter
+        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation))
+    if flip != "none":
+        steps.append(FLIPS[flip](0.5))
+    steps += [v2.PILToTensor(), ChannelOrder(input_format)]
+    return v2.Compose(steps)
+
+
+def build_test_transform(preprocessing: ImagePreprocessing) -> v2.Compose:
+    """Resize the shorter side to ``resize_size``, center crop ``crop_size``, to uint8 in the input format."""
+    return v2.Compose(
+        [
+            v2.Resize(
+                preprocessing.resize_size, interpolation=INTERPOLATIONS[preprocessing.interpolation], antialias=True
+            ),
+            v2.CenterCrop(preprocessing.crop_size),
+            v2.PILToTensor(),
+            ChannelOrder(preprocessing.input_format),
+        ]
+    )
+
+
+class Normalizer:
+    """uint8 image batch [N, 3, H, W] (any device) -> float ``(x - mean) / std``, optionally channels_last."""
+
+    def __init__(self, preprocessing: ImagePreprocessing, channels_last: bool = False) -> None:
+        self.mean = torch.tensor(preprocessing.pixel_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocessing.pixel_std).view(1, 3, 1, 1)
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mean.device != images.device:
+            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
+        images = (images.float() - self.mean) / self.std
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+# ---------------------------------------------------------------------------- dataset
+class ImageFolderDataset(Dataset):
+    """A class-folder dataset (``ROOT/<class>/<image>``, torchvision's ImageFolder) returning
+    ``{"image": transformed, "label": int, "skipped": int}``.
+
+    An image that cannot be decoded is logged and replaced by the next readable one in file order;
+    ``"skipped"`` counts the files passed over, so the training loop can report them. Items are
+    indexed by ``int`` or by ``(index, seed)``: with a seed, the random transform is drawn from a
+    generator seeded with it, which makes augmentation independent of worker processes and resumes.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike], transform: Callable) -> None:
+        # Empty class folders are allowed: a subset of ImageNet keeps all 1000 labels.
+        self.folder = datasets.ImageFolder(str(root), allow_empty=True)
+        self.transform = transform
+        self.root = Path(root)
+
+    @property
+    def classes(self) -> List[str]:
+        return self.folder.classes
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image, label, skipped = self._read(index)
+        if seed is None:
+            output = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                output = self.transform(image)
+        return {"image": output, "label": label, "skipped": skipped}
+
+    def _read(self, index: int) -> Tuple[Image.Image, int, int]:
+        for skipped in range(MAX_CORRUPT_IN_A_ROW):
+            path, label = self.folder.samples[(index + skipped) % len(self)]
+            try:
+                with open(path, "rb") as handle:
+                    image = Image.open(handle)
+                    image = image.convert("RGB")  # decodes now, inside the try
+                return image, label, skipped
+            except _DECODE_ERRORS as error:
+                logger.warning("Skipping unreadable image %s: %s", path, " ".join(str(error).split())[:200])
+        raise CorruptDatasetError(
+            f"{MAX_CORRUPT_IN_A_ROW} unreadable images in a row from {self.folder.samples[index][0]} on: "
+            f"is the dataset at {self.root} damaged?"
+        )
+
+
+def dataset_root(cfg: CfgNode) -> Path:
+    """CLASSIFICATION.DATASET_ROOT, else $IMAGENET; a one-line ``DatasetMissingError`` if neither is set."""
+    configured = cfg.CLASSIFICATION.DATASET_ROOT or os.environ.get("IMAGENET", "")
+    if not configured:
+        raise DatasetMissingError(
+            f"no dataset: CLASSIFICATION.DATASET_ROOT is empty and $IMAGENET is not set; {IMAGENET_HELP}"
+        )
+    return Path(os.path.expandvars(os.path.expanduser(configured)))
+
+
+def split_folder(root: Path, split: str) -> Path:
+    """``root/split``, checked to hold class folders (``DatasetMissingError`` saying where it looked)."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DatasetMissingError(f"dataset split not found: {folder} does not exist; {IMAGENET_HELP}")
+    if not any(entry.is_dir() for entry in folder.iterdir()):
+        raise DatasetMissingError(f"dataset split {folder} has no class folders; {IMAGENET_HELP}")
+    return folder
+
+
+def build_dataset(cfg: CfgNode, split: str, transform: Callable) -> ImageFolderDataset:
+    """The ``split`` folder of the configured dataset, checked against CLASSIFICATION.NUM_CLASSES."""
+    folder = split_folder(dataset_root(cfg), split)
+    try:
+        dataset = ImageFolderDataset(folder, transform)
+    except OSError as error:  # e.g. a folder without read permission
+        raise DatasetMissingError(f"cannot read dataset split {folder}: {' '.join(str(error).split())[:200]}") from None
+    if len(dataset) == 0:
+        raise DatasetMissingError(f"dataset split {folder} has class folders but no images in them; {IMAGENET_HELP}")
+    expected = cfg.CLASSIFICATION.NUM_CLASSES
+    if len(dataset.classes) != expected:
+        raise SetupError(
+            f"{folder} has {len(dataset.classes)} class folders but CLASSIFICATION.NUM_CLASSES is {expected}: "
+            f"set CLASSIFICATION.NUM_CLASSES {len(dataset.classes)} (or point CLASSIFICATION.DATASET_ROOT elsewhere)"
+        )
+    logger.info("Dataset %s: %d images, %d classes", folder, len(dataset), len(dataset.classes))
+    return dataset
+
+
+# ---------------------------------------------------------------------------- sampling and loaders
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed derived from integers: different tuples give unrelated random streams (SplitMix64)."""
+    state = 0x243F6A8885A308D3
+    for value in values:
+        state = (state ^ (value % 2**64)) + 0x9E3779B97F4A7C15
+        state = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+        state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) % 2**64
+        state ^= state >> 31
+    return state % 2**63
+
+
+_PERMUTATION, _AUGMENTATION = 1, 2  # what a derived seed is for
+
+
+class ResumableSampler(Sampler):
+    """An endless stream of ``(index, augmentation seed)`` for one process, positioned at ``start_iter``.
+
+    The stream is the concatenation of per-epoch permutations of ``range(size)``, each seeded by
+    ``(seed, epoch)``. Global batch ``i`` is stream positions ``i*B .. i*B+B-1`` (B = ``global_batch``);
+    rank ``r`` takes its contiguous ``B / world_size`` slice. Every item's augmentation seed is derived
+    from ``(seed, position)``. So batch ``i`` and its augmentation are a pure function of ``i``: a
+    resumed run reads exactly what an uninterrupted one would have, at any number of processes.
+    """
+
+    def __init__(
+        self, size: int, global_batch: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if size <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} does not split over {world_size} processes")
+        self.size = size
+        self.global_batch = global_batch
+        self.per_rank = global_batch // world_size
+        self.seed = seed
+        self.start_iter = start_iter
+        self.rank = rank
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, _PERMUTATION, epoch))
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        iteration = self.start_iter
+        epoch, permutation = -1, torch.empty(0, dtype=torch.int64)
+        while True:
+            first = iteration * self.global_batch + self.rank * self.per_rank
+            for position in range(first, first + self.per_rank):
+                position_epoch, offset = divmod(position, self.size)
+                if position_epoch != epoch:
+                    epoch, permutation = position_epoch, self._permutation(position_epoch)
+                yield int(permutation[offset]), mix_seed(self.seed, _AUGMENTATION, position)
+            iteration += 1
+
+
+def build_train_loader(cfg: CfgNode, dataset: Dataset, batch_size: int, seed: int, start_iter: int = 0) -> DataLoader:
+    """Batches of ``batch_size`` (this process's share of SOLVER.IMS_PER_BATCH) for iterations
+    ``start_iter, start_iter + 1, ...``, from a ``ResumableSampler``; endless."""
+    sampler = ResumableSampler(
+        len(dataset), cfg.SOLVER.IMS_PER_BATCH, seed, start_iter, rank=get_rank(), world_size=get_world_size()
+    )
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def build_test_loader(cfg: CfgNode, dataset: Dataset) -> DataLoader:
+    """This process's share of ``dataset`` (every world_size-th image, none twice), in order."""
+    world_size = get_world_size()
+    shard = Subset(dataset, range(get_rank(), len(dataset), world_size))
+    batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // world_size)
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        pin_memory=torch.cuda.is_available(),
+    )
