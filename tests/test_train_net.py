@@ -10,20 +10,20 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from shufflenet_det.data.synthetic import SyntheticParams, generate_synthetic_coco
+from shufflenet_det.data.synthetic import generate_synthetic_coco
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
 
 # Small images, one worker-less process, few RoIs: a training run of about a minute on 2 cores.
 FAST = [
-    "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "256",
-    "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "256",
+    "INPUT.MIN_SIZE_TRAIN", "(192,)", "INPUT.MAX_SIZE_TRAIN", "320",
+    "INPUT.MIN_SIZE_TEST", "192", "INPUT.MAX_SIZE_TEST", "320",
     "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "300",
     "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
     "SHUFFLENET_DET.LOG_PERIOD", "10", "SHUFFLENET_DET.NUM_VIS_IMAGES", "2",
-    "SHUFFLENET_DET.MIN_FREE_DISK_GB", "0",
+    "SHUFFLENET_DET.MIN_FREE_DISK_GB", "0.0",
 ]
 
 
@@ -36,8 +36,7 @@ def run(*args, env=None, timeout=900):
 @pytest.fixture(scope="module")
 def easy_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("easy")
-    params = SyntheticParams(num_train=64, num_val=16, seed=1, difficulty=0.0, clutter=0.0, short_side=(128, 160))
-    generate_synthetic_coco(root, params=params)
+    generate_synthetic_coco(root, 64, 16, seed=1, difficulty=0.0, clutter=0.0, overwrite=True)
     return root
 
 
