@@ -1,0 +1,1 @@
+"""Deployment: inference rewrites (BatchNorm folding, ShuffleNet pointwise variants), export, runtimes."""

@@ -1,0 +1,100 @@
+"""Run a model in one of several CPU backends behind one interface, for benchmarks and checks.
+
+A ``Runner`` separates converting the input (``prepare``, done once) from the call that is timed
+(``run``). Every backend but "eager" runs a deploy copy (``deploy_rewrite``): BatchNorm folded and
+ShuffleNet's shuffle / grouped 1x1 convs in the form that measured fastest for that backend
+(docs/speed.md has the measurements). The user's model is never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
+
+import torch
+from torch import nn
+
+from .export import create_ort_session, onnx_bytes, torchscript_module
+from .fuse import optimize_shufflenet
+
+BACKENDS = ("eager", "eager_optimized", "torchscript", "compile", "onnxruntime")
+
+# The fastest exact rewrite per backend, measured on ShuffleNet 0.5x / 1x / 2x (g=3) at 224-720 px.
+BEST_REWRITE: Dict[str, Dict[str, str]] = {
+    "eager_optimized": {"pointwise": "grouped", "shuffle": "reshape"},
+    "torchscript": {"pointwise": "grouped", "shuffle": "reshape"},
+    "compile": {"pointwise": "grouped", "shuffle": "reshape"},
+    "onnxruntime": {"pointwise": "grouped", "shuffle": "gather"},
+}
+
+
+@dataclass
+class Runner:
+    """``run(prepare(x))`` is the forward pass; ``runner(x)`` does both and returns a torch tensor."""
+
+    backend: str
+    prepare: Callable[[torch.Tensor], Any]
+    run: Callable[[Any], Any]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.run(self.prepare(x))
+        if isinstance(output, (list, tuple)):
+            output = output[0]
+        return output if isinstance(output, torch.Tensor) else torch.from_numpy(output)
+
+
+def deploy_rewrite(model: nn.Module, backend: str) -> nn.Module:
+    """A copy of ``model`` rewritten for ``backend`` (BatchNorm folded, fastest ShuffleNet form)."""
+    if backend not in BEST_REWRITE:
+        raise ValueError(f"no deploy rewrite for backend '{backend}'; choose from {sorted(BEST_REWRITE)}")
+    return optimize_shufflenet(model, **BEST_REWRITE[backend])
+
+
+def _inference(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    return run
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def create_runner(
+    model: nn.Module,
+    backend: str,
+    example_input: torch.Tensor,
+    threads: int = 1,
+    static_shape: bool = True,
+) -> Runner:
+    """Prepare ``model`` for ``backend`` ("eager" runs it as given, in eval mode).
+
+    ``example_input`` fixes the input size for tracing, compiling and ONNX export; with
+    ``static_shape`` the ONNX graph is specialized to that size (faster in ONNX Runtime), otherwise
+    height and width stay free. ``threads`` sets torch's intra-op threads (process-wide) or the
+    ONNX Runtime session's.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
+    torch.set_num_threads(threads)
+    if backend == "eager":
+        return Runner(backend, lambda x: x.contiguous(), _inference(model.eval()))
+    deployed = deploy_rewrite(model, backend)
+    if backend == "eager_optimized":
+        deployed = deployed.to(memory_format=torch.channels_last)
+        return Runner(backend, _channels_last, _inference(deployed))
+    if backend == "torchscript":
+        scripted = torchscript_module(deployed, example_input)
+        return Runner(backend, lambda x: x.contiguous(), _inference(scripted))
+    if backend == "compile":
+        compiled = torch.compile(deployed, mode="max-autotune-no-cudagraphs", dynamic=not static_shape)
+        return Runner(backend, lambda x: x.contiguous(), _inference(compiled))
+    session = create_ort_session(onnx_bytes(deployed, example_input, dynamic=not static_shape), threads=threads)
+    input_name = session.get_inputs()[0].name
+    return Runner(
+        backend,
+        lambda x: {input_name: x.detach().contiguous().numpy()},
+        lambda feed: session.run(None, feed),
+    )

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""CPU latency of ShuffleNet / MobileNet / AlexNet feature trunks in the layout of the paper's Table 8.
+
+python tools/benchmark.py                                   # eager vs ONNX Runtime, 1 thread, 3 sizes
+python tools/benchmark.py --models shufflenet_v1_x0_5_g3,alexnet --sizes 224x224 --runs 30
+python tools/benchmark.py --backends eager,eager_optimized,torchscript,onnxruntime --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+try:
+    import shufflenet_det  # noqa: F401
+except ImportError:  # run from a clone without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from shufflenet_det.deploy.benchmark import (
+    PAPER_SIZES,
+    TABLE8_MODELS,
+    benchmark_model_names,
+    format_report,
+    machine_info,
+    run_benchmark,
+    summarize,
+)
+from shufflenet_det.deploy.runtime import BACKENDS
+from shufflenet_det.utils.io import atomic_write
+
+
+def parse_sizes(text: str) -> List[Tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        height, sep, width = item.strip().lower().partition("x")
+        if not sep or not height.isdigit() or not width.isdigit() or int(height) < 32 or int(width) < 32:
+            raise ValueError(f"--sizes expects HxW items of at least 32x32, e.g. 224x224,480x640; got '{item}'")
+        sizes.append((int(height), int(width)))
+    return sizes
+
+
+def parse_list(text: str, choices: Sequence[str], option: str) -> List[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in choices]
+    if unknown or not items:
+        raise ValueError(f"{option}: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(choices)}")
+    return items
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(TABLE8_MODELS), help="comma-separated model names")
+    parser.add_argument(
+        "--sizes", default=",".join(f"{h}x{w}" for h, w in PAPER_SIZES), help="comma-separated HxW input sizes"
+    )
+    parser.add_argument("--backends", default="eager,onnxruntime", help=f"comma-separated, from {', '.join(BACKENDS)}")
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per model, size and backend")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (paper: 1)")
+    parser.add_argument("--json", metavar="FILE", help="also write records, ratios and machine info as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    args = parser.parse_args(argv)
+    try:
+        models = parse_list(args.models, benchmark_model_names(), "--models")
+        backends = parse_list(args.backends, BACKENDS, "--backends")
+        sizes = parse_sizes(args.sizes)
+        if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+            raise ValueError("--runs and --threads must be >= 1, --warmup >= 0")
+        if args.json and os.path.exists(args.json) and not args.overwrite:
+            raise ValueError(f"{args.json} already exists; pass --overwrite to replace it")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    info = machine_info(args.threads)
+    print(f"machine: {json.dumps(info)}", flush=True)
+    records = run_benchmark(
+        models,
+        sizes,
+        backends,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    summary = summarize(records)
+    info["load_average_end"] = machine_info(args.threads).get("load_average")
+    print(format_report(records, summary))
+    print(
+        "\nFeature trunks (no pooling / classifier), batch 1, random weights, median of "
+        f"{args.runs} runs after {args.warmup} warm-up runs. eager = the model as built (BatchNorm "
+        "unfolded, NCHW; the same computation as the official implementation's forward). "
+        f"Load average at start / end: {info.get('load_average')} / {info.get('load_average_end')}."
+    )
+    if args.json:
+        payload = {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records, **summary}
+        text = json.dumps(payload, indent=2)
+        atomic_write(args.json, lambda tmp: open(tmp, "w").write(text), overwrite=args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
