@@ -4,6 +4,7 @@
 python tools/benchmark.py                                   # eager vs ONNX Runtime, 1 thread, 3 sizes
 python tools/benchmark.py --models shufflenet_v1_x0_5_g3,alexnet --sizes 224x224 --runs 30
 python tools/benchmark.py --backends eager,eager_optimized,torchscript,onnxruntime --json out.json
+python tools/benchmark.py --variants --models shufflenet_v1_x2_0_g3 --sizes 224x224   # shuffle / 1x1 forms
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 try:
@@ -23,7 +25,9 @@ from shufflenet_det.deploy.benchmark import (
     PAPER_SIZES,
     TABLE8_MODELS,
     benchmark_model_names,
+    compare_rewrites,
     format_report,
+    format_rewrites,
     machine_info,
     run_benchmark,
     summarize,
@@ -56,16 +60,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--sizes", default=",".join(f"{h}x{w}" for h, w in PAPER_SIZES), help="comma-separated HxW input sizes"
     )
-    parser.add_argument("--backends", default="eager,onnxruntime", help=f"comma-separated, from {', '.join(BACKENDS)}")
+    parser.add_argument("--backends", help=f"comma-separated, from {', '.join(BACKENDS)} (default eager,onnxruntime)")
     parser.add_argument("--runs", type=int, default=15, help="timed runs per model, size and backend")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (paper: 1)")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="instead of the table, time each exact ShuffleNet shuffle / grouped-1x1 form per backend "
+        "(backends default to eager_optimized,onnxruntime)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write records, ratios and machine info as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = parser.parse_args(argv)
     try:
         models = parse_list(args.models, benchmark_model_names(), "--models")
-        backends = parse_list(args.backends, BACKENDS, "--backends")
+        default_backends = "eager_optimized,onnxruntime" if args.variants else "eager,onnxruntime"
+        backends = parse_list(args.backends or default_backends, BACKENDS, "--backends")
+        if args.variants and backends == ["eager"]:
+            raise ValueError("--variants compares deploy copies: give backends other than eager")
         sizes = parse_sizes(args.sizes)
         if args.runs < 1 or args.warmup < 0 or args.threads < 1:
             raise ValueError("--runs and --threads must be >= 1, --warmup >= 0")
@@ -77,6 +90,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     info = machine_info(args.threads)
     print(f"machine: {json.dumps(info)}", flush=True)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.variants:
+        records = compare_rewrites(
+            models, sizes, [b for b in backends if b != "eager"], runs=args.runs, warmup=args.warmup,
+            threads=args.threads, log=log,
+        )
+        print(format_rewrites(records))
+        write_json(args, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records})
+        return 0
     records = run_benchmark(
         models,
         sizes,
@@ -84,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs=args.runs,
         warmup=args.warmup,
         threads=args.threads,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=log,
     )
     summary = summarize(records)
     info["load_average_end"] = machine_info(args.threads).get("load_average")
@@ -95,11 +117,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "unfolded, NCHW; the same computation as the official implementation's forward). "
         f"Load average at start / end: {info.get('load_average')} / {info.get('load_average_end')}."
     )
-    if args.json:
-        payload = {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records, **summary}
-        text = json.dumps(payload, indent=2)
-        atomic_write(args.json, lambda tmp: open(tmp, "w").write(text), overwrite=args.overwrite)
+    write_json(args, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records, **summary})
     return 0
+
+
+def write_json(args: argparse.Namespace, payload: dict) -> None:
+    if args.json:
+        text = json.dumps(payload, indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text), overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..evaluation.text_table import format_table
 from ..modeling import StagedNetwork, build_model, list_models
-from .runtime import BACKENDS, Runner, create_runner
+from .runtime import BACKENDS, BEST_REWRITE, Runner, create_runner
 
 Size = Tuple[int, int]
 
@@ -125,6 +125,80 @@ def run_benchmark(
                 if log:
                     log(f"{name} {height}x{width} {backend}: {record['median_ms']:.2f} ms")
     return records
+
+
+# Exact ShuffleNet forms compared by ``compare_rewrites`` (pointwise, shuffle); see deploy.fuse.
+REWRITE_VARIANTS = (
+    ("grouped", "reshape"),
+    ("grouped", "gather"),
+    ("grouped", "fold"),
+    ("dense", "reshape"),
+    ("dense", "fold"),
+    ("matmul", "reshape"),
+)
+
+
+def compare_rewrites(
+    models: Sequence[str],
+    sizes: Sequence[Size],
+    backends: Sequence[str] = ("eager_optimized", "onnxruntime"),
+    variants: Sequence[Tuple[str, str]] = REWRITE_VARIANTS,
+    runs: int = 15,
+    warmup: int = 3,
+    threads: int = 1,
+    log: Optional[Callable[[str], None]] = None,
+) -> List[Dict]:
+    """Median latency (ms) of each ShuffleNet form in each backend, variants interleaved run by run.
+
+    Returns records ``{"model", "size", "backend", "variant": "pointwise/shuffle", "median_ms", "min_ms"}``.
+    """
+    rewritable = [b for b in backends if b in BEST_REWRITE]
+    if not rewritable:
+        raise ValueError(f"compare_rewrites needs backends from {', '.join(sorted(BEST_REWRITE))}")
+    records = []
+    for height, width in sizes:
+        x = torch.rand(1, 3, height, width)
+        for name in models:
+            trunk = build_trunk(name)
+            for backend in rewritable:
+                runners = {
+                    f"{pointwise}/{shuffle}": create_runner(
+                        trunk, backend, x, threads=threads, rewrite={"pointwise": pointwise, "shuffle": shuffle}
+                    )
+                    for pointwise, shuffle in variants
+                }
+                times = time_interleaved(runners, x, runs, warmup)
+                for variant, seconds in times.items():
+                    records.append({
+                        "model": name,
+                        "size": [height, width],
+                        "backend": backend,
+                        "variant": variant,
+                        "median_ms": 1e3 * statistics.median(seconds),
+                        "min_ms": 1e3 * min(seconds),
+                        "runs": runs,
+                    })
+                if log:
+                    best = min(times, key=lambda v: statistics.median(times[v]))
+                    log(f"{name} {height}x{width} {backend}: fastest {best}")
+    return records
+
+
+def format_rewrites(records: Sequence[Dict]) -> str:
+    """One table per backend: model and size by rows, ShuffleNet forms by columns (median ms)."""
+    variants = list(OrderedDict.fromkeys(r["variant"] for r in records))
+    blocks = []
+    for backend in OrderedDict.fromkeys(r["backend"] for r in records):
+        rows: Dict[Tuple[str, str], Dict[str, float]] = OrderedDict()
+        for r in records:
+            if r["backend"] == backend:
+                key = (DISPLAY_NAMES.get(r["model"], r["model"]), "x".join(map(str, r["size"])))
+                rows.setdefault(key, {})[r["variant"]] = r["median_ms"]
+        table = format_table(
+            ["model", "size"] + variants, [list(key) + [v.get(n) for n in variants] for key, v in rows.items()], 2
+        )
+        blocks.append(f"{backend}: median ms by pointwise/shuffle form\n{table}")
+    return "\n\n".join(blocks)
 
 
 def _lookup(records: Sequence[Dict]) -> Dict[Tuple[str, str, Tuple[int, int]], float]:

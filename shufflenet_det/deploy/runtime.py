@@ -9,7 +9,7 @@ ShuffleNet's shuffle / grouped 1x1 convs in the form that measured fastest for t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -19,13 +19,17 @@ from .fuse import optimize_shufflenet
 
 BACKENDS = ("eager", "eager_optimized", "torchscript", "compile", "onnxruntime")
 
-# The fastest exact rewrite per backend, measured on ShuffleNet 0.5x / 1x / 2x (g=3) at 224-720 px.
+# The fastest exact rewrite per backend (tools/benchmark.py --variants; docs/speed.md): grouped
+# kernels beat dense block-diagonal and batched-matmul forms everywhere; as one Gather the shuffle
+# avoids ONNX's shape arithmetic for Reshape, and TorchScript's frozen graph prefers it too.
 BEST_REWRITE: Dict[str, Dict[str, str]] = {
     "eager_optimized": {"pointwise": "grouped", "shuffle": "reshape"},
-    "torchscript": {"pointwise": "grouped", "shuffle": "reshape"},
+    "torchscript": {"pointwise": "grouped", "shuffle": "gather"},
     "compile": {"pointwise": "grouped", "shuffle": "reshape"},
     "onnxruntime": {"pointwise": "grouped", "shuffle": "gather"},
 }
+# Backends that run in channels_last memory format (faster oneDNN convolutions).
+CHANNELS_LAST = ("eager_optimized", "torchscript")
 
 
 @dataclass
@@ -43,11 +47,14 @@ class Runner:
         return output if isinstance(output, torch.Tensor) else torch.from_numpy(output)
 
 
-def deploy_rewrite(model: nn.Module, backend: str) -> nn.Module:
-    """A copy of ``model`` rewritten for ``backend`` (BatchNorm folded, fastest ShuffleNet form)."""
+def deploy_rewrite(model: nn.Module, backend: str, rewrite: Optional[Dict[str, str]] = None) -> nn.Module:
+    """A copy of ``model`` for ``backend``: BatchNorm folded, ShuffleNet in the backend's fastest form.
+
+    ``rewrite`` (``optimize_shufflenet`` keyword arguments) overrides the form, to compare variants.
+    """
     if backend not in BEST_REWRITE:
         raise ValueError(f"no deploy rewrite for backend '{backend}'; choose from {sorted(BEST_REWRITE)}")
-    return optimize_shufflenet(model, **BEST_REWRITE[backend])
+    return optimize_shufflenet(model, **(BEST_REWRITE[backend] if rewrite is None else rewrite))
 
 
 def _inference(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -68,26 +75,29 @@ def create_runner(
     example_input: torch.Tensor,
     threads: int = 1,
     static_shape: bool = True,
+    rewrite: Optional[Dict[str, str]] = None,
 ) -> Runner:
     """Prepare ``model`` for ``backend`` ("eager" runs it as given, in eval mode).
 
     ``example_input`` fixes the input size for tracing, compiling and ONNX export; with
     ``static_shape`` the ONNX graph is specialized to that size (faster in ONNX Runtime), otherwise
     height and width stay free. ``threads`` sets torch's intra-op threads (process-wide) or the
-    ONNX Runtime session's.
+    ONNX Runtime session's. ``rewrite`` overrides the backend's ShuffleNet form (see ``deploy_rewrite``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     torch.set_num_threads(threads)
     if backend == "eager":
         return Runner(backend, lambda x: x.contiguous(), _inference(model.eval()))
-    deployed = deploy_rewrite(model, backend)
-    if backend == "eager_optimized":
+    deployed = deploy_rewrite(model, backend, rewrite)
+    if backend in CHANNELS_LAST:
         deployed = deployed.to(memory_format=torch.channels_last)
+        example_input = _channels_last(example_input)
+    if backend == "eager_optimized":
         return Runner(backend, _channels_last, _inference(deployed))
     if backend == "torchscript":
         scripted = torchscript_module(deployed, example_input)
-        return Runner(backend, lambda x: x.contiguous(), _inference(scripted))
+        return Runner(backend, _channels_last, _inference(scripted))
     if backend == "compile":
         compiled = torch.compile(deployed, mode="max-autotune-no-cudagraphs", dynamic=not static_shape)
         return Runner(backend, lambda x: x.contiguous(), _inference(compiled))
