@@ -19,7 +19,7 @@ from shufflenet_det.deploy.fuse import (
     shuffle_permutation,
 )
 from shufflenet_det.deploy.runtime import create_runner
-from shufflenet_det.modeling import ChannelShuffle, channel_shuffle
+from shufflenet_det.modeling import ChannelShuffle, ShuffleUnit, channel_shuffle
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -101,11 +101,32 @@ def test_shufflenet_rewrites_are_exact(shufflenet, layout, pointwise, shuffle):
     assert shufflenet.shuffle_layout == "paper" and any(isinstance(m, NORMS) for m in shufflenet.modules())
 
 
+@pytest.mark.parametrize("name", ["shufflenet_v1_x0_5_g3", "shufflenet_v1_x1_0_g3"])
+@pytest.mark.parametrize("layout", ["paper", "inverse"])
+def test_channel_alignment_is_exact(name, layout):
+    torch.manual_seed(0)
+    model = randomize_norms(build_model(name))
+    model.set_shuffle_layout(layout)
+    aligned = optimize_shufflenet(model, pointwise="grouped", shuffle="gather", align=16)
+    x = torch.randn(1, 3, 64, 80)
+    assert_close(features(aligned, x), features(model, x))
+    assert aligned.stem[0].conv.out_channels % 16 == 0 and model.stem[0].conv.out_channels % 16 != 0
+    # Units whose padding stays within ALIGN_MAX_OVERHEAD get 16-channel groups in all three convs.
+    padded = [u for u in aligned.modules() if isinstance(u, ShuffleUnit) and u.depthwise.conv.out_channels % 48 == 0]
+    original = {u.depthwise.conv.out_channels for u in model.modules() if isinstance(u, ShuffleUnit)}
+    assert padded and any(c % 48 for c in original)
+    for unit in padded:
+        assert (unit.compress.conv.out_channels // unit.compress.conv.groups) % 16 == 0
+        assert (unit.expand.conv.in_channels // unit.expand.conv.groups) % 16 == 0
+
+
 def test_rewrite_rejects_unknown_modes(shufflenet):
     with pytest.raises(ValueError, match="pointwise"):
         optimize_shufflenet(shufflenet, pointwise="sparse")
     with pytest.raises(ValueError, match="shuffle"):
         optimize_shufflenet(shufflenet, shuffle="roll")
+    with pytest.raises(ValueError, match="align"):
+        optimize_shufflenet(shufflenet, shuffle="reshape", align=16)
 
 
 def test_onnx_export_runs_in_onnxruntime_at_two_sizes(shufflenet, tmp_path):

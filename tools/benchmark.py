@@ -109,14 +109,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log=log,
     )
     summary = summarize(records)
+    min_summary = summarize(records, "min_ms")
     info["load_average_end"] = machine_info(args.threads).get("load_average")
-    print(format_report(records, summary))
+    print(format_report(records, summary, min_summary))
     print(
         "\nFeature trunks (no pooling / classifier), batch 1, random weights, median of "
         f"{args.runs} runs after {args.warmup} warm-up runs. eager = the model as built (BatchNorm "
         "unfolded, NCHW; the same computation as the official implementation's forward). "
         f"Load average at start / end: {info.get('load_average')} / {info.get('load_average_end')}."
     )
+    summary["ratios_of_fastest_runs"] = min_summary["ratios"]
     write_json(args, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records, **summary})
     return 0
 

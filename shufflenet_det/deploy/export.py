@@ -18,15 +18,16 @@ from torch import nn
 from ..utils.io import PathLike, atomic_write
 
 MIN_OPSET = 17
-Inputs = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+# One tensor or a tuple of positional arguments (tensors, or e.g. a list of images for a detector).
+Inputs = Union[torch.Tensor, Tuple[object, ...]]
 OnnxModel = Union[PathLike, bytes]
 
 
-def _as_tuple(example_inputs: Inputs) -> Tuple[torch.Tensor, ...]:
+def _as_tuple(example_inputs: Inputs) -> Tuple[object, ...]:
     return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
-def _input_names(inputs: Tuple[torch.Tensor, ...], names: Optional[Sequence[str]]) -> list:
+def _input_names(inputs: Tuple[object, ...], names: Optional[Sequence[str]]) -> list:
     if names is not None:
         if len(names) != len(inputs):
             raise ValueError(f"{len(names)} input names for {len(inputs)} example inputs")
@@ -56,7 +57,7 @@ def onnx_bytes(
     axes: Dict[str, Dict[int, str]] = {}
     if dynamic:
         for name, tensor in zip(names, inputs):
-            if tensor.dim() == 4:
+            if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
                 axes[name] = {0: "batch", 2: "height", 3: "width"}
     for name, mapping in (dynamic_axes or {}).items():
         axes.setdefault(name, {}).update(mapping)

@@ -5,16 +5,20 @@ rewritten models are plain module trees (state dict keys differ from the origina
 export and benchmarks, not for training or for loading checkpoints.
 
 ShuffleNet's unit is ``compress`` (grouped 1x1 conv) -> channel shuffle -> 3x3 depthwise ->
-``expand`` (grouped 1x1 conv). Its grouped 1x1 convs can run as:
+``expand`` (grouped 1x1 conv). ``optimize_shufflenet`` runs its grouped 1x1 convs (``pointwise``) as
 
 - ``"grouped"``: the grouped convolution kernel (as trained);
 - ``"dense"``: one ordinary 1x1 convolution with a block-diagonal weight (``groups`` times the
-  multiply-adds, but dense kernels are often faster than grouped ones for small groups);
-- ``"matmul"``: one batched matrix product over the groups.
+  multiply-adds, in case dense kernels beat grouped ones);
+- ``"matmul"``: one batched matrix product over the groups,
 
-With ``fold_shuffle=True`` the shuffle disappears: it permutes the channels ``compress`` writes, so
-``compress`` becomes a dense 1x1 conv whose output rows are permuted (exact, because ReLU is per
-channel). The first unit's ``compress`` is dense anyway, so there the shuffle is free to drop.
+and the shuffle (``shuffle``) as
+
+- ``"reshape"``: reshape-transpose-reshape (as trained);
+- ``"gather"``: one gather of channels with a fixed index;
+- ``"fold"``: no op at all. The shuffle permutes the channels ``compress`` writes, so ``compress``
+  becomes a dense 1x1 conv whose output rows are permuted (exact, because ReLU is per channel);
+  the first unit's ``compress`` is dense anyway, so there the shuffle is free to drop.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from ..modeling.shufflenet import ShuffleUnit
 
 POINTWISE_MODES = ("grouped", "dense", "matmul")
 SHUFFLE_MODES = ("reshape", "gather", "fold")
+# Zero-channel padding that ``optimize_shufflenet(align=...)`` accepts, as a fraction of a unit's
+# 1x1-conv multiply-adds: +20% paid off in ONNX Runtime (ShuffleNet 2x stage 2), +60% did not.
+ALIGN_MAX_OVERHEAD = 0.25
 _NORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)
 
 
@@ -156,27 +163,96 @@ def _pointwise(conv: nn.Conv2d, mode: str) -> nn.Module:
     return dense_pointwise(conv) if mode == "dense" else GroupedMatmul(conv)
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _real_positions(channels: int, groups: int, block: int) -> torch.Tensor:
+    """Where real channel r sits when each group's channels start a block of ``block`` positions."""
+    per_group = channels // groups
+    index = torch.arange(channels)
+    return (index // per_group) * block + index % per_group
+
+
 @torch.no_grad()
-def optimize_shufflenet(model: nn.Module, pointwise: str = "grouped", shuffle: str = "reshape") -> nn.Module:
+def _align_unit(unit: ShuffleUnit, multiple: int) -> bool:
+    """Pad a folded unit's bottleneck groups with zero channels to multiples of ``multiple``, in place.
+
+    Done only where it lets all three convs use ONNX Runtime's blocked (NCHWc) kernels, which need
+    every group's input and output channels to be multiples of the block, and where it adds at most
+    ``ALIGN_MAX_OVERHEAD`` of the 1x1 convs' multiply-adds. The shuffle becomes a Gather that also
+    places the padding; padded depthwise channels have zero weights, so they stay zero.
+    """
+    compress, depthwise, expand = unit.compress.conv, unit.depthwise.conv, unit.expand.conv
+    mid, groups_c, groups_e = compress.out_channels, compress.groups, expand.groups
+    block_c = _round_up(mid // groups_c, multiple) if groups_c > 1 else mid
+    block_e = _round_up(mid // groups_e, multiple)
+    padded_c, padded_e = block_c * groups_c, block_e * groups_e
+    if padded_c == mid and padded_e == mid:
+        return False
+    if (groups_c > 1 and (compress.in_channels // groups_c) % multiple) or (expand.out_channels // groups_e) % multiple:
+        return False
+    if max(padded_c, padded_e) > (1 + ALIGN_MAX_OVERHEAD) * mid:
+        return False
+    source = _real_positions(mid, groups_c, block_c)
+    target = _real_positions(mid, groups_e, block_e)
+    shuffled = shuffle_permutation(unit.shuffle, mid) if isinstance(unit.shuffle, ChannelShuffle) else torch.arange(mid)
+
+    wide_compress = nn.Conv2d(compress.in_channels, padded_c, 1, groups=groups_c)
+    wide_compress.weight.zero_()
+    wide_compress.bias.zero_()
+    wide_compress.weight[source] = compress.weight
+    wide_compress.bias[source] = compress.bias
+    wide_depthwise = nn.Conv2d(
+        padded_e, padded_e, depthwise.kernel_size, depthwise.stride, depthwise.padding, groups=padded_e
+    )
+    wide_depthwise.weight.zero_()
+    wide_depthwise.bias.zero_()
+    wide_depthwise.weight[target] = depthwise.weight
+    wide_depthwise.bias[target] = depthwise.bias
+    wide_expand = nn.Conv2d(padded_e, expand.out_channels, 1, groups=groups_e)
+    wide_expand.weight.zero_()
+    wide_expand.weight[:, : mid // groups_e] = expand.weight
+    wide_expand.bias.copy_(expand.bias)
+
+    gather = torch.zeros(padded_e, dtype=torch.long)  # padding reads channel 0; its depthwise weight is 0
+    gather[target] = source[shuffled]
+    unit.compress.conv, unit.depthwise.conv, unit.expand.conv = wide_compress, wide_depthwise, wide_expand
+    unit.shuffle = nn.Identity() if torch.equal(gather, torch.arange(padded_e)) else GatherShuffle(gather)
+    for conv in (wide_compress, wide_depthwise, wide_expand):
+        conv.requires_grad_(False)
+    return True
+
+
+@torch.no_grad()
+def optimize_shufflenet(
+    model: nn.Module, pointwise: str = "grouped", shuffle: str = "reshape", align: int = 0
+) -> nn.Module:
     """A copy of ``model`` with BatchNorm folded and every ShuffleUnit's 1x1 convs rewritten.
 
     Works on any module that contains ``ShuffleUnit``s (a classifier, a detector's trunk or head);
     other modules only get their BatchNorms folded. See the module docstring for the modes.
+    ``align`` > 0 (with the grouped / gather form) pads the stem and bottlenecks with zero channels
+    to multiples of ``align`` where that unlocks blocked kernels (``align_stem``, ``_align_unit``).
     """
     if pointwise not in POINTWISE_MODES:
         raise ValueError(f"pointwise must be one of {POINTWISE_MODES}, got '{pointwise}'")
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, got '{shuffle}'")
+    if align and (pointwise, shuffle) != ("grouped", "gather"):
+        raise ValueError("align needs pointwise='grouped' and shuffle='gather'")
     model = fold_batchnorm(model)
+    if align:
+        align_stem(model, align)
     for unit in model.modules():
-        if not isinstance(unit, ShuffleUnit):
+        if not isinstance(unit, ShuffleUnit) or (align and _align_unit(unit, align)):
             continue
         compress = unit.compress.conv
         permutation = None
         if isinstance(unit.shuffle, ChannelShuffle):
             permutation = shuffle_permutation(unit.shuffle, compress.out_channels)
         if shuffle == "fold" and permutation is not None:
-            dense = dense_pointwise(compress) if compress.groups > 1 else copy.deepcopy(compress)
+            dense = dense_pointwise(compress)
             dense.weight.copy_(dense.weight[permutation])
             if dense.bias is not None:
                 dense.bias.copy_(dense.bias[permutation])
@@ -188,3 +264,51 @@ def optimize_shufflenet(model: nn.Module, pointwise: str = "grouped", shuffle: s
                 unit.shuffle = GatherShuffle(permutation)
         unit.expand.conv = _pointwise(unit.expand.conv, pointwise)
     return model
+
+
+class ChannelSlice(nn.Module):
+    """Keep the first ``channels`` channels (drops the zero channels that ``align_stem`` adds)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.channels]
+
+
+@torch.no_grad()
+def align_stem(model: nn.Module, multiple: int = 16) -> nn.Module:
+    """Pad a ShuffleNet stem's output channels with zero channels up to a multiple of ``multiple``, in place.
+
+    ONNX Runtime's x86 kernels work on blocks of 16 (AVX-512) or 8 channels; a 12- or 24-channel
+    stem (0.5x, 1x) otherwise runs its max pool and the first unit's average pool in slow plain
+    loops. The stem conv gets zero rows, the first unit's (dense) compress conv zero columns, and its
+    shortcut drops the padding after pooling, so outputs are unchanged. Expects BatchNorm folded
+    (``fold_batchnorm``) and a module with ``stem`` (conv block, max pool) and ``stage2`` children;
+    returns ``model`` unchanged otherwise.
+    """
+    stem, stage2 = getattr(model, "stem", None), getattr(model, "stage2", None)
+    if not isinstance(stem, nn.Sequential) or not isinstance(stage2, nn.Sequential):
+        return model
+    conv, unit = getattr(stem[0], "conv", None), stage2[0]
+    if not isinstance(conv, nn.Conv2d) or not isinstance(unit, ShuffleUnit) or unit.compress.conv.groups != 1:
+        return model
+    channels = conv.out_channels
+    padded = -(-channels // multiple) * multiple
+    if padded == channels or conv.bias is None or unit.compress.conv.bias is None:
+        return model
+    wide = nn.Conv2d(conv.in_channels, padded, conv.kernel_size, conv.stride, conv.padding)
+    wide.weight.zero_()
+    wide.bias.zero_()
+    wide.weight[:channels] = conv.weight
+    wide.bias[:channels] = conv.bias
+    stem[0].conv = wide
+    compress = unit.compress.conv
+    widened = nn.Conv2d(padded, compress.out_channels, 1)
+    widened.weight.zero_()
+    widened.weight[:, :channels] = compress.weight
+    widened.bias.copy_(compress.bias)
+    unit.compress.conv = widened
+    unit.shortcut = nn.Sequential(unit.shortcut, ChannelSlice(channels))
+    return model.requires_grad_(False)
