@@ -243,7 +243,8 @@ def optimize_shufflenet(
         raise ValueError("align needs pointwise='grouped' and shuffle='gather'")
     model = fold_batchnorm(model)
     if align:
-        align_stem(model, align)
+        for module in list(model.modules()):  # the trunk may sit inside a detector
+            align_stem(module, align)
     for unit in model.modules():
         if not isinstance(unit, ShuffleUnit) or (align and _align_unit(unit, align)):
             continue
@@ -285,8 +286,8 @@ def align_stem(model: nn.Module, multiple: int = 16) -> nn.Module:
     stem (0.5x, 1x) otherwise runs its max pool and the first unit's average pool in slow plain
     loops. The stem conv gets zero rows, the first unit's (dense) compress conv zero columns, and its
     shortcut drops the padding after pooling, so outputs are unchanged. Expects BatchNorm folded
-    (``fold_batchnorm``) and a module with ``stem`` (conv block, max pool) and ``stage2`` children;
-    returns ``model`` unchanged otherwise.
+    (``fold_batchnorm``) and a module with ``stem`` (conv block, max pool) and ``stage2`` children,
+    as ShuffleNetV1 and its ``split_at_stride`` trunk have; returns ``model`` unchanged otherwise.
     """
     stem, stage2 = getattr(model, "stem", None), getattr(model, "stage2", None)
     if not isinstance(stem, nn.Sequential) or not isinstance(stage2, nn.Sequential):
@@ -295,7 +296,7 @@ def align_stem(model: nn.Module, multiple: int = 16) -> nn.Module:
     if not isinstance(conv, nn.Conv2d) or not isinstance(unit, ShuffleUnit) or unit.compress.conv.groups != 1:
         return model
     channels = conv.out_channels
-    padded = -(-channels // multiple) * multiple
+    padded = _round_up(channels, multiple)
     if padded == channels or conv.bias is None or unit.compress.conv.bias is None:
         return model
     wide = nn.Conv2d(conv.in_channels, padded, conv.kernel_size, conv.stride, conv.padding)
