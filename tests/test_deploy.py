@@ -182,8 +182,12 @@ def test_summary_ratios_and_speedups():
 
 
 def test_run_benchmark_records():
-    records = run_benchmark(["mobilenet_v1_x0_25"], [(64, 64)], ["eager"], runs=2, warmup=0)
-    assert len(records) == 1 and records[0]["median_ms"] >= records[0]["min_ms"] > 0
+    pytest.importorskip("onnxruntime")
+    records = run_benchmark(["mobilenet_v1_x0_25"], [(64, 64)], ["eager", "onnxruntime"], runs=2, warmup=0,
+                            kernel_time=True)
+    assert [r["backend"] for r in records] == ["eager", "onnxruntime"]
+    assert all(r["median_ms"] >= r["min_ms"] > 0 for r in records)
+    assert "kernel_ms" not in records[0] and records[1]["kernel_ms"] > 0
     with pytest.raises(ValueError, match="unknown model"):
         build_trunk("resnet50")
     with pytest.raises(ValueError, match="backend"):

@@ -151,6 +151,7 @@ def create_ort_session(
     threads: int = 1,
     optimization: str = "all",
     optimized_model_path: Optional[PathLike] = None,
+    profile_prefix: Optional[str] = None,
 ):
     """An ONNX Runtime CPU session for an ONNX file or serialized model, tuned for low latency.
 
@@ -158,6 +159,8 @@ def create_ort_session(
     the x86 NCHWc layout transforms and conv+add+activation fusions). ``threads`` sets the intra-op
     pool; inter-op parallelism stays off (one request at a time). ``optimized_model_path`` saves the
     optimized graph for inspection (it is specific to this machine's instruction set).
+    ``profile_prefix`` turns on ONNX Runtime's per-node profiler (``session.end_profiling()`` returns
+    the JSON file).
     """
     import onnxruntime as ort
 
@@ -178,5 +181,8 @@ def create_ort_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
