@@ -6,7 +6,8 @@ python tools/export_model.py --arch mobilenet_v1_x1_0 --weights mobilenet.pth --
     --output mobilenet.pt --input-size 320 320 --overwrite
 
 The exported model is a deploy copy: BatchNorm folded into the convolutions and, for ONNX, the
-channel shuffle as one Gather (see docs/speed.md); --no-optimize exports the model unchanged.
+channel shuffle as one Gather and bottlenecks padded with zero channels to --align (16: ONNX
+Runtime's x86 blocks; 0 for other runtimes); see docs/speed.md. --no-optimize exports the model as is.
 Inputs are float tensors [N, 3, H, W] preprocessed as for the weights (see the weights' metadata).
 """
 
@@ -38,6 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--input-size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"),
                         help="example input size for tracing (ONNX height / width stay dynamic)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    parser.add_argument("--align", type=int, default=16, help="ONNX: zero-channel padding multiple (0: none)")
     parser.add_argument("--no-optimize", action="store_true", help="export without BatchNorm folding / rewrites")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
@@ -58,14 +60,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.opset < 17:
         print(f"error: --opset must be at least 17, got {args.opset}", file=sys.stderr)
         return 2
+    if args.align < 0:
+        print(f"error: --align must be >= 0, got {args.align}", file=sys.stderr)
+        return 2
 
     try:
         model = build_model(args.arch, weights=args.weights).eval()
     except Exception as error:  # unreadable or mismatched checkpoint: report, never a traceback
-        print(f"error: cannot load --weights {args.weights}: {str(error).splitlines()[0]}", file=sys.stderr)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: cannot load --weights {args.weights}: {message}", file=sys.stderr)
         return 2
     if not args.no_optimize:
-        model = deploy_rewrite(model, "onnxruntime" if args.format == "onnx" else "torchscript")
+        if args.format == "onnx":
+            model = deploy_rewrite(model, "onnxruntime", {"pointwise": "grouped", "shuffle": "gather", "align": args.align})
+        else:
+            model = deploy_rewrite(model, "torchscript")
     example = torch.rand(1, 3, height, width)
     if args.format == "onnx":
         path = export_onnx(model, example, args.output, overwrite=args.overwrite, opset=args.opset,
