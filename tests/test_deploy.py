@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from shufflenet_det import build_model
-from shufflenet_det.deploy.benchmark import build_trunk, run_benchmark, summarize
+from shufflenet_det.deploy.benchmark import ORT_STEPS, build_trunk, ort_ablation, run_benchmark, summarize
 from shufflenet_det.deploy.export import create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from shufflenet_det.deploy.fuse import (
     GatherShuffle,
@@ -22,6 +22,15 @@ from shufflenet_det.deploy.runtime import create_runner
 from shufflenet_det.modeling import ChannelShuffle, ShuffleUnit, channel_shuffle
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine OpenMP's spinning threads slow tiny convs 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -194,6 +203,13 @@ def test_run_benchmark_records():
         run_benchmark(["alexnet"], [(64, 64)], ["tvm"])
 
 
+def test_ort_ablation_covers_every_step():
+    pytest.importorskip("onnxruntime")
+    records = ort_ablation(["shufflenet_v1_x0_25_g3"], [(64, 64)], runs=1, warmup=0)
+    assert [r["step"] for r in records] == [step[0] for step in ORT_STEPS]
+    assert all(r["median_ms"] > 0 and r["kernel_ms"] > 0 for r in records)
+
+
 def load_tool(name):
     import importlib.util
     from pathlib import Path
@@ -243,6 +259,8 @@ def test_benchmark_tool_errors_and_json(tmp_path, capsys):
     assert "unknown resnet50" in error and "\n" not in error
     assert benchmark_main(["--sizes", "224"]) == 2
     assert "HxW" in capsys.readouterr().err
+    assert benchmark_main(["--variants", "--ablation"]) == 2
+    assert "one of --variants and --ablation" in capsys.readouterr().err
     output = tmp_path / "bench.json"
     args = ["--models", "mobilenet_v1_x0_25", "--sizes", "64x64", "--runs", "1", "--warmup", "0",
             "--backends", "eager", "--json", str(output)]

@@ -5,6 +5,7 @@ python tools/benchmark.py                                   # eager vs ONNX Runt
 python tools/benchmark.py --models shufflenet_v1_x0_5_g3,alexnet --sizes 224x224 --runs 30
 python tools/benchmark.py --backends eager,eager_optimized,torchscript,onnxruntime --json out.json
 python tools/benchmark.py --variants --models shufflenet_v1_x2_0_g3 --sizes 224x224   # shuffle / 1x1 forms
+python tools/benchmark.py --ablation --models shufflenet_v1_x0_5_g3 --sizes 224x224     # ONNX Runtime steps
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from shufflenet_det.deploy.benchmark import (
     TABLE8_MODELS,
     benchmark_model_names,
     compare_rewrites,
+    format_ablation,
     format_report,
     format_rewrites,
+    ort_ablation,
     machine_info,
     run_benchmark,
     summarize,
@@ -71,6 +74,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "(backends default to eager_optimized,onnxruntime)",
     )
     parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="instead of the table, build the ONNX Runtime path up step by step and time each step",
+    )
+    parser.add_argument(
         "--kernel-time",
         action="store_true",
         help="also profile ONNX Runtime per node and report the sum of each node's fastest run "
@@ -83,6 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         models = parse_list(args.models, benchmark_model_names(), "--models")
         default_backends = "eager_optimized,onnxruntime" if args.variants else "eager,onnxruntime"
         backends = parse_list(args.backends or default_backends, BACKENDS, "--backends")
+        if args.variants and args.ablation:
+            raise ValueError("choose one of --variants and --ablation")
         if args.variants and backends == ["eager"]:
             raise ValueError("--variants compares deploy copies: give backends other than eager")
         sizes = parse_sizes(args.sizes)
@@ -97,6 +107,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info = machine_info(args.threads)
     print(f"machine: {json.dumps(info)}", flush=True)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.ablation:
+        records = ort_ablation(models, sizes, runs=args.runs, warmup=args.warmup, threads=args.threads, log=log)
+        print(format_ablation(records))
+        write_json(args, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records})
+        return 0
     if args.variants:
         records = compare_rewrites(
             models, sizes, [b for b in backends if b != "eager"], runs=args.runs, warmup=args.warmup,

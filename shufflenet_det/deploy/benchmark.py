@@ -22,7 +22,8 @@ from torch import nn
 from ..evaluation.text_table import format_table
 from ..modeling import StagedNetwork, build_model, list_models
 from .export import create_ort_session, onnx_bytes
-from .runtime import BACKENDS, BEST_REWRITE, Runner, create_runner, deploy_rewrite
+from .fuse import optimize_shufflenet
+from .runtime import BACKENDS, BEST_REWRITE, Runner, create_runner, deploy_rewrite, ort_runner
 
 Size = Tuple[int, int]
 
@@ -89,16 +90,17 @@ def time_interleaved(runners: Dict[str, Runner], x: torch.Tensor, runs: int, war
     return times
 
 
-def ort_kernel_ms(model: nn.Module, x: torch.Tensor, runs: int, threads: int = 1) -> float:
+def ort_kernel_ms(onnx_model: bytes, x: torch.Tensor, runs: int, threads: int = 1, optimization: str = "all") -> float:
     """ONNX Runtime latency estimate that load from other processes disturbs little (ms).
 
-    Runs the deploy copy with ONNX Runtime's profiler and sums, over the graph's nodes, each node's
+    Runs the model with ONNX Runtime's profiler and sums, over the graph's nodes, each node's
     fastest kernel time. It leaves out the per-run overhead between kernels (a few microseconds per
     node), so it is a lower bound of an unloaded run.
     """
-    data = onnx_bytes(deploy_rewrite(model, "onnxruntime"), x, dynamic=False)
     with tempfile.TemporaryDirectory() as folder:
-        session = create_ort_session(data, threads=threads, profile_prefix=os.path.join(folder, "profile"))
+        session = create_ort_session(
+            onnx_model, threads=threads, optimization=optimization, profile_prefix=os.path.join(folder, "profile")
+        )
         feed = {session.get_inputs()[0].name: x.numpy()}
         for _ in range(runs):
             session.run(None, feed)
@@ -149,7 +151,8 @@ def run_benchmark(
                     "runs": runs,
                 }
                 if kernel_time and backend == "onnxruntime":
-                    record["kernel_ms"] = ort_kernel_ms(trunk, x, runs, threads)
+                    deployed = onnx_bytes(deploy_rewrite(trunk, "onnxruntime"), x, dynamic=False)
+                    record["kernel_ms"] = ort_kernel_ms(deployed, x, runs, threads)
                 records.append(record)
                 if log:
                     log(f"{name} {height}x{width} {backend}: {record['median_ms']:.2f} ms")
@@ -233,6 +236,65 @@ def format_rewrites(records: Sequence[Dict]) -> str:
         )
         blocks.append(f"{backend}: median ms by pointwise/shuffle form\n{table}")
     return "\n\n".join(blocks)
+
+
+# The ONNX Runtime deployment path built up one step at a time: (label, optimize_shufflenet
+# arguments or None for the model as built, dynamic height / width, graph optimization level).
+ORT_STEPS = (
+    ("plain export, dynamic H/W, level extended", None, True, "extended"),
+    ("plain export, dynamic H/W, level all", None, True, "all"),
+    ("+ BatchNorm folded, static shapes", {}, False, "all"),
+    ("+ shuffle as one Gather", {"shuffle": "gather"}, False, "all"),
+    ("+ align 16 (stem, bottlenecks)", {"shuffle": "gather", "align": 16}, False, "all"),
+)
+
+
+def ort_ablation(
+    models: Sequence[str],
+    sizes: Sequence[Size],
+    runs: int = 15,
+    warmup: int = 3,
+    threads: int = 1,
+    log: Optional[Callable[[str], None]] = None,
+) -> List[Dict]:
+    """What each step of ``ORT_STEPS`` buys: median ms (steps interleaved) and kernel time per step.
+
+    Returns records ``{"model", "size", "step", "median_ms", "min_ms", "kernel_ms"}``.
+    """
+    records = []
+    for height, width in sizes:
+        x = torch.rand(1, 3, height, width)
+        for name in models:
+            trunk = build_trunk(name)
+            runners, kernel = {}, {}
+            for label, rewrite, dynamic, level in ORT_STEPS:
+                model = trunk if rewrite is None else optimize_shufflenet(trunk, **rewrite)
+                data = onnx_bytes(model, x, dynamic=dynamic)
+                runners[label] = ort_runner(data, threads, level)
+                kernel[label] = ort_kernel_ms(data, x, runs, threads, level)
+            times = time_interleaved(runners, x, runs, warmup)
+            for label, seconds in times.items():
+                records.append({
+                    "model": name,
+                    "size": [height, width],
+                    "step": label,
+                    "median_ms": 1e3 * statistics.median(seconds),
+                    "min_ms": 1e3 * min(seconds),
+                    "kernel_ms": kernel[label],
+                })
+            if log:
+                log(f"{name} {height}x{width}: ablation done")
+    return records
+
+
+def format_ablation(records: Sequence[Dict]) -> str:
+    """Steps by rows, model and size by columns; cells "median / kernel time" in ms."""
+    columns = list(OrderedDict.fromkeys((r["model"], tuple(r["size"])) for r in records))
+    cells = {(r["step"], r["model"], tuple(r["size"])): f"{r['median_ms']:.2f} / {r['kernel_ms']:.2f}" for r in records}
+    steps = list(OrderedDict.fromkeys(r["step"] for r in records))
+    headers = ["ONNX Runtime step"] + [f"{DISPLAY_NAMES.get(m, m).split(' (')[0]} {'x'.join(map(str, s))}" for m, s in columns]
+    rows = [[step] + [cells.get((step, m, s), "-") for m, s in columns] for step in steps]
+    return "median ms / kernel time ms\n" + format_table(headers, rows)
 
 
 def _lookup(records: Sequence[Dict], key: str = "median_ms") -> Dict[Tuple[str, str, Tuple[int, int]], float]:

@@ -9,7 +9,7 @@ ShuffleNet's shuffle / grouped 1x1 convs in the form that measured fastest for t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -103,10 +103,15 @@ def create_runner(
     if backend == "compile":
         compiled = torch.compile(deployed, mode="max-autotune-no-cudagraphs", dynamic=not static_shape)
         return Runner(backend, lambda x: x.contiguous(), _inference(compiled))
-    session = create_ort_session(onnx_bytes(deployed, example_input, dynamic=not static_shape), threads=threads)
+    return ort_runner(onnx_bytes(deployed, example_input, dynamic=not static_shape), threads=threads)
+
+
+def ort_runner(onnx_model: Union[bytes, str], threads: int = 1, optimization: str = "all") -> Runner:
+    """A Runner for a single-input ONNX model (file path or serialized bytes) in ONNX Runtime."""
+    session = create_ort_session(onnx_model, threads=threads, optimization=optimization)
     input_name = session.get_inputs()[0].name
     return Runner(
-        backend,
+        "onnxruntime",
         lambda x: {input_name: x.detach().contiguous().numpy()},
         lambda feed: session.run(None, feed),
     )
