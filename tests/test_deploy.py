@@ -18,7 +18,7 @@ from shufflenet_det.deploy.fuse import (
     optimize_shufflenet,
     shuffle_permutation,
 )
-from shufflenet_det.deploy.runtime import create_runner
+from shufflenet_det.deploy.runtime import create_runner, deploy_rewrite
 from shufflenet_det.modeling import ChannelShuffle, ShuffleUnit, channel_shuffle
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
@@ -140,7 +140,7 @@ def test_rewrite_rejects_unknown_modes(shufflenet):
 
 def test_onnx_export_runs_in_onnxruntime_at_two_sizes(shufflenet, tmp_path):
     pytest.importorskip("onnxruntime")
-    deployed = optimize_shufflenet(shufflenet, shuffle="gather")
+    deployed = deploy_rewrite(shufflenet, "onnxruntime")  # the deployment path: gather shuffle, align 16
     path = export_onnx(deployed, torch.rand(1, 3, 96, 96), tmp_path / "model.onnx", output_names=["logits"])
     session = create_ort_session(path, threads=1)
     assert [i.name for i in session.get_inputs()] == ["input"]
