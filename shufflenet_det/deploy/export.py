@@ -1,0 +1,188 @@
+"""Export any module to ONNX or TorchScript, and open ONNX models in ONNX Runtime with tuned options.
+
+The helpers take a plain ``nn.Module`` and example inputs, so classifiers, trunks and (later) the
+detector go through the same code. Files are written atomically and never replace an existing file
+unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..utils.io import PathLike, atomic_write
+
+MIN_OPSET = 17
+# One tensor or a tuple of positional arguments (tensors, or e.g. a list of images for a detector).
+Inputs = Union[torch.Tensor, Tuple[object, ...]]
+OnnxModel = Union[PathLike, bytes]
+
+
+def _as_tuple(example_inputs: Inputs) -> Tuple[object, ...]:
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def _input_names(inputs: Tuple[object, ...], names: Optional[Sequence[str]]) -> list:
+    if names is not None:
+        if len(names) != len(inputs):
+            raise ValueError(f"{len(names)} input names for {len(inputs)} example inputs")
+        return list(names)
+    return ["input"] if len(inputs) == 1 else [f"input{i}" for i in range(len(inputs))]
+
+
+def onnx_bytes(
+    model: nn.Module,
+    example_inputs: Inputs,
+    input_names: Optional[Sequence[str]] = None,
+    output_names: Optional[Sequence[str]] = None,
+    dynamic: bool = True,
+    dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None,
+    opset: int = MIN_OPSET,
+) -> bytes:
+    """The ONNX serialization of ``model`` (in eval mode) traced with ``example_inputs``.
+
+    ``dynamic`` marks batch, height and width of every 4-D input as free; ``dynamic_axes`` (input or
+    output name -> {axis: symbol}) adds or overrides axes, e.g. for a detector's variable-length
+    outputs. A static export (``dynamic=False``) lets ONNX Runtime plan memory and fuse more.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
+    inputs = _as_tuple(example_inputs)
+    names = _input_names(inputs, input_names)
+    axes: Dict[str, Dict[int, str]] = {}
+    if dynamic:
+        for name, tensor in zip(names, inputs):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
+                axes[name] = {0: "batch", 2: "height", 3: "width"}
+    for name, mapping in (dynamic_axes or {}).items():
+        axes.setdefault(name, {}).update(mapping)
+    buffer = io.BytesIO()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                inputs,
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=names,
+                output_names=list(output_names) if output_names else None,
+                dynamic_axes=axes or None,
+                do_constant_folding=True,
+            )
+    finally:
+        model.train(was_training)
+    return buffer.getvalue()
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Inputs,
+    path: PathLike,
+    overwrite: bool = False,
+    check: bool = True,
+    **kwargs,
+) -> Path:
+    """Write ``model`` as an ONNX file (see ``onnx_bytes`` for the keyword arguments); returns the path."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    data = onnx_bytes(model, example_inputs, **kwargs)
+    if check:
+        import onnx
+
+        onnx.checker.check_model(onnx.load_from_string(data))
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), overwrite=overwrite)
+
+
+def torchscript_module(
+    model: nn.Module, example_inputs: Inputs, method: str = "trace", freeze: bool = True
+) -> torch.jit.ScriptModule:
+    """``model`` compiled to TorchScript by tracing (any model) or scripting; frozen for inference by default.
+
+    TorchScript is deprecated in recent torch releases but still the format C++ / mobile runtimes
+    load; its deprecation warnings are silenced here.
+    """
+    if method not in ("trace", "script"):
+        raise ValueError(f"method must be 'trace' or 'script', got '{method}'")
+    model = model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        if method == "trace":
+            scripted = torch.jit.trace(model, _as_tuple(example_inputs), check_trace=False)
+        else:
+            scripted = torch.jit.script(model)
+        return torch.jit.freeze(scripted) if freeze else scripted
+
+
+def export_torchscript(
+    model: nn.Module,
+    example_inputs: Inputs,
+    path: PathLike,
+    method: str = "trace",
+    freeze: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` as a TorchScript archive (load it with ``torch.jit.load``); returns the path."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    scripted = torchscript_module(model, example_inputs, method=method, freeze=freeze)
+
+    def save(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            torch.jit.save(scripted, tmp)
+
+    return atomic_write(path, save, overwrite=overwrite)
+
+
+def create_ort_session(
+    model: OnnxModel,
+    threads: int = 1,
+    optimization: str = "all",
+    optimized_model_path: Optional[PathLike] = None,
+    profile_prefix: Optional[str] = None,
+):
+    """An ONNX Runtime CPU session for an ONNX file or serialized model, tuned for low latency.
+
+    ``optimization`` is ONNX Runtime's graph level: "none", "basic", "extended" or "all" ("all" adds
+    the x86 NCHWc layout transforms and conv+add+activation fusions). ``threads`` sets the intra-op
+    pool; inter-op parallelism stays off (one request at a time). ``optimized_model_path`` saves the
+    optimized graph for inspection (it is specific to this machine's instruction set).
+    ``profile_prefix`` turns on ONNX Runtime's per-node profiler (``session.end_profiling()`` returns
+    the JSON file).
+    """
+    import onnxruntime as ort
+
+    levels = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ValueError(f"optimization must be one of {sorted(levels)}, got '{optimization}'")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels[optimization]
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
