@@ -157,7 +157,8 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
     Checks OUTPUT_DIR (created, writable, enough free disk; refuses to start a new run over an old one
     without ``--overwrite``), sets up logging (console, and ``OUTPUT_DIR/log.txt`` on the main process),
     logs the environment, arguments and config, writes ``OUTPUT_DIR/config.yaml``, seeds the random
-    generators (``SEED`` >= 0: ``SEED + rank``; < 0: a random seed, logged) and sets cuDNN benchmarking.
+    generators (``SEED`` >= 0: ``SEED + rank``; < 0: a random seed, logged), sets cuDNN benchmarking and
+    the number of CPU threads (SHUFFLENET_DET.TORCH_THREADS).
     """
     rank = get_rank()
     output_dir = cfg.OUTPUT_DIR
@@ -181,6 +182,9 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
     seed_all(seed)
     logger.info("Random seed %d%s", seed, "" if cfg.SEED >= 0 else " (SEED < 0: drawn at random)")
     torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    if cfg.SHUFFLENET_DET.TORCH_THREADS > 0:
+        torch.set_num_threads(cfg.SHUFFLENET_DET.TORCH_THREADS)
+        logger.info("torch uses %d CPU thread(s) (SHUFFLENET_DET.TORCH_THREADS)", cfg.SHUFFLENET_DET.TORCH_THREADS)
     return seed
 
 
