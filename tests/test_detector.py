@@ -21,6 +21,7 @@ from shufflenet_det.detection import (
     pooler_aligned,
     preprocessing_mismatches,
 )
+from shufflenet_det.modeling import ChannelShuffle
 
 # Small everything: 64-96 px images, a few dozen proposals and sampled RoIs. No ImageNet weights, so
 # trainable BN (random FrozenBN is an identity that lets activations vanish; tested separately).
@@ -429,3 +430,26 @@ def test_benchmark_tool_rejects_bad_input(tmp_path, capsys):
     existing.write_text("keep me")
     assert module.main(["--json", str(existing)]) == 2
     assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "keep me"
+
+
+def test_detector_checkpoint_restores_weights_and_backbone_structure(tmp_path):
+    """A detector saved by the engine rebuilds from MODEL.WEIGHTS with its weights and its backbone's
+    structure (here the official release's inverse shuffle, which converted g8 weights need)."""
+    from shufflenet_det.engine import Checkpointer
+
+    model = build(tiny_cfg()).eval()
+    shuffles = [m for m in model.modules() if isinstance(m, ChannelShuffle)]
+    for shuffle in shuffles:
+        shuffle.inverse = True
+    model.structure_meta = {**model.structure_meta, "shuffle_layout": "inverse"}
+    Checkpointer(model, tmp_path, extra_data={"meta": model.structure_meta}).save("model_final")
+    images = [random_image(96, 128, seed=1)]
+    with torch.no_grad():
+        expected = model(images)[0]
+
+    rebuilt = build(tiny_cfg("quickstart", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth")), seed=5).eval()
+    assert rebuilt.structure_meta["shuffle_layout"] == "inverse"
+    with torch.no_grad():
+        got = rebuilt(images)[0]
+    torch.testing.assert_close(got["boxes"], expected["boxes"])
+    torch.testing.assert_close(got["scores"], expected["scores"])

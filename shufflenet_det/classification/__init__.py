@@ -23,7 +23,6 @@ from .data import (
 from .evaluation import evaluate_classifier, topk_correct
 from .loss import label_smoothing_cross_entropy
 from .train import (
-    ClassificationCheckpointer,
     ClassificationLoss,
     accuracy_table,
     argument_parser,
@@ -36,7 +35,6 @@ from .train import (
 )
 
 __all__ = [
-    "ClassificationCheckpointer",
     "ClassificationLoss",
     "CorruptDatasetError",
     "DatasetMissingError",

@@ -29,6 +29,7 @@ from ..engine import (
     IterationTimer,
     SetupError,
     Trainer,
+    build_checkpointer,
     build_grad_scaler,
     build_lr_scheduler,
     build_optimizer,
@@ -132,39 +133,6 @@ def checkpoint_meta(model: nn.Module, preprocessing: ImagePreprocessing, classes
     meta["classes"] = list(classes)
     meta.update({key: getattr(model, key) for key in _STRUCTURE_PROPERTIES if hasattr(model, key)})
     return meta
-
-
-class ClassificationCheckpointer(Checkpointer):
-    """A Checkpointer whose every checkpoint also holds ``extra_data`` (``"meta"``, ``"data_seed"``)."""
-
-    def __init__(self, *args: Any, extra_data: Mapping[str, Any], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.extra_data = dict(extra_data)
-
-    def save(self, name: str, **data: Any) -> Path:
-        return super().save(name, **{**self.extra_data, **data})
-
-
-def build_classification_checkpointer(
-    cfg: CfgNode,
-    model: nn.Module,
-    optimizer: Optional[torch.optim.Optimizer],
-    scheduler: Optional[Any],
-    grad_scaler: Optional[torch.amp.GradScaler],
-    extra_data: Mapping[str, Any],
-) -> ClassificationCheckpointer:
-    """``engine.build_checkpointer``'s settings, plus ``extra_data`` in every checkpoint."""
-    checkpointables = {"grad_scaler": grad_scaler} if grad_scaler is not None else {}
-    return ClassificationCheckpointer(
-        model,
-        cfg.OUTPUT_DIR,
-        optimizer,
-        scheduler,
-        config=cfg,
-        keep_last=cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP,
-        extra_data=extra_data,
-        **checkpointables,
-    )
 
 
 # ---------------------------------------------------------------------------- loss and hooks
@@ -293,8 +261,8 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     scheduler = build_lr_scheduler(cfg, optimizer)
     grad_scaler = build_grad_scaler(cfg)
     meta = checkpoint_meta(model, preprocessing, train_set.classes)
-    checkpointer = build_classification_checkpointer(
-        cfg, model, optimizer, scheduler, grad_scaler, {"meta": meta, "data_seed": _data_seed(cfg)}
+    checkpointer = build_checkpointer(
+        cfg, model, optimizer, scheduler, grad_scaler, extra_data={"meta": meta, "data_seed": _data_seed(cfg)}
     )
     resumed = checkpointer.resume_or_load(None, resume=args.resume)
     start_iter = resumed.get("iteration", 0)

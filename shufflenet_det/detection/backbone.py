@@ -20,7 +20,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config.loading import ConfigError
-from .checkpoint import load_detector_state_dict
+from .checkpoint import read_detector_checkpoint
 from ..modeling import MODEL_REGISTRY, StagedNetwork, build_model
 from ..modeling.staged import FeatureInfo
 from ..modeling.shufflenet import width_tag
@@ -101,7 +101,7 @@ def _build_network(cfg: CfgNode, arch: str, norm: str, norm_key: str, **kwargs: 
     freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
     if weights:
         _check_weights_file(weights)
-        if load_detector_state_dict(weights) is not None:
+        if read_detector_checkpoint(weights) is not None:
             # A whole trained detector: build_detector loads it once the detector exists.
             weights = ""
     elif norm == "FrozenBN" or freeze_at:

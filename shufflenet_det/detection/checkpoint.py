@@ -7,20 +7,22 @@ checkpoint initializes everything. The two are told apart by their keys, not by 
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import nn
 
 from ..config.loading import ConfigError
 from ..utils.io import safe_torch_load
+from ..weights import apply_structure
 
 # Every detector built here has parameters under these prefixes; classifiers have none.
 _DETECTOR_PREFIXES = ("backbone.body.", "roi_heads.box_head.")
 
 
-def load_detector_state_dict(path: str) -> Optional[Dict[str, torch.Tensor]]:
-    """The model state dict of ``path`` if it is a detector checkpoint, else None (e.g. ImageNet weights)."""
+def read_detector_checkpoint(path: str) -> Optional[Dict[str, Any]]:
+    """The checkpoint in ``path`` if it holds a whole detector (``{"model": ..., "meta": ...}``), else None
+    (e.g. ImageNet weights)."""
     if not os.path.isfile(path):
         return None
     checkpoint = safe_torch_load(path)
@@ -28,11 +30,18 @@ def load_detector_state_dict(path: str) -> Optional[Dict[str, torch.Tensor]]:
     if not isinstance(state_dict, dict):
         return None
     has_all = all(any(key.startswith(prefix) for key in state_dict) for prefix in _DETECTOR_PREFIXES)
-    return state_dict if has_all else None
+    return checkpoint if has_all else None
 
 
-def load_detector_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
-    """Load a whole detector strictly; a mismatch names the first differing keys and shapes."""
+def load_detector_weights(
+    model: nn.Module, network: nn.Module, checkpoint: Mapping[str, Any], source: str
+) -> None:
+    """Load a whole detector strictly; a mismatch names the first differing keys and shapes.
+
+    ``network`` is the backbone network the detector was cut from: the structure recorded in the
+    checkpoint's "meta" (shuffle layout, concat order, activation of converted weights) is applied to it.
+    """
+    state_dict = checkpoint["model"]
     own = model.state_dict()
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
@@ -54,3 +63,4 @@ def load_detector_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor],
             f"(backbone, width or NUM_CLASSES differ): {'; '.join(problems)}"
         )
     model.load_state_dict(state_dict)
+    apply_structure(network, checkpoint.get("meta") or {})

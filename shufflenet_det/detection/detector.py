@@ -20,9 +20,10 @@ from torchvision.models.detection.rpn import RPNHead
 
 from ..config.loading import ConfigError
 from ..modeling.layers import NORMS
+from ..weights import model_structure
 from .anchors import ExactAnchorGenerator
 from .backbone import build_backbone, split_c4
-from .checkpoint import load_detector_state_dict, load_detector_weights
+from .checkpoint import load_detector_weights, read_detector_checkpoint
 from .pooler import RoIPooler, pooler_aligned
 from .transform import DetectionTransform
 
@@ -52,7 +53,8 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
     """
     check_detector_config(cfg)
     feature_name = cfg.MODEL.RPN.IN_FEATURES[0]
-    backbone, box_head = split_c4(build_backbone(cfg), feature_name, C4_STRIDE)
+    network = build_backbone(cfg)
+    backbone, box_head = split_c4(network, feature_name, C4_STRIDE)
 
     anchor_generator = ExactAnchorGenerator(
         sizes=(tuple(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]),),
@@ -96,9 +98,11 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
         aligned=pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE),
     )
     model.transform = build_transform(cfg)
-    detector_weights = load_detector_state_dict(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
-    if detector_weights is not None:
-        load_detector_weights(model, detector_weights, cfg.MODEL.WEIGHTS)
+    checkpoint = read_detector_checkpoint(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
+    if checkpoint is not None:
+        load_detector_weights(model, network, checkpoint, cfg.MODEL.WEIGHTS)
+    # What checkpoints of this detector must record so that it is rebuilt the same way.
+    model.structure_meta = model_structure(network)
     return model.to(torch.device(cfg.MODEL.DEVICE))
 
 

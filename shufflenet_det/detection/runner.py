@@ -44,7 +44,7 @@ from ..engine import (
 from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
 from ..utils.visualizer import draw_detections
-from .checkpoint import load_detector_state_dict
+from .checkpoint import read_detector_checkpoint
 from .detector import build_detector
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,9 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     grad_scaler = build_grad_scaler(cfg)
-    checkpointer = build_checkpointer(cfg, model, optimizer, scheduler, grad_scaler)
+    checkpointer = build_checkpointer(
+        cfg, model, optimizer, scheduler, grad_scaler, extra_data={"meta": model.structure_meta}
+    )
     # MODEL.WEIGHTS went into the model as it was built; the checkpointer only resumes.
     start_iter = checkpointer.resume_or_load(None, resume=resume).get("iteration", 0)
     loader = build_detection_train_loader(cfg, start_iter=start_iter)
@@ -160,7 +162,7 @@ def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
                 "--eval-only needs a trained detector: set MODEL.WEIGHTS to its checkpoint "
                 "(e.g. output/quickstart/model_final.pth) or pass --resume to use OUTPUT_DIR's last one"
             )
-        if load_detector_state_dict(cfg.MODEL.WEIGHTS) is None:
+        if read_detector_checkpoint(cfg.MODEL.WEIGHTS) is None:
             logger.warning(
                 "MODEL.WEIGHTS %s holds no detector, only backbone weights: the RPN and box predictor are "
                 "untrained, so expect an AP near 0",

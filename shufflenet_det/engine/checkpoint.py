@@ -12,7 +12,7 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -107,7 +107,8 @@ class Checkpointer:
 
     Only the main process writes files; ``save`` is collective under DDP (it gathers every rank's RNG
     state), so call it on all ranks. ``keep_last`` periodic checkpoints (``model_NNNNNNN.pth``) are kept
-    (0 keeps all); other names such as ``model_final.pth`` are never deleted.
+    (0 keeps all); other names such as ``model_final.pth`` are never deleted. ``extra_data`` (plain values)
+    goes into every checkpoint, e.g. ``{"meta": ...}`` describing the model; callers may update it.
     """
 
     def __init__(
@@ -119,9 +120,11 @@ class Checkpointer:
         *,
         config: Union[CfgNode, str, None] = None,
         keep_last: int = 3,
+        extra_data: Optional[Mapping[str, Any]] = None,
         **checkpointables: Any,
     ) -> None:
         self.model = unwrap_model(model)
+        self.extra_data = dict(extra_data or {})
         self.save_dir = Path(save_dir)
         named = {"optimizer": optimizer, "scheduler": scheduler, **checkpointables}
         self.checkpointables = {name: obj for name, obj in named.items() if obj is not None}
@@ -142,6 +145,7 @@ class Checkpointer:
             if self.config_yaml is not None:
                 checkpoint["config"] = self.config_yaml
             checkpoint["rng"] = rng_states
+            checkpoint.update(self.extra_data)
             checkpoint.update(data)
             atomic_torch_save(checkpoint, path, overwrite=True)
             atomic_write(

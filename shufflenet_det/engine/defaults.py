@@ -204,8 +204,10 @@ def build_checkpointer(
     optimizer: Optional[torch.optim.Optimizer] = None,
     scheduler: Optional[Any] = None,
     grad_scaler: Optional[torch.amp.GradScaler] = None,
+    extra_data: Optional[Mapping[str, Any]] = None,
 ) -> Checkpointer:
-    """A Checkpointer over OUTPUT_DIR that also stores the config and (when given) the grad scaler."""
+    """A Checkpointer over OUTPUT_DIR that also stores the config, ``extra_data`` and (when given) the grad
+    scaler."""
     extra = {"grad_scaler": grad_scaler} if grad_scaler is not None else {}
     return Checkpointer(
         model,
@@ -214,6 +216,7 @@ def build_checkpointer(
         scheduler,
         config=cfg,
         keep_last=cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP,
+        extra_data=extra_data,
         **extra,
     )
 
