@@ -186,6 +186,7 @@ _C.SHUFFLENET_DET.AMP_DTYPE = "bfloat16"
 _C.SHUFFLENET_DET.MAX_BAD_BATCHES = 0
 # Images drawn with their detections at the end of training, for a first look.
 _C.SHUFFLENET_DET.NUM_VIS_IMAGES = 4
+_C.SHUFFLENET_DET.VIS_SCORE_THRESH = 0.5
 # Intra-op CPU threads of each training process (0: torch's default, one per core). On a small CPU
 # machine one thread often wins: the data loader's workers need the other cores, and OpenMP threads
 # that wait for each other slow small convolutions down many times.

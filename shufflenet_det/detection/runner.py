@@ -81,9 +81,10 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
 
 @torch.no_grad()
 def draw_dataset_predictions(
-    cfg: CfgNode, model: nn.Module, dataset_name: str, num_images: int, output_dir: str
+    cfg: CfgNode, model: nn.Module, dataset_name: str, num_images: int, output_dir: str, score_threshold: float
 ) -> List[Path]:
-    """Draw the detections on the first ``num_images`` images of a dataset; returns the written files."""
+    """Draw the detections scoring at least ``score_threshold`` on the first ``num_images`` images of a
+    dataset; returns the written files."""
     class_names = MetadataCatalog.get(dataset_name).get("thing_classes")
     device = next(model.parameters()).device
     was_training = model.training
@@ -101,7 +102,7 @@ def draw_dataset_predictions(
             (output["labels"] - 1).tolist(),
             output["scores"].tolist(),
             class_names,
-            score_threshold=0.5,
+            score_threshold=score_threshold,
         )
         path = Path(output_dir) / f"{Path(record['file_name']).stem}.jpg"
         cv2.imwrite(str(path), canvas)
@@ -149,7 +150,9 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     num_vis = cfg.SHUFFLENET_DET.NUM_VIS_IMAGES
     if is_main_process() and num_vis > 0 and cfg.DATASETS.TEST:
         vis_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
-        written = draw_dataset_predictions(cfg, model, cfg.DATASETS.TEST[0], num_vis, vis_dir)
+        written = draw_dataset_predictions(
+            cfg, model, cfg.DATASETS.TEST[0], num_vis, vis_dir, cfg.SHUFFLENET_DET.VIS_SCORE_THRESH
+        )
         logger.info("Detections drawn on %d %s images in %s", len(written), cfg.DATASETS.TEST[0], vis_dir)
     return results
 
