@@ -347,8 +347,8 @@ def test_weights_with_other_preprocessing_warn(tmp_path, monkeypatch, caplog):
 
     def build_with_meta(name, weights=None, **kwargs):
         model = build_model(name, **kwargs)
-        model.weights_meta = {"source": "timm", "input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
-                              "pixel_std": [58.395, 57.12, 57.375]}
+        model.weights_meta = {"source": "timm", "input_format": "RGB", "pixel_mean": [127.5, 127.5, 127.5],
+                              "pixel_std": [127.5, 127.5, 127.5]}
         assert weights == str(checkpoint)
         return model
 
