@@ -236,6 +236,7 @@ def add_shufflenet_config(cfg: CN) -> None:
     cfg.MODEL.SHUFFLENET = node(_C.MODEL.SHUFFLENET.clone())
     cfg.MODEL.MOBILENET = node(_C.MODEL.MOBILENET.clone())
     cfg.SHUFFLENET_DET = node(_C.SHUFFLENET_DET.clone())
+    cfg.CLASSIFICATION = node(_C.CLASSIFICATION.clone())
 
 
 def get_cfg() -> CN:

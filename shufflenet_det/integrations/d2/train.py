@@ -23,6 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 from ...config.loading import resolve_config_path
 from ...data.builtin import SYNTHETIC_DIRNAME, SYNTHETIC_SPLITS, datasets_root
+from ...data.catalog import DatasetError
 from ...data.synthetic import ensure_synthetic_dataset
 from ...utils.io import CheckpointError, atomic_write
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout
@@ -78,9 +79,7 @@ def register_d2_coco(name: str, json_file: str, image_root: str) -> None:
 
 
 def register_d2_synthetic(root: str) -> None:
-    """Register ``synthetic_train`` / ``synthetic_val`` for the synthetic dataset in ``root`` (generated
-    there first if missing)."""
-    ensure_synthetic_dataset(root)
+    """Register ``synthetic_train`` / ``synthetic_val`` for a synthetic dataset in ``root``."""
     for name, (image_dir, json_file) in SYNTHETIC_SPLITS.items():
         register_d2_coco(name, os.path.join(root, json_file), os.path.join(root, image_dir))
 
@@ -147,9 +146,11 @@ def run_from_args(args: Any) -> int:
         for name, json_file, image_root in args.register_coco or ():
             register_d2_coco(name, json_file, image_root)
         if any(name in SYNTHETIC_SPLITS for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)):
-            register_d2_synthetic(os.path.join(datasets_root(), SYNTHETIC_DIRNAME))
+            synthetic_root = os.path.join(datasets_root(), SYNTHETIC_DIRNAME)
+            ensure_synthetic_dataset(synthetic_root)  # generated on first use, as with our engine
+            register_d2_synthetic(synthetic_root)
         results = d2_evaluate(cfg) if args.eval_only else d2_train(cfg, args.resume, args.overwrite)
-    except (ValueError, CheckpointError) as error:
+    except (ValueError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logger.info("Results: %s", results)
