@@ -123,3 +123,31 @@ def test_missing_config_lists_the_available_ones(tmp_path):
     result = run("--config", "no_such_config.yaml", "OUTPUT_DIR", str(tmp_path))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "quickstart" in result.stderr + result.stdout
+
+
+def test_demo_draws_detections_and_reports_unreadable_inputs(trained_run, easy_dataset, tmp_path):
+    import re
+
+    import skimage
+
+    output, _ = trained_run
+    photos = Path(skimage.__file__).parent / "data"
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("not an image")
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO / "tools" / "demo.py"), "--config", "quickstart.yaml",
+            "--weights", str(output / "model_final.pth"),
+            "--input", str(easy_dataset / "val"), str(photos / "astronaut.png"), str(not_an_image),
+            "--output", str(tmp_path / "demo"), "--confidence-threshold", "0.05",
+            "INPUT.MIN_SIZE_TEST", "192", "INPUT.MAX_SIZE_TEST", "320",
+        ],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-2000:]  # one input failed, the rest were processed
+    assert "notes.jpg: not an image" in log and "Traceback" not in log
+    written = sorted(p.name for p in (tmp_path / "demo").iterdir())
+    assert "astronaut.jpg" in written and len(written) == 16 + 1
+    counts = [int(n) for n in re.findall(r"val/\d+\.jpg: (\d+) detection", log)]
+    assert len(counts) == 16 and sum(counts) > 0  # the trained model finds objects on synthetic images

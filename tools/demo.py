@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Draw a detector's boxes on images or a video.
+
+    python tools/demo.py --config quickstart.yaml --weights output/quickstart/model_final.pth \\
+        --input datasets/synthetic/val --output output/demo --confidence-threshold 0.2
+
+The exit status is 0 when every input was processed, 1 when some could not be read, 2 on a usage error.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import shufflenet_det  # noqa: F401
+except ImportError:  # run from a clone without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shufflenet_det.config import load_config  # noqa: E402
+from shufflenet_det.config.loading import ConfigError  # noqa: E402
+from shufflenet_det.detection import build_detector  # noqa: E402
+from shufflenet_det.detection.demo import Predictor, class_names_for, expand_inputs, run_on_images, run_on_video  # noqa: E402
+from shufflenet_det.utils.io import CheckpointError  # noqa: E402
+from shufflenet_det.utils.logger import setup_logger  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, metavar="NAME_OR_PATH")
+    parser.add_argument("--input", nargs="+", default=[], metavar="FILE|DIR|GLOB", help="images to annotate")
+    parser.add_argument("--video-input", metavar="FILE", help="a video to annotate frame by frame")
+    parser.add_argument("--output", default="output/demo", help="folder for the annotated files")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--weights", help="a trained detector (same as MODEL.WEIGHTS)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    args = parser.parse_args()
+    if not args.input and not args.video_input:
+        parser.error("give --input and/or --video-input")
+    setup_logger(None)
+    opts = list(args.opts) + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
+    try:
+        cfg = load_config(args.config, opts)
+        model = build_detector(cfg)
+    except (ConfigError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    predictor = Predictor(model, cfg.INPUT.FORMAT, class_names_for(cfg), args.confidence_threshold)
+    failed = []
+    if args.input:
+        failed += run_on_images(predictor, expand_inputs(args.input), args.output).failed
+    if args.video_input:
+        failed += run_on_video(predictor, args.video_input, args.output).failed
+    if failed:
+        print(f"error: {len(failed)} input(s) could not be read: {', '.join(failed[:5])}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
