@@ -173,3 +173,70 @@ def test_c4_split_reproduces_the_full_network(name):
     torch.testing.assert_close(c4, features[last_stride16])
     torch.testing.assert_close(head(c4), features[model.stage_names[-1]])
     assert set(trunk.state_dict()) | set(head.state_dict()) == {k for k in model.state_dict() if not k.startswith("fc.")}
+
+
+def _random_norm_statistics(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    "arch, layout, frozen",
+    [
+        ("shufflenet_v1_x0_5_g3", "paper", True),
+        ("shufflenet_v1_x0_5_g3", "inverse", True),
+        ("shufflenet_v1_x0_25_g8", "paper", True),
+        ("shufflenet_v1_x0_5_g3", "paper", False),
+        ("mobilenet_v1_x0_25", None, True),
+    ],
+)
+def test_conv_impls_compute_the_same_outputs_and_gradients(arch, layout, frozen):
+    from shufflenet_det.modeling import CONV_IMPLS, set_conv_impl
+    from shufflenet_det.modeling.layers import convert_frozen_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(arch)
+    _random_norm_statistics(model)
+    if layout:
+        model.set_shuffle_layout(layout)
+    if frozen:
+        model = convert_frozen_batchnorm(model)
+    else:
+        model.eval()  # trainable BN with fixed statistics: the same function under every impl
+    images = torch.randn(2, 3, 64, 80)
+    results = {}
+    for impl in CONV_IMPLS:
+        set_conv_impl(model, impl)
+        model.zero_grad()
+        output = model(images)
+        output.square().sum().backward()
+        gradients = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[impl] = (output.detach(), gradients)
+    reference_output, reference_gradients = results["modules"]
+    for impl in ("folded", "dense"):
+        output, gradients = results[impl]
+        # Only float32 rounding differs (measured 1e-7 relative): a wrong fold or order gives ~1.
+        assert gradients.numel() == reference_gradients.numel()
+        assert (output - reference_output).norm() / reference_output.norm() < 1e-5, impl
+        assert (gradients - reference_gradients).norm() / reference_gradients.norm() < 1e-5, impl
+
+
+def test_dense_impl_absorbs_the_shuffle_only_with_frozen_norms():
+    from shufflenet_det.modeling import set_conv_impl
+    from shufflenet_det.modeling.layers import convert_frozen_batchnorm
+
+    model = set_conv_impl(build_model("shufflenet_v1_x0_5_g3"), "dense")
+    unit = model.stage3[1]
+    assert not unit.compress.can_reorder_outputs()  # trainable BN would need permuted statistics
+    with pytest.raises(ValueError, match="output_order"):
+        unit.compress(torch.randn(1, 240, 4, 4), output_order=torch.arange(60))
+    frozen = convert_frozen_batchnorm(model)
+    assert frozen.stage3[1].compress.can_reorder_outputs()
+    set_conv_impl(frozen, "folded")
+    assert not frozen.stage3[1].compress.can_reorder_outputs()
+    with pytest.raises(ValueError, match="unknown conv implementation"):
+        set_conv_impl(frozen, "fast")

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config.loading import ConfigError
 from .checkpoint import read_detector_checkpoint
-from ..modeling import MODEL_REGISTRY, StagedNetwork, build_model
+from ..modeling import CONV_IMPLS, MODEL_REGISTRY, StagedNetwork, build_model, set_conv_impl
 from ..modeling.staged import FeatureInfo
 from ..modeling.shufflenet import width_tag
 from ..utils.registry import Registry
@@ -117,12 +117,20 @@ def _build_network(cfg: CfgNode, arch: str, norm: str, norm_key: str, **kwargs: 
     if arch not in MODEL_REGISTRY:
         raise ConfigError(f"{norm_key.rsplit('.', 1)[0]} asks for {MODEL_REGISTRY.unknown_message(arch)}")
     network = build_model(arch, norm=norm, freeze_at=freeze_at, weights=weights or None, **kwargs)
+    apply_conv_impl(network, cfg.SHUFFLENET_DET.CONV_IMPL)
     if weights:
         for message in preprocessing_mismatches(
             getattr(network, "weights_meta", None), cfg.INPUT.FORMAT, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
         ):
             logger.warning("MODEL.WEIGHTS %s: %s", weights, message)
     return network
+
+
+def apply_conv_impl(network: nn.Module, impl: str) -> None:
+    """SHUFFLENET_DET.CONV_IMPL: how the network's conv + norm layers compute (``CONV_IMPLS``)."""
+    if impl not in CONV_IMPLS:
+        raise ConfigError(f"SHUFFLENET_DET.CONV_IMPL must be one of {', '.join(CONV_IMPLS)}, got {impl!r}")
+    set_conv_impl(network, impl)
 
 
 def _check_weights_file(weights: str) -> None:

@@ -1,13 +1,22 @@
 """Classification networks (ShuffleNet v1, MobileNet v1) with a stage interface for detection."""
 
 from . import mobilenet, shufflenet  # noqa: F401  (registers the builders)
-from .layers import ChannelShuffle, ConvNormAct, channel_shuffle, convert_frozen_batchnorm, get_norm
+from .layers import (
+    CONV_IMPLS,
+    ChannelShuffle,
+    ConvNormAct,
+    channel_shuffle,
+    convert_frozen_batchnorm,
+    get_norm,
+    set_conv_impl,
+)
 from .mobilenet import MobileNetV1
 from .registry import MODEL_REGISTRY, build_model, list_models, model_architecture, register_model
 from .shufflenet import ShuffleNetV1, ShuffleUnit, shufflenet_v1_channels
 from .staged import FeatureInfo, StagedNetwork
 
 __all__ = [
+    "CONV_IMPLS",
     "MODEL_REGISTRY",
     "ChannelShuffle",
     "ConvNormAct",
@@ -23,5 +32,6 @@ __all__ = [
     "list_models",
     "model_architecture",
     "register_model",
+    "set_conv_impl",
     "shufflenet_v1_channels",
 ]

@@ -16,6 +16,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
+from ...detection.backbone import apply_conv_impl
 from ...modeling import MODEL_REGISTRY, StagedNetwork, build_model
 from ...modeling.layers import NORMS
 from ...modeling.shufflenet import width_tag
@@ -89,6 +90,7 @@ def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
     if arch not in MODEL_REGISTRY:
         raise ValueError(f"{node} asks for {MODEL_REGISTRY.unknown_message(arch)}")
     network = build_model(arch, norm=options.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, **kwargs)
+    apply_conv_impl(network, cfg.SHUFFLENET_DET.CONV_IMPL)
     return network, options.OUT_FEATURES[0]
 
 
