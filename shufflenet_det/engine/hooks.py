@@ -44,30 +44,38 @@ class HookBase:
 
 
 class IterationTimer(HookBase):
-    """Records the duration of each step as ``time`` (hooks after it excluded when it comes first)."""
+    """Records the duration of each step as ``time`` (hooks after it excluded when it comes first), and
+    at the end logs the share of step time spent waiting for the data loader (``data_time``)."""
 
     def __init__(self) -> None:
         self._step_start = 0.0
         self._train_start = 0.0
+        self._step_seconds = 0.0
+        self._data_seconds = 0.0
 
     def before_train(self) -> None:
         self._train_start = time.perf_counter()
+        self._step_seconds = self._data_seconds = 0.0
 
     def before_step(self) -> None:
         self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
-        self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        seconds = time.perf_counter() - self._step_start
+        self.trainer.storage.put_scalar("time", seconds)
+        self._step_seconds += seconds
+        self._data_seconds += self.trainer.storage.latest().get("data_time", (0.0, 0))[0]
 
     def after_train(self) -> None:
         done = self.trainer.iter - self.trainer.start_iter
         elapsed = time.perf_counter() - self._train_start
         if done > 0:
             logger.info(
-                "Ran %d iterations in %s (%.4f s/it including hooks)",
+                "Ran %d iterations in %s (%.4f s/it including hooks); waiting for data: %.1f%% of step time",
                 done,
                 datetime.timedelta(seconds=int(elapsed)),
                 elapsed / done,
+                100 * self._data_seconds / max(self._step_seconds, 1e-9),
             )
 
 

@@ -1,0 +1,274 @@
+"""Training and inference throughput of the C4 detectors beside torchvision's MobileNet v3 FPN detector.
+
+Every model gets the same random batch (480x640 images with 1-10 random boxes each, resized by the
+model to a 600px shorter side) already on the device, so the figures are the models' own speed with
+data loading excluded (``tools/train_net.py`` logs the data loader's share of a real run). Training
+runs forward, backward and an SGD step under autocast; peak memory is the allocator's peak over the
+timed steps. A *variant* says how our detectors compute: ``SHUFFLENET_DET.CONV_IMPL`` plus the
+options ``cl`` (channels_last) and ``compile`` (``torch.compile`` on the per-RoI box head), joined by
+"+", e.g. ``dense+cl``. torchvision's model takes only ``cl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+
+from ..config.loading import load_config
+from ..modeling import CONV_IMPLS
+from .benchmark import C4_MODELS, IMAGE_SIZE, MAX_SIZE, MIN_SIZE, MODELS, NUM_CLASSES, TORCHVISION_MODELS
+from .detector import build_detector
+
+VARIANT_OPTIONS = ("cl", "compile")
+
+
+@dataclass(frozen=True)
+class Variant:
+    conv_impl: str = "folded"
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        """``"dense+cl+compile"`` -> Variant("dense", True, True); the conv form may be left out ("cl")."""
+        parts = [part for part in text.split("+") if part]
+        impls = [part for part in parts if part in CONV_IMPLS]
+        unknown = [part for part in parts if part not in CONV_IMPLS and part not in VARIANT_OPTIONS]
+        if unknown or len(impls) > 1 or not parts:
+            raise ValueError(
+                f"bad variant '{text}': join at most one of {', '.join(CONV_IMPLS)} with options "
+                f"{', '.join(VARIANT_OPTIONS)} by '+', e.g. 'dense+cl'"
+            )
+        return cls(impls[0] if impls else "folded", "cl" in parts, "compile" in parts)
+
+    def __str__(self) -> str:
+        return "+".join([self.conv_impl] + ["cl"] * self.channels_last + ["compile"] * self.compile)
+
+
+@dataclass
+class ThroughputResult:
+    model: str
+    variant: str
+    batch: int
+    train_images_per_s: float
+    train_ms_per_iter: float
+    train_peak_gib: float
+    infer_images_per_s: float
+    infer_batch1_ms: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_training_model(name: str, variant: Variant, device: torch.device, rois_per_image: int = 512) -> FasterRCNN:
+    """A random-weight detector in training mode with 80 classes at 600px, as ``variant`` says."""
+    if name in C4_MODELS:
+        config, overrides = C4_MODELS[name]
+        cfg = load_config(
+            config,
+            list(overrides)
+            + [
+                "MODEL.WEIGHTS", "",
+                "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
+                "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", rois_per_image,
+                "INPUT.MIN_SIZE_TRAIN", (MIN_SIZE,),
+                "INPUT.MAX_SIZE_TRAIN", MAX_SIZE,
+                "INPUT.MIN_SIZE_TEST", MIN_SIZE,
+                "INPUT.MAX_SIZE_TEST", MAX_SIZE,
+                "SHUFFLENET_DET.CONV_IMPL", variant.conv_impl,
+                "MODEL.DEVICE", str(device),
+            ],
+        )
+        # Random weights are the point here: silence the advice about training from scratch.
+        detection_logger = logging.getLogger("shufflenet_det.detection")
+        level = detection_logger.level
+        detection_logger.setLevel(logging.ERROR)
+        try:
+            model = build_detector(cfg)
+        finally:
+            detection_logger.setLevel(level)
+    elif name in TORCHVISION_MODELS:
+        model = TORCHVISION_MODELS[name](
+            weights=None,
+            weights_backbone=None,
+            num_classes=NUM_CLASSES + 1,
+            min_size=MIN_SIZE,
+            max_size=MAX_SIZE,
+            box_batch_size_per_image=rois_per_image,
+        ).to(device)
+    else:
+        raise ValueError(f"unknown benchmark model '{name}'; choose from {', '.join(MODELS)}")
+    if variant.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if variant.compile:
+        model.roi_heads.box_head = torch.compile(model.roi_heads.box_head)
+    return model.train()
+
+
+def random_batch(
+    name: str, batch: int, device: torch.device, seed: int = 0
+) -> Tuple[List[torch.Tensor], List[Dict[str, torch.Tensor]]]:
+    """``batch`` random 480x640 images (0-255 for ours, 0-1 for torchvision's) with 1-10 random boxes each."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = IMAGE_SIZE
+    images, targets = [], []
+    for _ in range(batch):
+        image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
+        images.append((image / 255.0 if name in TORCHVISION_MODELS else image).to(device))
+        count = int(torch.randint(1, 11, (1,), generator=generator))
+        corner = torch.rand(count, 2, generator=generator) * torch.tensor([width * 0.8, height * 0.8])
+        size = (0.05 + 0.5 * torch.rand(count, 2, generator=generator)) * torch.tensor([width, height])
+        far = torch.minimum(corner + size, torch.tensor([width - 1.0, height - 1.0]))
+        boxes = torch.cat([corner, far], dim=1)
+        labels = torch.randint(1, NUM_CLASSES + 1, (count,), generator=generator)
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+    return images, targets
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+def measure_training(
+    model: nn.Module,
+    images: List[torch.Tensor],
+    targets: List[Dict[str, torch.Tensor]],
+    iterations: int,
+    warmup: int,
+    amp_dtype: Optional[torch.dtype],
+) -> Tuple[float, float]:
+    """Median ms per training step (forward, backward, SGD step) and the peak GiB the timed steps allocated."""
+    device = images[0].device
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    # A tiny learning rate keeps random weights from diverging within the timed steps.
+    optimizer = torch.optim.SGD(parameters, lr=1e-5, momentum=0.9)
+    times = []
+    for step in range(warmup + iterations):
+        if step == warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _synchronize(device)
+        start = time.perf_counter()
+        with _autocast(device, amp_dtype):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _synchronize(device)
+        if step >= warmup:
+            times.append(1000 * (time.perf_counter() - start))
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite training loss {loss.item()} in the benchmark")
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return statistics.median(times), peak
+
+
+@torch.no_grad()
+def measure_inference(
+    model: nn.Module, images: List[torch.Tensor], iterations: int, warmup: int, amp_dtype: Optional[torch.dtype]
+) -> float:
+    """Median ms of an eval-mode forward of ``images`` (one batch)."""
+    device = images[0].device
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        for step in range(warmup + iterations):
+            _synchronize(device)
+            start = time.perf_counter()
+            with _autocast(device, amp_dtype):
+                model(images)
+            _synchronize(device)
+            if step >= warmup:
+                times.append(1000 * (time.perf_counter() - start))
+    finally:
+        model.train(was_training)
+    return statistics.median(times)
+
+
+def benchmark_throughput(
+    names: Sequence[str],
+    variants: Sequence[Variant],
+    device: torch.device,
+    batch: int = 16,
+    iterations: int = 10,
+    warmup: int = 3,
+    amp_dtype: Optional[torch.dtype] = torch.bfloat16,
+    report: Callable[[ThroughputResult], None] = lambda result: None,
+) -> List[ThroughputResult]:
+    """Training and inference throughput of each model under each variant (torchvision's model: the
+    variants' distinct channels_last settings only). A variant that fails is reported and skipped."""
+    if batch < 1 or iterations < 1 or warmup < 0:
+        raise ValueError("need batch >= 1, iterations >= 1 and warmup >= 0")
+    results = []
+    for name in names:
+        if name in TORCHVISION_MODELS:
+            model_variants = sorted({Variant("modules", v.channels_last) for v in variants}, key=str)
+        else:
+            model_variants = list(variants)
+        for variant in model_variants:
+            try:
+                result = _benchmark_one(name, variant, device, batch, iterations, warmup, amp_dtype)
+            except Exception as error:  # noqa: BLE001  (one failing variant must not end the whole run)
+                logging.getLogger(__name__).error("%s %s failed: %s: %s", name, variant, type(error).__name__, error)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            report(result)
+            results.append(result)
+    return results
+
+
+def _benchmark_one(
+    name: str, variant: Variant, device: torch.device, batch: int, iterations: int, warmup: int,
+    amp_dtype: Optional[torch.dtype],
+) -> ThroughputResult:
+    torch.manual_seed(0)
+    model = build_training_model(name, variant, device)
+    images, targets = random_batch(name, batch, device)
+    try:
+        train_ms, peak = measure_training(model, images, targets, iterations, warmup, amp_dtype)
+        batch_ms = measure_inference(model, images, max(2, iterations // 2), 1, amp_dtype)
+        single_ms = measure_inference(model, images[:1], iterations * 2, warmup, amp_dtype)
+    finally:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return ThroughputResult(
+        model=name,
+        variant=str(variant),
+        batch=batch,
+        train_images_per_s=round(1000 * batch / train_ms, 1),
+        train_ms_per_iter=round(train_ms, 1),
+        train_peak_gib=round(peak, 2),
+        infer_images_per_s=round(1000 * batch / batch_ms, 1),
+        infer_batch1_ms=round(single_ms, 1),
+    )
+
+
+def markdown_table(results: Sequence[ThroughputResult], baseline: str = "tv_mobilenet_v3_fpn") -> str:
+    """One row per (model, variant); the training ratio is against the baseline model's fastest variant."""
+    reference = max((r.train_images_per_s for r in results if r.model == baseline), default=None)
+    lines = [
+        "| model | variant | train img/s | x baseline | train ms/iter | peak GiB | infer img/s | infer batch-1 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ratio = f"{r.train_images_per_s / reference:.2f}" if reference else "-"
+        lines.append(
+            f"| {r.model} | {r.variant} | {r.train_images_per_s} | {ratio} | {r.train_ms_per_iter} "
+            f"| {r.train_peak_gib} | {r.infer_images_per_s} | {r.infer_batch1_ms} |"
+        )
+    return "\n".join(lines)

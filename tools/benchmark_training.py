@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Training and inference throughput of the C4 detectors beside torchvision's MobileNet v3 FPN detector.
+
+Random 480x640 images with random boxes, already on the device (no data loading), resized to 600px;
+autocast in --amp-dtype. Example (one GPU; docs/engine.md has the figures):
+  python tools/benchmark_training.py --models shufflenet_1x shufflenet_2x tv_mobilenet_v3_fpn \
+      --variants modules folded+cl dense+cl --json throughput.json
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+try:
+    import shufflenet_det  # noqa: F401
+except ImportError:  # run from a clone without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from shufflenet_det.detection.benchmark import MODELS
+from shufflenet_det.detection.throughput import Variant, benchmark_throughput, markdown_table
+from shufflenet_det.utils.io import atomic_write
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["shufflenet_1x", "shufflenet_2x", "tv_mobilenet_v3_fpn"],
+                        metavar="NAME", help=f"choose from {', '.join(MODELS)} (default: %(default)s)")
+    parser.add_argument("--variants", nargs="+", default=["dense+cl"], metavar="VARIANT",
+                        help="conv form (modules, folded, dense) and options (cl, compile) joined by '+' "
+                             "(default: %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=16, help="images per training step (default: %(default)s)")
+    parser.add_argument("--iters", type=int, default=10, help="timed training steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--amp-dtype", default="bfloat16", choices=sorted(AMP_DTYPES))
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.json and os.path.exists(args.json) and not args.overwrite:
+        print(f"error: {args.json} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    unknown = [name for name in args.models if name not in MODELS]
+    if unknown:
+        print(f"error: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    try:
+        variants = [Variant.parse(text) for text in args.variants]
+        device = torch.device(args.device)
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        what = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    else:
+        what = f"CPU, {torch.get_num_threads()} threads"
+    print(f"{what}, torch {torch.__version__}; batch {args.batch}, 480x640 -> 600px, autocast {args.amp_dtype}; "
+          f"median of {args.iters} steps after {args.warmup}", flush=True)
+    amp_dtype = AMP_DTYPES[args.amp_dtype]
+    try:
+        results = benchmark_throughput(
+            args.models, variants, device, batch=args.batch, iterations=args.iters, warmup=args.warmup,
+            amp_dtype=amp_dtype,
+            report=lambda r: print(f"  {r.model} {r.variant}: train {r.train_images_per_s} img/s, "
+                                   f"{r.train_peak_gib} GiB; inference {r.infer_images_per_s} img/s", flush=True),
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown_table(results))
+    if args.json:
+        payload = {"device": what, "torch": torch.__version__, "batch": args.batch, "amp_dtype": args.amp_dtype,
+                   "results": [r.as_dict() for r in results]}
+        atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(payload, indent=2)),
+                     overwrite=args.overwrite)
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
