@@ -221,6 +221,40 @@ def test_trunk_and_box_head_are_the_network_stages(name, trunk_stage, head_stage
     torch.testing.assert_close(vectors, expected)
 
 
+def test_box_head_rounds_the_roi_count_up_in_inference_only_where_asked():
+    detector = build(tiny_cfg("quickstart")).eval()
+    head = detector.roi_heads.box_head
+    rois = torch.randn(5, detector.backbone.out_channels, 14, 14)
+    calls = []
+    handle = head[0].register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    with torch.no_grad():
+        plain = head(rois)
+        head.bucket_devices = ("cpu",)
+        head.roi_bucket = 4
+        bucketed = head(rois)
+        head.train()
+        trained = head(rois)
+    handle.remove()
+    assert calls == [5, 8, 5]  # padded only in eval mode on a bucketing device
+    assert bucketed.shape == plain.shape == (5, head.out_channels)
+    torch.testing.assert_close(bucketed, plain)
+    assert trained.shape == plain.shape
+
+
+@pytest.mark.parametrize("impl", ["modules", "folded", "dense"])
+def test_conv_impls_give_the_same_detections(impl):
+    cfg = tiny_cfg("shufflenet_1x_frcnn", "MODEL.SHUFFLENET.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "0")
+    image = random_image(64, 96, seed=3)
+    with torch.no_grad():
+        reference = build(cfg).eval()([image])[0]
+        cfg.defrost()
+        cfg.SHUFFLENET_DET.CONV_IMPL = impl
+        detections = build(cfg).eval()([image])[0]
+    assert len(reference["boxes"]) > 0
+    torch.testing.assert_close(detections["boxes"], reference["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(detections["scores"], reference["scores"], atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------- norm and freezing
 
 
@@ -310,6 +344,7 @@ def test_bgr_and_rgb_give_the_same_detections_when_swapped_consistently():
     (["MODEL.SHUFFLENET.NORM", "GN"], "MODEL.SHUFFLENET.NORM must be one of BN, FrozenBN, SyncBN"),
     (["MODEL.SHUFFLENET.WIDTH_MULT", "0.6"], "shufflenet_v1_x0_6_g3"),
     (["MODEL.BACKBONE.NAME", "build_shufflenet_backbone"], "Did you mean: build_shufflenet_v1_backbone"),
+    (["SHUFFLENET_DET.CONV_IMPL", "fast"], "SHUFFLENET_DET.CONV_IMPL must be one of auto, modules"),
 ])
 def test_bad_settings_are_one_line_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:

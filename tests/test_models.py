@@ -209,7 +209,7 @@ def test_conv_impls_compute_the_same_outputs_and_gradients(arch, layout, frozen)
         model.eval()  # trainable BN with fixed statistics: the same function under every impl
     images = torch.randn(2, 3, 64, 80)
     results = {}
-    for impl in CONV_IMPLS:
+    for impl in CONV_IMPLS:  # "auto" is "folded" on a CPU
         set_conv_impl(model, impl)
         model.zero_grad()
         output = model(images)
@@ -231,12 +231,14 @@ def test_dense_impl_absorbs_the_shuffle_only_with_frozen_norms():
 
     model = set_conv_impl(build_model("shufflenet_v1_x0_5_g3"), "dense")
     unit = model.stage3[1]
-    assert not unit.compress.can_reorder_outputs()  # trainable BN would need permuted statistics
+    features = torch.randn(1, 240, 4, 4)
+    assert not unit.compress.can_reorder_outputs(features)  # trainable BN would need permuted statistics
     with pytest.raises(ValueError, match="output_order"):
-        unit.compress(torch.randn(1, 240, 4, 4), output_order=torch.arange(60))
+        unit.compress(features, output_order=torch.arange(60))
     frozen = convert_frozen_batchnorm(model)
-    assert frozen.stage3[1].compress.can_reorder_outputs()
-    set_conv_impl(frozen, "folded")
-    assert not frozen.stage3[1].compress.can_reorder_outputs()
+    assert frozen.stage3[1].compress.can_reorder_outputs(features)
+    for impl in ("folded", "auto"):  # "auto" means "folded" for CPU tensors
+        set_conv_impl(frozen, impl)
+        assert not frozen.stage3[1].compress.can_reorder_outputs(features)
     with pytest.raises(ValueError, match="unknown conv implementation"):
         set_conv_impl(frozen, "fast")

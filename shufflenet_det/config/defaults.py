@@ -199,10 +199,11 @@ _C.SHUFFLENET_DET.MIN_FREE_DISK_GB = 1.0
 # Model and 4-D float inputs in channels_last memory format (faster convolutions on recent GPUs).
 _C.SHUFFLENET_DET.CHANNELS_LAST = False
 # How conv + norm layers compute (same function, different kernels): "modules" (as built),
-# "folded" (FrozenBN folded into the conv at each call: fewer kernels and tensors, any device) or
+# "folded" (FrozenBN folded into the conv at each call: fewer kernels and tensors; fastest on CPUs),
 # "dense" (folded, and grouped 1x1 convs as block-diagonal dense convs with the shuffle absorbed:
-# for GPUs, whose matrix units run dense convs far faster than grouped ones). docs/engine.md has the figures.
-_C.SHUFFLENET_DET.CONV_IMPL = "folded"
+# fastest on GPUs, whose matrix units run dense convs far better than grouped ones) or "auto"
+# (dense for CUDA tensors, else folded). docs/engine.md has the figures.
+_C.SHUFFLENET_DET.CONV_IMPL = "auto"
 # DistributedDataParallel's find_unused_parameters: needed when some parameters get no gradient.
 _C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False
 

@@ -52,14 +52,27 @@ class C4Backbone(nn.Module):
 
 
 class C4BoxHead(nn.Sequential):
-    """The network's last stage(s) on a batch of pooled RoIs [R, C, 14, 14], mean-pooled to [R, out_channels]."""
+    """The network's last stage(s) on a batch of pooled RoIs [R, C, 14, 14], mean-pooled to [R, out_channels].
+
+    In inference on ``bucket_devices`` the RoI count is padded up to a multiple of ``roi_bucket`` with
+    zero RoIs (dropped from the output; eval-mode layers treat RoIs independently): cuDNN prepares an
+    execution plan for every new input shape, and without buckets nearly every image brings a new
+    RoI count (an H100 evaluated the quickstart model at 0.12 s per image, 6x its training step time).
+    """
+
+    roi_bucket = 64
+    bucket_devices = ("cuda",)
 
     def __init__(self, stages: nn.Sequential, out_channels: int) -> None:
         super().__init__(OrderedDict(stages.named_children()))
         self.out_channels = out_channels
 
     def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
-        return super().forward(roi_features).mean(dim=(2, 3))
+        count = roi_features.shape[0]
+        padding = -count % self.roi_bucket
+        if padding and not self.training and roi_features.device.type in self.bucket_devices:
+            roi_features = torch.cat([roi_features, roi_features.new_zeros((padding, *roi_features.shape[1:]))])
+        return super().forward(roi_features).mean(dim=(2, 3))[:count]
 
 
 def split_c4(network: StagedNetwork, feature_name: str = "res4", stride: int = 16) -> Tuple[C4Backbone, C4BoxHead]:

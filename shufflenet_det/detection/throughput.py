@@ -31,7 +31,7 @@ VARIANT_OPTIONS = ("cl", "compile")
 
 @dataclass(frozen=True)
 class Variant:
-    conv_impl: str = "folded"
+    conv_impl: str = "auto"
     channels_last: bool = False
     compile: bool = False
 
@@ -46,7 +46,7 @@ class Variant:
                 f"bad variant '{text}': join at most one of {', '.join(CONV_IMPLS)} with options "
                 f"{', '.join(VARIANT_OPTIONS)} by '+', e.g. 'dense+cl'"
             )
-        return cls(impls[0] if impls else "folded", "cl" in parts, "compile" in parts)
+        return cls(impls[0] if impls else "auto", "cl" in parts, "compile" in parts)
 
     def __str__(self) -> str:
         return "+".join([self.conv_impl] + ["cl"] * self.channels_last + ["compile"] * self.compile)
