@@ -21,7 +21,7 @@ except ImportError:  # run from a clone without installing
 import torch
 
 from shufflenet_det.detection.benchmark import MODELS
-from shufflenet_det.detection.throughput import Variant, benchmark_throughput, markdown_table
+from shufflenet_det.detection.throughput import Variant, benchmark_throughput, markdown_table, profile_training
 from shufflenet_det.utils.io import atomic_write
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
@@ -39,6 +39,9 @@ def parse_args(argv=None):
     parser.add_argument("--iters", type=int, default=10, help="timed training steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--amp-dtype", default="bfloat16", choices=sorted(AMP_DTYPES))
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, print the operators that take the most time in 3 training steps "
+                             "of each model and variant (torch.profiler)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return parser.parse_args(argv)
@@ -71,6 +74,12 @@ def main(argv=None) -> int:
     print(f"{what}, torch {torch.__version__}; batch {args.batch}, 480x640 -> 600px, autocast {args.amp_dtype}; "
           f"median of {args.iters} steps after {args.warmup}", flush=True)
     amp_dtype = AMP_DTYPES[args.amp_dtype]
+    if args.profile:
+        for name in args.models:
+            for variant in variants:
+                print(f"--- {name} {variant}", flush=True)
+                print(profile_training(name, variant, device, batch=args.batch, amp_dtype=amp_dtype), flush=True)
+        return 0
     try:
         results = benchmark_throughput(
             args.models, variants, device, batch=args.batch, iterations=args.iters, warmup=args.warmup,

@@ -198,6 +198,25 @@ def measure_inference(
     return statistics.median(times)
 
 
+def profile_training(
+    name: str, variant: Variant, device: torch.device, batch: int = 16, steps: int = 3,
+    amp_dtype: Optional[torch.dtype] = torch.bfloat16, row_limit: int = 25,
+) -> str:
+    """A table of the operators that take the most time over ``steps`` training steps (after two warm-up
+    steps), sorted by device time on a GPU and by CPU time otherwise: where an iteration's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = build_training_model(name, variant, device)
+    images, targets = random_batch(name, batch, device)
+    measure_training(model, images, targets, iterations=1, warmup=1, amp_dtype=amp_dtype)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        measure_training(model, images, targets, iterations=steps, warmup=0, amp_dtype=amp_dtype)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return profiler.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+
+
 def benchmark_throughput(
     names: Sequence[str],
     variants: Sequence[Variant],
