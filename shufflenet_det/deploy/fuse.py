@@ -15,7 +15,9 @@ ShuffleNet's unit is ``compress`` (grouped 1x1 conv) -> channel shuffle -> 3x3 d
 and the shuffle (``shuffle``) as
 
 - ``"reshape"``: reshape-transpose-reshape (as trained);
-- ``"gather"``: one gather of channels with a fixed index;
+- ``"gather"``: one gather of channels with a fixed index, placed where it moves least data: none
+  after a dense ``compress`` (its rows are written already shuffled), after the depthwise conv in
+  stride-2 units (a quarter of the pixels), else between ``compress`` and the depthwise conv;
 - ``"fold"``: no op at all. The shuffle permutes the channels ``compress`` writes, so ``compress``
   becomes a dense 1x1 conv whose output rows are permuted (exact, because ReLU is per channel);
   the first unit's ``compress`` is dense anyway, so there the shuffle is free to drop.
