@@ -9,9 +9,17 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from shufflenet_det import build_model
-from shufflenet_det.deploy.benchmark import ORT_STEPS, build_trunk, ort_ablation, run_benchmark, summarize
+from shufflenet_det.deploy.benchmark import (
+    ORT_STEPS,
+    build_trunk,
+    format_report,
+    ort_ablation,
+    run_benchmark,
+    summarize,
+)
 from shufflenet_det.deploy.export import create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from shufflenet_det.deploy.fuse import (
+    ChannelSlice,
     GatherShuffle,
     GroupedMatmul,
     fold_batchnorm,
@@ -102,7 +110,8 @@ def test_shufflenet_rewrites_are_exact(shufflenet, layout, pointwise, shuffle):
     modules = list(rewritten.modules())
     convs = [m for m in modules if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
     shuffles = sum(isinstance(m, ChannelShuffle) for m in modules)
-    assert sum(isinstance(m, GatherShuffle) for m in modules) == (16 if shuffle == "gather" else 0)
+    # The first unit's compress is dense: the gather form writes its rows already shuffled.
+    assert sum(isinstance(m, GatherShuffle) for m in modules) == (15 if shuffle == "gather" else 0)
     assert shuffles == (16 if shuffle == "reshape" else 0)
     if pointwise == "dense":
         assert all(conv.groups == 1 for conv in convs)
@@ -110,7 +119,11 @@ def test_shufflenet_rewrites_are_exact(shufflenet, layout, pointwise, shuffle):
     assert shufflenet.shuffle_layout == "paper" and any(isinstance(m, NORMS) for m in shufflenet.modules())
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v1_x0_5_g3", "shufflenet_v1_x1_0_g3"])
+def depthwise_conv(unit: ShuffleUnit) -> nn.Conv2d:
+    return next(m for m in unit.depthwise.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v1_x0_5_g3", "shufflenet_v1_x1_0_g3", "shufflenet_v1_x2_0_g3"])
 @pytest.mark.parametrize("layout", ["paper", "inverse"])
 def test_channel_alignment_is_exact(name, layout):
     torch.manual_seed(0)
@@ -119,14 +132,40 @@ def test_channel_alignment_is_exact(name, layout):
     aligned = optimize_shufflenet(model, pointwise="grouped", shuffle="gather", align=16)
     x = torch.randn(1, 3, 64, 80)
     assert_close(features(aligned, x), features(model, x))
-    assert aligned.stem[0].conv.out_channels % 16 == 0 and model.stem[0].conv.out_channels % 16 != 0
+    assert aligned.stem[0].conv.out_channels % 16 == 0
+    assert (aligned.stem[0].conv.out_channels > model.stem[0].conv.out_channels) == (name != "shufflenet_v1_x2_0_g3")
     # Units whose padding stays within ALIGN_MAX_OVERHEAD get 16-channel groups in all three convs.
-    padded = [u for u in aligned.modules() if isinstance(u, ShuffleUnit) and u.depthwise.conv.out_channels % 48 == 0]
-    original = {u.depthwise.conv.out_channels for u in model.modules() if isinstance(u, ShuffleUnit)}
+    padded = [u for u in aligned.modules() if isinstance(u, ShuffleUnit) and u.expand.conv.in_channels % 48 == 0]
+    original = {u.expand.conv.in_channels for u in model.modules() if isinstance(u, ShuffleUnit)}
     assert padded and any(c % 48 for c in original)
     for unit in padded:
         assert (unit.compress.conv.out_channels // unit.compress.conv.groups) % 16 == 0
         assert (unit.expand.conv.in_channels // unit.expand.conv.groups) % 16 == 0
+    # Every depthwise conv gets whole 16-channel blocks, also in units whose bottleneck stays unaligned.
+    assert all(depthwise_conv(u).out_channels % 16 == 0 for u in aligned.modules() if isinstance(u, ShuffleUnit))
+
+
+def test_gather_form_places_each_shuffle_where_it_moves_least_data(shufflenet):
+    x = torch.randn(1, 3, 96, 64)
+    for align in (0, 16):
+        rewritten = optimize_shufflenet(shufflenet, pointwise="grouped", shuffle="gather", align=align)
+        assert_close(features(rewritten, x), features(shufflenet, x))
+        units = [m for m in rewritten.modules() if isinstance(m, ShuffleUnit)]
+        assert len(units) == 16
+        for unit in units:
+            in_shuffle = isinstance(unit.shuffle, GatherShuffle)
+            after_depthwise = any(isinstance(m, GatherShuffle) for m in unit.depthwise.modules())
+            if unit.compress.conv.groups == 1:  # dense compress: the shuffle is in its weights
+                assert not in_shuffle and not after_depthwise
+            elif depthwise_conv(unit).stride == (2, 2) and not any(isinstance(m, ChannelSlice) for m in unit.depthwise.modules()):
+                # A stride-2 unit shuffles after its depthwise conv: a quarter of the pixels.
+                assert after_depthwise and not in_shuffle
+                assert depthwise_conv(unit).in_channels == unit.compress.conv.out_channels
+            else:
+                assert in_shuffle and not after_depthwise
+        if align:  # 0.5x stage 3 (20 channels per group) keeps its widths but pads the depthwise conv
+            stage3 = [u for u in units if u.expand.conv.in_channels == 60]
+            assert stage3 and all(depthwise_conv(u).out_channels == 64 for u in stage3)
 
 
 def test_rewrite_rejects_unknown_modes(shufflenet):
@@ -188,6 +227,12 @@ def test_summary_ratios_and_speedups():
     assert by_backend["eager"]["paper"]["224x224"] == pytest.approx(184.0 / 15.2)
     speedups = {row["model"]: row["values"]["224x224"] for row in summary["speedups"]}
     assert speedups == {"alexnet": pytest.approx(20 / 12), "shufflenet_v1_x0_5_g3": pytest.approx(10 / 1.5)}
+    for record in records:  # the fastest ONNX Runtime runs twice as fast as its median
+        record["min_ms"] = record["median_ms"] / (2 if record["backend"] == "onnxruntime" else 1)
+    report = format_report(records)
+    medians = report.split("Speedup over eager PyTorch (x), median runs")[1].split("fastest runs")[0]
+    fastest = report.split("Speedup over eager PyTorch (x), fastest runs")[1]
+    assert "6.67" in medians and "13.33" in fastest and "13.33" not in medians
 
 
 def test_run_benchmark_records():

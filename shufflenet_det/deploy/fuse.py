@@ -15,7 +15,9 @@ ShuffleNet's unit is ``compress`` (grouped 1x1 conv) -> channel shuffle -> 3x3 d
 and the shuffle (``shuffle``) as
 
 - ``"reshape"``: reshape-transpose-reshape (as trained);
-- ``"gather"``: one gather of channels with a fixed index;
+- ``"gather"``: one gather of channels with a fixed index, placed where it moves least data: none
+  after a dense ``compress`` (its rows are written already shuffled), after the depthwise conv in
+  stride-2 units (a quarter of the pixels), else between ``compress`` and the depthwise conv;
 - ``"fold"``: no op at all. The shuffle permutes the channels ``compress`` writes, so ``compress``
   becomes a dense 1x1 conv whose output rows are permuted (exact, because ReLU is per channel);
   the first unit's ``compress`` is dense anyway, so there the shuffle is free to drop.
@@ -174,54 +176,96 @@ def _real_positions(channels: int, groups: int, block: int) -> torch.Tensor:
     return (index // per_group) * block + index % per_group
 
 
-@torch.no_grad()
-def _align_unit(unit: ShuffleUnit, multiple: int) -> bool:
-    """Pad a folded unit's bottleneck groups with zero channels to multiples of ``multiple``, in place.
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
 
-    Done only where it lets all three convs use ONNX Runtime's blocked (NCHWc) kernels, which need
-    every group's input and output channels to be multiples of the block, and where it adds at most
-    ``ALIGN_MAX_OVERHEAD`` of the 1x1 convs' multiply-adds. The shuffle becomes a Gather that also
-    places the padding; padded depthwise channels have zero weights, so they stay zero.
+
+def _aligned_blocks(unit: ShuffleUnit, multiple: int) -> Tuple[int, int]:
+    """Channels per group of ``compress``'s output and ``expand``'s input once padded for ``multiple``.
+
+    Padding happens only where it lets all three convs of the unit use ONNX Runtime's blocked
+    (NCHWc) kernels, which need every group's input and output channels to be multiples of the
+    block, and where it adds at most ``ALIGN_MAX_OVERHEAD`` of the 1x1 convs' multiply-adds;
+    otherwise the unit keeps its widths.
+    """
+    compress, expand = unit.compress.conv, unit.expand.conv
+    mid, groups_c, groups_e = compress.out_channels, compress.groups, expand.groups
+    unpadded = (mid // groups_c, mid // groups_e)
+    if multiple <= 1:
+        return unpadded
+    block_c = _round_up(mid // groups_c, multiple) if groups_c > 1 else mid
+    block_e = _round_up(mid // groups_e, multiple)
+    if (groups_c > 1 and (compress.in_channels // groups_c) % multiple) or (expand.out_channels // groups_e) % multiple:
+        return unpadded
+    if max(block_c * groups_c, block_e * groups_e) > (1 + ALIGN_MAX_OVERHEAD) * mid:
+        return unpadded
+    return block_c, block_e
+
+
+@torch.no_grad()
+def _gather_unit(unit: ShuffleUnit, multiple: int = 0) -> None:
+    """Rewrite a folded unit, in place, with its shuffle as (at most) one Gather placed where it costs least.
+
+    - A dense ``compress`` (the first unit of stage 2) writes its channels already shuffled: no op.
+    - In a stride-2 unit the Gather runs after the depthwise conv (whose weights follow the
+      channels' pre-shuffle order), on a quarter of the pixels.
+    - Otherwise it runs between ``compress`` and the depthwise conv, as trained.
+
+    With ``multiple`` > 1, bottleneck groups are also padded with zero channels (``_aligned_blocks``);
+    the Gather then places the padding too. Padded depthwise channels have zero weights and padded
+    ``expand`` inputs zero weights, so the outputs are unchanged.
     """
     compress, depthwise, expand = unit.compress.conv, unit.depthwise.conv, unit.expand.conv
     mid, groups_c, groups_e = compress.out_channels, compress.groups, expand.groups
-    block_c = _round_up(mid // groups_c, multiple) if groups_c > 1 else mid
-    block_e = _round_up(mid // groups_e, multiple)
+    block_c, block_e = _aligned_blocks(unit, multiple)
     padded_c, padded_e = block_c * groups_c, block_e * groups_e
-    if padded_c == mid and padded_e == mid:
-        return False
-    if (groups_c > 1 and (compress.in_channels // groups_c) % multiple) or (expand.out_channels // groups_e) % multiple:
-        return False
-    if max(padded_c, padded_e) > (1 + ALIGN_MAX_OVERHEAD) * mid:
-        return False
+    # Real channel r of the shuffled sequence comes from compress output source[shuffled[r]] and
+    # feeds expand input target[r]; the original depthwise conv's channel r is in shuffled order.
     source = _real_positions(mid, groups_c, block_c)
     target = _real_positions(mid, groups_e, block_e)
     shuffled = shuffle_permutation(unit.shuffle, mid) if isinstance(unit.shuffle, ChannelShuffle) else torch.arange(mid)
+    fold = groups_c == 1
+    after_depthwise = not fold and depthwise.stride != (1, 1)
+    depthwise_channels = padded_e
+    if multiple > 1 and padded_e % multiple:
+        # The bottleneck stays unaligned, but a plain-layout depthwise conv is very slow: pad its
+        # channels at the end (the Gather writes them) and slice them off before ``expand``.
+        depthwise_channels, after_depthwise = _round_up(padded_e, multiple), False
+    if fold:  # compress rows land directly at expand's positions
+        source, padded_c, rows = target, depthwise_channels, shuffled
+    else:
+        rows = torch.arange(mid)
+    depthwise_positions = source[shuffled] if after_depthwise else target
 
     wide_compress = nn.Conv2d(compress.in_channels, padded_c, 1, groups=groups_c)
     wide_compress.weight.zero_()
     wide_compress.bias.zero_()
-    wide_compress.weight[source] = compress.weight
-    wide_compress.bias[source] = compress.bias
-    wide_depthwise = nn.Conv2d(
-        padded_e, padded_e, depthwise.kernel_size, depthwise.stride, depthwise.padding, groups=padded_e
-    )
+    wide_compress.weight[source] = compress.weight[rows]
+    wide_compress.bias[source] = _bias(compress)[rows]
+    channels = padded_c if after_depthwise else depthwise_channels
+    wide_depthwise = nn.Conv2d(channels, channels, depthwise.kernel_size, depthwise.stride, depthwise.padding, groups=channels)
     wide_depthwise.weight.zero_()
     wide_depthwise.bias.zero_()
-    wide_depthwise.weight[target] = depthwise.weight
-    wide_depthwise.bias[target] = depthwise.bias
+    wide_depthwise.weight[depthwise_positions] = depthwise.weight
+    wide_depthwise.bias[depthwise_positions] = _bias(depthwise)
     wide_expand = nn.Conv2d(padded_e, expand.out_channels, 1, groups=groups_e)
     wide_expand.weight.zero_()
     wide_expand.weight[:, : mid // groups_e] = expand.weight
-    wide_expand.bias.copy_(expand.bias)
-
-    gather = torch.zeros(padded_e, dtype=torch.long)  # padding reads channel 0; its depthwise weight is 0
-    gather[target] = source[shuffled]
-    unit.compress.conv, unit.depthwise.conv, unit.expand.conv = wide_compress, wide_depthwise, wide_expand
-    unit.shuffle = nn.Identity() if torch.equal(gather, torch.arange(padded_e)) else GatherShuffle(gather)
+    wide_expand.bias.copy_(_bias(expand))
     for conv in (wide_compress, wide_depthwise, wide_expand):
         conv.requires_grad_(False)
-    return True
+    unit.compress.conv, unit.depthwise.conv, unit.expand.conv = wide_compress, wide_depthwise, wide_expand
+
+    gather = torch.zeros(depthwise_channels, dtype=torch.long)  # padding reads channel 0; nothing uses it
+    gather[target] = source[shuffled]
+    shuffle = nn.Identity() if fold or torch.equal(gather, torch.arange(depthwise_channels)) else GatherShuffle(gather)
+    unit.shuffle = nn.Identity()
+    if after_depthwise:
+        unit.depthwise = nn.Sequential(unit.depthwise, shuffle)
+    else:
+        unit.shuffle = shuffle
+    if depthwise_channels != padded_e:
+        unit.depthwise = nn.Sequential(unit.depthwise, ChannelSlice(padded_e))
 
 
 @torch.no_grad()
@@ -233,7 +277,7 @@ def optimize_shufflenet(
     Works on any module that contains ``ShuffleUnit``s (a classifier, a detector's trunk or head);
     other modules only get their BatchNorms folded. See the module docstring for the modes.
     ``align`` > 0 (with the grouped / gather form) pads the stem and bottlenecks with zero channels
-    to multiples of ``align`` where that unlocks blocked kernels (``align_stem``, ``_align_unit``).
+    to multiples of ``align`` where that unlocks blocked kernels (``align_stem``, ``_aligned_blocks``).
     """
     if pointwise not in POINTWISE_MODES:
         raise ValueError(f"pointwise must be one of {POINTWISE_MODES}, got '{pointwise}'")
@@ -245,9 +289,11 @@ def optimize_shufflenet(
     if align:
         for module in list(model.modules()):  # the trunk may sit inside a detector
             align_stem(module, align)
-    for unit in model.modules():
-        if not isinstance(unit, ShuffleUnit) or (align and _align_unit(unit, align)):
+    for unit in list(model.modules()):
+        if not isinstance(unit, ShuffleUnit):
             continue
+        if shuffle == "gather":
+            _gather_unit(unit, align)
         compress = unit.compress.conv
         permutation = None
         if isinstance(unit.shuffle, ChannelShuffle):
@@ -261,8 +307,6 @@ def optimize_shufflenet(
             unit.shuffle = nn.Identity()
         else:
             unit.compress.conv = _pointwise(compress, pointwise)
-            if shuffle == "gather" and permutation is not None:
-                unit.shuffle = GatherShuffle(permutation)
         unit.expand.conv = _pointwise(unit.expand.conv, pointwise)
     return model
 

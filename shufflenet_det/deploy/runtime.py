@@ -23,7 +23,8 @@ BACKENDS = ("eager", "eager_optimized", "torchscript", "compile", "onnxruntime")
 # block-diagonal 1x1 convs and folding the shuffle into them lose everywhere (3x the multiply-adds).
 # In PyTorch, batched matmuls beat its grouped conv kernels for the small models and tie for 2x. In
 # ONNX Runtime grouped convs win; the shuffle as one Gather avoids ONNX's shape arithmetic, and
-# zero-channel padding to its 16-channel blocks (align) lets whole units run in blocked kernels.
+# zero-channel padding to its 16-channel blocks (align) lets whole units, or at least their
+# depthwise convs, run in blocked kernels.
 BEST_REWRITE: Dict[str, Dict[str, Any]] = {
     "eager_optimized": {"pointwise": "matmul", "shuffle": "reshape"},
     "torchscript": {"pointwise": "matmul", "shuffle": "reshape"},
