@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..modeling.layers import ChannelShuffle, channel_shuffle
+from ..modeling.layers import ChannelShuffle, block_diagonal_weight
 from ..modeling.shufflenet import ShuffleUnit
 
 POINTWISE_MODES = ("grouped", "dense", "matmul")
@@ -104,23 +104,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def shuffle_permutation(shuffle: ChannelShuffle, channels: int) -> torch.Tensor:
     """Indices ``p`` such that ``shuffle(x) == x[:, p]`` (paper or inverse layout)."""
-    index = torch.arange(channels, dtype=torch.float32).reshape(1, channels, 1, 1)
-    return channel_shuffle(index, shuffle.groups, shuffle.inverse).flatten().long()
+    return shuffle.permutation(channels)
 
 
 @torch.no_grad()
 def dense_pointwise(conv: nn.Conv2d) -> nn.Conv2d:
     """A grouped 1x1 convolution as an ordinary one with a block-diagonal weight (same outputs)."""
-    groups = conv.groups
-    out_per_group = conv.out_channels // groups
-    in_per_group = conv.in_channels // groups
     dense = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride, bias=conv.bias is not None)
-    weight = torch.zeros_like(dense.weight)
-    for group in range(groups):
-        rows = slice(group * out_per_group, (group + 1) * out_per_group)
-        columns = slice(group * in_per_group, (group + 1) * in_per_group)
-        weight[rows, columns] = conv.weight[rows]
-    dense.weight.copy_(weight)
+    dense.weight.copy_(block_diagonal_weight(conv.weight, conv.groups))
     if conv.bias is not None:
         dense.bias.copy_(conv.bias)
     return dense.requires_grad_(False)
