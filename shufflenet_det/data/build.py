@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..engine.data_workers import SignalSafeDataLoader
+
 from ..utils.distributed import get_rank, get_world_size
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
@@ -92,7 +94,7 @@ def build_detection_train_loader(
     mapper = DatasetMapper(cfg, is_train=True) if mapper is None else mapper
     sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=seed, start=start_iter * (total // world_size))
     stream = _MappedStream(_SerializedList(dataset_dicts), sampler, mapper, seed, get_rank())
-    loader = DataLoader(
+    loader = SignalSafeDataLoader(
         stream,
         batch_size=None,  # items travel one by one; the main process groups them into batches
         num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -113,7 +115,7 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
     mapper = DatasetMapper(cfg, is_train=False) if mapper is None else mapper
     sampler = InferenceSampler(len(dataset_dicts))
-    loader = DataLoader(
+    loader = SignalSafeDataLoader(
         _MappedDataset(_SerializedList(dataset_dicts), mapper),
         batch_size=1,
         sampler=sampler,
