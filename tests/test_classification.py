@@ -490,11 +490,10 @@ def test_training_checkpoint_loads_as_a_detection_backbone(trained):
     assert torch.equal(trunk["stage3.0.compress.conv.weight"], checkpoint["stage3.0.compress.conv.weight"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_process_group_checkpoints_and_resume_is_exact(signum, trained, shapes_root, tmp_path):
     # Ctrl-C in a terminal (SIGINT) and torchrun or `kill -- -PGID` (SIGTERM) reach every process of the
     # group: the trainer and its (persistent) DataLoader worker, which must leave the signal to the trainer.
-
     # One torch thread, as in run_tool: the interrupted run must compute what the `trained` run did.
     argv = ["--config", "tiny_shapes", *TRAIN, "CLASSIFICATION.DATASET_ROOT", shapes_root, "OUTPUT_DIR", tmp_path,
             "SHUFFLENET_DET.TORCH_THREADS", 1]  # fmt: skip
