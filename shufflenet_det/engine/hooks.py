@@ -177,15 +177,15 @@ class PeriodicWriter(HookBase):
 
     def after_train(self) -> None:
         try:
-            # An interrupted run logs where it stopped, unless that iteration was just written.
-            if self.trainer.status != "finished" and self._written_iter != self.trainer.iter:
+            # A stopped or failed run logs where it ended, unless that iteration was just written.
+            if self.trainer.status != "finished" and self._written_iter != self.trainer.storage.iter:
                 self._write()
         finally:
             for writer in self.writers:
                 writer.close()
 
     def _write(self) -> None:
-        self._written_iter = self.trainer.iter
+        self._written_iter = self.trainer.storage.iter
         if not self.writers:
             return
         storage = self.trainer.storage
