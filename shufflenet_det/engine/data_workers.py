@@ -14,6 +14,10 @@ interrupt checkpoint, fails with "DataLoader worker (pid N) is killed by signal"
 
 Everything else is unchanged: a worker that crashes (segfault, out-of-memory kill, SIGKILL) is reported
 by the DataLoader as before, and workers still exit on their own when the training process dies.
+
+This holds for the "fork" start method (Linux's default up to Python 3.13). A "spawn" or "forkserver"
+worker starts with a fresh signal mask, and threads its imports create (numpy's BLAS pool) before this
+module runs can still take a SIGTERM and die of it; SIGINT is ignored there too.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ class WorkerSignalGuard:
             sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
             # A changed parent means the main process is gone: nobody will stop this worker but a signal.
             if sender == self.main_pid or os.getppid() != parent_pid:
-                os._exit(128 + signal.SIGTERM)
+                os._exit(0)  # as a plain DataLoader worker does on its parent's SIGTERM
 
 
 class SignalSafeDataLoader(DataLoader):
