@@ -419,7 +419,9 @@ def _args(*argv):
     return argument_parser().parse_args([str(arg) for arg in argv])
 
 
-def test_unwritable_output_dir_is_reported_at_start(tmp_path, capsys):
+def test_unwritable_output_dir_is_reported_at_start(tmp_path, capsys, monkeypatch):
+    # A logger set up by an earlier in-process run (e.g. tests/test_d2.py) would take the message.
+    monkeypatch.setattr(logging.getLogger("shufflenet_det"), "handlers", [])
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     cfg = get_cfg()

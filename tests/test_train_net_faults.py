@@ -47,7 +47,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def command(dataset: Path, output_dir: Path, *args: str, workers: int = 1) -> list:
-    register = ["--register-coco", "faults_train", str(dataset / "annotations/instances_train.json"), str(dataset / "train")]
+    annotations = str(dataset / "annotations/instances_train.json")
+    register = ["--register-coco", "faults_train", annotations, str(dataset / "train")]
     return [sys.executable, TRAIN_NET, "--config", "quickstart.yaml", *args, *register, *TINY,
             "DATALOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(output_dir)]  # fmt: skip
 
@@ -92,7 +93,8 @@ def children(pid: int) -> list:
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = subprocess.run(command(dataset, output_dir, workers=0), cwd=REPO, capture_output=True, text=True, timeout=600)
+    argv = command(dataset, output_dir, workers=0)
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
 
@@ -112,14 +114,17 @@ def test_sigterm_to_the_process_group_checkpoints_and_resume_is_exact(dataset, u
     iteration = int(stopped.group(1))
     assert 4 <= iteration < MAX_ITER
     checkpoint = safe_torch_load(stopped.group(2))
-    assert checkpoint["iteration"] == iteration and (tmp_path / "last_checkpoint").read_text().strip() == Path(stopped.group(2)).name
+    assert checkpoint["iteration"] == iteration
+    assert (tmp_path / "last_checkpoint").read_text().strip() == Path(stopped.group(2)).name
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the run"
 
-    resumed = subprocess.run(command(dataset, tmp_path, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    argv = command(dataset, tmp_path, "--resume")
+    resumed = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     expected, final = safe_torch_load(uninterrupted / "model_final.pth"), safe_torch_load(tmp_path / "model_final.pth")
     assert final["iteration"] == expected["iteration"] == MAX_ITER
-    assert [g["lr"] for g in final["optimizer"]["param_groups"]] == [g["lr"] for g in expected["optimizer"]["param_groups"]]
+    learning_rates = [[group["lr"] for group in c["optimizer"]["param_groups"]] for c in (expected, final)]
+    assert learning_rates[0] == learning_rates[1]
     assert final["scheduler"] == expected["scheduler"]
     assert expected["model"].keys() == final["model"].keys()
     assert any(key.endswith("running_mean") for key in final["model"])  # trainable BN: buffers compared too

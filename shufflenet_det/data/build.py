@@ -17,11 +17,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..engine.data_workers import SignalSafeDataLoader
-
 from ..utils.distributed import get_rank, get_world_size
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
-from .samplers import GroupedBatcher, InferenceSampler, TrainingSampler, aspect_ratio_group, batch_stream, shared_random_seed
+from .samplers import (
+    GroupedBatcher,
+    InferenceSampler,
+    TrainingSampler,
+    aspect_ratio_group,
+    batch_stream,
+    shared_random_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +119,11 @@ def build_detection_train_loader(
 
 
 def resume_position(
-    dataset_dicts: Sequence[dict], seed: int, batch_size: int, group_key: Optional[Callable[[dict], int]], start_iter: int
+    dataset_dicts: Sequence[dict],
+    seed: int,
+    batch_size: int,
+    group_key: Optional[Callable[[dict], int]],
+    start_iter: int,
 ) -> Tuple[int, List[Tuple[int, int]]]:
     """Where this rank's share of the sample stream stands after ``start_iter`` batches.
 
