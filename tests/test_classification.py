@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -484,3 +488,36 @@ def test_training_checkpoint_loads_as_a_detection_backbone(trained):
     detector = build_detector(cfg)
     trunk = detector.backbone.body.state_dict()
     assert torch.equal(trunk["stage3.0.compress.conv.weight"], checkpoint["stage3.0.compress.conv.weight"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_process_group_checkpoints_and_resume_is_exact(signum, trained, shapes_root, tmp_path):
+    # Ctrl-C in a terminal (SIGINT) and torchrun or `kill -- -PGID` (SIGTERM) reach every process of the
+    # group: the trainer and its (persistent) DataLoader worker, which must leave the signal to the trainer.
+    # One torch thread, as in run_tool: the interrupted run must compute what the `trained` run did.
+    argv = ["--config", "tiny_shapes", *TRAIN, "CLASSIFICATION.DATASET_ROOT", shapes_root, "OUTPUT_DIR", tmp_path,
+            "SHUFFLENET_DET.TORCH_THREADS", 1]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(TOOL), *map(str, argv), "DATALOADER.NUM_WORKERS", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.json").exists() or not (tmp_path / "metrics.json").read_text().strip():
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no iteration logged within 120 s"
+        time.sleep(0.02)
+    os.killpg(process.pid, signum)
+    output, _ = process.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, output[-3000:]
+    assert "DataLoader worker" not in output and "Traceback" not in output, output[-3000:]
+    assert output.count(f"{name} received") == 1, output[-3000:]  # the trainer's notice, not also a worker's
+    stopped = re.search(rf"error: training stopped by {name} after iteration (\d+); checkpoint (\S+) written", output)
+    assert stopped and 5 <= int(stopped.group(1)) < 40, output[-3000:]
+    assert safe_torch_load(stopped.group(2))["iteration"] == int(stopped.group(1))
+
+    assert run_tool(["--resume", *argv, "DATALOADER.NUM_WORKERS", 1]) == 0
+    expected, resumed = safe_torch_load(trained / "model_final.pth"), safe_torch_load(tmp_path / "model_final.pth")
+    assert resumed["iteration"] == 40
+    for key, value in expected["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

@@ -362,6 +362,39 @@ def test_trainer_with_loss_fn_amp_on_cpu_and_metrics(tmp_path, caplog):
     assert list(tmp_path.glob("events.out.tfevents.*"))
 
 
+def test_an_interrupted_run_logs_its_last_iteration_once():
+    import os
+    import signal
+
+    from shufflenet_det.engine import EventWriter, HookBase, PeriodicWriter, TrainingInterrupted
+
+    class Recorder(EventWriter):
+        def __init__(self):
+            self.iterations = []
+
+        def write(self, storage):
+            self.iterations.append(storage.iter)
+
+    class SignalAt(HookBase):
+        def __init__(self, iteration):
+            self.iteration = iteration
+
+        def before_step(self):
+            if self.trainer.iter + 1 == self.iteration:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled: stop after this iteration
+
+    model = nn.Linear(2, 1)
+    batches = [torch.randn(4, 2)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for stop_at, expected in ((4, [2, 4]), (5, [2, 4, 5])):
+        recorder = Recorder()
+        hooks = [SignalAt(stop_at), PeriodicWriter([recorder], period=2)]
+        trainer = Trainer(model, batches, optimizer, loss_fn=lambda net, x: net(x).pow(2).mean(), max_iter=9, hooks=hooks)
+        with pytest.raises(TrainingInterrupted, match=f"after iteration {stop_at}"):
+            trainer.train()
+        assert recorder.iterations == expected
+
+
 def test_json_writer_drops_lines_after_resume_point(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text(
@@ -386,7 +419,9 @@ def _args(*argv):
     return argument_parser().parse_args([str(arg) for arg in argv])
 
 
-def test_unwritable_output_dir_is_reported_at_start(tmp_path, capsys):
+def test_unwritable_output_dir_is_reported_at_start(tmp_path, capsys, monkeypatch):
+    # A logger set up by an earlier in-process run (e.g. tests/test_d2.py) would take the message.
+    monkeypatch.setattr(logging.getLogger("shufflenet_det"), "handlers", [])
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     cfg = get_cfg()

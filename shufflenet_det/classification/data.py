@@ -23,6 +23,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from ..config.loading import ConfigError
+from ..engine.data_workers import SignalSafeDataLoader
 from ..engine.errors import EngineError, SetupError
 from ..utils.distributed import get_rank, get_world_size
 
@@ -364,7 +365,7 @@ def build_train_loader(cfg: CfgNode, dataset: Dataset, batch_size: int, seed: in
         len(dataset), cfg.SOLVER.IMS_PER_BATCH, seed, start_iter, rank=get_rank(), world_size=get_world_size()
     )
     workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(
+    return SignalSafeDataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -381,7 +382,7 @@ def build_test_loader(cfg: CfgNode, dataset: Dataset) -> DataLoader:
     world_size = get_world_size()
     shard = Subset(dataset, range(get_rank(), len(dataset), world_size))
     batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // world_size)
-    return DataLoader(
+    return SignalSafeDataLoader(
         shard,
         batch_size=batch_size,
         shuffle=False,

@@ -10,16 +10,24 @@ from __future__ import annotations
 import itertools
 import logging
 import pickle
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..engine.data_workers import SignalSafeDataLoader
 from ..utils.distributed import get_rank, get_world_size
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
-from .samplers import InferenceSampler, TrainingSampler, aspect_ratio_group, batch_stream
+from .samplers import (
+    GroupedBatcher,
+    InferenceSampler,
+    TrainingSampler,
+    aspect_ratio_group,
+    batch_stream,
+    shared_random_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +80,14 @@ def build_detection_train_loader(
 ) -> "TrainLoader":
     """An endless iterable of training batches (lists of ``cfg.SOLVER.IMS_PER_BATCH // world size`` dicts).
 
-    ``start_iter`` positions the sample order after that many iterations, so that a resumed run does not
-    see the first images again (with aspect-ratio grouping the batches are regrouped from there on).
+    ``start_iter`` positions the loader after that many iterations: with SEED >= 0 it yields exactly the
+    batches, flips included, that an uninterrupted run yields from there on (see :func:`resume_position`),
+    so a resumed run neither sees the first images again nor trains on other batches.
 
     Reads DATASETS.TRAIN, DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING, FILTER_EMPTY_ANNOTATIONS,
-    SAMPLER_TRAIN}, SOLVER.IMS_PER_BATCH and SEED (>= 0: the sample order, the flips and the worker
-    seeds repeat exactly; each rank gets its own flip and worker seeds).
+    SAMPLER_TRAIN}, SOLVER.IMS_PER_BATCH and SEED (>= 0: the sample order and the flips repeat exactly;
+    each image's flip is drawn from a generator seeded with (SEED, its position in the sample stream),
+    so it does not depend on the number of workers or processes, nor on where a run was resumed).
     """
     world_size = get_world_size()
     total = int(cfg.SOLVER.IMS_PER_BATCH)
@@ -89,10 +99,15 @@ def build_detection_train_loader(
         raise ValueError(f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; use TrainingSampler")
     dataset_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     seed = int(cfg.SEED) if cfg.SEED >= 0 else None
+    # Drawn once: the resume position below must be computed on the same order.
+    sampler_seed = seed if seed is not None else shared_random_seed()
     mapper = DatasetMapper(cfg, is_train=True) if mapper is None else mapper
-    sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=seed, start=start_iter * (total // world_size))
-    stream = _MappedStream(_SerializedList(dataset_dicts), sampler, mapper, seed, get_rank())
-    loader = DataLoader(
+    batch_size = total // world_size
+    group_key = aspect_ratio_group if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    start, waiting = resume_position(dataset_dicts, sampler_seed, batch_size, group_key, start_iter)
+    sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=sampler_seed, start=start)
+    stream = _MappedStream(_SerializedList(dataset_dicts), waiting, sampler, mapper, seed)
+    loader = SignalSafeDataLoader(
         stream,
         batch_size=None,  # items travel one by one; the main process groups them into batches
         num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -100,12 +115,41 @@ def build_detection_train_loader(
         pin_memory=torch.cuda.is_available(),
         generator=_loader_generator(seed, get_rank()),
     )
-    return TrainLoader(
-        loader,
-        batch_size=total // world_size,
-        group_key=aspect_ratio_group if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None,
-        num_images=len(dataset_dicts),
-    )
+    return TrainLoader(loader, batch_size=batch_size, group_key=group_key, num_images=len(dataset_dicts))
+
+
+def resume_position(
+    dataset_dicts: Sequence[dict],
+    seed: int,
+    batch_size: int,
+    group_key: Optional[Callable[[dict], int]],
+    start_iter: int,
+) -> Tuple[int, List[Tuple[int, int]]]:
+    """Where this rank's share of the sample stream stands after ``start_iter`` batches.
+
+    Returns the number of items the batcher has taken from the share and the ``(position, index)`` of
+    those still waiting in its buckets, oldest first. Without grouping that is ``start_iter *
+    batch_size`` items and none waiting. With aspect-ratio grouping the batcher is replayed on the dicts'
+    width and height (no image is read; about a second per million items). The replay assumes every
+    image was readable: a run that skipped unreadable images resumes correctly but not bit for bit.
+    """
+    if start_iter <= 0 or group_key is None:
+        return start_iter * batch_size, []
+    if any("width" not in d or "height" not in d for d in dataset_dicts):
+        logger.warning(
+            "Some dataset dicts have no width/height: the aspect-ratio groups are formed anew from "
+            "iteration %d on (a correct, but not bit-identical, continuation)", start_iter,
+        )
+        return start_iter * batch_size, []
+    batcher = GroupedBatcher(batch_size, group_key)
+    batches = 0
+    for taken, (position, index) in enumerate(TrainingSampler(len(dataset_dicts), seed=seed).with_positions(), 1):
+        shape = dataset_dicts[index]
+        if batcher.add({"width": shape["width"], "height": shape["height"], "key": (position, index)}) is not None:
+            batches += 1
+            if batches == start_iter:
+                return taken, sorted(item["key"] for bucket in batcher.buckets.values() for item in bucket)
+    raise AssertionError("unreachable: the sample stream is endless")
 
 
 def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Callable[[dict], dict]] = None) -> "TestLoader":
@@ -113,7 +157,7 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
     mapper = DatasetMapper(cfg, is_train=False) if mapper is None else mapper
     sampler = InferenceSampler(len(dataset_dicts))
-    loader = DataLoader(
+    loader = SignalSafeDataLoader(
         _MappedDataset(_SerializedList(dataset_dicts), mapper),
         batch_size=1,
         sampler=sampler,
@@ -210,23 +254,29 @@ class TestLoader:
 
 
 class _MappedStream(IterableDataset):
-    """This rank's endless sampler stream, split over the loader's workers, mapped item by item."""
+    """This rank's endless sample stream, split over the loader's workers, mapped item by item.
 
-    def __init__(self, dataset: "_SerializedList", sampler: TrainingSampler, mapper: Callable[[dict], dict],
-                 seed: Optional[int], rank: int) -> None:
+    The stream is ``waiting`` (``(position, index)`` pairs of a resumed run's half-filled buckets)
+    followed by the sampler's pairs. Each worker takes every ``num_workers``-th item; the DataLoader
+    reads the workers in turn, so items arrive in stream order.
+    """
+
+    def __init__(self, dataset: "_SerializedList", waiting: Sequence[Tuple[int, int]], sampler: TrainingSampler,
+                 mapper: Callable[[dict], dict], seed: Optional[int]) -> None:
         self.dataset = dataset
+        self.waiting = list(waiting)
         self.sampler = sampler
         self.mapper = mapper
         self.seed = seed
-        self.rank = rank
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        if self.seed is not None and hasattr(self.mapper, "generator"):
-            state = np.random.SeedSequence([self.seed, self.rank, worker_id]).generate_state(1)[0]
-            self.mapper.generator = torch.Generator().manual_seed(int(state))
-        for index in itertools.islice(iter(self.sampler), worker_id, None, num_workers):
+        seeded = self.seed is not None and hasattr(self.mapper, "generator")
+        stream = itertools.chain(self.waiting, self.sampler.with_positions())
+        for position, index in itertools.islice(stream, worker_id, None, num_workers):
+            if seeded:
+                self.mapper.generator = torch.Generator().manual_seed(_item_seed(self.seed, position))
             yield _map_or_failure(self.mapper, self.dataset[index])
 
 
@@ -271,6 +321,10 @@ class _SerializedList:
 
 def _identity(item: Any) -> Any:
     return item
+
+
+def _item_seed(seed: int, position: int) -> int:
+    return int(np.random.SeedSequence([seed, position]).generate_state(2, np.uint64)[0] % 2**63)
 
 
 def _loader_generator(seed: Optional[int], rank: int) -> Optional[torch.Generator]:

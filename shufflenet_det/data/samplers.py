@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import Sampler
@@ -44,8 +44,15 @@ class TrainingSampler(Sampler[int]):
         self._start = start
 
     def __iter__(self) -> Iterator[int]:
-        first = self._rank + self._start * self._world_size
-        return itertools.islice(self._infinite_indices(), first, None, self._world_size)
+        return itertools.islice(self._infinite_indices(), self._first_position(), None, self._world_size)
+
+    def with_positions(self) -> Iterator[Tuple[int, int]]:
+        """``(position, index)`` pairs: this rank's indices, as ``iter(self)``, each with its position
+        in the stream that all ranks share (a per-item key that no other item of the run has)."""
+        return zip(itertools.count(self._first_position(), self._world_size), iter(self))
+
+    def _first_position(self) -> int:
+        return self._rank + self._start * self._world_size
 
     def _infinite_indices(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self._seed)
@@ -78,19 +85,37 @@ def aspect_ratio_group(item: dict) -> int:
     return 0 if item["width"] > item["height"] else 1
 
 
+class GroupedBatcher:
+    """Fills one bucket per group (``group_key(item)``; one bucket for all when ``None``) and hands out
+    a bucket as a batch when it holds ``batch_size`` items. ``buckets`` holds the items still waiting."""
+
+    def __init__(self, batch_size: int, group_key: Optional[Callable[[dict], int]] = aspect_ratio_group) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.group_key = group_key
+        self.buckets: Dict[int, List[dict]] = {}
+
+    def add(self, item: dict) -> Optional[List[dict]]:
+        """Put ``item`` in its bucket; returns the batch it completed, else None."""
+        bucket = self.buckets.setdefault(self.group_key(item) if self.group_key else 0, [])
+        bucket.append(item)
+        if len(bucket) < self.batch_size:
+            return None
+        batch = bucket[:]
+        bucket.clear()
+        return batch
+
+
 def batch_stream(items: Iterable[dict], batch_size: int,
                  group_key: Optional[Callable[[dict], int]] = aspect_ratio_group) -> Iterator[List[dict]]:
-    """Batches of ``batch_size`` from a stream of mapped dicts.
+    """Batches of ``batch_size`` from a stream of mapped dicts (a :class:`GroupedBatcher` at work).
 
     With ``group_key`` (default: aspect-ratio grouping), a batch only holds items of one group: each
     group fills its own bucket and a full bucket is emitted. ``group_key=None`` batches in order.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    buckets: Dict[int, List[dict]] = {}
+    batcher = GroupedBatcher(batch_size, group_key)
     for item in items:
-        bucket = buckets.setdefault(group_key(item) if group_key else 0, [])
-        bucket.append(item)
-        if len(bucket) == batch_size:
-            yield bucket[:]
-            bucket.clear()
+        batch = batcher.add(item)
+        if batch is not None:
+            yield batch

@@ -3,6 +3,7 @@ checkpoints with exact resume, metric writers, and distributed launch. It knows 
 detection or datasets: it takes a model, an iterable of batches and (optionally) a loss function."""
 
 from .checkpoint import Checkpointer, periodic_checkpoint_name, rng_state, set_rng_state, unwrap_model
+from .data_workers import SignalSafeDataLoader, WorkerSignalGuard, termination_signals_blocked
 from .defaults import (
     build_checkpointer,
     build_grad_scaler,
@@ -62,6 +63,7 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "SetupError",
+    "SignalSafeDataLoader",
     "TensorboardWriter",
     "Trainer",
     "TrainingInterrupted",
@@ -69,6 +71,7 @@ __all__ = [
     "WarmupLRScheduler",
     "WarmupLinearLR",
     "WarmupMultiStepLR",
+    "WorkerSignalGuard",
     "add_gradient_clipping",
     "build_checkpointer",
     "build_grad_scaler",
@@ -97,5 +100,6 @@ __all__ = [
     "set_deterministic",
     "set_rng_state",
     "started_by_torchrun",
+    "termination_signals_blocked",
     "unwrap_model",
 ]

@@ -172,6 +172,7 @@ class PeriodicWriter(HookBase):
             raise ValueError(f"SHUFFLENET_DET.LOG_PERIOD must be positive, got {period}")
         self.writers = list(writers)
         self.period = period
+        self._written_iter: Optional[int] = None
 
     def before_train(self) -> None:
         for writer in self.writers:
@@ -184,13 +185,15 @@ class PeriodicWriter(HookBase):
 
     def after_train(self) -> None:
         try:
-            if self.trainer.status != "finished":
+            # A stopped or failed run logs where it ended, unless that iteration was just written.
+            if self.trainer.status != "finished" and self._written_iter != self.trainer.storage.iter:
                 self._write()
         finally:
             for writer in self.writers:
                 writer.close()
 
     def _write(self) -> None:
+        self._written_iter = self.trainer.storage.iter
         if not self.writers:
             return
         storage = self.trainer.storage
