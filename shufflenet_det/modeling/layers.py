@@ -50,6 +50,10 @@ def fold_frozen_norm(
     return weight * scale.reshape(-1, 1, 1, 1), shift
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 class ConvNormAct(nn.Sequential):
     """Bias-free convolution, normalization and an optional ReLU.
 
@@ -104,8 +108,10 @@ class ConvNormAct(nn.Sequential):
         """``output_order`` (channel indices) reorders the output channels for free inside the weight;
         it needs a folded norm and an ungrouped convolution (see ``can_reorder_outputs``)."""
         impl = self.resolved_impl(x)
-        if impl == "modules" or not isinstance(self._modules.get("conv"), nn.Conv2d):
-            # As built, or rewritten by the deploy tools (folded norm, other conv forms).
+        conv = self._modules.get("conv")
+        if impl == "modules" or not isinstance(conv, nn.Conv2d) or _has_hooks(conv):
+            # As built, rewritten by the deploy tools (folded norm, other conv forms), or watched by
+            # hooks (complexity counters, feature probes) that must see the conv module run.
             if output_order is not None:
                 raise ValueError("output_order needs conv_impl 'dense' and a FrozenBatchNorm2d")
             return super().forward(x)
@@ -114,7 +120,6 @@ class ConvNormAct(nn.Sequential):
             if not (folded and groups == 1):
                 raise ValueError("output_order needs conv_impl 'dense' and a FrozenBatchNorm2d")
             weight, bias = weight[output_order], bias[output_order]
-        conv = self.conv
         x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
         if not folded and "norm" in self._modules:
             x = self.norm(x)
