@@ -1,0 +1,223 @@
+"""Deploying the C4 Faster R-CNN: whole-detector ONNX / TorchScript export and a fast CPU inference copy.
+
+Two deployment forms of a detector built by ``build_detector(cfg)``:
+
+- ``export_detector``: one file holding preprocessing (resize + normalize), the trunk, the RPN (anchors,
+  decoding, NMS), RoIAlign, the per-RoI head and postprocessing (per-class NMS, boxes scaled back to the
+  input image). Input: one float image [3, H, W] in 0-255, INPUT.FORMAT channel order, any H and W;
+  outputs ``boxes`` [N, 4] (XYXY, input image coordinates), ``labels`` [N] (1..NUM_CLASSES), ``scores``
+  [N]. ONNX goes through the TorchScript-based exporter, which follows torchvision's tracing code paths
+  (sizes computed as tensors), so height and width stay dynamic. TorchScript is a trace of the same
+  graph (also size-independent); ``torch.jit.script`` does not work on this detector because
+  ``DetectionTransform`` and ``C4BoxHead`` call ``super()`` methods, which TorchScript cannot compile.
+- ``deploy_detector``: a drop-in copy of the detector (same call, same outputs) whose convolutional
+  parts (trunk, RPN head, per-RoI head) run in ONNX Runtime with BatchNorm folded and ShuffleNet's
+  ONNX Runtime form (``deploy_rewrite``), while the light, branchy parts stay in torchvision. This is
+  the fast CPU path: ONNX Runtime's NonMaxSuppression and RoiAlign are slower than torchvision's
+  (docs/speed.md, detector section).
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+
+from ..config.loading import ConfigError, load_config
+from ..detection.detector import build_detector
+from ..utils.io import PathLike
+from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
+from .runtime import deploy_rewrite
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+OUTPUT_NAMES = ("boxes", "labels", "scores")
+
+
+class DetectorOutputs(nn.Module):
+    """One image in, three tensors out: the export interface of a torchvision-style detector.
+
+    ``forward(image [3, H, W]) -> (boxes [N, 4], labels [N], scores [N])``; runtimes other than
+    PyTorch take neither lists of images nor dictionaries.
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        detections = self.detector([image])[0]
+        return detections["boxes"], detections["labels"], detections["scores"]
+
+
+def example_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random float image [3, height, width] in 0-255, for tracing and checks."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
+
+
+def build_export_detector(
+    config: str, overrides: Sequence[Any] = (), weights: Optional[str] = None
+) -> FasterRCNN:
+    """The detector of a config (name or path) plus ``KEY VALUE`` overrides, on the CPU in eval mode.
+
+    ``weights`` (a file) sets MODEL.WEIGHTS. Bad configs, missing or unreadable weights raise a
+    one-line ``ValueError`` (``ConfigError``).
+    """
+    overrides = list(overrides) + (["MODEL.WEIGHTS", weights] if weights else []) + ["MODEL.DEVICE", "cpu"]
+    cfg = load_config(config, overrides)
+    try:
+        return build_detector(cfg).eval()
+    except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as error:  # a checkpoint torch cannot read
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {first_line}") from None
+
+
+def _export_copy(
+    detector: FasterRCNN, format: str, optimize: bool, rewrite: Optional[Dict[str, Any]] = None
+) -> DetectorOutputs:
+    if optimize:
+        detector = deploy_rewrite(detector, "onnxruntime" if format == "onnx" else "torchscript", rewrite)
+    return DetectorOutputs(detector).eval()
+
+
+def detector_onnx_bytes(
+    detector: FasterRCNN,
+    example: torch.Tensor,
+    opset: int = MIN_OPSET,
+    optimize: bool = True,
+    rewrite: Optional[Dict[str, Any]] = None,
+) -> bytes:
+    """The whole detector as ONNX (see the module docstring); ``example`` is one [3, H, W] image.
+
+    ``optimize`` exports the deploy copy (``deploy_rewrite``; ``rewrite`` overrides its ShuffleNet form).
+    """
+    return onnx_bytes(_export_copy(detector, "onnx", optimize, rewrite), (example,), **_onnx_interface(opset))
+
+
+def _onnx_interface(opset: int) -> dict:
+    detections = {name: {0: "detections"} for name in OUTPUT_NAMES}
+    return dict(
+        input_names=["image"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic=False,
+        dynamic_axes={"image": {1: "height", 2: "width"}, **detections},
+        opset=opset,
+    )
+
+
+def export_detector(
+    detector: FasterRCNN,
+    path: PathLike,
+    format: str = "onnx",
+    input_size: Tuple[int, int] = (480, 640),
+    opset: int = MIN_OPSET,
+    optimize: bool = True,
+    rewrite: Optional[Dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the whole detector (preprocessing .. postprocessing) as ONNX or TorchScript; returns the path.
+
+    ``input_size`` (height, width) is the size of the example image traced; the file accepts any size.
+    ``optimize`` exports the deploy copy (BatchNorm folded, ShuffleNet in the runtime's fastest form;
+    ``rewrite`` overrides the form, see ``deploy_rewrite``).
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got '{format}'")
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    example = example_image(*input_size)
+    model = _export_copy(detector, format, optimize, rewrite)
+    if format == "onnx":
+        return export_onnx(model, (example,), path, overwrite=overwrite, **_onnx_interface(opset))
+    with warnings.catch_warnings():
+        # torchvision's tracing paths build tensors from traced sizes on purpose.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return export_torchscript(model, (example,), path, overwrite=overwrite)
+
+
+class OrtModule(nn.Module):
+    """A module whose forward runs an ONNX model in ONNX Runtime: tensors in, tensor or tuple out."""
+
+    def __init__(self, onnx_model: bytes, threads: int = 1) -> None:
+        super().__init__()
+        self.session = create_ort_session(onnx_model, threads=threads)
+        self.input_names = [node.name for node in self.session.get_inputs()]
+
+    def forward(self, *inputs: torch.Tensor):
+        feed = {name: np.ascontiguousarray(x.detach().numpy()) for name, x in zip(self.input_names, inputs)}
+        outputs = [torch.from_numpy(array) for array in self.session.run(None, feed)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+class _FeatureMap(nn.Module):
+    """C4Backbone's interface (``{name: map}``, ``out_channels``) around a trunk that returns a tensor."""
+
+    def __init__(self, trunk: nn.Module, feature_name: str, out_channels: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.feature_name = feature_name
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor):
+        return {self.feature_name: self.trunk(images)}
+
+
+class _RPNHeadPerLevel(nn.Module):
+    """torchvision RPNHead's interface (lists per feature level) around a two-output single-map module."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        outputs = [self.head(feature) for feature in features]
+        return [logits for logits, _ in outputs], [deltas for _, deltas in outputs]
+
+
+class _SingleMapRPNHead(nn.Module):
+    def __init__(self, rpn_head: nn.Module) -> None:
+        super().__init__()
+        self.rpn_head = rpn_head
+
+    def forward(self, feature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits, deltas = self.rpn_head([feature])
+        return logits[0], deltas[0]
+
+
+def deploy_detector(
+    detector: FasterRCNN, threads: int = 1, example_size: Tuple[int, int] = (320, 320), opset: int = MIN_OPSET
+) -> FasterRCNN:
+    """A copy of ``detector`` (eval mode, same call and outputs) with its conv parts in ONNX Runtime.
+
+    The trunk (dynamic height / width), the RPN head and the per-RoI box head (dynamic RoI count) are
+    exported from the deploy copy (``deploy_rewrite(..., "onnxruntime")``: BatchNorm folded, shuffle
+    as a Gather, channels padded to ONNX Runtime's blocks) and run in sessions with ``threads``
+    intra-op threads. Resizing, anchors, proposal selection and NMS, RoIAlign, the box predictor and
+    postprocessing stay torchvision's. ``example_size`` is the trace size of the trunk (any works).
+    """
+    deployed = deploy_rewrite(detector, "onnxruntime")
+    backbone = deployed.backbone
+    height, width = example_size
+    image = torch.zeros(1, 3, height, width)
+    with torch.no_grad():
+        feature = backbone(image)[backbone.feature_name]
+        rois = torch.zeros(2, feature.shape[1], *_pooled_size(deployed))
+    trunk = OrtModule(onnx_bytes(backbone.body, image, opset=opset), threads)
+    deployed.backbone = _FeatureMap(trunk, backbone.feature_name, backbone.out_channels)
+    rpn_head = onnx_bytes(_SingleMapRPNHead(deployed.rpn.head), feature, opset=opset)
+    deployed.rpn.head = _RPNHeadPerLevel(OrtModule(rpn_head, threads))
+    box_head = onnx_bytes(deployed.roi_heads.box_head, rois, dynamic=False, dynamic_axes={"input": {0: "rois"}}, opset=opset)
+    deployed.roi_heads.box_head = OrtModule(box_head, threads)
+    return deployed.eval()
+
+
+def _pooled_size(detector: FasterRCNN) -> Sequence[int]:
+    size = detector.roi_heads.box_roi_pool.output_size
+    return (size, size) if isinstance(size, int) else tuple(size)

@@ -1,0 +1,158 @@
+"""Whole-detector export (ONNX, TorchScript) and the ONNX Runtime deployment copy give the eager
+detector's boxes, labels and scores, at two input sizes; the export tool's errors are one line.
+
+A tiny random detector (ShuffleNet 0.5x, 160 px, 30 proposals) with non-trivial BatchNorm statistics
+(folding must matter) and a box predictor wide enough that scores and boxes differ between RoIs.
+"""
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from shufflenet_det.deploy.detector import (
+    DetectorOutputs,
+    build_export_detector,
+    deploy_detector,
+    detector_onnx_bytes,
+    example_image,
+)
+
+TINY = [
+    "MODEL.SHUFFLENET.WIDTH_MULT", "0.5",
+    "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "256",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05",
+]
+# (height, width): a landscape and a portrait image, both different from the trace size (480 x 640).
+SIZES = ((120, 150), (200, 130))
+
+
+def load_tool_main():
+    path = Path(__file__).resolve().parents[1] / "tools" / "export_model.py"
+    spec = importlib.util.spec_from_file_location("export_model_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def detector_checkpoint(tmp_path_factory):
+    """(tiny detector in eval mode, its engine checkpoint path)."""
+    from shufflenet_det.engine import Checkpointer
+
+    torch.manual_seed(0)
+    model = build_export_detector("quickstart", TINY)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                channels = module.num_features
+                module.running_mean.copy_(0.2 * torch.randn(channels, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
+                module.weight.copy_(0.5 + torch.rand(channels, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(channels, generator=generator))
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.normal_(0, 0.3, generator=generator)
+        predictor.bbox_pred.weight.normal_(0, 0.05, generator=generator)
+    folder = tmp_path_factory.mktemp("detector")
+    Checkpointer(model, folder, extra_data={"meta": model.structure_meta}).save("model_final")
+    return model, folder / "model_final.pth"
+
+
+def eager_detections(model, image):
+    with torch.no_grad():
+        return DetectorOutputs(model)(image)
+
+
+def assert_same_detections(got, expected):
+    boxes, labels, scores = (torch.as_tensor(value) for value in got)
+    expected_boxes, expected_labels, expected_scores = expected
+    assert len(expected_boxes) > 5, "the tiny detector should detect something"
+    assert boxes.shape == expected_boxes.shape
+    torch.testing.assert_close(boxes, expected_boxes, atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=1e-4)
+    assert torch.equal(labels, expected_labels)
+
+
+def test_onnx_export_matches_eager_at_two_input_sizes(detector_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from shufflenet_det.deploy import create_ort_session
+
+    model, checkpoint = detector_checkpoint
+    output = tmp_path / "detector.onnx"
+    args = ["--config", "quickstart", "--weights", str(checkpoint), "--format", "onnx", "--output", str(output)]
+    assert load_tool_main()(args + TINY) == 0
+    assert "wrote" in capsys.readouterr().out
+    session = create_ort_session(output)
+    assert [node.name for node in session.get_outputs()] == ["boxes", "labels", "scores"]
+    assert session.get_inputs()[0].shape == [3, "height", "width"]
+    for seed, (height, width) in enumerate(SIZES):
+        image = example_image(height, width, seed=seed)
+        assert_same_detections(session.run(None, {"image": image.numpy()}), eager_detections(model, image))
+
+
+def test_torchscript_export_matches_eager_at_two_input_sizes(detector_checkpoint, tmp_path):
+    model, checkpoint = detector_checkpoint
+    output = tmp_path / "detector.pt"
+    args = ["--config", "quickstart", "--weights", str(checkpoint), "--format", "torchscript",
+            "--output", str(output), "--input-size", "96", "128"]
+    assert load_tool_main()(args + TINY) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still what C++ loads
+        traced = torch.jit.load(str(output))
+    for seed, (height, width) in enumerate(SIZES):
+        image = example_image(height, width, seed=seed)
+        with torch.no_grad():
+            assert_same_detections(traced(image), eager_detections(model, image))
+
+
+def test_unoptimized_onnx_export_matches_too(detector_checkpoint):
+    ort = pytest.importorskip("onnxruntime")
+    model, _ = detector_checkpoint
+    session = ort.InferenceSession(detector_onnx_bytes(model, example_image(96, 128), optimize=False))
+    image = example_image(*SIZES[0], seed=3)
+    assert_same_detections(session.run(None, {"image": image.numpy()}), eager_detections(model, image))
+
+
+def test_onnx_runtime_deployment_copy_matches_eager(detector_checkpoint):
+    pytest.importorskip("onnxruntime")
+    model, _ = detector_checkpoint
+    deployed = deploy_detector(model)
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in deployed.modules())
+    for seed, (height, width) in enumerate(SIZES):
+        image = example_image(height, width, seed=seed)
+        assert_same_detections(eager_detections(deployed, image), eager_detections(model, image))
+    # The model it was made from is untouched.
+    assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+
+
+def test_export_tool_errors_are_one_line_and_keep_files(detector_checkpoint, tmp_path, capsys):
+    _, checkpoint = detector_checkpoint
+    main = load_tool_main()
+    output = tmp_path / "detector.onnx"
+    common = ["--format", "onnx", "--output", str(output)]
+
+    def error_of(args):
+        assert main(args) == 2
+        message = capsys.readouterr().err.strip()
+        assert message.startswith("error: ") and "\n" not in message
+        return message
+
+    assert "config 'no_such_config' not found" in error_of(["--config", "no_such_config"] + common)
+    assert "MODEL.WEIGHTS file 'weights/" in error_of(["--config", "shufflenet_1x_frcnn"] + common)
+    assert "is not a file" in error_of(["--config", "quickstart", "--weights", str(tmp_path / "none.pth")] + common)
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    assert "junk.pth" in error_of(["--config", "quickstart", "--weights", str(junk)] + common)
+    assert "unknown config key 'MODEL.NO_SUCH_KEY'" in error_of(["--config", "quickstart"] + common + ["MODEL.NO_SUCH_KEY", "1"])
+    assert "need --config" in error_of(["--arch", "mobilenet_v1_x0_25"] + common + ["INPUT.MIN_SIZE_TEST", "160"])
+    assert "another configuration" in error_of(
+        ["--config", "quickstart", "--weights", str(checkpoint)] + common + ["MODEL.ROI_HEADS.NUM_CLASSES", "7"]
+    )
+    output.write_text("keep me")
+    message = error_of(["--config", "quickstart", "--weights", str(checkpoint)] + common + TINY)
+    assert "already exists" in message and "--overwrite" in message and output.read_text() == "keep me"
