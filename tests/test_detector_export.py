@@ -156,3 +156,51 @@ def test_export_tool_errors_are_one_line_and_keep_files(detector_checkpoint, tmp
     output.write_text("keep me")
     message = error_of(["--config", "quickstart", "--weights", str(checkpoint)] + common + TINY)
     assert "already exists" in message and "--overwrite" in message and output.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------- RoIAlign as matrix products
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_separable_roi_align_equals_torchvision(aligned, sampling_ratio):
+    from torchvision.ops import roi_align
+
+    from shufflenet_det.deploy.roi_align import SeparableRoIAlign
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 13, 17, generator=generator)  # stride 8: images of 104 x 136 px
+    corner = torch.rand(40, 2, generator=generator) * torch.tensor([180.0, 140.0]) - 20
+    boxes = torch.cat([corner, corner + torch.rand(40, 2, generator=generator) * 150], dim=1)
+    boxes[0] = torch.tensor([10.0, 10.0, 10.0, 10.0])  # empty
+    boxes[1] = torch.tensor([-60.0, -50.0, -20.0, -20.0])  # entirely outside: zeros
+    boxes[2] = torch.tensor([0.0, 0.0, 136.0, 104.0])  # the whole map
+    boxes[3] = torch.tensor([130.0, 100.0, 300.0, 200.0])  # over the bottom-right border
+    proposals = [boxes[:15], boxes[15:]]
+    expected = roi_align(features, proposals, 7, 1 / 8, sampling_ratio, aligned)
+    pooler = SeparableRoIAlign("res4", 7, 1 / 8, sampling_ratio, aligned)
+    got = pooler({"res4": features}, proposals)
+    assert got.shape == (40, 7, 7, 5)
+    torch.testing.assert_close(got.permute(0, 3, 1, 2), expected, atol=1e-5, rtol=1e-5)
+    assert got[1].abs().max() == 0 and got[2].abs().max() > 0
+
+
+@pytest.mark.parametrize("count", [0, 5, 16, 21])
+def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
+    from torchvision.ops import roi_align
+
+    from shufflenet_det.deploy.detector import PooledBoxHead
+    from shufflenet_det.deploy.roi_align import SeparableRoIAlign
+
+    generator = torch.Generator().manual_seed(count)
+    feature_map = torch.randn(1, 6, 10, 12, generator=generator)
+    corner = torch.rand(count, 2, generator=generator) * 150
+    boxes = torch.cat([corner, corner + 10 + torch.rand(count, 2, generator=generator) * 60], dim=1)
+    head = nn.Sequential(nn.Conv2d(6, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    channels_last_head = lambda rois: head(rois.permute(0, 3, 1, 2))  # noqa: E731
+    pooled_head = PooledBoxHead(SeparableRoIAlign("res4", 14, 1 / 16, 0, True), channels_last_head, chunk=8)
+    with torch.no_grad():
+        got = pooled_head((feature_map, [boxes]))
+        expected = head(roi_align(feature_map, [boxes], 14, 1 / 16, 0, True))
+    assert got.shape == (count, 4)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
