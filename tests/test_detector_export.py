@@ -148,7 +148,8 @@ def test_export_tool_errors_are_one_line_and_keep_files(detector_checkpoint, tmp
     junk = tmp_path / "junk.pth"
     junk.write_text("not a checkpoint")
     assert "junk.pth" in error_of(["--config", "quickstart", "--weights", str(junk)] + common)
-    assert "unknown config key 'MODEL.NO_SUCH_KEY'" in error_of(["--config", "quickstart"] + common + ["MODEL.NO_SUCH_KEY", "1"])
+    bad_key = ["--config", "quickstart"] + common + ["MODEL.NO_SUCH_KEY", "1"]
+    assert "unknown config key 'MODEL.NO_SUCH_KEY'" in error_of(bad_key)
     assert "need --config" in error_of(["--arch", "mobilenet_v1_x0_25"] + common + ["INPUT.MIN_SIZE_TEST", "160"])
     assert "another configuration" in error_of(
         ["--config", "quickstart", "--weights", str(checkpoint)] + common + ["MODEL.ROI_HEADS.NUM_CLASSES", "7"]
@@ -204,3 +205,36 @@ def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
         expected = head(roi_align(feature_map, [boxes], 14, 1 / 16, 0, True))
     assert got.shape == (count, 4)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- deployment benchmark
+
+
+def test_benchmark_times_eager_and_deploy_and_checks_they_agree():
+    pytest.importorskip("onnxruntime")
+    from shufflenet_det.detection.benchmark import benchmark, markdown_table, speed_ratios
+
+    reported = []
+    results = benchmark(["shufflenet_0.5x"], threads=1, runs=1, warmup=0, proposals=20, pre_nms=200,
+                        report=reported.append)
+    assert [(r.model, r.runtime) for r in results] == [("shufflenet_0.5x", "eager"), ("shufflenet_0.5x", "deploy")]
+    assert reported == results
+    eager, deployed = results
+    assert eager.rois == deployed.rois == 20
+    assert eager.max_box_difference is None and deployed.max_box_difference < 0.01
+    assert deployed.max_score_difference < 1e-4
+    assert all(r.median_ms > 0 and r.parts_median_ms["box_head"] > 0 for r in results)
+    assert "| shufflenet_0.5x | deploy |" in markdown_table(results)
+    assert speed_ratios(results) == []  # no torchvision model to compare with
+
+
+def test_benchmark_tool_rejects_unknown_runtime(capsys):
+    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_detector.py"
+    spec = importlib.util.spec_from_file_location("benchmark_detector_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--runtimes", "eager", "tensorrt"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "unknown runtime(s) tensorrt" in error and "\n" not in error
+    assert module.main(["--roi-chunk", "0"]) == 2
+    assert "roi chunk >= 1" in capsys.readouterr().err

@@ -100,7 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     height, width = args.input_size
     checks = (
         (args.arch is not None and bool(args.opts), f"KEY VALUE overrides ({' '.join(args.opts)}) need --config"),
-        (os.path.exists(args.output) and not args.overwrite, f"{args.output} already exists; pass --overwrite to replace it"),
+        (os.path.exists(args.output) and not args.overwrite,
+         f"{args.output} already exists; pass --overwrite to replace it"),
         (bool(args.weights) and not os.path.isfile(args.weights or ""), f"--weights {args.weights} is not a file"),
         (height < 32 or width < 32, f"--input-size must be at least 32 32, got {height} {width}"),
         (args.opset < 17, f"--opset must be at least 17, got {args.opset}"),

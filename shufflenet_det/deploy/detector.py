@@ -214,12 +214,12 @@ class PooledBoxHead(nn.Module):
 
     ``forward((feature_map, proposals))`` returns the head's [R, D] features. ``head`` takes
     channels-last pooled RoIs [chunk, S, S, C]; the last chunk is padded (its extra rows are dropped).
-    Small chunks keep every activation of the head in the core's cache: 8 RoIs ran the ShuffleNet 1x
-    head 1.6x faster than all 300 at once in ONNX Runtime (docs/speed.md).
+    Small chunks keep the head's activations in the core's cache: chunks of 2-8 RoIs ran the ShuffleNet
+    1x head about 1.6x faster than all 300 RoIs at once in ONNX Runtime (docs/speed.md).
     """
 
     def __init__(
-        self, pooler: SeparableRoIAlign, head: Callable[[torch.Tensor], torch.Tensor], chunk: int = 8
+        self, pooler: SeparableRoIAlign, head: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4
     ) -> None:
         super().__init__()
         if chunk < 1:
@@ -253,7 +253,7 @@ class _ChannelsLastInput(nn.Module):
 def deploy_detector(
     detector: FasterRCNN,
     threads: int = 1,
-    roi_chunk: int = 8,
+    roi_chunk: int = 4,
     example_size: Tuple[int, int] = (320, 320),
     opset: int = MIN_OPSET,
 ) -> FasterRCNN:
@@ -278,7 +278,9 @@ def deploy_detector(
     deployed.rpn.head = _RPNHeadPerLevel(OrtModule(rpn_head, threads))
 
     pool = roi_heads.box_roi_pool
-    pooler = SeparableRoIAlign(pool.feature_name, pool.output_size, pool.spatial_scale, pool.sampling_ratio, pool.aligned)
+    pooler = SeparableRoIAlign(
+        pool.feature_name, pool.output_size, pool.spatial_scale, pool.sampling_ratio, pool.aligned
+    )
     rois = torch.zeros(roi_chunk, pool.output_size, pool.output_size, feature.shape[1])
     head = onnx_bytes(_ChannelsLastInput(roi_heads.box_head), rois, dynamic=False, opset=opset)
     roi_heads.box_roi_pool = _RoIsByImage(pool.feature_name)
