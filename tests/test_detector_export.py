@@ -238,3 +238,40 @@ def test_benchmark_tool_rejects_unknown_runtime(capsys):
     assert "unknown runtime(s) tensorrt" in error and "\n" not in error
     assert module.main(["--roi-chunk", "0"]) == 2
     assert "roi chunk >= 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- early-stopping NMS
+
+
+def random_boxes(count, seed, ties=False):
+    generator = torch.Generator().manual_seed(seed)
+    corner = torch.rand(count, 2, generator=generator) * 200
+    boxes = torch.cat([corner, corner + 1 + torch.rand(count, 2, generator=generator) * 80], dim=1)
+    scores = torch.rand(count, generator=generator)
+    return boxes, (scores * 10).round() / 10 if ties else scores
+
+
+@pytest.mark.parametrize("count, threshold, ties", [(1, 0.7, False), (700, 0.7, False), (900, 0.3, True), (400, 0.5, True)])
+def test_nms_first_k_equals_torchvision_nms_cut_at_k(count, threshold, ties):
+    from torchvision.ops import nms
+
+    from shufflenet_det.deploy.nms import nms_first_k
+
+    boxes, scores = random_boxes(count, seed=count, ties=ties)
+    expected = nms(boxes, scores, threshold)
+    assert torch.equal(nms_first_k(boxes, scores, threshold), expected)
+    for k in (1, 37, 300):
+        assert torch.equal(nms_first_k(boxes, scores, threshold, k, block=64), expected[:k])
+    assert len(nms_first_k(boxes[:0], scores[:0], threshold, 5)) == 0
+
+
+def test_batched_nms_first_k_equals_torchvision_batched_nms():
+    from torchvision.ops import batched_nms
+
+    from shufflenet_det.deploy.detector import batched_nms_first_k
+
+    boxes, scores = random_boxes(1500, seed=3)  # over 4000 numbers: torchvision's per-group NMS
+    groups = torch.randint(0, 3, (1500,), generator=torch.Generator().manual_seed(4))
+    expected = batched_nms(boxes, scores, groups, 0.6)
+    for k in (10, 200, 2000):
+        assert torch.equal(batched_nms_first_k(boxes, scores, groups, 0.6, k), expected[:k])
