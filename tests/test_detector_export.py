@@ -251,7 +251,9 @@ def random_boxes(count, seed, ties=False):
     return boxes, (scores * 10).round() / 10 if ties else scores
 
 
-@pytest.mark.parametrize("count, threshold, ties", [(1, 0.7, False), (700, 0.7, False), (900, 0.3, True), (400, 0.5, True)])
+@pytest.mark.parametrize(
+    "count, threshold, ties", [(1, 0.7, False), (700, 0.7, False), (900, 0.3, True), (400, 0.5, True)]
+)
 def test_nms_first_k_equals_torchvision_nms_cut_at_k(count, threshold, ties):
     from torchvision.ops import nms
 
@@ -275,3 +277,15 @@ def test_batched_nms_first_k_equals_torchvision_batched_nms():
     expected = batched_nms(boxes, scores, groups, 0.6)
     for k in (10, 200, 2000):
         assert torch.equal(batched_nms_first_k(boxes, scores, groups, 0.6, k), expected[:k])
+
+
+def test_batched_nms_first_k_keeps_torchvision_order_when_scores_tie():
+    from torchvision.ops import batched_nms
+
+    from shufflenet_det.deploy.detector import batched_nms_first_k
+
+    boxes, _ = random_boxes(1500, seed=5)
+    scores = torch.full((1500,), 0.5)  # e.g. an untrained RPN: every objectness sigmoid is 0.5
+    groups = torch.zeros(1500, dtype=torch.int64)
+    expected = batched_nms(boxes, scores, groups, 0.7)[:300]
+    assert torch.equal(batched_nms_first_k(boxes, scores, groups, 0.7, 300), expected)

@@ -257,15 +257,21 @@ def batched_nms_first_k(
     boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float, k: int
 ) -> torch.Tensor:
     """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:k]`` (NMS within each group),
-    computing only the first ``k`` kept boxes of each group (``nms_first_k``)."""
+    computing only the first ``k`` + 1 kept boxes of each group (``nms_first_k``).
+
+    torchvision orders the kept boxes of several groups, or of over 1000 boxes, with an unstable sort:
+    where equal scores decide the order or the cut at ``k``, this falls back to torchvision's call.
+    """
     kept = [
-        members[nms_first_k(boxes[members], scores[members], iou_threshold, k)]
+        members[nms_first_k(boxes[members], scores[members], iou_threshold, k + 1)]
         for members in (torch.nonzero(groups == group).flatten() for group in torch.unique(groups))
     ]
     kept = torch.cat(kept) if kept else groups.new_zeros(0)
-    # torchvision's order: all kept boxes by decreasing score (index order among equal scores).
     kept = kept.sort().values
-    return kept[scores[kept].sort(descending=True, stable=True).indices][:k]
+    kept = kept[scores[kept].sort(descending=True, stable=True).indices][: k + 1]
+    if bool((scores[kept][1:] == scores[kept][:-1]).any()):
+        return box_ops.batched_nms(boxes, scores, groups, iou_threshold)[:k]
+    return kept[:k]
 
 
 class EarlyStopRPN(RegionProposalNetwork):
