@@ -210,21 +210,25 @@ def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
 # ---------------------------------------------------------------------------- deployment benchmark
 
 
-def test_benchmark_times_eager_and_deploy_and_checks_they_agree():
+def test_benchmark_times_every_runtime_and_checks_they_agree():
     pytest.importorskip("onnxruntime")
     from shufflenet_det.detection.benchmark import benchmark, markdown_table, speed_ratios
 
     reported = []
     results = benchmark(["shufflenet_0.5x"], threads=1, runs=1, warmup=0, proposals=20, pre_nms=200,
-                        report=reported.append)
-    assert [(r.model, r.runtime) for r in results] == [("shufflenet_0.5x", "eager"), ("shufflenet_0.5x", "deploy")]
+                        runtimes=("eager", "deploy", "onnx"), report=reported.append)
+    assert [r.runtime for r in results] == ["eager", "deploy", "onnx"]
     assert reported == results
-    eager, deployed = results
+    eager, deployed, exported = results
     assert eager.rois == deployed.rois == 20
-    assert eager.max_box_difference is None and deployed.max_box_difference < 0.01
-    assert deployed.max_score_difference < 1e-4
-    assert all(r.median_ms > 0 and r.parts_median_ms["box_head"] > 0 for r in results)
-    assert "| shufflenet_0.5x | deploy |" in markdown_table(results)
+    assert eager.max_box_difference is None
+    for result in (deployed, exported):
+        assert result.max_box_difference < 0.01 and result.max_score_difference < 1e-4
+    assert all(r.median_ms > 0 for r in results)
+    assert eager.parts_median_ms["box_head"] > 0 and deployed.parts_median_ms["box_head"] > 0
+    assert exported.parts_median_ms == {}  # one graph: no parts to time
+    table = markdown_table(results)
+    assert "| shufflenet_0.5x | deploy |" in table and "| shufflenet_0.5x | onnx | 0.96 | - |" in table
     assert speed_ratios(results) == []  # no torchvision model to compare with
 
 

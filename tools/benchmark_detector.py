@@ -20,6 +20,7 @@ import torch
 
 from shufflenet_det.detection.benchmark import (
     DEFAULT_MODELS,
+    DEFAULT_RUNTIMES,
     IMAGE_SIZE,
     MIN_SIZE,
     MODELS,
@@ -48,8 +49,9 @@ def parse_args(argv=None):
                         help="RPN proposals per image after NMS, for every model (default: %(default)s)")
     parser.add_argument("--pre-nms", type=int, default=6000,
                         help="top anchors per feature level kept before the RPN's NMS (default: %(default)s)")
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), metavar="RUNTIME",
-                        help=f"runtimes of the C4 models (default: %(default)s); choose from {', '.join(RUNTIMES)}")
+    parser.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES), metavar="RUNTIME",
+                        help=f"runtimes of the C4 models (default: %(default)s); choose from {', '.join(RUNTIMES)} "
+                             "(onnx: the whole exported detector in ONNX Runtime)")
     parser.add_argument("--roi-chunk", type=int, default=4,
                         help="deploy runtime: RoIs per call of the box head (default: %(default)s)")
     parser.add_argument("--json", help="also write the results to this JSON file")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -158,6 +158,22 @@ class OrtModule(nn.Module):
         feed = {name: np.ascontiguousarray(x.detach().numpy()) for name, x in zip(self.input_names, inputs)}
         outputs = [torch.from_numpy(array) for array in self.session.run(None, feed)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+class OnnxDetector(nn.Module):
+    """An exported detector (``export_detector`` ONNX file or bytes) in ONNX Runtime, called like the
+    torchvision detector in eval mode: a list of [3, H, W] images in, ``[{"boxes", "labels", "scores"}]`` out."""
+
+    def __init__(self, onnx_model: Union[PathLike, bytes], threads: int = 1) -> None:
+        super().__init__()
+        self.session = create_ort_session(onnx_model, threads=threads)
+
+    def forward(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        detections = []
+        for image in images:
+            arrays = self.session.run(None, {"image": np.ascontiguousarray(image.detach().float().numpy())})
+            detections.append({name: torch.from_numpy(array) for name, array in zip(OUTPUT_NAMES, arrays)})
+        return detections
 
 
 class _FeatureMap(nn.Module):

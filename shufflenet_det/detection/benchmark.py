@@ -6,10 +6,11 @@ per level; the C4 models have one level) and ``proposals`` boxes per image come 
 through the box head. Score thresholds are 0 so that every model does the full post-processing
 (per-class NMS over all RoIs, then the top 100), as on real images with trained weights.
 
-Each C4 model runs in two runtimes: "eager" (the model as built, PyTorch eager) and "deploy" (the
+Each C4 model runs in up to three runtimes: "eager" (the model as built, PyTorch eager), "deploy" (the
 deployment path, ``shufflenet_det.deploy.detector.deploy_detector``: trunk, RPN head and per-RoI head
-in ONNX Runtime with BatchNorm folded, RoIAlign as matrix products, the rest torchvision's). The
-torchvision model runs eager. Runs are interleaved (one forward of each model in turn), so that load
+in ONNX Runtime with BatchNorm folded, RoIAlign as matrix products, NMS stopped at the proposals kept,
+the rest torchvision's) and "onnx" (the whole detector exported by ``export_detector``, in ONNX
+Runtime; its parts are not timed). The torchvision model runs eager. Runs are interleaved (one forward of each model in turn), so that load
 from other processes hits all models alike.
 """
 
@@ -50,7 +51,8 @@ DEFAULT_MODELS = ("shufflenet_1x", "shufflenet_2x", "mobilenet_v1", "tv_mobilene
 PARTS = {"backbone": "backbone", "rpn": "rpn", "roi_pool": "roi_heads.box_roi_pool", "box_head": "roi_heads.box_head"}
 # The module whose input has one row per RoI in every runtime.
 _ROI_COUNTER = "roi_heads.box_predictor"
-RUNTIMES = ("eager", "deploy")
+RUNTIMES = ("eager", "deploy", "onnx")
+DEFAULT_RUNTIMES = ("eager", "deploy")
 
 
 @dataclass
@@ -66,8 +68,8 @@ class LatencyResult:
     rois: int
     parts_median_ms: Dict[str, float] = field(default_factory=dict)
     runtime: str = "eager"
-    # Deploy runtime: largest difference from the eager model's boxes (pixels) and scores, on the
-    # benchmark image; None for eager runs.
+    # Deploy / onnx runtimes: largest difference from the eager model's boxes (pixels) and scores on
+    # the benchmark image (inf: different detections); None for eager runs.
     max_box_difference: Optional[float] = None
     max_score_difference: Optional[float] = None
 
@@ -132,6 +134,10 @@ class _PartTimer:
         self.handles = []
         for part, path in PARTS.items():
             starts: List[float] = []
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:  # a runtime without this part (one exported graph)
+                continue
 
             def start(_module, _inputs, starts=starts):
                 starts.append(time.perf_counter())
@@ -139,9 +145,11 @@ class _PartTimer:
             def stop(_module, _inputs, _output, starts=starts, part=part):
                 self.times[part].append(1000 * (time.perf_counter() - starts.pop()))
 
-            module = model.get_submodule(path)
             self.handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
-        self.handles.append(model.get_submodule(_ROI_COUNTER).register_forward_pre_hook(self._count))
+        try:
+            self.handles.append(model.get_submodule(_ROI_COUNTER).register_forward_pre_hook(self._count))
+        except AttributeError:
+            pass
 
     def _count(self, _module, inputs) -> None:
         self.rois = inputs[0].shape[0]
@@ -211,7 +219,7 @@ def benchmark(
     proposals: int = 300,
     pre_nms: int = 6000,
     report: Callable[[LatencyResult], None] = lambda result: None,
-    runtimes: Sequence[str] = RUNTIMES,
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
     roi_chunk: int = 4,
 ) -> List[LatencyResult]:
     """Latency of each named model (see ``MODELS``) in each of ``runtimes``, batch 1, ``threads`` CPU threads.
@@ -232,7 +240,7 @@ def benchmark(
         )
     torch.set_num_threads(threads)
     entries: List[_Timed] = []
-    differences: Dict[str, Tuple[float, float]] = {}
+    differences: Dict[Tuple[str, str], Tuple[float, float]] = {}
     params: Dict[str, float] = {}
     for name in names:
         torch.manual_seed(0)
@@ -241,16 +249,22 @@ def benchmark(
         params[name] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
         if "eager" in runtimes or name in TORCHVISION_MODELS:
             entries.append(_Timed(name, "eager", model, image))
-        if "deploy" in runtimes and name in C4_MODELS:
-            from ..deploy.detector import deploy_detector
+        if name not in C4_MODELS:
+            continue
+        from ..deploy.detector import OnnxDetector, deploy_detector, detector_onnx_bytes
 
+        if "deploy" in runtimes:
             deployed = deploy_detector(model, threads=threads, roi_chunk=roi_chunk)
-            differences[name] = _differences(model, deployed, image)
+            differences[(name, "deploy")] = _differences(model, deployed, image)
             entries.append(_Timed(name, "deploy", deployed, image))
+        if "onnx" in runtimes:
+            exported = OnnxDetector(detector_onnx_bytes(model, image), threads=threads)
+            differences[(name, "onnx")] = _differences(model, exported, image)
+            entries.append(_Timed(name, "onnx", exported, image))
     _interleaved(entries, runs, warmup)
     results = []
     for entry in entries:
-        box, score = differences[entry.name] if entry.runtime == "deploy" else (None, None)
+        box, score = differences.get((entry.name, entry.runtime), (None, None))
         result = LatencyResult(
             model=entry.name,
             params_m=params[entry.name],
@@ -260,7 +274,7 @@ def benchmark(
             runs=runs,
             threads=threads,
             rois=entry.parts.rois,
-            parts_median_ms={part: round(statistics.median(t), 1) for part, t in entry.parts.times.items()},
+            parts_median_ms={part: round(statistics.median(t), 1) for part, t in entry.parts.times.items() if t},
             runtime=entry.runtime,
             max_box_difference=box,
             max_score_difference=score,
@@ -306,8 +320,9 @@ def markdown_table(results: Sequence[LatencyResult]) -> str:
         difference = (
             "" if r.max_box_difference is None else f"{r.max_box_difference:.1e} / {r.max_score_difference:.1e}"
         )
+        part_cells = " | ".join(str(parts.get(part, "-")) for part in ("backbone", "rpn", "roi_pool", "box_head"))
         lines.append(
-            f"| {r.model} | {r.runtime} | {r.params_m} | {r.rois} | {r.median_ms} | {r.min_ms} | {r.cpu_median_ms} "
-            f"| {parts['backbone']} | {parts['rpn']} | {parts['roi_pool']} | {parts['box_head']} | {difference} |"
+            f"| {r.model} | {r.runtime} | {r.params_m} | {r.rois or '-'} | {r.median_ms} | {r.min_ms} "
+            f"| {r.cpu_median_ms} | {part_cells} | {difference} |"
         )
     return "\n".join(lines)
