@@ -19,6 +19,7 @@ Two deployment forms of a detector built by ``build_detector(cfg)``:
 
 from __future__ import annotations
 
+import copy
 import pickle
 import warnings
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
@@ -82,11 +84,58 @@ def build_export_detector(
         raise ConfigError(f"cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {first_line}") from None
 
 
+class PerClassNMSRoIHeads(RoIHeads):
+    """torchvision's RoI heads with postprocessing written as one NMS per class, for export.
+
+    Same detections as torchvision's ``postprocess_detections`` (decode, clip, softmax, drop the
+    background, score threshold, drop empty boxes, NMS within each class, the best
+    DETECTIONS_PER_IMAGE by score). Traced, torchvision's version becomes one NMS over every class's
+    boxes shifted apart (24000 boxes for 80 classes x 300 RoIs: 215 ms of 596 in ONNX Runtime for
+    ShuffleNet 1x); here each class gets its own small NMS node.
+    """
+
+    def postprocess_detections(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: List[torch.Tensor],
+        image_shapes: List[Tuple[int, int]],
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+        rois_per_image = [len(boxes) for boxes in proposals]
+        decoded = self.box_coder.decode(box_regression, proposals).split(rois_per_image)
+        probabilities = torch.softmax(class_logits, -1).split(rois_per_image)
+        num_classes = int(class_logits.shape[-1])  # fixed by the predictor, a constant in the graph
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, image_shape in zip(decoded, probabilities, image_shapes):
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+            kept_boxes, kept_scores, kept_labels = [], [], []
+            for label in range(1, num_classes):
+                class_boxes, class_scores = boxes[:, label], scores[:, label]
+                keep = torch.where(class_scores > self.score_thresh)[0]
+                class_boxes, class_scores = class_boxes[keep], class_scores[keep]
+                keep = box_ops.remove_small_boxes(class_boxes, min_size=1e-2)
+                class_boxes, class_scores = class_boxes[keep], class_scores[keep]
+                keep = box_ops.nms(class_boxes, class_scores, self.nms_thresh)[: self.detections_per_img]
+                kept_boxes.append(class_boxes[keep])
+                kept_scores.append(class_scores[keep])
+                kept_labels.append(torch.full_like(keep, label))
+            scores = torch.cat(kept_scores)
+            best = scores.sort(descending=True).indices[: self.detections_per_img]
+            all_boxes.append(torch.cat(kept_boxes)[best])
+            all_scores.append(scores[best])
+            all_labels.append(torch.cat(kept_labels)[best])
+        return all_boxes, all_scores, all_labels
+
+
 def _export_copy(
     detector: FasterRCNN, format: str, optimize: bool, rewrite: Optional[Dict[str, Any]] = None
 ) -> DetectorOutputs:
     if optimize:
         detector = deploy_rewrite(detector, "onnxruntime" if format == "onnx" else "torchscript", rewrite)
+    else:
+        detector = copy.deepcopy(detector)
+    # Same state, one method replaced (RoIHeads' constructor cannot take an existing head's parts).
+    detector.roi_heads.__class__ = PerClassNMSRoIHeads
     return DetectorOutputs(detector).eval()
 
 
