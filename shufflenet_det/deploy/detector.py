@@ -12,9 +12,10 @@ Two deployment forms of a detector built by ``build_detector(cfg)``:
   ``DetectionTransform`` and ``C4BoxHead`` call ``super()`` methods, which TorchScript cannot compile.
 - ``deploy_detector``: a drop-in copy of the detector (same call, same outputs) whose convolutional
   parts (trunk, RPN head, per-RoI head) run in ONNX Runtime with BatchNorm folded and ShuffleNet's
-  ONNX Runtime form (``deploy_rewrite``), while the light, branchy parts stay in torchvision. This is
-  the fast CPU path: ONNX Runtime's NonMaxSuppression and RoiAlign are slower than torchvision's
-  (docs/speed.md, detector section).
+  ONNX Runtime form (``deploy_rewrite``); RoIAlign runs as matrix products (``SeparableRoIAlign``)
+  with the head on a few RoIs at a time, the RPN's NMS stops at the proposals it keeps
+  (``EarlyStopRPN``), the rest stays torchvision's. This is the fast CPU path (docs/speed.md, detector
+  section): ONNX Runtime's RoiAlign is several times slower, and its NMS cannot stop early.
 """
 
 from __future__ import annotations
