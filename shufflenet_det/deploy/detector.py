@@ -102,7 +102,7 @@ class PerClassNMSRoIHeads(RoIHeads):
         proposals: List[torch.Tensor],
         image_shapes: List[Tuple[int, int]],
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
-        rois_per_image = [len(boxes) for boxes in proposals]
+        rois_per_image = [boxes.shape[0] for boxes in proposals]  # traced as sizes, not constants
         decoded = self.box_coder.decode(box_regression, proposals).split(rois_per_image)
         probabilities = torch.softmax(class_logits, -1).split(rois_per_image)
         num_classes = int(class_logits.shape[-1])  # fixed by the predictor, a constant in the graph
