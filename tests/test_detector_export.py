@@ -127,8 +127,11 @@ def test_onnx_runtime_deployment_copy_matches_eager(detector_checkpoint, proposa
     model, _ = detector_checkpoint
     model = copy.deepcopy(model)
     model.rpn._post_nms_top_n["testing"] = proposals
-    deployed = deploy_detector(model)
+    deployed = deploy_detector(model, threads=2)
     assert not any(isinstance(module, nn.BatchNorm2d) for module in deployed.modules())
+    options = deployed.backbone.trunk.session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     for seed, (height, width) in enumerate(SIZES):
         image = example_image(height, width, seed=seed)
         assert_same_detections(eager_detections(deployed, image), eager_detections(model, image))
