@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """CPU inference latency of the C4 Faster R-CNN detectors and torchvision's MobileNet v3 FPN detector.
 
-Example: python tools/benchmark_detector.py --threads 2 --runs 3 --json latency.json
+Each C4 detector runs in PyTorch eager and in the deployment path (ONNX Runtime for the conv parts,
+see shufflenet_det.deploy.detector); torchvision's runs eager. Runs are interleaved between models.
+Example: OMP_NUM_THREADS=1 python tools/benchmark_detector.py --threads 1 --runs 5 --json latency.json
 """
 
 import argparse
@@ -18,14 +20,22 @@ import torch
 
 from shufflenet_det.detection.benchmark import (
     DEFAULT_MODELS,
+    DEFAULT_RUNTIMES,
     IMAGE_SIZE,
     MIN_SIZE,
     MODELS,
+    RUNTIMES,
     benchmark,
     cpu_name,
     markdown_table,
+    speed_ratios,
 )
 from shufflenet_det.utils.io import atomic_write
+
+
+def load_average() -> str:
+    """The 1 / 5 / 15-minute load averages (other processes share the CPU: compare within one run)."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
 
 
 def parse_args(argv=None):
@@ -39,6 +49,11 @@ def parse_args(argv=None):
                         help="RPN proposals per image after NMS, for every model (default: %(default)s)")
     parser.add_argument("--pre-nms", type=int, default=6000,
                         help="top anchors per feature level kept before the RPN's NMS (default: %(default)s)")
+    parser.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES), metavar="RUNTIME",
+                        help=f"runtimes of the C4 models (default: %(default)s); choose from {', '.join(RUNTIMES)} "
+                             "(onnx: the whole exported detector in ONNX Runtime)")
+    parser.add_argument("--roi-chunk", type=int, default=4,
+                        help="deploy runtime: RoIs per call of the box head (default: %(default)s)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return parser.parse_args(argv)
@@ -50,19 +65,27 @@ def main(argv=None) -> int:
         print(f"error: {args.json} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
     height, width = IMAGE_SIZE
-    print(f"{cpu_name()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, {args.threads} thread(s); "
+    load = load_average()
+    print(f"{cpu_name()} ({os.cpu_count()} logical CPUs, load average {load}), torch {torch.__version__}, "
+          f"{args.threads} thread(s); "
           f"{height}x{width} image resized to {MIN_SIZE}px shorter side; {args.proposals} proposals "
           f"(pre-NMS {args.pre_nms} per level); median of {args.runs} runs after {args.warmup} warm-up", flush=True)
     try:
         results = benchmark(args.models, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                            proposals=args.proposals, pre_nms=args.pre_nms,
-                            report=lambda r: print(f"  {r.model}: {r.median_ms} ms", flush=True))
+                            proposals=args.proposals, pre_nms=args.pre_nms, runtimes=args.runtimes,
+                            roi_chunk=args.roi_chunk,
+                            report=lambda r: print(f"  {r.model} ({r.runtime}): {r.median_ms} ms", flush=True))
     except ValueError as error:  # bad arguments or configs (ConfigError is a ValueError)
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(results))
+    for line in speed_ratios(results):
+        print(line)
+    print(f"load average at the end: {load_average()}")
     if args.json:
-        payload = {"settings": vars(args), "torch": torch.__version__, "results": [r.as_dict() for r in results]}
+        machine = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "load_start": load, "load_end": load_average()}
+        payload = {"settings": vars(args), "torch": torch.__version__, "machine": machine,
+                   "results": [r.as_dict() for r in results]}
         atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(payload, indent=2)), overwrite=True)
         print(f"wrote {args.json}")
     return 0

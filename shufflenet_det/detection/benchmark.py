@@ -5,6 +5,13 @@ All models run on the same image at the same input size with the same proposal b
 per level; the C4 models have one level) and ``proposals`` boxes per image come out of it and go
 through the box head. Score thresholds are 0 so that every model does the full post-processing
 (per-class NMS over all RoIs, then the top 100), as on real images with trained weights.
+
+Each C4 model runs in up to three runtimes: "eager" (the model as built, PyTorch eager), "deploy" (the
+deployment path, ``shufflenet_det.deploy.detector.deploy_detector``: trunk, RPN head and per-RoI head
+in ONNX Runtime with BatchNorm folded, RoIAlign as matrix products, NMS stopped at the proposals kept,
+the rest torchvision's) and "onnx" (the whole detector exported by ``export_detector``, in ONNX
+Runtime; its parts are not timed). The torchvision model runs eager. Runs are interleaved (one
+forward of each model in turn), so that load from other processes hits all models alike.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,8 +46,13 @@ TORCHVISION_MODELS = {"tv_mobilenet_v3_fpn": fasterrcnn_mobilenet_v3_large_fpn}
 MODELS = tuple(C4_MODELS) + tuple(TORCHVISION_MODELS)
 DEFAULT_MODELS = ("shufflenet_1x", "shufflenet_2x", "mobilenet_v1", "tv_mobilenet_v3_fpn")
 
-# Timed parts of a torchvision GeneralizedRCNN, by module path.
+# Timed parts of a torchvision GeneralizedRCNN, by module path. In the deploy runtime RoIAlign runs
+# inside the box head, chunk by chunk (``roi_pool`` then only passes the proposals on).
 PARTS = {"backbone": "backbone", "rpn": "rpn", "roi_pool": "roi_heads.box_roi_pool", "box_head": "roi_heads.box_head"}
+# The module whose input has one row per RoI in every runtime.
+_ROI_COUNTER = "roi_heads.box_predictor"
+RUNTIMES = ("eager", "deploy", "onnx")
+DEFAULT_RUNTIMES = ("eager", "deploy")
 
 
 @dataclass
@@ -55,6 +67,12 @@ class LatencyResult:
     threads: int
     rois: int
     parts_median_ms: Dict[str, float] = field(default_factory=dict)
+    runtime: str = "eager"
+    # Deploy / onnx runtimes: largest distance (pixels) of a detection from the nearest eager detection
+    # of its class on the benchmark image, and the score difference of those pairs (inf: different
+    # detection or class counts); None for eager runs.
+    max_box_difference: Optional[float] = None
+    max_score_difference: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,39 +126,101 @@ def benchmark_image(name: str, seed: int = 0) -> torch.Tensor:
     return image / 255.0 if name in TORCHVISION_MODELS else image
 
 
+class _PartTimer:
+    """Forward hooks that record the wall time of each part in ``PARTS`` and the RoI count per call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.times: Dict[str, List[float]] = {part: [] for part in PARTS}
+        self.rois = 0
+        self.handles = []
+        for part, path in PARTS.items():
+            starts: List[float] = []
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:  # a runtime without this part (one exported graph)
+                continue
+
+            def start(_module, _inputs, starts=starts):
+                starts.append(time.perf_counter())
+
+            def stop(_module, _inputs, _output, starts=starts, part=part):
+                self.times[part].append(1000 * (time.perf_counter() - starts.pop()))
+
+            self.handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
+        try:
+            self.handles.append(model.get_submodule(_ROI_COUNTER).register_forward_pre_hook(self._count))
+        except AttributeError:
+            pass
+
+    def _count(self, _module, inputs) -> None:
+        self.rois = inputs[0].shape[0]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class _Timed:
+    """One model under test: its forward, hooks and the times of its timed runs."""
+
+    def __init__(self, name: str, runtime: str, model: nn.Module, image: torch.Tensor) -> None:
+        self.name, self.runtime, self.model, self.image = name, runtime, model, image
+        self.parts = _PartTimer(model)
+        self.totals: List[float] = []
+        self.cpu_totals: List[float] = []
+
+    def run(self, timed: bool) -> None:
+        begin, cpu_begin = time.perf_counter(), time.process_time()
+        self.model([self.image])
+        if timed:
+            self.totals.append(1000 * (time.perf_counter() - begin))
+            self.cpu_totals.append(1000 * (time.process_time() - cpu_begin))
+        else:  # warm-up: drop its part times
+            for times in self.parts.times.values():
+                times.clear()
+
+
+def _interleaved(entries: Sequence[_Timed], runs: int, warmup: int) -> None:
+    try:
+        with torch.inference_mode():
+            for index in range(warmup + runs):
+                for entry in entries:
+                    entry.run(timed=index >= warmup)
+    finally:
+        for entry in entries:
+            entry.parts.remove()
+
+
 def measure_latency(
     model: nn.Module, image: torch.Tensor, runs: int, warmup: int
 ) -> tuple[List[float], List[float], Dict[str, List[float]], int]:
     """Wall-clock and CPU ms of ``runs`` forward passes after ``warmup`` ones, wall ms of each part, RoIs per image."""
-    part_times: Dict[str, List[float]] = {part: [] for part in PARTS}
-    rois = [0]
-    handles = []
-    for part, path in PARTS.items():
-        module = model.get_submodule(path)
-        starts: List[float] = []
+    entry = _Timed("model", "eager", model, image)
+    _interleaved([entry], runs, warmup)
+    return entry.totals, entry.cpu_totals, entry.parts.times, entry.parts.rois
 
-        def start(_module, inputs, starts=starts, part=part):
-            if part == "box_head":
-                rois[0] = inputs[0].shape[0]
-            starts.append(time.perf_counter())
 
-        def stop(_module, _inputs, _output, starts=starts, part=part):
-            part_times[part].append(1000 * (time.perf_counter() - starts.pop()))
+def _differences(model: nn.Module, deployed: nn.Module, image: torch.Tensor) -> Tuple[float, float]:
+    """How far ``deployed``'s detections on ``image`` are from ``model``'s: the largest distance (pixels)
+    from a detection to the nearest one of the same class in the other output, and the largest score
+    difference of those pairs; inf when the detection counts or class counts differ.
 
-        handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
-    totals, cpu_totals = [], []
-    try:
-        with torch.inference_mode():
-            for index in range(warmup + runs):
-                begin, cpu_begin = time.perf_counter(), time.process_time()
-                model([image])
-                if index >= warmup:
-                    totals.append(1000 * (time.perf_counter() - begin))
-                    cpu_totals.append(1000 * (time.process_time() - cpu_begin))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return totals, cpu_totals, {part: times[warmup:] for part, times in part_times.items()}, rois[0]
+    Matching instead of comparing row by row: with random weights many scores nearly tie, and float
+    rounding may swap the order of such detections.
+    """
+    with torch.inference_mode():
+        expected, got = model([image])[0], deployed([image])[0]
+    if expected["boxes"].shape != got["boxes"].shape or not torch.equal(
+        expected["labels"].sort().values, got["labels"].sort().values
+    ):
+        return float("inf"), float("inf")
+    if len(got["boxes"]) == 0:
+        return 0.0, 0.0
+    distance = (expected["boxes"][:, None] - got["boxes"][None]).abs().amax(dim=2)
+    distance[expected["labels"][:, None] != got["labels"][None]] = float("inf")
+    nearest = distance.min(dim=1)
+    score = (expected["scores"] - got["scores"][nearest.indices]).abs().max().item()
+    return nearest.values.max().item(), score
 
 
 def benchmark(
@@ -151,33 +231,83 @@ def benchmark(
     proposals: int = 300,
     pre_nms: int = 6000,
     report: Callable[[LatencyResult], None] = lambda result: None,
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+    roi_chunk: int = 4,
 ) -> List[LatencyResult]:
-    """Latency of each named model (see ``MODELS``), batch 1, on ``threads`` CPU threads."""
+    """Latency of each named model (see ``MODELS``) in each of ``runtimes``, batch 1, ``threads`` CPU threads.
+
+    torchvision's models run eager only. ``roi_chunk`` is the deploy runtime's RoIs per box-head call.
+    ``report`` is called with each result as soon as all are measured.
+    """
     unknown = [name for name in names if name not in MODELS]
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    if runs < 1 or warmup < 0 or threads < 1 or proposals < 1 or pre_nms < proposals:
-        raise ValueError("need runs >= 1, warmup >= 0, threads >= 1 and 1 <= proposals <= pre-NMS count")
+    unknown = [runtime for runtime in runtimes if runtime not in RUNTIMES]
+    if unknown or not runtimes:
+        given = ", ".join(unknown) or "(none given)"
+        raise ValueError(f"unknown runtime(s) {given}; choose from {', '.join(RUNTIMES)}")
+    if runs < 1 or warmup < 0 or threads < 1 or proposals < 1 or pre_nms < proposals or roi_chunk < 1:
+        raise ValueError(
+            "need runs >= 1, warmup >= 0, threads >= 1, roi chunk >= 1 and 1 <= proposals <= pre-NMS count"
+        )
     torch.set_num_threads(threads)
-    results = []
+    entries: List[_Timed] = []
+    differences: Dict[Tuple[str, str], Tuple[float, float]] = {}
+    params: Dict[str, float] = {}
     for name in names:
         torch.manual_seed(0)
         model = build_benchmark_model(name, proposals, pre_nms)
-        totals, cpu_totals, parts, rois = measure_latency(model, benchmark_image(name), runs, warmup)
+        image = benchmark_image(name)
+        params[name] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+        if "eager" in runtimes or name in TORCHVISION_MODELS:
+            entries.append(_Timed(name, "eager", model, image))
+        if name not in C4_MODELS:
+            continue
+        from ..deploy.detector import OnnxDetector, deploy_detector, detector_onnx_bytes
+
+        if "deploy" in runtimes:
+            deployed = deploy_detector(model, threads=threads, roi_chunk=roi_chunk)
+            differences[(name, "deploy")] = _differences(model, deployed, image)
+            entries.append(_Timed(name, "deploy", deployed, image))
+        if "onnx" in runtimes:
+            exported = OnnxDetector(detector_onnx_bytes(model, image), threads=threads)
+            differences[(name, "onnx")] = _differences(model, exported, image)
+            entries.append(_Timed(name, "onnx", exported, image))
+    _interleaved(entries, runs, warmup)
+    results = []
+    for entry in entries:
+        box, score = differences.get((entry.name, entry.runtime), (None, None))
         result = LatencyResult(
-            model=name,
-            params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            median_ms=round(statistics.median(totals), 1),
-            min_ms=round(min(totals), 1),
-            cpu_median_ms=round(statistics.median(cpu_totals), 1),
+            model=entry.name,
+            params_m=params[entry.name],
+            median_ms=round(statistics.median(entry.totals), 1),
+            min_ms=round(min(entry.totals), 1),
+            cpu_median_ms=round(statistics.median(entry.cpu_totals), 1),
             runs=runs,
             threads=threads,
-            rois=rois,
-            parts_median_ms={part: round(statistics.median(times), 1) for part, times in parts.items()},
+            rois=entry.parts.rois,
+            parts_median_ms={part: round(statistics.median(t), 1) for part, t in entry.parts.times.items() if t},
+            runtime=entry.runtime,
+            max_box_difference=box,
+            max_score_difference=score,
         )
         report(result)
         results.append(result)
     return results
+
+
+def speed_ratios(results: Sequence[LatencyResult], reference: str = "tv_mobilenet_v3_fpn") -> List[str]:
+    """One line per C4 result: its speed relative to ``reference`` in eager (median and fastest runs)."""
+    references = [r for r in results if r.model == reference and r.runtime == "eager"]
+    if not references:
+        return []
+    base = references[0]
+    return [
+        f"{r.model} {r.runtime}: {base.median_ms / r.median_ms:.2f}x the speed of {reference} eager "
+        f"(fastest runs {base.min_ms / r.min_ms:.2f}x)"
+        for r in results
+        if r.model in C4_MODELS
+    ]
 
 
 def cpu_name() -> str:
@@ -191,15 +321,20 @@ def cpu_name() -> str:
 
 
 def markdown_table(results: Sequence[LatencyResult]) -> str:
+    """The results as a Markdown table (deploy rows: RoIAlign is timed inside the box head)."""
     lines = [
-        "| model | params (M) | RoIs | median ms | min ms | CPU ms | backbone ms | RPN ms | RoIAlign ms "
-        "| box head ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | runtime | params (M) | RoIs | median ms | min ms | CPU ms | backbone ms | RPN ms | RoIAlign ms "
+        "| box head ms | max box / score diff vs eager |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         parts = r.parts_median_ms
+        difference = (
+            "" if r.max_box_difference is None else f"{r.max_box_difference:.1e} / {r.max_score_difference:.1e}"
+        )
+        part_cells = " | ".join(str(parts.get(part, "-")) for part in ("backbone", "rpn", "roi_pool", "box_head"))
         lines.append(
-            f"| {r.model} | {r.params_m} | {r.rois} | {r.median_ms} | {r.min_ms} | {r.cpu_median_ms} "
-            f"| {parts['backbone']} | {parts['rpn']} | {parts['roi_pool']} | {parts['box_head']} |"
+            f"| {r.model} | {r.runtime} | {r.params_m} | {r.rois or '-'} | {r.median_ms} | {r.min_ms} "
+            f"| {r.cpu_median_ms} | {part_cells} | {difference} |"
         )
     return "\n".join(lines)
