@@ -37,7 +37,7 @@ from torchvision.ops import boxes as box_ops
 from ..config.loading import ConfigError, load_config
 from ..detection.detector import build_detector
 from ..utils.io import PathLike
-from .export import MIN_OPSET, export_onnx, export_torchscript, onnx_bytes
+from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from .nms import nms_first_k
 from .roi_align import SeparableRoIAlign
 from .runtime import deploy_rewrite
@@ -204,18 +204,7 @@ def _detector_session(onnx_model: Union[PathLike, bytes], threads: int):
     instead of 0.2 s (medians on the shared dev VM); without, 0.8-1.4 s at the same load. One thread
     has no workers, so nothing changes there.
     """
-    import onnxruntime as ort
-
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return create_ort_session(onnx_model, threads=threads, spinning=False)
 
 
 class OrtModule(nn.Module):

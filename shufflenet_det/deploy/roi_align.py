@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import nn
+
+from ..detection.pooler import RoIPooler
 
 
 def axis_weights(start: torch.Tensor, size: torch.Tensor, bins: int, grid: torch.Tensor, length: int) -> torch.Tensor:
@@ -64,23 +65,13 @@ class RoIPlan:
         return len(self.entries)
 
 
-class SeparableRoIAlign(nn.Module):
+class SeparableRoIAlign(RoIPooler):
     """``torchvision.ops.roi_align`` on one feature map (any ``aligned`` / ``sampling_ratio``), channels last.
 
     Takes ``RoIPooler``'s arguments (features by name, one XYXY box tensor per image) and returns
     [R, S, S, C]. ``plan`` + ``pool_into`` pool any slice of the RoIs into a given buffer (used to run
     RoIAlign and the per-RoI head chunk by chunk).
     """
-
-    def __init__(
-        self, feature_name: str, output_size: int, spatial_scale: float, sampling_ratio: int = 0, aligned: bool = True
-    ) -> None:
-        super().__init__()
-        self.feature_name = feature_name
-        self.output_size = output_size
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
 
     def forward(
         self,

@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -78,32 +78,43 @@ class LatencyResult:
         return asdict(self)
 
 
+def build_random_c4_detector(name: str, overrides: Sequence[Any] = ()) -> FasterRCNN:
+    """The C4 benchmark model ``name`` (see ``C4_MODELS``) with random weights and 80 classes at 600px,
+    its config changed by ``overrides`` (KEY VALUE ...)."""
+    config, model_overrides = C4_MODELS[name]
+    cfg = load_config(
+        config,
+        list(model_overrides)
+        + [
+            "MODEL.WEIGHTS", "",
+            "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
+            "INPUT.MIN_SIZE_TEST", MIN_SIZE,
+            "INPUT.MAX_SIZE_TEST", MAX_SIZE,
+        ]
+        + list(overrides),
+    )
+    # Random weights are the point here: silence the advice about training from scratch.
+    detection_logger = logging.getLogger("shufflenet_det.detection")
+    level = detection_logger.level
+    detection_logger.setLevel(logging.ERROR)
+    try:
+        return build_detector(cfg)
+    finally:
+        detection_logger.setLevel(level)
+
+
 def build_benchmark_model(name: str, proposals: int, pre_nms: int) -> FasterRCNN:
     """A random-weight detector in eval mode with the shared proposal budget and score threshold 0."""
     if name in C4_MODELS:
-        config, overrides = C4_MODELS[name]
-        cfg = load_config(
-            config,
-            list(overrides)
-            + [
-                "MODEL.WEIGHTS", "",
+        return build_random_c4_detector(
+            name,
+            [
                 "MODEL.RPN.PRE_NMS_TOPK_TEST", pre_nms,
                 "MODEL.RPN.POST_NMS_TOPK_TEST", proposals,
                 "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-                "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
-                "INPUT.MIN_SIZE_TEST", MIN_SIZE,
-                "INPUT.MAX_SIZE_TEST", MAX_SIZE,
                 "MODEL.DEVICE", "cpu",
             ],
-        )
-        # Random weights are the point here: silence the advice about training from scratch.
-        detection_logger = logging.getLogger("shufflenet_det.detection")
-        level = detection_logger.level
-        detection_logger.setLevel(logging.ERROR)
-        try:
-            return build_detector(cfg).eval()
-        finally:
-            detection_logger.setLevel(level)
+        ).eval()
     if name in TORCHVISION_MODELS:
         return TORCHVISION_MODELS[name](
             weights=None,

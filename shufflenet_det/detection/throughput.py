@@ -21,10 +21,17 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
-from ..config.loading import load_config
 from ..modeling import CONV_IMPLS
-from .benchmark import C4_MODELS, IMAGE_SIZE, MAX_SIZE, MIN_SIZE, MODELS, NUM_CLASSES, TORCHVISION_MODELS
-from .detector import build_detector
+from .benchmark import (
+    C4_MODELS,
+    IMAGE_SIZE,
+    MAX_SIZE,
+    MIN_SIZE,
+    MODELS,
+    NUM_CLASSES,
+    TORCHVISION_MODELS,
+    build_random_c4_detector,
+)
 
 VARIANT_OPTIONS = ("cl", "compile")
 
@@ -70,30 +77,16 @@ class ThroughputResult:
 def build_training_model(name: str, variant: Variant, device: torch.device, rois_per_image: int = 512) -> FasterRCNN:
     """A random-weight detector in training mode with 80 classes at 600px, as ``variant`` says."""
     if name in C4_MODELS:
-        config, overrides = C4_MODELS[name]
-        cfg = load_config(
-            config,
-            list(overrides)
-            + [
-                "MODEL.WEIGHTS", "",
-                "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
+        model = build_random_c4_detector(
+            name,
+            [
                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", rois_per_image,
                 "INPUT.MIN_SIZE_TRAIN", (MIN_SIZE,),
                 "INPUT.MAX_SIZE_TRAIN", MAX_SIZE,
-                "INPUT.MIN_SIZE_TEST", MIN_SIZE,
-                "INPUT.MAX_SIZE_TEST", MAX_SIZE,
                 "SHUFFLENET_DET.CONV_IMPL", variant.conv_impl,
                 "MODEL.DEVICE", str(device),
             ],
         )
-        # Random weights are the point here: silence the advice about training from scratch.
-        detection_logger = logging.getLogger("shufflenet_det.detection")
-        level = detection_logger.level
-        detection_logger.setLevel(logging.ERROR)
-        try:
-            model = build_detector(cfg)
-        finally:
-            detection_logger.setLevel(level)
     elif name in TORCHVISION_MODELS:
         model = TORCHVISION_MODELS[name](
             weights=None,
