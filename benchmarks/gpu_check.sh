@@ -35,7 +35,7 @@ for step in $steps; do
   case $step in
     throughput)
       timeout 240 python tools/benchmark_training.py --models tv_mobilenet_v3_fpn shufflenet_1x shufflenet_2x \
-          --variants modules folded+cl dense+cl --iters 10 --warmup 3 --json "$out/detector_throughput.json" 2>&1 \
+          --variants modules folded+cl dense+cl dense+cl+recompute --iters 10 --warmup 3 --json "$out/detector_throughput.json" 2>&1 \
           | tee -a "$log" ;;
     profile)
       timeout 120 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --profile \

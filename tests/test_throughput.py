@@ -19,6 +19,8 @@ def benchmark_main(argv):
 
 def test_variant_names_round_trip_and_default_to_auto():
     assert Variant.parse("dense+cl+compile") == Variant("dense", True, True)
+    assert Variant.parse("recompute+cl") == Variant("auto", True, False, True)
+    assert str(Variant.parse("recompute+cl+modules")) == "modules+cl+recompute"
     assert Variant.parse("cl") == Variant("auto", True, False)
     assert str(Variant.parse("compile+folded")) == "folded+compile"
     for bad in ("fast", "dense+folded", "", "dense+cl+x"):

@@ -32,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", default=["shufflenet_1x", "shufflenet_2x", "tv_mobilenet_v3_fpn"],
                         metavar="NAME", help=f"choose from {', '.join(MODELS)} (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", default=["dense+cl"], metavar="VARIANT",
-                        help="conv form (modules, folded, dense) and options (cl, compile) joined by '+' "
+                        help="conv form (auto, modules, folded, dense) and options (cl, compile, recompute) joined by '+' "
                              "(default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=16, help="images per training step (default: %(default)s)")

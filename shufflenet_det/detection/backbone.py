@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from fvcore.common.config import CfgNode
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config.loading import ConfigError
 from .checkpoint import read_detector_checkpoint
@@ -63,27 +64,43 @@ class C4BoxHead(nn.Sequential):
     roi_bucket = 64
     bucket_devices = ("cuda",)
 
-    def __init__(self, stages: nn.Sequential, out_channels: int) -> None:
+    def __init__(self, stages: nn.Sequential, out_channels: int, recompute: bool = False) -> None:
         super().__init__(OrderedDict(stages.named_children()))
         self.out_channels = out_channels
+        self.recompute = recompute
+        if recompute and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
+            # Recomputing a training-mode BatchNorm would update its running statistics twice.
+            raise ValueError("recomputing the per-RoI head needs frozen norms (FrozenBN), not BN / SyncBN")
 
     def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
         count = roi_features.shape[0]
         padding = -count % self.roi_bucket
         if padding and not self.training and roi_features.device.type in self.bucket_devices:
             roi_features = torch.cat([roi_features, roi_features.new_zeros((padding, *roi_features.shape[1:]))])
-        return super().forward(roi_features).mean(dim=(2, 3))[:count]
+        if self.recompute and self.training and torch.is_grad_enabled():
+            # Keep only each block's input for backward and run the block again there: the per-RoI
+            # activations are most of a C4 detector's training memory.
+            features = roi_features
+            for stage in self:
+                for block in stage:
+                    features = checkpoint(block, features, use_reentrant=False)
+        else:
+            features = super().forward(roi_features)
+        return features.mean(dim=(2, 3))[:count]
 
 
-def split_c4(network: StagedNetwork, feature_name: str = "res4", stride: int = 16) -> Tuple[C4Backbone, C4BoxHead]:
-    """Cut a staged network into its C4 trunk and per-RoI head; both share the network's modules."""
+def split_c4(
+    network: StagedNetwork, feature_name: str = "res4", stride: int = 16, recompute_head: bool = False
+) -> Tuple[C4Backbone, C4BoxHead]:
+    """Cut a staged network into its C4 trunk and per-RoI head; both share the network's modules.
+    ``recompute_head`` trades compute for memory in training (``C4BoxHead``)."""
     trunk, rest = network.split_at_stride(stride)
     if len(rest) == 0:
         raise ValueError(f"{type(network).__name__} has no stage after stride {stride} to use as the box head")
     info = {feature.name: feature for feature in network.feature_info}
     trunk_channels = info[list(trunk.named_children())[-1][0]].channels
     head_channels = info[list(rest.named_children())[-1][0]].channels
-    return C4Backbone(trunk, trunk_channels, stride, feature_name), C4BoxHead(rest, head_channels)
+    return C4Backbone(trunk, trunk_channels, stride, feature_name), C4BoxHead(rest, head_channels, recompute_head)
 
 
 def build_backbone(cfg: CfgNode) -> StagedNetwork:

@@ -54,7 +54,10 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
     check_detector_config(cfg)
     feature_name = cfg.MODEL.RPN.IN_FEATURES[0]
     network = build_backbone(cfg)
-    backbone, box_head = split_c4(network, feature_name, C4_STRIDE)
+    try:
+        backbone, box_head = split_c4(network, feature_name, C4_STRIDE, cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD)
+    except ValueError as error:
+        raise ConfigError(f"SHUFFLENET_DET.RECOMPUTE_BOX_HEAD: {error}") from None
 
     anchor_generator = ExactAnchorGenerator(
         sizes=(tuple(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]),),

@@ -5,8 +5,9 @@ model to a 600px shorter side) already on the device, so the figures are the mod
 data loading excluded (``tools/train_net.py`` logs the data loader's share of a real run). Training
 runs forward, backward and an SGD step under autocast; peak memory is the allocator's peak over the
 timed steps. A *variant* says how our detectors compute: ``SHUFFLENET_DET.CONV_IMPL`` plus the
-options ``cl`` (channels_last) and ``compile`` (``torch.compile`` on the per-RoI box head), joined by
-"+", e.g. ``dense+cl``. torchvision's model takes only ``cl``.
+options ``cl`` (channels_last), ``compile`` (``torch.compile`` on the per-RoI box head) and
+``recompute`` (``SHUFFLENET_DET.RECOMPUTE_BOX_HEAD``), joined by "+", e.g. ``dense+cl``.
+torchvision's model takes only ``cl``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .benchmark import (
     build_random_c4_detector,
 )
 
-VARIANT_OPTIONS = ("cl", "compile")
+VARIANT_OPTIONS = ("cl", "compile", "recompute")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Variant:
     conv_impl: str = "auto"
     channels_last: bool = False
     compile: bool = False
+    recompute: bool = False
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
@@ -53,10 +55,11 @@ class Variant:
                 f"bad variant '{text}': join at most one of {', '.join(CONV_IMPLS)} with options "
                 f"{', '.join(VARIANT_OPTIONS)} by '+', e.g. 'dense+cl'"
             )
-        return cls(impls[0] if impls else "auto", "cl" in parts, "compile" in parts)
+        return cls(impls[0] if impls else "auto", "cl" in parts, "compile" in parts, "recompute" in parts)
 
     def __str__(self) -> str:
-        return "+".join([self.conv_impl] + ["cl"] * self.channels_last + ["compile"] * self.compile)
+        options = [name for name, on in zip(VARIANT_OPTIONS, (self.channels_last, self.compile, self.recompute)) if on]
+        return "+".join([self.conv_impl] + options)
 
 
 @dataclass
@@ -84,6 +87,7 @@ def build_training_model(name: str, variant: Variant, device: torch.device, rois
                 "INPUT.MIN_SIZE_TRAIN", (MIN_SIZE,),
                 "INPUT.MAX_SIZE_TRAIN", MAX_SIZE,
                 "SHUFFLENET_DET.CONV_IMPL", variant.conv_impl,
+                "SHUFFLENET_DET.RECOMPUTE_BOX_HEAD", variant.recompute,
                 "MODEL.DEVICE", str(device),
             ],
         )

@@ -33,10 +33,9 @@ from .checkpoint import (
     torchvision_to_d2_state_dict,
 )
 from .config import add_shufflenet_config, get_shufflenet_d2_cfg, setup_d2_cfg
-from .roi_heads import RoIStageHead, ShuffleNetC4ROIHeads
+from .roi_heads import ShuffleNetC4ROIHeads
 
 __all__ = [
-    "RoIStageHead",
     "ShuffleNetC4Backbone",
     "ShuffleNetC4ROIHeads",
     "ShuffleNetCheckpointer",

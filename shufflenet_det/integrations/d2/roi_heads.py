@@ -7,7 +7,6 @@ to detectron2's ``FastRCNNOutputLayers``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -20,21 +19,8 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
+from ...detection.backbone import C4BoxHead
 from .backbone import network_from_cfg, split_c4
-
-
-class RoIStageHead(nn.Sequential):
-    """Stages run on pooled RoIs [R, C, S, S], mean-pooled to [R, out_channels].
-
-    The stages keep their network names (``stage4.*`` for ShuffleNet, ``stage5.*`` for MobileNet).
-    """
-
-    def __init__(self, stages: nn.Sequential, out_channels: int) -> None:
-        super().__init__(OrderedDict(stages.named_children()))
-        self.out_channels = out_channels
-
-    def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
-        return super().forward(roi_features).mean(dim=(2, 3))
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -51,7 +37,7 @@ class ShuffleNetC4ROIHeads(ROIHeads):
         *,
         in_feature: str,
         pooler: ROIPooler,
-        box_head: RoIStageHead,
+        box_head: C4BoxHead,
         box_predictor: nn.Module,
         **kwargs,
     ) -> None:
@@ -84,7 +70,8 @@ class ShuffleNetC4ROIHeads(ROIHeads):
                 sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
                 pooler_type=box_head.POOLER_TYPE,
             ),
-            "box_head": RoIStageHead(head_stages, head_channels),
+            # The torchvision engine's head: RoI-count buckets in GPU inference, SHUFFLENET_DET.RECOMPUTE_BOX_HEAD.
+            "box_head": C4BoxHead(head_stages, head_channels, cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD),
             "box_predictor": FastRCNNOutputLayers(cfg, ShapeSpec(channels=head_channels)),
         }
 
