@@ -84,6 +84,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="also profile ONNX Runtime per node and report the sum of each node's fastest run "
         "(a latency estimate that load from other processes disturbs little)",
     )
+    parser.add_argument(
+        "--detector",
+        action="store_true",
+        help="after the table, time the ShuffleNet 1x C4 detector (eager and deployment path) and torchvision's "
+        "fasterrcnn_mobilenet_v3_large_fpn at 600px, 300 proposals, in the same run (tools/benchmark_detector.py "
+        "has more models and options)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write records, ratios and machine info as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = parser.parse_args(argv)
@@ -143,8 +150,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"Load average at start / end: {info.get('load_average')} / {info.get('load_average_end')}."
     )
     summary["more_ratios"] = extra
+    if args.detector:
+        summary["detector"] = [result.as_dict() for result in time_detectors(args.threads, log)]
     write_json(args, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records, **summary})
     return 0
+
+
+def time_detectors(threads: int, log) -> list:
+    """The detector part of the run: ShuffleNet 1x C4 (eager, deployment path) beside torchvision's detector."""
+    from shufflenet_det.detection.benchmark import benchmark as detector_benchmark
+    from shufflenet_det.detection.benchmark import markdown_table as detector_table
+    from shufflenet_det.detection.benchmark import speed_ratios
+
+    log("timing the detectors at 600px (300 proposals)")
+    results = detector_benchmark(["shufflenet_1x", "tv_mobilenet_v3_fpn"], threads=threads, runs=5, warmup=1,
+                                 runtimes=("eager", "deploy"))
+    print("\nDetectors, 480x640 image resized to 600px, 300 proposals, median of 5 runs:\n")
+    print(detector_table(results))
+    for line in speed_ratios(results):
+        print(line)
+    return results
 
 
 def write_json(args: argparse.Namespace, payload: dict) -> None:
