@@ -24,7 +24,7 @@ from shufflenet_det.analysis import (
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "analyze_model.py"
 
-# The official release (REFERENCE.md section 2): exact parameter counts (no classifier bias) and
+# The official release (docs/reference.md section 2): exact parameter counts (no classifier bias) and
 # conv + linear multiply-adds of its model code at 224x224.
 OFFICIAL = {
     "shufflenet_v1_x0_5_g3": (717_324, 37.6e6),

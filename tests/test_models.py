@@ -7,7 +7,7 @@ from shufflenet_det import build_model, list_models
 from shufflenet_det.modeling import ChannelShuffle, channel_shuffle, model_architecture, shufflenet_v1_channels
 from shufflenet_det.modeling.cli import main as list_main
 
-# Official parameter counts (REFERENCE.md section 2); ours add the classifier bias (1000).
+# Official parameter counts (docs/reference.md section 2); ours add the classifier bias (1000).
 OFFICIAL_PARAMS = {
     "shufflenet_v1_x0_5_g3": 717_324,
     "shufflenet_v1_x1_0_g3": 1_864_728,

@@ -106,6 +106,7 @@ def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tm
         (["DATASETS.TRAIN", "('coco_2017_train',)"], "coco/annotations/instances_train2017.json"),
         (["DATASETS.TRAIN", "('no_such_set',)"], "no_such_set"),
         (["--eval-only"], "MODEL.WEIGHTS"),
+        (["--eval-only", "MODEL.WEIGHTS", "out/model_final.pth"], "training writes OUTPUT_DIR/model_final.pth"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
@@ -117,6 +118,7 @@ def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     error_lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert any(message in line for line in error_lines), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "holds no detector" not in result.stdout + result.stderr  # no advice about a file that is not there
 
 
 def test_missing_config_lists_the_available_ones(tmp_path):

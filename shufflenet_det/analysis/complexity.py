@@ -92,7 +92,7 @@ _MOBILENET_FIGURES = (
 
 # The official release: exact parameter counts of its models (its classifier has no bias), the
 # conv+linear multiply-adds of its model code at 224x224 (its README rounds them, e.g. 1.0x g3 138M),
-# and the top-1 errors of its README. Collected in the project's REFERENCE.md, section 2.
+# and the top-1 errors of its README. Collected in docs/reference.md, section 2.
 _OFFICIAL_FIGURES = (
     # name, parameters, multiply-adds, top-1 error
     ("shufflenet_v1_x0_5_g3", 717_324, 37.6e6, 42.7),

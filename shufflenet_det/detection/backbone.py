@@ -163,9 +163,13 @@ def apply_conv_impl(network: nn.Module, impl: str) -> None:
     set_conv_impl(network, impl)
 
 
+def names_a_file(weights: str) -> bool:
+    """Whether a MODEL.WEIGHTS value is a file path (not the name of known weights)."""
+    return os.sep in weights or "/" in weights or weights.endswith(_CHECKPOINT_SUFFIXES)
+
+
 def _check_weights_file(weights: str) -> None:
-    looks_like_path = os.sep in weights or "/" in weights or weights.endswith(_CHECKPOINT_SUFFIXES)
-    if looks_like_path and not os.path.isfile(weights):
+    if names_a_file(weights) and not os.path.isfile(weights):
         raise ConfigError(
             f"MODEL.WEIGHTS file '{weights}' not found: download the ImageNet weights and convert them with "
             "tools/convert_weights.py (see docs/weights.md), or set MODEL.WEIGHTS \"\" to train from scratch "

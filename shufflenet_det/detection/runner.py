@@ -44,6 +44,7 @@ from ..engine import (
 from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
 from ..utils.visualizer import draw_detections
+from .backbone import names_a_file
 from .checkpoint import read_detector_checkpoint
 from .detector import build_detector
 
@@ -164,6 +165,11 @@ def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
             raise ConfigError(
                 "--eval-only needs a trained detector: set MODEL.WEIGHTS to its checkpoint "
                 "(e.g. output/quickstart/model_final.pth) or pass --resume to use OUTPUT_DIR's last one"
+            )
+        if names_a_file(cfg.MODEL.WEIGHTS) and not os.path.isfile(cfg.MODEL.WEIGHTS):
+            raise ConfigError(
+                f"MODEL.WEIGHTS file '{cfg.MODEL.WEIGHTS}' not found: --eval-only needs a trained detector "
+                "checkpoint (training writes OUTPUT_DIR/model_final.pth), or pass --resume to use OUTPUT_DIR's last one"
             )
         if read_detector_checkpoint(cfg.MODEL.WEIGHTS) is None:
             logger.warning(
