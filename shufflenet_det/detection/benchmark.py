@@ -103,6 +103,15 @@ def build_random_c4_detector(name: str, overrides: Sequence[Any] = ()) -> Faster
         detection_logger.setLevel(level)
 
 
+def build_random_torchvision_detector(name: str, **options: Any) -> FasterRCNN:
+    """torchvision's detector ``name`` (see ``TORCHVISION_MODELS``) with random weights, 80 classes, 600px;
+    ``options`` go to its builder (e.g. ``rpn_post_nms_top_n_test``)."""
+    return TORCHVISION_MODELS[name](
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1, min_size=MIN_SIZE, max_size=MAX_SIZE,
+        **options,
+    )
+
+
 def build_benchmark_model(name: str, proposals: int, pre_nms: int) -> FasterRCNN:
     """A random-weight detector in eval mode with the shared proposal budget and score threshold 0."""
     if name in C4_MODELS:
@@ -116,12 +125,8 @@ def build_benchmark_model(name: str, proposals: int, pre_nms: int) -> FasterRCNN
             ],
         ).eval()
     if name in TORCHVISION_MODELS:
-        return TORCHVISION_MODELS[name](
-            weights=None,
-            weights_backbone=None,
-            num_classes=NUM_CLASSES + 1,
-            min_size=MIN_SIZE,
-            max_size=MAX_SIZE,
+        return build_random_torchvision_detector(
+            name,
             rpn_pre_nms_top_n_test=pre_nms,
             rpn_post_nms_top_n_test=proposals,
             rpn_score_thresh=0.0,

@@ -32,6 +32,7 @@ from .benchmark import (
     NUM_CLASSES,
     TORCHVISION_MODELS,
     build_random_c4_detector,
+    build_random_torchvision_detector,
 )
 
 VARIANT_OPTIONS = ("cl", "compile", "recompute")
@@ -92,14 +93,7 @@ def build_training_model(name: str, variant: Variant, device: torch.device, rois
             ],
         )
     elif name in TORCHVISION_MODELS:
-        model = TORCHVISION_MODELS[name](
-            weights=None,
-            weights_backbone=None,
-            num_classes=NUM_CLASSES + 1,
-            min_size=MIN_SIZE,
-            max_size=MAX_SIZE,
-            box_batch_size_per_image=rois_per_image,
-        ).to(device)
+        model = build_random_torchvision_detector(name, box_batch_size_per_image=rois_per_image).to(device)
     else:
         raise ValueError(f"unknown benchmark model '{name}'; choose from {', '.join(MODELS)}")
     if variant.channels_last:
