@@ -52,3 +52,46 @@ def test_tool_rejects_bad_arguments(tmp_path, capsys):
     existing.write_text("{}")
     assert benchmark_main(["--device", "cpu", "--json", str(existing)]) == 2
     assert existing.read_text() == "{}"
+
+
+@pytest.fixture
+def small_inputs(monkeypatch):
+    """Shrink the benchmark's image and resize sizes so a CPU step takes a fraction of a second."""
+    from shufflenet_det.detection import benchmark, throughput
+
+    for module in (benchmark, throughput):
+        monkeypatch.setattr(module, "IMAGE_SIZE", (96, 128))
+        monkeypatch.setattr(module, "MIN_SIZE", 96)
+        monkeypatch.setattr(module, "MAX_SIZE", 128)
+
+
+def test_benchmark_measures_each_variant_and_skips_a_failing_one(small_inputs, monkeypatch):
+    from shufflenet_det.detection import throughput
+
+    reported = []
+    original = throughput.build_training_model
+
+    def build(name, variant, device, rois_per_image=512):
+        if variant.conv_impl == "modules":
+            raise RuntimeError("simulated out of memory")
+        return original(name, variant, device, rois_per_image=32)
+
+    monkeypatch.setattr(throughput, "build_training_model", build)
+    results = throughput.benchmark_throughput(
+        ["shufflenet_0.5x"], [Variant.parse("modules"), Variant.parse("folded+cl")], torch.device("cpu"),
+        batch=2, iterations=1, warmup=0, amp_dtype=None, report=reported.append,
+    )
+    assert [r.variant for r in results] == ["folded+cl"] and reported == results
+    result = results[0]
+    assert result.batch == 2 and result.train_images_per_s > 0 and result.infer_images_per_s > 0
+    assert result.train_images_per_s == pytest.approx(1000 * 2 / result.train_ms_per_iter, rel=0.01)
+    table = throughput.markdown_table(results)
+    assert "| shufflenet_0.5x | folded+cl |" in table and table.count("\n") == 2
+
+
+def test_profile_names_the_costliest_operators(small_inputs):
+    from shufflenet_det.detection.throughput import profile_training
+
+    table = profile_training("shufflenet_0.5x", Variant.parse("folded"), torch.device("cpu"), batch=1, steps=1,
+                             amp_dtype=None)
+    assert "convolution" in table and "Self CPU" in table
