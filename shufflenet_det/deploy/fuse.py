@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..modeling.layers import ChannelShuffle, block_diagonal_weight
+from ..modeling.layers import ChannelShuffle, block_diagonal_weight, fold_norm
 from ..modeling.shufflenet import ShuffleUnit
 
 POINTWISE_MODES = ("grouped", "dense", "matmul")
@@ -51,26 +51,12 @@ def deploy_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def _norm_scale_shift(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The per-channel affine map y = x * scale + shift that an eval-mode norm layer applies."""
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_mean is None:
-        raise ValueError(f"{type(norm).__name__} without running statistics cannot be folded")
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    return scale, shift
-
-
 @torch.no_grad()
 def fuse_conv_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
     """A new convolution (with bias) computing ``norm(conv(x))`` for an eval-mode norm layer."""
-    scale, shift = _norm_scale_shift(norm)
+    weight, bias = fold_norm(conv.weight, conv.bias, norm)
     fused = copy.deepcopy(conv)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = shift if conv.bias is None else conv.bias * scale + shift
+    fused.weight.copy_(weight)
     fused.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
     return fused
 

@@ -39,12 +39,17 @@ def block_diagonal_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.block_diag(*blocks).reshape(out_channels, in_per_group * groups, 1, 1)
 
 
-def fold_frozen_norm(
-    weight: torch.Tensor, bias: Optional[torch.Tensor], norm: FrozenBatchNorm2d
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Conv weight and bias that compute ``norm(conv(x))`` in one convolution (differentiable in ``weight``)."""
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    shift = norm.bias - norm.running_mean * scale
+def fold_norm(weight: torch.Tensor, bias: Optional[torch.Tensor], norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight and bias that compute ``norm(conv(x))`` in one convolution, for a FrozenBatchNorm2d
+    or an eval-mode BatchNorm (differentiable in ``weight`` and ``bias``)."""
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_mean is None:
+        raise ValueError(f"{type(norm).__name__} without running statistics cannot be folded")
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
     if bias is not None:
         shift = shift + bias * scale
     return weight * scale.reshape(-1, 1, 1, 1), shift
@@ -101,7 +106,7 @@ class ConvNormAct(nn.Sequential):
             weight, groups = block_diagonal_weight(weight, groups), 1
         folded = isinstance(norm, FrozenBatchNorm2d)
         if folded:
-            weight, bias = fold_frozen_norm(weight, bias, norm)
+            weight, bias = fold_norm(weight, bias, norm)
         return weight, bias, groups, folded
 
     def forward(self, x: torch.Tensor, output_order: Optional[torch.Tensor] = None) -> torch.Tensor:
