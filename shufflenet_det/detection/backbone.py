@@ -67,10 +67,15 @@ class C4BoxHead(nn.Sequential):
     def __init__(self, stages: nn.Sequential, out_channels: int, recompute: bool = False) -> None:
         super().__init__(OrderedDict(stages.named_children()))
         self.out_channels = out_channels
-        self.recompute = recompute
-        if recompute and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
+        self.recompute = False
+        self.set_recompute(recompute)
+
+    def set_recompute(self, enabled: bool) -> None:
+        """In training, keep only each block's input and recompute the block in backward (less memory)."""
+        if enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
             # Recomputing a training-mode BatchNorm would update its running statistics twice.
             raise ValueError("recomputing the per-RoI head needs frozen norms (FrozenBN), not BN / SyncBN")
+        self.recompute = enabled
 
     def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
         count = roi_features.shape[0]
@@ -89,18 +94,15 @@ class C4BoxHead(nn.Sequential):
         return features.mean(dim=(2, 3))[:count]
 
 
-def split_c4(
-    network: StagedNetwork, feature_name: str = "res4", stride: int = 16, recompute_head: bool = False
-) -> Tuple[C4Backbone, C4BoxHead]:
-    """Cut a staged network into its C4 trunk and per-RoI head; both share the network's modules.
-    ``recompute_head`` trades compute for memory in training (``C4BoxHead``)."""
+def split_c4(network: StagedNetwork, feature_name: str = "res4", stride: int = 16) -> Tuple[C4Backbone, C4BoxHead]:
+    """Cut a staged network into its C4 trunk and per-RoI head; both share the network's modules."""
     trunk, rest = network.split_at_stride(stride)
     if len(rest) == 0:
         raise ValueError(f"{type(network).__name__} has no stage after stride {stride} to use as the box head")
     info = {feature.name: feature for feature in network.feature_info}
     trunk_channels = info[list(trunk.named_children())[-1][0]].channels
     head_channels = info[list(rest.named_children())[-1][0]].channels
-    return C4Backbone(trunk, trunk_channels, stride, feature_name), C4BoxHead(rest, head_channels, recompute_head)
+    return C4Backbone(trunk, trunk_channels, stride, feature_name), C4BoxHead(rest, head_channels)
 
 
 def build_backbone(cfg: CfgNode) -> StagedNetwork:

@@ -54,8 +54,9 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
     check_detector_config(cfg)
     feature_name = cfg.MODEL.RPN.IN_FEATURES[0]
     network = build_backbone(cfg)
+    backbone, box_head = split_c4(network, feature_name, C4_STRIDE)
     try:
-        backbone, box_head = split_c4(network, feature_name, C4_STRIDE, cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD)
+        box_head.set_recompute(cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD)
     except ValueError as error:
         raise ConfigError(f"SHUFFLENET_DET.RECOMPUTE_BOX_HEAD: {error}") from None
 
