@@ -62,9 +62,11 @@ class IterationTimer(HookBase):
 
     def after_step(self) -> None:
         seconds = time.perf_counter() - self._step_start
-        self.trainer.storage.put_scalar("time", seconds)
+        storage = self.trainer.storage
+        storage.put_scalar("time", seconds)
         self._step_seconds += seconds
-        self._data_seconds += self.trainer.storage.latest().get("data_time", (0.0, 0))[0]
+        if storage.has("data_time"):
+            self._data_seconds += storage.history("data_time").latest()
 
     def after_train(self) -> None:
         done = self.trainer.iter - self.trainer.start_iter
