@@ -35,6 +35,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
 from ..config.loading import ConfigError, load_config
+from ..detection.benchmark import random_image
 from ..detection.detector import build_detector
 from ..utils.io import PathLike
 from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
@@ -64,8 +65,7 @@ class DetectorOutputs(nn.Module):
 
 def example_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A fixed random float image [3, height, width] in 0-255, for tracing and checks."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
+    return random_image(height, width, torch.Generator().manual_seed(seed))
 
 
 def build_export_detector(

@@ -135,11 +135,19 @@ def build_benchmark_model(name: str, proposals: int, pre_nms: int) -> FasterRCNN
     raise ValueError(f"unknown benchmark model '{name}'; choose from {', '.join(MODELS)}")
 
 
-def benchmark_image(name: str, seed: int = 0) -> torch.Tensor:
-    """The fixed 480x640 test image, in the value range the model expects (0-255 ours, 0-1 torchvision's)."""
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randint(0, 256, (3, *IMAGE_SIZE), generator=generator, dtype=torch.uint8).float()
+def random_image(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """A random float image [3, height, width] with integer values in 0-255."""
+    return torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
+
+
+def in_model_range(name: str, image: torch.Tensor) -> torch.Tensor:
+    """A 0-255 image in the value range model ``name`` expects (0-255 ours, 0-1 torchvision's)."""
     return image / 255.0 if name in TORCHVISION_MODELS else image
+
+
+def benchmark_image(name: str, seed: int = 0) -> torch.Tensor:
+    """The fixed 480x640 test image, in the value range the model expects."""
+    return in_model_range(name, random_image(*IMAGE_SIZE, torch.Generator().manual_seed(seed)))
 
 
 class _PartTimer:

@@ -33,6 +33,8 @@ from .benchmark import (
     TORCHVISION_MODELS,
     build_random_c4_detector,
     build_random_torchvision_detector,
+    in_model_range,
+    random_image,
 )
 
 VARIANT_OPTIONS = ("cl", "compile", "recompute")
@@ -111,8 +113,7 @@ def random_batch(
     height, width = IMAGE_SIZE
     images, targets = [], []
     for _ in range(batch):
-        image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
-        images.append((image / 255.0 if name in TORCHVISION_MODELS else image).to(device))
+        images.append(in_model_range(name, random_image(height, width, generator)).to(device))
         count = int(torch.randint(1, 11, (1,), generator=generator))
         corner = torch.rand(count, 2, generator=generator) * torch.tensor([width * 0.8, height * 0.8])
         size = (0.05 + 0.5 * torch.rand(count, 2, generator=generator)) * torch.tensor([width, height])
@@ -132,6 +133,24 @@ def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
 
+def _median_ms(
+    run: Callable[[], object], iterations: int, warmup: int, device: torch.device,
+    after_warmup: Callable[[], None] = lambda: None,
+) -> float:
+    """Median wall ms of ``iterations`` calls of ``run`` after ``warmup`` untimed ones (device synchronized)."""
+    times = []
+    for step in range(warmup + iterations):
+        if step == warmup:
+            after_warmup()
+        _synchronize(device)
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        if step >= warmup:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
 def measure_training(
     model: nn.Module,
     images: List[torch.Tensor],
@@ -145,25 +164,25 @@ def measure_training(
     parameters = [p for p in model.parameters() if p.requires_grad]
     # A tiny learning rate keeps random weights from diverging within the timed steps.
     optimizer = torch.optim.SGD(parameters, lr=1e-5, momentum=0.9)
-    times = []
-    for step in range(warmup + iterations):
-        if step == warmup and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _synchronize(device)
-        start = time.perf_counter()
+    losses: List[torch.Tensor] = []
+
+    def step() -> None:
         with _autocast(device, amp_dtype):
-            losses = model(images, targets)
-        loss = sum(losses.values())
+            loss = sum(model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _synchronize(device)
-        if step >= warmup:
-            times.append(1000 * (time.perf_counter() - start))
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"non-finite training loss {loss.item()} in the benchmark")
+        losses[:] = [loss.detach()]
+
+    def reset_peak() -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    median = _median_ms(step, iterations, warmup, device, reset_peak)
+    if not torch.isfinite(losses[0]):
+        raise RuntimeError(f"non-finite training loss {losses[0].item()} in the benchmark")
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), peak
+    return median, peak
 
 
 @torch.no_grad()
@@ -172,21 +191,17 @@ def measure_inference(
 ) -> float:
     """Median ms of an eval-mode forward of ``images`` (one batch)."""
     device = images[0].device
+
+    def forward() -> None:
+        with _autocast(device, amp_dtype):
+            model(images)
+
     was_training = model.training
     model.eval()
-    times = []
     try:
-        for step in range(warmup + iterations):
-            _synchronize(device)
-            start = time.perf_counter()
-            with _autocast(device, amp_dtype):
-                model(images)
-            _synchronize(device)
-            if step >= warmup:
-                times.append(1000 * (time.perf_counter() - start))
+        return _median_ms(forward, iterations, warmup, device)
     finally:
         model.train(was_training)
-    return statistics.median(times)
 
 
 def profile_training(
