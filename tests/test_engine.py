@@ -481,3 +481,30 @@ def test_toy_model_learns():
     assert model(data)["loss_mse"].item() < 0.2 * first
     set_deterministic(0)
     assert torch.equal(ToyRegressor().fc1.weight, first_weights)  # same seed, same initialization
+
+
+def test_reference_world_size_scales_batch_rate_and_iterations():
+    from shufflenet_det.engine.defaults import scale_to_world_size
+
+    cfg = get_cfg()
+    cfg.SOLVER.merge_from_list(["IMS_PER_BATCH", 16, "BASE_LR", 0.02, "MAX_ITER", 90000, "STEPS", (60000, 80000),
+                                "WARMUP_ITERS", 1000, "CHECKPOINT_PERIOD", 5000, "REFERENCE_WORLD_SIZE", 8])
+    cfg.TEST.EVAL_PERIOD = 10000
+    cfg.freeze()
+    scale_to_world_size(cfg, 4)
+    solver = cfg.SOLVER
+    assert (solver.IMS_PER_BATCH, solver.MAX_ITER, solver.STEPS) == (8, 180000, (120000, 160000))
+    assert solver.BASE_LR == pytest.approx(0.01)
+    assert (solver.WARMUP_ITERS, solver.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD) == (2000, 10000, 20000)
+    assert solver.REFERENCE_WORLD_SIZE == 4 and cfg.is_frozen()
+    scale_to_world_size(cfg, 4)  # a config saved after scaling is not scaled again
+    assert (solver.IMS_PER_BATCH, solver.MAX_ITER) == (8, 180000)
+
+    unscaled = get_cfg()
+    scale_to_world_size(unscaled, 4)  # REFERENCE_WORLD_SIZE 0: nothing changes
+    assert (unscaled.SOLVER.IMS_PER_BATCH, unscaled.SOLVER.BASE_LR) == (get_cfg().SOLVER.IMS_PER_BATCH, get_cfg().SOLVER.BASE_LR)
+
+    odd = get_cfg()
+    odd.SOLVER.REFERENCE_WORLD_SIZE = 3
+    with pytest.raises(SetupError, match="must be positive and divide SOLVER.IMS_PER_BATCH 16"):
+        scale_to_world_size(odd, 2)

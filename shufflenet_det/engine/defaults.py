@@ -156,6 +156,7 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
 
     Checks OUTPUT_DIR (created, writable, enough free disk; refuses to start a new run over an old one
     without ``--overwrite``), sets up logging (console, and ``OUTPUT_DIR/log.txt`` on the main process),
+    scales the solver to the world size (``scale_to_world_size``),
     logs the environment, arguments and config, writes ``OUTPUT_DIR/config.yaml``, seeds the random
     generators (``SEED`` >= 0: ``SEED + rank``; < 0: a random seed, logged), sets cuDNN benchmarking and
     the number of CPU threads (SHUFFLENET_DET.TORCH_THREADS).
@@ -169,6 +170,7 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
     if is_main_process():
         _prepare_run_files(output_dir, resume, bool(getattr(args, "overwrite", False)))
     logger.info("Rank %d of %d. %s", rank, get_world_size(), environment_info())
+    scale_to_world_size(cfg, get_world_size())
     if args is not None:
         logger.info("Arguments: %s", vars(args))
     if is_main_process():
@@ -186,6 +188,42 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
         torch.set_num_threads(cfg.SHUFFLENET_DET.TORCH_THREADS)
         logger.info("torch uses %d CPU thread(s) (SHUFFLENET_DET.TORCH_THREADS)", cfg.SHUFFLENET_DET.TORCH_THREADS)
     return seed
+
+
+def scale_to_world_size(cfg: CfgNode, world_size: int) -> None:
+    """detectron2's SOLVER.REFERENCE_WORLD_SIZE, in place: a config written for that many processes
+    runs on ``world_size`` with the batch and learning rate scaled by world_size / reference, and the
+    iteration counts (MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD, TEST.EVAL_PERIOD) by the
+    inverse, so each process keeps its batch and the run its epochs. REFERENCE_WORLD_SIZE becomes
+    ``world_size``, so a config saved after scaling is not scaled again. 0 turns this off."""
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if reference == 0 or reference == world_size:
+        return
+    if reference < 0 or cfg.SOLVER.IMS_PER_BATCH % reference:
+        raise SetupError(
+            f"SOLVER.REFERENCE_WORLD_SIZE {reference} must be positive and divide SOLVER.IMS_PER_BATCH "
+            f"{cfg.SOLVER.IMS_PER_BATCH} (0: no scaling)"
+        )
+    scale = world_size / reference
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    solver = cfg.SOLVER
+    old = (solver.IMS_PER_BATCH, solver.BASE_LR, solver.MAX_ITER)
+    solver.IMS_PER_BATCH = solver.IMS_PER_BATCH // reference * world_size
+    solver.BASE_LR *= scale
+    solver.MAX_ITER = int(round(solver.MAX_ITER / scale))
+    solver.STEPS = tuple(int(round(step / scale)) for step in solver.STEPS)
+    solver.WARMUP_ITERS = int(round(solver.WARMUP_ITERS / scale))
+    solver.CHECKPOINT_PERIOD = max(1, int(round(solver.CHECKPOINT_PERIOD / scale)))
+    if cfg.TEST.EVAL_PERIOD > 0:
+        cfg.TEST.EVAL_PERIOD = max(1, int(round(cfg.TEST.EVAL_PERIOD / scale)))
+    solver.REFERENCE_WORLD_SIZE = world_size
+    if frozen:
+        cfg.freeze()
+    logger.info(
+        "SOLVER.REFERENCE_WORLD_SIZE %d -> %d processes: IMS_PER_BATCH %d -> %d, BASE_LR %g -> %g, MAX_ITER %d -> %d",
+        reference, world_size, old[0], solver.IMS_PER_BATCH, old[1], solver.BASE_LR, old[2], solver.MAX_ITER,
+    )
 
 
 def build_grad_scaler(cfg: CfgNode) -> Optional[torch.amp.GradScaler]:
