@@ -2,7 +2,14 @@
 
 import pytest
 
-from shufflenet_det.config import ConfigError, config_dir, list_configs, load_config, resolve_config_path
+from shufflenet_det.config import (
+    ConfigError,
+    config_dir,
+    list_configs,
+    load_config,
+    resolve_config_path,
+    split_trailing_overrides,
+)
 
 SHIPPED = [
     "Base-ShuffleNet-C4",
@@ -124,3 +131,10 @@ def test_paper_configs_match_weight_sources():
         assert cfg.MODEL.WEIGHTS == weights and cfg.INPUT.FORMAT == expected["input_format"]
         assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx(expected["pixel_mean"])
         assert list(cfg.MODEL.PIXEL_STD) == pytest.approx(expected["pixel_std"])
+
+def test_overrides_typed_after_a_list_option_are_split_off():
+    values = ["a.jpg", "IMG.JPG", "photos/", "INPUT.MIN_SIZE_TEST", "192", "MODEL.NO_SUCH", "1"]
+    assert split_trailing_overrides(values) == (
+        ["a.jpg", "IMG.JPG", "photos/"], ["INPUT.MIN_SIZE_TEST", "192", "MODEL.NO_SUCH", "1"]
+    )
+    assert split_trailing_overrides(["x.png", "y.png"]) == (["x.png", "y.png"], [])

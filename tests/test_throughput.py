@@ -71,10 +71,10 @@ def test_benchmark_measures_each_variant_and_skips_a_failing_one(small_inputs, m
     reported = []
     original = throughput.build_training_model
 
-    def build(name, variant, device, rois_per_image=512):
+    def build(name, variant, device, rois_per_image=512, overrides=()):
         if variant.conv_impl == "modules":
             raise RuntimeError("simulated out of memory")
-        return original(name, variant, device, rois_per_image=32)
+        return original(name, variant, device, rois_per_image=32, overrides=overrides)
 
     monkeypatch.setattr(throughput, "build_training_model", build)
     results = throughput.benchmark_throughput(
@@ -95,3 +95,45 @@ def test_profile_names_the_costliest_operators(small_inputs):
     table = profile_training("shufflenet_0.5x", Variant.parse("folded"), torch.device("cpu"), batch=1, steps=1,
                              amp_dtype=None)
     assert "convolution" in table and "Self CPU" in table
+
+
+def test_overrides_change_our_detectors_recipe_and_bad_ones_are_reported(small_inputs, capsys):
+    from shufflenet_det.detection.throughput import build_training_model
+
+    model = build_training_model("shufflenet_0.5x", Variant("folded"), torch.device("cpu"),
+                                 overrides=["MODEL.RPN.PRE_NMS_TOPK_TRAIN", 2000])
+    assert model.rpn._pre_nms_top_n["training"] == 2000
+    assert benchmark_main(["--device", "cpu", "--models", "shufflenet_0.5x", "MODEL.RPN.NO_SUCH_KEY", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "MODEL.RPN.NO_SUCH_KEY" in error and "unknown model" not in error
+    assert benchmark_main(["--device", "cpu", "--models", "tv_mobilenet_v3_fpn", "MODEL.RPN.NMS_THRESH", "0.6"]) == 2
+    assert "none of --models" in capsys.readouterr().err
+
+
+def test_mult_adds_per_image_by_part_match_the_traced_count_of_each_part(small_inputs):
+    from shufflenet_det.analysis import count_mult_adds
+    from shufflenet_det.detection.throughput import build_training_model, mult_adds_per_image
+
+    rois = 24
+    training = mult_adds_per_image("shufflenet_0.5x", training=True, rois_per_image=rois)
+    model = build_training_model("shufflenet_0.5x", Variant("modules"), torch.device("cpu"))
+    head, rpn_head = model.roi_heads.box_head, model.rpn.head
+    # Every training image brings exactly ``rois`` sampled RoIs through the per-RoI head.
+    assert training["roi_heads.box_head"] == rois * count_mult_adds(head, (14, 14), in_channels=480 // 2)
+    # The RPN head: a 3x3 conv and two 1x1 convs on the stride-16 map of the 96x128 test image.
+    channels, anchors, positions = rpn_head.conv[0][0].in_channels, 15, (96 // 16) * (128 // 16)
+    assert training["rpn.head"] == positions * (channels * channels * 9 + channels * anchors * 5)
+    assert training["roi_heads.box_predictor"] == rois * head.out_channels * (81 + 4 * 81)
+    assert set(training) == {"backbone.body", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor"}
+    inference = mult_adds_per_image("shufflenet_0.5x", training=False)
+    assert inference["backbone.body"] == training["backbone.body"] and inference["rpn.head"] == training["rpn.head"]
+    proposals = inference["roi_heads.box_head"] // (training["roi_heads.box_head"] // rois)
+    assert 0 < proposals <= 1000 and inference["roi_heads.box_head"] % proposals == 0
+
+
+def test_tool_prints_mult_adds_per_part(small_inputs, capsys):
+    assert benchmark_main(["--device", "cpu", "--mult-adds", "--models", "shufflenet_0.5x",
+                           "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("shufflenet_0.5x training: ") and "roi_heads.box_head" in lines[-2]
+    assert lines[-1].startswith("shufflenet_0.5x inference: ")

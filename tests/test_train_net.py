@@ -140,8 +140,9 @@ def test_demo_draws_detections_and_reports_unreadable_inputs(trained_run, easy_d
         [
             sys.executable, str(REPO / "tools" / "demo.py"), "--config", "quickstart.yaml",
             "--weights", str(output / "model_final.pth"),
-            "--input", str(easy_dataset / "val"), str(photos / "astronaut.png"), str(not_an_image),
             "--output", str(tmp_path / "demo"), "--confidence-threshold", "0.05",
+            # Overrides typed right after the input list are overrides, not inputs.
+            "--input", str(easy_dataset / "val"), str(photos / "astronaut.png"), str(not_an_image),
             "INPUT.MIN_SIZE_TEST", "192", "INPUT.MAX_SIZE_TEST", "320",
         ],
         capture_output=True, text=True, timeout=600, cwd=REPO,
@@ -149,6 +150,7 @@ def test_demo_draws_detections_and_reports_unreadable_inputs(trained_run, easy_d
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-2000:]  # one input failed, the rest were processed
     assert "notes.jpg: not an image" in log and "Traceback" not in log
+    assert "INPUT.MIN_SIZE_TEST" not in log
     written = sorted(p.name for p in (tmp_path / "demo").iterdir())
     assert "astronaut.jpg" in written and len(written) == 16 + 1
     counts = [int(n) for n in re.findall(r"val/\d+\.jpg: (\d+) detection", log)]

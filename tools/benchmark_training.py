@@ -5,6 +5,9 @@ Random 480x640 images with random boxes, already on the device (no data loading)
 autocast in --amp-dtype. Example (one GPU; docs/engine.md has the figures):
   python tools/benchmark_training.py --models shufflenet_1x shufflenet_2x tv_mobilenet_v3_fpn \
       --variants modules folded+cl dense+cl --json throughput.json
+Trailing KEY VALUE pairs change our detectors' configs (not torchvision's model), e.g. to compare
+recipes: ... --models shufflenet_1x MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000
+--mult-adds prints the multiply-adds per image by detector part instead (CPU, no timing).
 """
 
 import argparse
@@ -20,8 +23,15 @@ except ImportError:  # run from a clone without installing
 
 import torch
 
-from shufflenet_det.detection.benchmark import MODELS
-from shufflenet_det.detection.throughput import Variant, benchmark_throughput, markdown_table, profile_training
+from shufflenet_det.config import load_config, split_trailing_overrides
+from shufflenet_det.detection.benchmark import C4_MODELS, MODELS
+from shufflenet_det.detection.throughput import (
+    Variant,
+    benchmark_throughput,
+    markdown_table,
+    mult_adds_per_image,
+    profile_training,
+)
 from shufflenet_det.utils.io import atomic_write
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
@@ -42,9 +52,23 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing, print the operators that take the most time in 3 training steps "
                              "of each model and variant (torch.profiler)")
+    parser.add_argument("--mult-adds", action="store_true",
+                        help="instead of timing, print each model's conv + linear multiply-adds per image by part, "
+                             "in a training step (512 RoIs) and in inference (CPU, random weights)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides for our detectors, e.g. MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000")
     return parser.parse_args(argv)
+
+
+def print_mult_adds(models, overrides) -> None:
+    for name in models:
+        for training in (True, False):
+            parts = mult_adds_per_image(name, training=training, overrides=overrides if name in C4_MODELS else ())
+            listed = ", ".join(f"{part} {count / 1e9:.2f}" for part, count in parts.items())
+            print(f"{name} {'training' if training else 'inference'}: {sum(parts.values()) / 1e9:.2f} GMAC per image "
+                  f"({listed})", flush=True)
 
 
 def main(argv=None) -> int:
@@ -53,6 +77,9 @@ def main(argv=None) -> int:
     if args.json and os.path.exists(args.json) and not args.overwrite:
         print(f"error: {args.json} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    args.models, swallowed = split_trailing_overrides(args.models)
+    args.variants, swallowed_after_variants = split_trailing_overrides(args.variants)
+    args.opts = swallowed + swallowed_after_variants + list(args.opts)
     unknown = [name for name in args.models if name not in MODELS]
     if unknown:
         print(f"error: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
@@ -60,9 +87,19 @@ def main(argv=None) -> int:
     try:
         variants = [Variant.parse(text) for text in args.variants]
         device = torch.device(args.device)
+        for name in args.models:
+            if name in C4_MODELS:
+                load_config(C4_MODELS[name][0], args.opts)
     except (ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.opts and not any(name in C4_MODELS for name in args.models):
+        print("error: KEY VALUE overrides change our detectors' configs; none of --models is one of them",
+              file=sys.stderr)
+        return 2
+    if args.mult_adds:
+        print_mult_adds(args.models, args.opts)
+        return 0
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
@@ -78,12 +115,13 @@ def main(argv=None) -> int:
         for name in args.models:
             for variant in variants:
                 print(f"--- {name} {variant}", flush=True)
-                print(profile_training(name, variant, device, batch=args.batch, amp_dtype=amp_dtype), flush=True)
+                print(profile_training(name, variant, device, batch=args.batch, amp_dtype=amp_dtype,
+                                       overrides=args.opts if name in C4_MODELS else ()), flush=True)
         return 0
     try:
         results = benchmark_throughput(
             args.models, variants, device, batch=args.batch, iterations=args.iters, warmup=args.warmup,
-            amp_dtype=amp_dtype,
+            amp_dtype=amp_dtype, overrides=args.opts,
             report=lambda r: print(f"  {r.model} {r.variant}: train {r.train_images_per_s} img/s, "
                                    f"{r.train_peak_gib} GiB; inference {r.infer_images_per_s} img/s", flush=True),
         )
@@ -93,7 +131,7 @@ def main(argv=None) -> int:
     print(markdown_table(results))
     if args.json:
         payload = {"device": what, "torch": torch.__version__, "batch": args.batch, "amp_dtype": args.amp_dtype,
-                   "results": [r.as_dict() for r in results]}
+                   "overrides": list(args.opts), "results": [r.as_dict() for r in results]}
         atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(payload, indent=2)),
                      overwrite=args.overwrite)
     return 0 if results else 1

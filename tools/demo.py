@@ -16,7 +16,7 @@ try:
 except ImportError:  # run from a clone without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shufflenet_det.config import load_config  # noqa: E402
+from shufflenet_det.config import load_config, split_trailing_overrides  # noqa: E402
 from shufflenet_det.config.loading import ConfigError  # noqa: E402
 from shufflenet_det.detection import build_detector  # noqa: E402
 from shufflenet_det.detection.demo import Predictor, class_names_for, expand_inputs, run_on_images, run_on_video  # noqa: E402
@@ -37,7 +37,8 @@ def main() -> int:
     if not args.input and not args.video_input:
         parser.error("give --input and/or --video-input")
     setup_logger(None)
-    opts = list(args.opts) + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
+    args.input, swallowed = split_trailing_overrides(args.input)
+    opts = swallowed + list(args.opts) + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
     try:
         cfg = load_config(args.config, opts)
         model = build_detector(cfg)

@@ -11,7 +11,7 @@ import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -231,6 +231,35 @@ def count_mult_adds(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPU
     """Conv + linear multiply-adds of one forward pass of a batch-1 input of ``input_size`` (H, W)."""
     size = check_input_size(input_size)
     return _run_analysis(model, _mult_add_analysis(model, size, in_channels))[0]
+
+
+def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[str, int]:
+    """Conv + linear multiply-adds that ``run()`` makes ``model``'s layers do, by layer name.
+
+    Counted from forward hooks on each ``nn.Conv2d`` / ``nn.Linear`` (the same rule as the traced count:
+    one per multiply-add, biases free, a grouped conv as built), so it also covers models that a tracer
+    cannot follow, such as detectors whose RoI counts depend on the data.
+    """
+    counts: Dict[str, int] = {}
+
+    def record(name: str, layer: nn.Module, output: torch.Tensor) -> None:
+        if isinstance(layer, nn.Conv2d):
+            per_output = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+        else:
+            per_output = layer.in_features
+        counts[name] = counts.get(name, 0) + output.numel() * per_output
+
+    handles = [
+        layer.register_forward_hook(lambda layer, _inputs, output, name=name: record(name, layer, output))
+        for name, layer in model.named_modules()
+        if isinstance(layer, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
 
 
 def complexity(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> Complexity:

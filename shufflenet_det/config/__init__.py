@@ -1,5 +1,5 @@
 from .defaults import add_shufflenet_config, get_cfg
-from .loading import ConfigError, config_dir, list_configs, load_config, resolve_config_path
+from .loading import ConfigError, config_dir, list_configs, load_config, resolve_config_path, split_trailing_overrides
 
 __all__ = [
     "ConfigError",
@@ -9,4 +9,5 @@ __all__ = [
     "list_configs",
     "load_config",
     "resolve_config_path",
+    "split_trailing_overrides",
 ]

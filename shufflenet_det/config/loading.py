@@ -28,6 +28,17 @@ def list_configs() -> List[str]:
     return sorted(path.stem for path in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def split_trailing_overrides(values: Sequence[str]) -> tuple:
+    """``(values, overrides)``: a list option (``--input a.jpg b.jpg``) swallows the ``KEY VALUE`` pairs
+    typed after it; they start at the first item that names a config section (``MODEL.RPN.NMS_THRESH``)."""
+    sections = set(get_cfg().keys())
+    for index, value in enumerate(values):
+        head, dot, _ = str(value).partition(".")
+        if dot and head in sections:
+            return list(values[:index]), list(values[index:])
+    return list(values), []
+
+
 def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     """An existing file as given, else a bare name (with or without ``.yaml``) under ``config_dir()``."""
     path = Path(name_or_path)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
+from ..analysis import count_mult_adds_while
 from ..modeling import CONV_IMPLS
 from .benchmark import (
     C4_MODELS,
@@ -80,8 +81,11 @@ class ThroughputResult:
         return asdict(self)
 
 
-def build_training_model(name: str, variant: Variant, device: torch.device, rois_per_image: int = 512) -> FasterRCNN:
-    """A random-weight detector in training mode with 80 classes at 600px, as ``variant`` says."""
+def build_training_model(
+    name: str, variant: Variant, device: torch.device, rois_per_image: int = 512, overrides: Sequence = ()
+) -> FasterRCNN:
+    """A random-weight detector in training mode with 80 classes at 600px, as ``variant`` says; our
+    detectors' configs are further changed by ``overrides`` (KEY VALUE ..., e.g. to compare recipes)."""
     if name in C4_MODELS:
         model = build_random_c4_detector(
             name,
@@ -92,7 +96,8 @@ def build_training_model(name: str, variant: Variant, device: torch.device, rois
                 "SHUFFLENET_DET.CONV_IMPL", variant.conv_impl,
                 "SHUFFLENET_DET.RECOMPUTE_BOX_HEAD", variant.recompute,
                 "MODEL.DEVICE", str(device),
-            ],
+            ]
+            + list(overrides),
         )
     elif name in TORCHVISION_MODELS:
         model = build_random_torchvision_detector(name, box_batch_size_per_image=rois_per_image).to(device)
@@ -204,16 +209,35 @@ def measure_inference(
         model.train(was_training)
 
 
+def mult_adds_per_image(
+    name: str, training: bool = True, rois_per_image: int = 512, overrides: Sequence = ()
+) -> Dict[str, int]:
+    """Conv + linear multiply-adds per benchmark image (480x640 resized to 600px), by detector part
+    (``backbone.body``, ``rpn.head``, ``roi_heads.box_head``, ...): the forward work of a training step
+    (``rois_per_image`` sampled RoIs) or of inference (the RPN's test proposals). A backward pass costs
+    about twice its forward. Counted on the CPU with random weights, grouped convs as built."""
+    model = build_training_model(name, Variant("modules"), torch.device("cpu"), rois_per_image, overrides)
+    model.train(training)
+    images, targets = random_batch(name, 1, torch.device("cpu"))
+    with torch.no_grad():
+        by_layer = count_mult_adds_while(model, lambda: model(images, targets) if training else model(images))
+    by_part: Dict[str, int] = {}
+    for layer, count in by_layer.items():
+        part = ".".join(layer.split(".")[:2])
+        by_part[part] = by_part.get(part, 0) + count
+    return dict(sorted(by_part.items(), key=lambda item: -item[1]))
+
+
 def profile_training(
     name: str, variant: Variant, device: torch.device, batch: int = 16, steps: int = 3,
-    amp_dtype: Optional[torch.dtype] = torch.bfloat16, row_limit: int = 25,
+    amp_dtype: Optional[torch.dtype] = torch.bfloat16, row_limit: int = 25, overrides: Sequence = (),
 ) -> str:
     """A table of the operators that take the most time over ``steps`` training steps (after two warm-up
     steps), sorted by device time on a GPU and by CPU time otherwise: where an iteration's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    model = build_training_model(name, variant, device)
+    model = build_training_model(name, variant, device, overrides=overrides)
     images, targets = random_batch(name, batch, device)
     measure_training(model, images, targets, iterations=1, warmup=1, amp_dtype=amp_dtype)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -232,9 +256,11 @@ def benchmark_throughput(
     warmup: int = 3,
     amp_dtype: Optional[torch.dtype] = torch.bfloat16,
     report: Callable[[ThroughputResult], None] = lambda result: None,
+    overrides: Sequence = (),
 ) -> List[ThroughputResult]:
     """Training and inference throughput of each model under each variant (torchvision's model: the
-    variants' distinct channels_last settings only). A variant that fails is reported and skipped."""
+    variants' distinct channels_last settings only; ``overrides`` change our detectors' configs only).
+    A variant that fails is reported and skipped."""
     if batch < 1 or iterations < 1 or warmup < 0:
         raise ValueError("need batch >= 1, iterations >= 1 and warmup >= 0")
     results = []
@@ -245,7 +271,7 @@ def benchmark_throughput(
             model_variants = list(variants)
         for variant in model_variants:
             try:
-                result = _benchmark_one(name, variant, device, batch, iterations, warmup, amp_dtype)
+                result = _benchmark_one(name, variant, device, batch, iterations, warmup, amp_dtype, overrides)
             except Exception as error:  # noqa: BLE001  (one failing variant must not end the whole run)
                 logging.getLogger(__name__).error("%s %s failed: %s: %s", name, variant, type(error).__name__, error)
                 if device.type == "cuda":
@@ -258,10 +284,10 @@ def benchmark_throughput(
 
 def _benchmark_one(
     name: str, variant: Variant, device: torch.device, batch: int, iterations: int, warmup: int,
-    amp_dtype: Optional[torch.dtype],
+    amp_dtype: Optional[torch.dtype], overrides: Sequence,
 ) -> ThroughputResult:
     torch.manual_seed(0)
-    model = build_training_model(name, variant, device)
+    model = build_training_model(name, variant, device, overrides=overrides)
     images, targets = random_batch(name, batch, device)
     try:
         train_ms, peak = measure_training(model, images, targets, iterations, warmup, amp_dtype)
