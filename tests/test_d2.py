@@ -277,6 +277,27 @@ def test_every_config_builds_trains_and_infers(configs, name):
         assert instances.pred_classes.max() < 3 and instances.scores.min() > cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
 
 
+def test_recomputed_roi_heads_give_the_same_losses_and_gradients(configs, monkeypatch):
+    from shufflenet_det.detection.backbone import C4BoxHead
+
+    monkeypatch.setattr(C4BoxHead, "recompute_chunk", 5)  # several slices of RoIs, the last one partial
+    results = {}
+    for recompute in (False, True):
+        cfg = sd2.setup_d2_cfg(configs["mobilenet.yaml"], ["SHUFFLENET_DET.RECOMPUTE_BOX_HEAD", str(recompute)])
+        torch.manual_seed(0)
+        model = build_d2_model(cfg)
+        assert model.roi_heads.box_head.recompute == recompute
+        torch.manual_seed(1)  # the same proposal sampling in both runs
+        losses = _forward_backward(model)
+        results[recompute] = (losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (plain_losses, plain_grads), (losses, grads) = results[False], results[True]
+    for name in plain_losses:
+        torch.testing.assert_close(losses[name], plain_losses[name])
+    assert grads.keys() == plain_grads.keys() and any(n.startswith("backbone.") for n in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
+
+
 def test_repository_configs_build():
     paths = sorted((REPO / "configs").glob("*.yaml")) if (REPO / "configs").is_dir() else []
     paths = [p for p in paths if not p.name.startswith("Base-")]

@@ -87,6 +87,37 @@ def test_benchmark_measures_each_variant_and_skips_a_failing_one(small_inputs, m
     assert result.train_images_per_s == pytest.approx(1000 * 2 / result.train_ms_per_iter, rel=0.01)
     table = throughput.markdown_table(results)
     assert "| shufflenet_0.5x | folded+cl |" in table and table.count("\n") == 2
+    training_only = throughput.benchmark_throughput(
+        ["shufflenet_0.5x"], [Variant.parse("folded")], torch.device("cpu"), batch=1, iterations=1, warmup=0,
+        amp_dtype=None, inference=False,
+    )[0]
+    assert training_only.infer_images_per_s is None and training_only.train_images_per_s > 0
+    assert "| - | - |" in throughput.markdown_table([training_only])
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak resident memory needs Linux's /proc")
+def test_cpu_peak_memory_follows_the_live_tensors_of_the_timed_steps():
+    from shufflenet_det.detection import throughput
+    from shufflenet_det.utils.host_memory import resident_bytes, track_freed_memory
+
+    assert track_freed_memory()
+    baseline = resident_bytes()
+    weight = torch.nn.Parameter(torch.ones(1))
+    kept = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, images, targets):
+            big = torch.ones(64, 2**20) * self.weight  # 256 MiB alive during the step, saved for backward
+            kept.append(big.shape)
+            return {"loss": big.sum() * 1e-9}
+
+    _, peak = throughput.measure_training(Model(), [torch.zeros(1)], [{}], iterations=1, warmup=1,
+                                          amp_dtype=None, baseline_bytes=baseline)
+    assert 0.25 <= peak < 0.75 and len(kept) == 2
 
 
 def test_profile_names_the_costliest_operators(small_inputs):

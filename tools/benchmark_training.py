@@ -2,7 +2,8 @@
 """Training and inference throughput of the C4 detectors beside torchvision's MobileNet v3 FPN detector.
 
 Random 480x640 images with random boxes, already on the device (no data loading), resized to 600px;
-autocast in --amp-dtype. Example (one GPU; docs/engine.md has the figures):
+autocast in --amp-dtype. Peak memory: the CUDA allocator's peak on a GPU; on a CPU (Linux) the peak
+resident memory of the timed steps above the process's before the model was built. Example (one GPU; docs/engine.md has the figures):
   python tools/benchmark_training.py --models shufflenet_1x shufflenet_2x tv_mobilenet_v3_fpn \
       --variants modules folded+cl dense+cl --json throughput.json
 Trailing KEY VALUE pairs change our detectors' configs (not torchvision's model), e.g. to compare
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--mult-adds", action="store_true",
                         help="instead of timing, print each model's conv + linear multiply-adds per image by part, "
                              "in a training step (512 RoIs) and in inference (CPU, random weights)")
+    parser.add_argument("--skip-inference", action="store_true", help="time training only")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     try:
         results = benchmark_throughput(
             args.models, variants, device, batch=args.batch, iterations=args.iters, warmup=args.warmup,
-            amp_dtype=amp_dtype, overrides=args.opts,
+            amp_dtype=amp_dtype, overrides=args.opts, inference=not args.skip_inference,
             report=lambda r: print(f"  {r.model} {r.variant}: train {r.train_images_per_s} img/s, "
                                    f"{r.train_peak_gib} GiB; inference {r.infer_images_per_s} img/s", flush=True),
         )

@@ -204,8 +204,9 @@ _C.SHUFFLENET_DET.CHANNELS_LAST = False
 # fastest on GPUs, whose matrix units run dense convs far better than grouped ones) or "auto"
 # (dense for CUDA tensors, else folded). docs/engine.md has the figures.
 _C.SHUFFLENET_DET.CONV_IMPL = "auto"
-# Training keeps only each per-RoI block's input and recomputes the block in backward: less memory
-# (the per-RoI activations dominate a C4 detector's), more compute. Needs FrozenBN in the head.
+# Training runs RoIAlign and the per-RoI head on slices of RoIs and keeps none of their activations:
+# backward runs each slice again. The per-RoI activations are nearly all of a C4 detector's training
+# memory; this costs one more forward of the head. Needs FrozenBN in the head.
 _C.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD = False
 # DistributedDataParallel's find_unused_parameters: needed when some parameters get no gradient.
 _C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False

@@ -101,6 +101,8 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
         sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
         aligned=pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE),
     )
+    # A recomputing head pools its RoIs itself, a slice at a time, so that none is kept for backward.
+    model.roi_heads.box_roi_pool.defer = box_head.recompute
     model.transform = build_transform(cfg)
     checkpoint = read_detector_checkpoint(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
     if checkpoint is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,11 +21,39 @@ def pooler_aligned(pooler_type: str) -> bool:
     return POOLER_TYPES[pooler_type]
 
 
+class DeferredRoIs:
+    """RoIs to be pooled later, any slice at a time: ``pooled(start, stop)`` is [stop - start, C, S, S].
+
+    A per-RoI head that recomputes its activations in backward (``C4BoxHead.set_recompute``) pools and
+    runs one slice after another, so that no pooled RoI has to be kept for backward.
+    ``rois`` is [R, 5]: image index, then XYXY in image pixels (torchvision's ``roi_align`` format).
+    """
+
+    def __init__(self, pool: Callable[[torch.Tensor], torch.Tensor], rois: torch.Tensor) -> None:
+        self.pool = pool
+        self.rois = rois
+
+    def __len__(self) -> int:
+        return len(self.rois)
+
+    def pooled(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        return self.pool(self.rois[start:stop])
+
+
+def rois_with_image_index(boxes: List[torch.Tensor]) -> torch.Tensor:
+    """One [R, 5] tensor (image index, XYXY) from a list of per-image [R_i, 4] box tensors."""
+    if not boxes:
+        return torch.zeros(0, 5)
+    indices = [torch.full((len(b), 1), float(i), dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat([index, b], dim=1) for index, b in zip(indices, boxes)])
+
+
 class RoIPooler(nn.Module):
     """Pools every proposal to ``output_size`` x ``output_size`` from one feature map: [R, C, S, S].
 
     ``spatial_scale`` is 1 / the feature's stride; ``sampling_ratio`` 0 picks the number of sample
-    points per bin from the RoI size (detectron2's and torchvision's adaptive mode).
+    points per bin from the RoI size (detectron2's and torchvision's adaptive mode). With ``defer``,
+    training-mode calls that record gradients return ``DeferredRoIs`` for the box head to pool.
     """
 
     def __init__(
@@ -42,16 +70,23 @@ class RoIPooler(nn.Module):
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
+        self.defer = False
 
     def forward(
         self,
         features: Dict[str, torch.Tensor],
         proposals: List[torch.Tensor],
         image_shapes: Optional[List[Tuple[int, int]]] = None,
-    ) -> torch.Tensor:
+    ) -> Union[torch.Tensor, DeferredRoIs]:
+        feature_map = features[self.feature_name]
+        if self.defer and self.training and torch.is_grad_enabled():
+            return DeferredRoIs(lambda rois: self._align(feature_map, rois), rois_with_image_index(proposals))
+        return self._align(feature_map, proposals)
+
+    def _align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
         return roi_align(
-            features[self.feature_name],
-            proposals,
+            feature_map,
+            rois,
             output_size=self.output_size,
             spatial_scale=self.spatial_scale,
             sampling_ratio=self.sampling_ratio,

@@ -24,6 +24,7 @@ from torchvision.models.detection import FasterRCNN
 
 from ..analysis import count_mult_adds_while
 from ..modeling import CONV_IMPLS
+from ..utils.host_memory import peak_resident_bytes, reset_peak_resident, resident_bytes, track_freed_memory
 from .benchmark import (
     C4_MODELS,
     IMAGE_SIZE,
@@ -74,8 +75,8 @@ class ThroughputResult:
     train_images_per_s: float
     train_ms_per_iter: float
     train_peak_gib: float
-    infer_images_per_s: float
-    infer_batch1_ms: float
+    infer_images_per_s: Optional[float]
+    infer_batch1_ms: Optional[float]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -163,8 +164,11 @@ def measure_training(
     iterations: int,
     warmup: int,
     amp_dtype: Optional[torch.dtype],
+    baseline_bytes: Optional[int] = None,
 ) -> Tuple[float, float]:
-    """Median ms per training step (forward, backward, SGD step) and the peak GiB the timed steps allocated."""
+    """Median ms per training step (forward, backward, SGD step) and the peak GiB of the timed steps:
+    on a GPU the allocator's peak, on a CPU the peak resident memory above ``baseline_bytes`` (taken
+    before the model was built, with ``track_freed_memory()`` on; utils/host_memory.py); NaN if unknown."""
     device = images[0].device
     parameters = [p for p in model.parameters() if p.requires_grad]
     # A tiny learning rate keeps random weights from diverging within the timed steps.
@@ -182,12 +186,16 @@ def measure_training(
     def reset_peak() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        else:
+            reset_peak_resident()
 
     median = _median_ms(step, iterations, warmup, device, reset_peak)
     if not torch.isfinite(losses[0]):
         raise RuntimeError(f"non-finite training loss {losses[0].item()} in the benchmark")
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return median, peak
+    if device.type == "cuda":
+        return median, torch.cuda.max_memory_allocated(device) / 2**30
+    high = peak_resident_bytes()
+    return median, (high - baseline_bytes) / 2**30 if high is not None and baseline_bytes is not None else float("nan")
 
 
 @torch.no_grad()
@@ -257,10 +265,13 @@ def benchmark_throughput(
     amp_dtype: Optional[torch.dtype] = torch.bfloat16,
     report: Callable[[ThroughputResult], None] = lambda result: None,
     overrides: Sequence = (),
+    inference: bool = True,
 ) -> List[ThroughputResult]:
     """Training and inference throughput of each model under each variant (torchvision's model: the
-    variants' distinct channels_last settings only; ``overrides`` change our detectors' configs only).
-    A variant that fails is reported and skipped."""
+    variants' distinct channels_last settings only; ``overrides`` change our detectors' configs only;
+    ``inference`` False skips the inference timing). A variant that fails is reported and skipped."""
+    if device.type == "cpu":
+        track_freed_memory()
     if batch < 1 or iterations < 1 or warmup < 0:
         raise ValueError("need batch >= 1, iterations >= 1 and warmup >= 0")
     results = []
@@ -271,7 +282,7 @@ def benchmark_throughput(
             model_variants = list(variants)
         for variant in model_variants:
             try:
-                result = _benchmark_one(name, variant, device, batch, iterations, warmup, amp_dtype, overrides)
+                result = _benchmark_one(name, variant, device, batch, iterations, warmup, amp_dtype, overrides, inference)
             except Exception as error:  # noqa: BLE001  (one failing variant must not end the whole run)
                 logging.getLogger(__name__).error("%s %s failed: %s: %s", name, variant, type(error).__name__, error)
                 if device.type == "cuda":
@@ -284,15 +295,18 @@ def benchmark_throughput(
 
 def _benchmark_one(
     name: str, variant: Variant, device: torch.device, batch: int, iterations: int, warmup: int,
-    amp_dtype: Optional[torch.dtype], overrides: Sequence,
+    amp_dtype: Optional[torch.dtype], overrides: Sequence, inference: bool,
 ) -> ThroughputResult:
     torch.manual_seed(0)
+    baseline = resident_bytes() if device.type == "cpu" else None
     model = build_training_model(name, variant, device, overrides=overrides)
     images, targets = random_batch(name, batch, device)
+    batch_ms = single_ms = None
     try:
-        train_ms, peak = measure_training(model, images, targets, iterations, warmup, amp_dtype)
-        batch_ms = measure_inference(model, images, max(2, iterations // 2), 1, amp_dtype)
-        single_ms = measure_inference(model, images[:1], iterations * 2, warmup, amp_dtype)
+        train_ms, peak = measure_training(model, images, targets, iterations, warmup, amp_dtype, baseline)
+        if inference:
+            batch_ms = measure_inference(model, images, max(2, iterations // 2), 1, amp_dtype)
+            single_ms = measure_inference(model, images[:1], iterations * 2, warmup, amp_dtype)
     finally:
         del model
         if device.type == "cuda":
@@ -304,8 +318,8 @@ def _benchmark_one(
         train_images_per_s=round(1000 * batch / train_ms, 1),
         train_ms_per_iter=round(train_ms, 1),
         train_peak_gib=round(peak, 2),
-        infer_images_per_s=round(1000 * batch / batch_ms, 1),
-        infer_batch1_ms=round(single_ms, 1),
+        infer_images_per_s=None if batch_ms is None else round(1000 * batch / batch_ms, 1),
+        infer_batch1_ms=None if single_ms is None else round(single_ms, 1),
     )
 
 
@@ -320,6 +334,10 @@ def markdown_table(results: Sequence[ThroughputResult], baseline: str = "tv_mobi
         ratio = f"{r.train_images_per_s / reference:.2f}" if reference else "-"
         lines.append(
             f"| {r.model} | {r.variant} | {r.train_images_per_s} | {ratio} | {r.train_ms_per_iter} "
-            f"| {r.train_peak_gib} | {r.infer_images_per_s} | {r.infer_batch1_ms} |"
+            f"| {r.train_peak_gib} | {_or_dash(r.infer_images_per_s)} | {_or_dash(r.infer_batch1_ms)} |"
         )
     return "\n".join(lines)
+
+
+def _or_dash(value: Optional[float]) -> str:
+    return "-" if value is None else str(value)

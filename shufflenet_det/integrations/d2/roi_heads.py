@@ -13,13 +13,14 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.modeling.roi_heads import ROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ...detection.backbone import C4BoxHead
+from ...detection.pooler import DeferredRoIs
 from .backbone import network_from_cfg, split_c4
 
 
@@ -79,7 +80,13 @@ class ShuffleNetC4ROIHeads(ROIHeads):
         self, features: Dict[str, torch.Tensor], proposal_boxes: List[Boxes]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Class logits [R, K+1] (background last) and box deltas [R, 4K] for the given boxes, all images concatenated."""
-        roi_features = self.pooler([features[self.in_feature]], proposal_boxes)
+        if self.box_head.recompute and self.training and torch.is_grad_enabled():
+            # The head pools (one level: the pooler's only RoIAlign) and runs a slice of RoIs at a time.
+            feature_map, align = features[self.in_feature], self.pooler.level_poolers[0]
+            rois = convert_boxes_to_pooler_format(proposal_boxes)
+            roi_features = DeferredRoIs(lambda chosen: align(feature_map, chosen), rois)
+        else:
+            roi_features = self.pooler([features[self.in_feature]], proposal_boxes)
         return self.box_predictor(self.box_head(roi_features))
 
     def forward(
