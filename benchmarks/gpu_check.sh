@@ -5,7 +5,8 @@
 # for all of them, so split them over calls where a call is limited to 10 minutes):
 #   profile         the operators that take the most GPU time in a ShuffleNet 1x C4 training step
 #   throughput      detector training/inference img/s and peak memory beside torchvision's MobileNet v3 FPN
-#   recipe          ShuffleNet 1x with torchvision's pre-NMS proposal count in training (2000, ours 12000)
+#   recipe          ShuffleNet 1x with torchvision's pre-NMS proposal count in training (2000, ours 12000),
+#                   then with the batched RPN NMS (SHUFFLENET_DET.RPN_NMS_IMPL batched)
 #   compile         the same throughput with torch.compile on the per-RoI head
 #   train2x         a real ShuffleNet 2x run at 600px, batch 16, on the synthetic data
 #   quickstart      a real quickstart run on the synthetic data (data loader share, inference time)
@@ -40,9 +41,12 @@ for step in $steps; do
           --variants dense+cl dense+cl+recompute --iters 10 --warmup 3 --json "$out/detector_throughput.json" 2>&1 \
           | tee -a "$log" ;;
     recipe)
-      timeout 120 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
-          --json "$out/detector_recipe.json" MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000 2>&1 | grep -v "^W[0-9]" | tail -6 \
-          | tee -a "$log" ;;
+      timeout 100 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
+          --skip-inference --json "$out/detector_recipe_prenms.json" MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000 2>&1 \
+          | grep -v "^W[0-9]" | tail -4 | tee -a "$log"
+      timeout 100 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
+          --json "$out/detector_batched_nms.json" SHUFFLENET_DET.RPN_NMS_IMPL batched 2>&1 \
+          | grep -v "^W[0-9]" | tail -4 | tee -a "$log" ;;
     profile)
       timeout 120 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --profile \
           > "$out/profile.txt" 2>&1

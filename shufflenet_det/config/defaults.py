@@ -208,6 +208,10 @@ _C.SHUFFLENET_DET.CONV_IMPL = "auto"
 # backward runs each slice again. The per-RoI activations are nearly all of a C4 detector's training
 # memory; this costs one more forward of the head. Needs FrozenBN in the head.
 _C.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD = False
+# How the RPN selects proposals in our engine: "torchvision" (one image at a time, NMS over every box)
+# or "batched" (all images at once, NMS in blocks that stops at POST_NMS_TOPK kept boxes; the same
+# proposals, detection/proposals.py). detectron2's engine uses its own RPN.
+_C.SHUFFLENET_DET.RPN_NMS_IMPL = "torchvision"
 # DistributedDataParallel's find_unused_parameters: needed when some parameters get no gradient.
 _C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False
 

@@ -137,6 +137,9 @@ def _export_copy(
         detector = copy.deepcopy(detector)
     # Same state, one method replaced (RoIHeads' constructor cannot take an existing head's parts).
     detector.roi_heads.__class__ = PerClassNMSRoIHeads
+    # Traced: torchvision's proposal selection maps onto ONNX's NMS (SHUFFLENET_DET.RPN_NMS_IMPL "batched"
+    # loops until its blocks settle, which a trace cannot follow).
+    detector.rpn.__class__ = RegionProposalNetwork
     return DetectorOutputs(detector).eval()
 
 

@@ -25,9 +25,11 @@ from .anchors import ExactAnchorGenerator
 from .backbone import build_backbone, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
 from .pooler import RoIPooler, pooler_aligned
+from .proposals import BatchedProposalRPN
 from .transform import DetectionTransform
 
 INPUT_FORMATS = ("BGR", "RGB")
+RPN_NMS_IMPLS = ("torchvision", "batched")
 C4_STRIDE = 16
 
 # Settings torchvision's Faster R-CNN cannot change: (key, the only value it supports).
@@ -94,6 +96,9 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
     # FasterRCNN's constructor only takes a multi-level pooler, one input size pair and fixed RPN
     # box weights: put in the C4 parts afterwards.
     model.rpn.box_coder = BoxCoder(tuple(rpn.BBOX_REG_WEIGHTS))
+    if cfg.SHUFFLENET_DET.RPN_NMS_IMPL == "batched":
+        # Same state, one method replaced (FasterRCNN builds its RPN itself).
+        model.rpn.__class__ = BatchedProposalRPN
     model.roi_heads.box_roi_pool = RoIPooler(
         feature_name,
         cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
@@ -152,6 +157,10 @@ def check_detector_config(cfg: CfgNode) -> None:
         value = _get(cfg, key)
         if _normalized(value) != _normalized(supported):
             raise ConfigError(f"{key} {value!r} is not supported by the torchvision C4 detector (use {supported!r})")
+    if cfg.SHUFFLENET_DET.RPN_NMS_IMPL not in RPN_NMS_IMPLS:
+        raise ConfigError(
+            f"SHUFFLENET_DET.RPN_NMS_IMPL must be one of {', '.join(RPN_NMS_IMPLS)}, got {cfg.SHUFFLENET_DET.RPN_NMS_IMPL!r}"
+        )
     if cfg.INPUT.FORMAT not in INPUT_FORMATS:
         raise ConfigError(f"INPUT.FORMAT must be one of {', '.join(INPUT_FORMATS)}, got {cfg.INPUT.FORMAT!r}")
     for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):

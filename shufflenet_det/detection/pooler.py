@@ -44,8 +44,7 @@ def rois_with_image_index(boxes: List[torch.Tensor]) -> torch.Tensor:
     """One [R, 5] tensor (image index, XYXY) from a list of per-image [R_i, 4] box tensors."""
     if not boxes:
         return torch.zeros(0, 5)
-    indices = [torch.full((len(b), 1), float(i), dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
-    return torch.cat([torch.cat([index, b], dim=1) for index, b in zip(indices, boxes)])
+    return torch.cat([torch.cat([b.new_full((len(b), 1), image), b], dim=1) for image, b in enumerate(boxes)])
 
 
 class RoIPooler(nn.Module):

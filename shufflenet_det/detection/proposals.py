@@ -1,0 +1,131 @@
+"""RPN proposal selection for all images of a batch at once, with an NMS that stops at the boxes kept.
+
+torchvision's RPN selects each image's proposals in a Python loop: clip, drop small and low-scoring
+boxes, NMS over every box that is left (up to PRE_NMS_TOPK: 12000 in C4 training), keep the first
+POST_NMS_TOPK (2000). On a GPU its NMS ends in a scan by one thread block that visits the boxes in
+score order, a memory round trip and a barrier for every kept box, and the images of a batch run one
+after another. ``BatchedProposalRPN`` selects the same proposals for all images together:
+``greedy_nms_first_k`` resolves greedy NMS a block of boxes at a time with batched matrix operations
+and stops once every image has its POST_NMS_TOPK boxes.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+
+def iou_above(
+    boxes: torch.Tensor, areas: torch.Tensor, others: torch.Tensor, other_areas: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """[..., len(boxes), len(others)]: IoU > threshold, with the float32 terms in the order of torchvision's
+    NMS kernels (compared in double precision, which gives the same answer as their float comparison
+    for float32 IoUs). Leading batch dimensions broadcast."""
+    first, second = boxes[..., :, None, :], others[..., None, :, :]
+    width = torch.minimum(first[..., 2], second[..., 2]) - torch.maximum(first[..., 0], second[..., 0])
+    height = torch.minimum(first[..., 3], second[..., 3]) - torch.maximum(first[..., 1], second[..., 1])
+    intersection = width.clamp(min=0) * height.clamp(min=0)
+    iou = intersection / (areas[..., :, None] + other_areas[..., None, :] - intersection)
+    return iou.double() > threshold
+
+
+def _box_areas(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def greedy_nms_first_k(
+    boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, iou_threshold: float, k: int, block: int = 1024
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Greedy NMS for a batch of images: boxes [N, M, 4] (XYXY), scores [N, M], valid [N, M] (boxes to consider).
+
+    Returns ``(indices [N, k], counts [N])``: image n keeps boxes ``indices[n, :counts[n]]`` (indices into
+    M), the first ``k`` boxes that greedy NMS keeps among its valid boxes, by decreasing score, equal
+    to ``torchvision.ops.nms(boxes[n][valid[n]], scores[n][valid[n]], iou_threshold)[:k]`` (mapped back
+    to M); equal scores are taken in index order.
+
+    Boxes are visited in blocks of ``block`` in score order. A block's boxes first drop out if a box kept
+    in an earlier block overlaps them; within the block, box i survives if no earlier survivor overlaps
+    it, a rule applied to all boxes at once until nothing changes (each round settles at least the
+    first unsettled box, so this ends at greedy NMS's answer).
+    """
+    images, count = scores.shape
+    indices = torch.zeros(images, k, dtype=torch.int64, device=scores.device)
+    counts = torch.zeros(images, dtype=torch.int64, device=scores.device)
+    if count == 0 or k <= 0:
+        return indices, counts
+    # torchvision's NMS runs in float32 under autocast too.
+    boxes, scores = boxes.float(), scores.float()
+    ranked = scores.masked_fill(~valid, float("-inf"))
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
+    ordered = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+    ordered_valid = valid.gather(1, order)
+    areas = _box_areas(ordered)
+    kept = torch.zeros_like(ordered_valid)  # by position in score order
+    for start in range(0, count, block):
+        stop = min(start + block, count)
+        candidates, candidate_areas = ordered[:, start:stop], areas[:, start:stop]
+        alive = ordered_valid[:, start:stop].clone()
+        if start:
+            # The boxes kept so far, packed to the front of each row (at most k + block per image).
+            packed = torch.sort((~kept[:, :start]).to(torch.uint8), dim=1, stable=True).indices
+            width = int(kept[:, :start].sum(dim=1).max())
+            packed = packed[:, :width]
+            earlier_kept = kept[:, :start].gather(1, packed)
+            earlier_boxes = ordered[:, :start].gather(1, packed[..., None].expand(-1, -1, 4))
+            earlier_areas = areas[:, :start].gather(1, packed)
+            overlap = iou_above(candidates, candidate_areas, earlier_boxes, earlier_areas, iou_threshold)
+            alive &= ~(overlap & earlier_kept[:, None, :]).any(dim=2)
+        # earlier[n, i, j]: box j comes before box i in score order and overlaps it.
+        earlier = iou_above(candidates, candidate_areas, candidates, candidate_areas, iou_threshold).tril(-1).float()
+        survivors = alive
+        while True:
+            suppressed = torch.bmm(earlier, survivors.float()[..., None])[..., 0] > 0
+            updated = alive & ~suppressed
+            if torch.equal(updated, survivors):
+                break
+            survivors = updated
+        kept[:, start:stop] = survivors
+        if bool((kept[:, :stop].sum(dim=1) >= k).all()):
+            break
+    counts = kept.sum(dim=1).clamp(max=k)
+    positions = torch.sort((~kept).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    width = positions.shape[1]
+    indices[:, :width] = order.gather(1, positions)
+    return indices, counts
+
+
+class BatchedProposalRPN(RegionProposalNetwork):
+    """torchvision's RPN whose proposal selection runs for all images at once (``greedy_nms_first_k``).
+
+    The same steps as torchvision's ``filter_proposals`` for one feature level (top PRE_NMS_TOPK, sigmoid,
+    clip, drop boxes under ``min_size`` and below ``score_thresh``, NMS, the best POST_NMS_TOPK) and the
+    same proposals in the same order, except where equal scores make torchvision's order its sort's
+    choice (here: index order). Several feature levels go to torchvision's own selection.
+    """
+
+    def filter_proposals(
+        self,
+        proposals: torch.Tensor,
+        objectness: torch.Tensor,
+        image_shapes: List[Tuple[int, int]],
+        num_anchors_per_level: List[int],
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        if len(num_anchors_per_level) != 1:
+            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)
+        top = self._get_top_n_idx(objectness, num_anchors_per_level)
+        rows = torch.arange(num_images, device=proposals.device)[:, None]
+        boxes, scores = proposals[rows, top], torch.sigmoid(objectness[rows, top])
+        sizes = torch.tensor(image_shapes, dtype=boxes.dtype, device=boxes.device)  # [N, (height, width)]
+        limits = sizes.flip(1).repeat(1, 2)[:, None, :]  # width, height, width, height
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        valid = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
+        keep, counts = greedy_nms_first_k(boxes, scores, valid, self.nms_thresh, self.post_nms_top_n())
+        selected = [keep[image, :kept] for image, kept in enumerate(counts.tolist())]
+        return [boxes[image, index] for image, index in enumerate(selected)], [
+            scores[image, index] for image, index in enumerate(selected)
+        ]
