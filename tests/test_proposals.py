@@ -57,17 +57,18 @@ def _rpn(cls, post_nms=40):
     )
 
 
-def test_batched_rpn_selects_the_same_proposals_as_torchvisions():
+@pytest.mark.parametrize("levels", [[900], [600, 300]])
+def test_batched_rpn_selects_the_same_proposals_as_torchvisions(levels):
     generator = torch.Generator().manual_seed(3)
-    num_images, anchors = 3, 900
+    num_images, anchors = 3, sum(levels)
     corners = torch.rand(num_images, anchors, 2, generator=generator) * torch.tensor([130.0, 90.0]) - 10
     sizes = torch.rand(num_images, anchors, 2, generator=generator) * 60
     sizes[:, :20] = 1e-4  # boxes under min_size are dropped
     proposals = torch.cat([corners, corners + sizes], dim=2)
     objectness = torch.randn(num_images * anchors, 1, generator=generator) * 3
     image_shapes = [(80, 120), (64, 100), (90, 70)]
-    expected = _rpn(RegionProposalNetwork).filter_proposals(proposals, objectness, image_shapes, [anchors])
-    batched = _rpn(BatchedProposalRPN).filter_proposals(proposals, objectness, image_shapes, [anchors])
+    expected = _rpn(RegionProposalNetwork).filter_proposals(proposals, objectness, image_shapes, levels)
+    batched = _rpn(BatchedProposalRPN).filter_proposals(proposals, objectness, image_shapes, levels)
     for (boxes, scores), (want_boxes, want_scores) in zip(zip(*batched), zip(*expected)):
         assert len(want_boxes) == 40  # the cut at POST_NMS_TOPK is reached
         assert torch.equal(boxes, want_boxes) and torch.equal(scores, want_scores)

@@ -37,6 +37,7 @@ from torchvision.ops import boxes as box_ops
 from ..config.loading import ConfigError, load_config
 from ..detection.benchmark import random_image
 from ..detection.detector import build_detector
+from ..detection.proposals import BatchedProposalRPN
 from ..utils.io import PathLike
 from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from .nms import nms_first_k
@@ -354,39 +355,22 @@ def batched_nms_first_k(
     return kept[:k]
 
 
-class EarlyStopRPN(RegionProposalNetwork):
-    """torchvision's RPN whose proposal selection stops NMS at POST_NMS_TOPK_TEST kept boxes.
+class EarlyStopRPN(BatchedProposalRPN):
+    """torchvision's RPN whose NMS stops at POST_NMS_TOPK_TEST kept boxes, image by image.
 
-    Same steps as torchvision's ``filter_proposals`` (top PRE_NMS_TOPK per level, sigmoid, clip, drop
-    small and low-scoring boxes, NMS per level, keep the best POST_NMS_TOPK), same proposals in the same
-    order; only the NMS skips what the cut-off drops (6000 boxes: about 65 ms less per image on one core).
+    Same steps and the same proposals in the same order as torchvision's ``filter_proposals``, ties in
+    score included (``batched_nms_first_k``); only the NMS skips what the cut-off drops (6000 boxes: about
+    65 ms less per image on one core).
     """
 
-    def filter_proposals(
-        self,
-        proposals: torch.Tensor,
-        objectness: torch.Tensor,
-        image_shapes: List[Tuple[int, int]],
-        num_anchors_per_level: List[int],
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        num_images = proposals.shape[0]
-        objectness = objectness.detach().reshape(num_images, -1)
-        top = self._get_top_n_idx(objectness, num_anchors_per_level)
-        level_of_anchor = torch.repeat_interleave(
-            torch.arange(len(num_anchors_per_level)), torch.tensor(num_anchors_per_level)
-        ).to(proposals.device)
-        rows = torch.arange(num_images, device=proposals.device)[:, None]
-        top_boxes, top_scores = proposals[rows, top], torch.sigmoid(objectness[rows, top])
-        selected_boxes, selected_scores = [], []
-        for boxes, scores, levels, image_shape in zip(top_boxes, top_scores, level_of_anchor[top], image_shapes):
-            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-            keep = box_ops.remove_small_boxes(boxes, self.min_size)
-            keep = keep[scores[keep] >= self.score_thresh]
-            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-            keep = batched_nms_first_k(boxes, scores, levels, self.nms_thresh, self.post_nms_top_n())
-            selected_boxes.append(boxes[keep])
-            selected_scores.append(scores[keep])
-        return selected_boxes, selected_scores
+    def select(
+        self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor
+    ) -> List[torch.Tensor]:
+        members = [row.nonzero().flatten() for row in valid]
+        return [
+            index[batched_nms_first_k(b[index], s[index], group[index], self.nms_thresh, self.post_nms_top_n())]
+            for b, s, group, index in zip(boxes, scores, levels, members)
+        ]
 
 
 def deploy_detector(

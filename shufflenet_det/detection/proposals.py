@@ -15,6 +15,7 @@ from typing import List, Tuple
 
 import torch
 from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import boxes as box_ops
 
 
 def iou_above(
@@ -99,10 +100,11 @@ def greedy_nms_first_k(
 class BatchedProposalRPN(RegionProposalNetwork):
     """torchvision's RPN whose proposal selection runs for all images at once (``greedy_nms_first_k``).
 
-    The same steps as torchvision's ``filter_proposals`` for one feature level (top PRE_NMS_TOPK, sigmoid,
-    clip, drop boxes under ``min_size`` and below ``score_thresh``, NMS, the best POST_NMS_TOPK) and the
-    same proposals in the same order, except where equal scores make torchvision's order its sort's
-    choice (here: index order). Several feature levels go to torchvision's own selection.
+    The same steps as torchvision's ``filter_proposals`` (top PRE_NMS_TOPK per level, sigmoid, clip, drop
+    boxes under ``min_size`` and below ``score_thresh``, NMS per level, the best POST_NMS_TOPK), the first
+    four for the whole batch at once (``candidates``), and the same proposals in the same order, except
+    where equal scores make torchvision's order its sort's choice (here: index order). ``select`` picks
+    each image's proposals; with several feature levels it runs torchvision's NMS image by image.
     """
 
     def filter_proposals(
@@ -112,11 +114,28 @@ class BatchedProposalRPN(RegionProposalNetwork):
         image_shapes: List[Tuple[int, int]],
         num_anchors_per_level: List[int],
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        if len(num_anchors_per_level) != 1:
-            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        boxes, scores, levels, valid = self.candidates(proposals, objectness, image_shapes, num_anchors_per_level)
+        selected = self.select(boxes, scores, levels, valid)
+        return (
+            [boxes[image, keep] for image, keep in enumerate(selected)],
+            [scores[image, keep] for image, keep in enumerate(selected)],
+        )
+
+    def candidates(
+        self,
+        proposals: torch.Tensor,
+        objectness: torch.Tensor,
+        image_shapes: List[Tuple[int, int]],
+        num_anchors_per_level: List[int],
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every image's top PRE_NMS_TOPK boxes per level, clipped, with their scores (sigmoid), feature
+        levels and whether they pass ``min_size`` and ``score_thresh``: [N, M, 4], [N, M], [N, M], [N, M]."""
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
         top = self._get_top_n_idx(objectness, num_anchors_per_level)
+        level_of_anchor = torch.repeat_interleave(
+            torch.arange(len(num_anchors_per_level)), torch.tensor(num_anchors_per_level)
+        ).to(proposals.device)
         rows = torch.arange(num_images, device=proposals.device)[:, None]
         boxes, scores = proposals[rows, top], torch.sigmoid(objectness[rows, top])
         sizes = torch.tensor(image_shapes, dtype=boxes.dtype, device=boxes.device)  # [N, (height, width)]
@@ -124,8 +143,18 @@ class BatchedProposalRPN(RegionProposalNetwork):
         boxes = torch.minimum(boxes.clamp(min=0), limits)
         widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
         valid = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
-        keep, counts = greedy_nms_first_k(boxes, scores, valid, self.nms_thresh, self.post_nms_top_n())
-        selected = [keep[image, :kept] for image, kept in enumerate(counts.tolist())]
-        return [boxes[image, index] for image, index in enumerate(selected)], [
-            scores[image, index] for image, index in enumerate(selected)
-        ]
+        return boxes, scores, level_of_anchor[top], valid
+
+    def select(
+        self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor
+    ) -> List[torch.Tensor]:
+        """Per image, the indices (into M) of its proposals: NMS per level, the best POST_NMS_TOPK."""
+        limit = self.post_nms_top_n()
+        if bool((levels > 0).any()):
+            members = [row.nonzero().flatten() for row in valid]
+            return [
+                index[box_ops.batched_nms(b[index], s[index], group[index], self.nms_thresh)[:limit]]
+                for b, s, group, index in zip(boxes, scores, levels, members)
+            ]
+        keep, counts = greedy_nms_first_k(boxes, scores, valid, self.nms_thresh, limit)
+        return [keep[image, :kept] for image, kept in enumerate(counts.tolist())]
