@@ -324,6 +324,30 @@ def test_batched_rpn_nms_gives_the_same_losses_and_detections():
         build_detector(tiny_cfg("quickstart", "SHUFFLENET_DET.RPN_NMS_IMPL", "fast"))
 
 
+def test_separable_roi_align_trains_like_torchvisions():
+    images = [random_image(64, 96, seed=1).float(), random_image(80, 64, seed=2).float()]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 50.0, 40.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 12.0, 40.0, 70.0]]), "labels": torch.tensor([3])},
+    ]
+    results = {}
+    for impl in ("torchvision", "separable"):
+        model = build(tiny_cfg("quickstart", "SHUFFLENET_DET.ROI_ALIGN_IMPL", impl)).train()
+        assert model.roi_heads.box_roi_pool.impl == impl
+        torch.manual_seed(5)
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        results[impl] = (losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (losses, grads), (plain_losses, plain_grads) = results["separable"], results["torchvision"]
+    for name in plain_losses:
+        torch.testing.assert_close(losses[name], plain_losses[name], rtol=1e-5, atol=1e-6)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-3, atol=1e-5)
+    with pytest.raises(ConfigError, match="ROI_ALIGN_IMPL must be one of auto, torchvision, separable"):
+        build_detector(tiny_cfg("quickstart", "SHUFFLENET_DET.ROI_ALIGN_IMPL", "fast"))
+
+
 def test_recomputing_a_head_with_trainable_bn_is_refused():
     with pytest.raises(ConfigError, match="RECOMPUTE_BOX_HEAD: .*needs frozen norms"):
         build_detector(tiny_cfg("quickstart", "SHUFFLENET_DET.RECOMPUTE_BOX_HEAD", "True"))

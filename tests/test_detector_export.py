@@ -195,6 +195,38 @@ def test_separable_roi_align_equals_torchvision(aligned, sampling_ratio):
     assert got[1].abs().max() == 0 and got[2].abs().max() > 0
 
 
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_training_separable_roi_align_equals_torchvision_forward_and_backward(aligned, sampling_ratio):
+    from torchvision.ops import roi_align
+
+    from shufflenet_det.detection.pooler import rois_with_image_index
+    from shufflenet_det.detection.roi_align import separable_roi_align
+
+    generator = torch.Generator().manual_seed(1)
+    corner = torch.rand(30, 2, generator=generator) * torch.tensor([180.0, 140.0]) - 20
+    boxes = torch.cat([corner, corner + torch.rand(30, 2, generator=generator) * 150], dim=1)
+    boxes[0] = torch.tensor([-60.0, -50.0, -20.0, -20.0])  # entirely outside: zeros, no gradient
+    boxes[1] = torch.tensor([130.0, 100.0, 300.0, 200.0])  # over the bottom-right border
+    rois = rois_with_image_index([boxes[:12], boxes[12:]])
+    grad = torch.randn(30, 5, 7, 7, generator=generator)
+    results = []
+    for align in (roi_align, separable_roi_align):
+        features = torch.randn(2, 5, 13, 17, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        pooled = align(features, rois, 7, 1 / 8, sampling_ratio, aligned)
+        pooled.backward(grad)
+        results.append((pooled.detach(), features.grad))
+    (expected, expected_grad), (pooled, features_grad) = results
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features_grad, expected_grad, atol=1e-5, rtol=1e-5)
+    assert expected_grad.abs().max() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # like torchvision's: float32 inside, input dtype out
+        half = separable_roi_align(torch.randn(1, 5, 13, 17).bfloat16(), rois[:12], 7, 1 / 8, 0, True)
+    assert half.dtype == torch.bfloat16 and half.shape == (12, 5, 7, 7)
+    empty = separable_roi_align(torch.randn(1, 5, 13, 17), rois[:0], 7, 1 / 8, 0, True)
+    assert empty.shape == (0, 5, 7, 7)
+
+
 @pytest.mark.parametrize("count", [0, 5, 16, 21])
 def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
     from torchvision.ops import roi_align

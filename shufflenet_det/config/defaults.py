@@ -208,6 +208,10 @@ _C.SHUFFLENET_DET.CONV_IMPL = "auto"
 # backward runs each slice again. The per-RoI activations are nearly all of a C4 detector's training
 # memory; this costs one more forward of the head. Needs FrozenBN in the head.
 _C.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD = False
+# How our engine runs RoIAlign: "torchvision" (its kernels), "separable" (two small matrix products per
+# RoI, detection/roi_align.py: the same results to float rounding, a several times faster backward on
+# CPUs, slow on GPUs) or "auto" (separable for CPU tensors, torchvision's otherwise).
+_C.SHUFFLENET_DET.ROI_ALIGN_IMPL = "auto"
 # How the RPN selects proposals in our engine: "torchvision" (one image at a time, NMS over every box)
 # or "batched" (all images at once, NMS in blocks that stops at POST_NMS_TOPK kept boxes; the same
 # proposals, detection/proposals.py). detectron2's engine uses its own RPN.

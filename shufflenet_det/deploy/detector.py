@@ -138,9 +138,10 @@ def _export_copy(
         detector = copy.deepcopy(detector)
     # Same state, one method replaced (RoIHeads' constructor cannot take an existing head's parts).
     detector.roi_heads.__class__ = PerClassNMSRoIHeads
-    # Traced: torchvision's proposal selection maps onto ONNX's NMS (SHUFFLENET_DET.RPN_NMS_IMPL "batched"
-    # loops until its blocks settle, which a trace cannot follow).
+    # Traced: torchvision's proposal selection and RoIAlign map onto ONNX's NMS and RoiAlign; the batched
+    # NMS and the separable RoIAlign (SHUFFLENET_DET.RPN_NMS_IMPL / ROI_ALIGN_IMPL) loop in Python.
     detector.rpn.__class__ = RegionProposalNetwork
+    detector.roi_heads.box_roi_pool.impl = "torchvision"
     return DetectorOutputs(detector).eval()
 
 

@@ -24,7 +24,7 @@ from ..weights import model_structure
 from .anchors import ExactAnchorGenerator
 from .backbone import build_backbone, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
-from .pooler import RoIPooler, pooler_aligned
+from .pooler import ROI_ALIGN_IMPLS, RoIPooler, pooler_aligned
 from .proposals import BatchedProposalRPN
 from .transform import DetectionTransform
 
@@ -105,6 +105,7 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
         spatial_scale=1.0 / backbone.stride,
         sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
         aligned=pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE),
+        impl=cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL,
     )
     # A recomputing head pools its RoIs itself, a slice at a time, so that none is kept for backward.
     model.roi_heads.box_roi_pool.defer = box_head.recompute
@@ -157,6 +158,11 @@ def check_detector_config(cfg: CfgNode) -> None:
         value = _get(cfg, key)
         if _normalized(value) != _normalized(supported):
             raise ConfigError(f"{key} {value!r} is not supported by the torchvision C4 detector (use {supported!r})")
+    if cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL not in ROI_ALIGN_IMPLS:
+        raise ConfigError(
+            f"SHUFFLENET_DET.ROI_ALIGN_IMPL must be one of {', '.join(ROI_ALIGN_IMPLS)}, "
+            f"got {cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL!r}"
+        )
     if cfg.SHUFFLENET_DET.RPN_NMS_IMPL not in RPN_NMS_IMPLS:
         raise ConfigError(
             f"SHUFFLENET_DET.RPN_NMS_IMPL must be one of {', '.join(RPN_NMS_IMPLS)}, got {cfg.SHUFFLENET_DET.RPN_NMS_IMPL!r}"
