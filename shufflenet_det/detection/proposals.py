@@ -67,9 +67,10 @@ def greedy_nms_first_k(
     for start in range(0, count, block):
         stop = min(start + block, count)
         candidates, candidate_areas = ordered[:, start:stop], areas[:, start:stop]
-        alive = ordered_valid[:, start:stop].clone()
+        # Images that have their k boxes take no more.
+        alive = ordered_valid[:, start:stop] & (kept[:, :start].sum(dim=1) < k)[:, None]
         if start:
-            # The boxes kept so far, packed to the front of each row (at most k + block per image).
+            # The boxes kept so far, packed to the front of each row (fewer than k + block per image).
             packed = torch.sort((~kept[:, :start]).to(torch.uint8), dim=1, stable=True).indices
             width = int(kept[:, :start].sum(dim=1).max())
             packed = packed[:, :width]
