@@ -43,10 +43,10 @@ for step in $steps; do
     recipe)
       timeout 100 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
           --skip-inference --json "$out/detector_recipe_prenms.json" MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000 2>&1 \
-          | grep -v "^W[0-9]" | tail -4 | tee -a "$log"
+          | grep -v "^W[0-9]" | tail -8 | tee -a "$log"
       timeout 100 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
           --json "$out/detector_batched_nms.json" SHUFFLENET_DET.RPN_NMS_IMPL batched 2>&1 \
-          | grep -v "^W[0-9]" | tail -4 | tee -a "$log" ;;
+          | grep -v "^W[0-9]" | tail -8 | tee -a "$log" ;;
     profile)
       timeout 120 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --profile \
           > "$out/profile.txt" 2>&1

@@ -132,9 +132,13 @@ def test_paper_configs_match_weight_sources():
         assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx(expected["pixel_mean"])
         assert list(cfg.MODEL.PIXEL_STD) == pytest.approx(expected["pixel_std"])
 
-def test_overrides_typed_after_a_list_option_are_split_off():
+def test_overrides_typed_after_a_list_option_are_split_off(tmp_path):
     values = ["a.jpg", "IMG.JPG", "photos/", "INPUT.MIN_SIZE_TEST", "192", "MODEL.NO_SUCH", "1"]
     assert split_trailing_overrides(values) == (
         ["a.jpg", "IMG.JPG", "photos/"], ["INPUT.MIN_SIZE_TEST", "192", "MODEL.NO_SUCH", "1"]
     )
     assert split_trailing_overrides(["x.png", "y.png"]) == (["x.png", "y.png"], [])
+    assert split_trailing_overrides(["x.png", "OUTPUT_DIR", "out"]) == (["x.png"], ["OUTPUT_DIR", "out"])
+    existing = tmp_path / "TEST.jpg"  # named like a config section, but a file
+    existing.write_bytes(b"")
+    assert split_trailing_overrides([str(existing), "SEED", "1"]) == ([str(existing)], ["SEED", "1"])

@@ -227,6 +227,16 @@ def test_training_separable_roi_align_equals_torchvision_forward_and_backward(al
     assert empty.shape == (0, 5, 7, 7)
 
 
+def test_training_separable_roi_align_backward_is_its_forwards_transpose():
+    from shufflenet_det.detection.roi_align import separable_roi_align
+
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    rois = torch.tensor([[0, 2.0, 3.0, 40.0, 30.0], [1, -5.0, 10.0, 20.0, 60.0], [0, 50.0, 40.0, 70.0, 55.0]],
+                        dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: separable_roi_align(f, rois, 4, 1 / 8, 0, True), (features,))
+
+
 @pytest.mark.parametrize("count", [0, 5, 16, 21])
 def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
     from torchvision.ops import roi_align

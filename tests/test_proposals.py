@@ -36,6 +36,14 @@ def test_greedy_nms_first_k_equals_torchvision_nms_per_image(k, block):
     assert counts[2] == 0 and (k == 0 or counts[1] <= 350)
 
 
+def test_greedy_nms_first_k_keeps_float64_precision():
+    boxes, scores = clustered_boxes(2, 300, seed=7)
+    boxes, scores = boxes.double(), scores.double()
+    indices, counts = greedy_nms_first_k(boxes, scores, torch.ones(2, 300, dtype=torch.bool), 0.5, 300, block=64)
+    for image in range(2):
+        assert torch.equal(indices[image, : counts[image]], nms(boxes[image], scores[image], 0.5))
+
+
 def test_greedy_nms_first_k_resolves_a_long_chain_of_overlaps():
     # Each box overlaps only its neighbours, scores falling along the chain: greedy NMS keeps every
     # other box, which the within-block rule reaches only after many rounds.

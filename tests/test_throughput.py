@@ -1,6 +1,7 @@
 """The GPU throughput benchmark's inputs and options (the timing itself runs on a GPU: docs/engine.md)."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,7 @@ def test_benchmark_measures_each_variant_and_skips_a_failing_one(small_inputs, m
         amp_dtype=None, inference=False,
     )[0]
     assert training_only.infer_images_per_s is None and training_only.train_images_per_s > 0
+    assert math.isnan(training_only.train_peak_gib)  # CPU memory is measured only when asked for
     assert "| - | - |" in throughput.markdown_table([training_only])
 
 
@@ -137,6 +139,9 @@ def test_overrides_change_our_detectors_recipe_and_bad_ones_are_reported(small_i
     assert benchmark_main(["--device", "cpu", "--models", "shufflenet_0.5x", "MODEL.RPN.NO_SUCH_KEY", "1"]) == 2
     error = capsys.readouterr().err
     assert "MODEL.RPN.NO_SUCH_KEY" in error and "unknown model" not in error
+    assert benchmark_main(["--device", "cpu", "--mult-adds", "--models", "shufflenet_0.5x",
+                           "SHUFFLENET_DET.ROI_ALIGN_IMPL", "fast"]) == 2
+    assert "ROI_ALIGN_IMPL must be one of" in capsys.readouterr().err
     assert benchmark_main(["--device", "cpu", "--models", "tv_mobilenet_v3_fpn", "MODEL.RPN.NMS_THRESH", "0.6"]) == 2
     assert "none of --models" in capsys.readouterr().err
 

@@ -2,8 +2,9 @@
 """Training and inference throughput of the C4 detectors beside torchvision's MobileNet v3 FPN detector.
 
 Random 480x640 images with random boxes, already on the device (no data loading), resized to 600px;
-autocast in --amp-dtype. Peak memory: the CUDA allocator's peak on a GPU; on a CPU (Linux) the peak
-resident memory of the timed steps above the process's before the model was built. Example (one GPU; docs/engine.md has the figures):
+autocast in --amp-dtype. Peak memory: the CUDA allocator's peak on a GPU; on a CPU (Linux, with
+--cpu-peak-memory) the peak resident memory of the timed steps above the process's before the model was
+built. Example (one GPU; docs/engine.md has the figures):
   python tools/benchmark_training.py --models shufflenet_1x shufflenet_2x tv_mobilenet_v3_fpn \
       --variants modules folded+cl dense+cl --json throughput.json
 Trailing KEY VALUE pairs change our detectors' configs (not torchvision's model), e.g. to compare
@@ -26,6 +27,7 @@ import torch
 
 from shufflenet_det.config import load_config, split_trailing_overrides
 from shufflenet_det.detection.benchmark import C4_MODELS, MODELS
+from shufflenet_det.detection.detector import check_detector_config
 from shufflenet_det.detection.throughput import (
     Variant,
     benchmark_throughput,
@@ -57,6 +59,9 @@ def parse_args(argv=None):
                         help="instead of timing, print each model's conv + linear multiply-adds per image by part, "
                              "in a training step (512 RoIs) and in inference (CPU, random weights)")
     parser.add_argument("--skip-inference", action="store_true", help="time training only")
+    parser.add_argument("--cpu-peak-memory", action="store_true",
+                        help="on a CPU (Linux), measure the peak resident memory of the training steps; this "
+                             "slows CPU steps, so take timings from a run without it")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
         device = torch.device(args.device)
         for name in args.models:
             if name in C4_MODELS:
-                load_config(C4_MODELS[name][0], args.opts)
+                check_detector_config(load_config(C4_MODELS[name][0], args.opts))
     except (ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -124,8 +129,10 @@ def main(argv=None) -> int:
         results = benchmark_throughput(
             args.models, variants, device, batch=args.batch, iterations=args.iters, warmup=args.warmup,
             amp_dtype=amp_dtype, overrides=args.opts, inference=not args.skip_inference,
+            cpu_peak_memory=args.cpu_peak_memory,
             report=lambda r: print(f"  {r.model} {r.variant}: train {r.train_images_per_s} img/s, "
-                                   f"{r.train_peak_gib} GiB; inference {r.infer_images_per_s} img/s", flush=True),
+                                   f"{r.train_peak_gib} GiB" + ("" if r.infer_images_per_s is None else
+                                   f"; inference {r.infer_images_per_s} img/s"), flush=True),
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -30,11 +30,17 @@ def list_configs() -> List[str]:
 
 def split_trailing_overrides(values: Sequence[str]) -> tuple:
     """``(values, overrides)``: a list option (``--input a.jpg b.jpg``) swallows the ``KEY VALUE`` pairs
-    typed after it; they start at the first item that names a config section (``MODEL.RPN.NMS_THRESH``)."""
-    sections = set(get_cfg().keys())
+    typed after it. They start at the first item that is not an existing file or folder and names a
+    config key: a top-level one (``OUTPUT_DIR``) or one under a section (``MODEL.RPN.NMS_THRESH``; also a
+    misspelled one, so that loading the config names it)."""
+    defaults = get_cfg()
+    sections = {key for key, value in defaults.items() if isinstance(value, CfgNode)}
     for index, value in enumerate(values):
-        head, dot, _ = str(value).partition(".")
-        if dot and head in sections:
+        text = str(value)
+        if os.path.exists(text):
+            continue
+        head, dot, _ = text.partition(".")
+        if (dot and head in sections) or (not dot and text in defaults and head not in sections):
             return list(values[:index]), list(values[index:])
     return list(values), []
 

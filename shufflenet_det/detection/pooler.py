@@ -46,10 +46,11 @@ class DeferredRoIs:
         return self.pool(self.rois[start:stop])
 
 
-def rois_with_image_index(boxes: List[torch.Tensor]) -> torch.Tensor:
-    """One [R, 5] tensor (image index, XYXY) from a list of per-image [R_i, 4] box tensors."""
+def rois_with_image_index(boxes: List[torch.Tensor], device: Optional[torch.device] = None) -> torch.Tensor:
+    """One [R, 5] tensor (image index, XYXY) from a list of per-image [R_i, 4] box tensors (``device``:
+    where an empty list's result goes)."""
     if not boxes:
-        return torch.zeros(0, 5)
+        return torch.zeros(0, 5, device=device)
     return torch.cat([torch.cat([b.new_full((len(b), 1), image), b], dim=1) for image, b in enumerate(boxes)])
 
 
@@ -90,12 +91,13 @@ class RoIPooler(nn.Module):
     ) -> Union[torch.Tensor, DeferredRoIs]:
         feature_map = features[self.feature_name]
         if self.defer and self.training and torch.is_grad_enabled():
-            return DeferredRoIs(lambda rois: self._align(feature_map, rois), rois_with_image_index(proposals))
+            rois = rois_with_image_index(proposals, feature_map.device)
+            return DeferredRoIs(lambda chosen: self._align(feature_map, chosen), rois)
         return self._align(feature_map, proposals)
 
     def _align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
         if self.impl == "separable" or (self.impl == "auto" and feature_map.device.type == "cpu"):
-            rois = rois if isinstance(rois, torch.Tensor) else rois_with_image_index(rois)
+            rois = rois if isinstance(rois, torch.Tensor) else rois_with_image_index(rois, feature_map.device)
             return separable_roi_align(
                 feature_map, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
             )

@@ -56,16 +56,19 @@ def greedy_nms_first_k(
     counts = torch.zeros(images, dtype=torch.int64, device=scores.device)
     if count == 0 or k <= 0:
         return indices, counts
-    # torchvision's NMS runs in float32 under autocast too.
-    boxes, scores = boxes.float(), scores.float()
+    # torchvision's NMS runs in float32 under autocast too; float64 stays float64.
+    compute_dtype = torch.promote_types(boxes.dtype, torch.float32)
+    boxes, scores = boxes.to(compute_dtype), scores.to(compute_dtype)
     ranked = scores.masked_fill(~valid, float("-inf"))
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
     ordered = boxes.gather(1, order[..., None].expand(-1, -1, 4))
     ordered_valid = valid.gather(1, order)
     areas = _box_areas(ordered)
     kept = torch.zeros_like(ordered_valid)  # by position in score order
-    for start in range(0, count, block):
-        stop = min(start + block, count)
+    # Beyond the last valid box of every image nothing is left to keep.
+    last = int(ordered_valid.sum(dim=1).max())
+    for start in range(0, last, block):
+        stop = min(start + block, last)
         candidates, candidate_areas = ordered[:, start:stop], areas[:, start:stop]
         # Images that have their k boxes take no more.
         alive = ordered_valid[:, start:stop] & (kept[:, :start].sum(dim=1) < k)[:, None]

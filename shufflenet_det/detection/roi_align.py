@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 # One RoI's window: (image, top, bottom, left, right, row weights [S, bottom - top], column weights
 # [S, right - left]); None for a RoI entirely outside the map (RoIAlign gives zeros).
@@ -30,8 +31,8 @@ def axis_weights(start: torch.Tensor, size: torch.Tensor, bins: int, grid: torch
     """
     points = max(int(grid.max()), 1) if grid.numel() else 1
     bin_size = (size / bins)[:, None, None]
-    bin_index = torch.arange(bins, dtype=start.dtype)[None, :, None]
-    point_index = torch.arange(points, dtype=start.dtype)[None, None, :]
+    bin_index = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
+    point_index = torch.arange(points, dtype=start.dtype, device=start.device)[None, None, :]
     grid = grid[:, None, None]
     position = start[:, None, None] + bin_index * bin_size + (point_index + 0.5) * bin_size / grid.clamp(min=1)
     valid = (point_index < grid) & (position >= -1.0) & (position <= length)
@@ -42,7 +43,7 @@ def axis_weights(start: torch.Tensor, size: torch.Tensor, bins: int, grid: torch
     high = torch.where(at_end, length - 1, low + 1)
     fraction = torch.where(at_end, torch.zeros_like(position), position - low)
     scale = valid / grid.clamp(min=1)
-    weights = torch.zeros(len(start), bins, length, dtype=start.dtype)
+    weights = torch.zeros(len(start), bins, length, dtype=start.dtype, device=start.device)
     weights.scatter_add_(2, low, (1 - fraction) * scale)
     weights.scatter_add_(2, high, fraction * scale)
     return weights
@@ -54,7 +55,7 @@ def roi_weights(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Row weights [R, S, height] and column weights [R, S, width] of ``boxes`` (XYXY, image pixels)."""
     offset = 0.5 if aligned else 0.0
-    corners = boxes.float() * spatial_scale - offset
+    corners = boxes.to(torch.promote_types(boxes.dtype, torch.float32)) * spatial_scale - offset
     start, extent = corners[:, :2], corners[:, 2:] - corners[:, :2]
     if not aligned:
         extent = extent.clamp(min=1.0)
@@ -97,14 +98,16 @@ def roi_windows(
 class _SeparableRoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feature_map, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        # float32 inside (also under autocast, like torchvision's kernel); float64 stays float64.
+        compute_dtype = torch.promote_types(feature_map.dtype, torch.float32)
         with torch.autocast(feature_map.device.type, enabled=False):
-            hwc = feature_map.detach().float().permute(0, 2, 3, 1).contiguous()
+            hwc = feature_map.detach().to(compute_dtype).permute(0, 2, 3, 1).contiguous()
             _, height, width, channels = hwc.shape
             windows: List[Window] = []
             for image in range(feature_map.shape[0]):
                 members = (rois[:, 0] == image).nonzero().flatten()
-                found = roi_windows(rois[members, 1:], image, height, width, output_size, spatial_scale,
-                                    sampling_ratio, aligned)
+                found = roi_windows(rois[members, 1:].to(compute_dtype), image, height, width, output_size,
+                                    spatial_scale, sampling_ratio, aligned)
                 windows.extend(zip(members.tolist(), found))
             windows.sort(key=lambda entry: entry[0])
             pooled = hwc.new_zeros(len(rois), output_size, output_size, channels)
@@ -116,13 +119,14 @@ class _SeparableRoIAlign(torch.autograd.Function):
                 rows = torch.mm(row_weights, patch).view(output_size, right - left, channels)
                 torch.matmul(column_weights, rows, out=pooled[roi])
         ctx.windows = [window for _, window in windows]
-        ctx.map_shape, ctx.map_dtype = hwc.shape, feature_map.dtype
+        ctx.map_shape, ctx.map_dtype, ctx.compute_dtype = hwc.shape, feature_map.dtype, compute_dtype
         return pooled.permute(0, 3, 1, 2).to(feature_map.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_pooled):
         with torch.autocast(grad_pooled.device.type, enabled=False):
-            grad = grad_pooled.float().permute(0, 2, 3, 1).contiguous()
+            grad = grad_pooled.to(ctx.compute_dtype).permute(0, 2, 3, 1).contiguous()
             grad_hwc = grad.new_zeros(ctx.map_shape)
             size, channels = grad.shape[1], grad.shape[3]
             for roi, window in enumerate(ctx.windows):

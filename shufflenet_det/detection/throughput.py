@@ -183,11 +183,13 @@ def measure_training(
         optimizer.step()
         losses[:] = [loss.detach()]
 
+    peak_was_reset = [device.type == "cuda"]
+
     def reset_peak() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         else:
-            reset_peak_resident()
+            peak_was_reset[0] = reset_peak_resident()
 
     median = _median_ms(step, iterations, warmup, device, reset_peak)
     if not torch.isfinite(losses[0]):
@@ -195,7 +197,9 @@ def measure_training(
     if device.type == "cuda":
         return median, torch.cuda.max_memory_allocated(device) / 2**30
     high = peak_resident_bytes()
-    return median, (high - baseline_bytes) / 2**30 if high is not None and baseline_bytes is not None else float("nan")
+    if high is None or baseline_bytes is None or not peak_was_reset[0]:
+        return median, float("nan")
+    return median, (high - baseline_bytes) / 2**30
 
 
 @torch.no_grad()
@@ -266,12 +270,15 @@ def benchmark_throughput(
     report: Callable[[ThroughputResult], None] = lambda result: None,
     overrides: Sequence = (),
     inference: bool = True,
+    cpu_peak_memory: bool = False,
 ) -> List[ThroughputResult]:
     """Training and inference throughput of each model under each variant (torchvision's model: the
     variants' distinct channels_last settings only; ``overrides`` change our detectors' configs only;
-    ``inference`` False skips the inference timing). A variant that fails is reported and skipped."""
-    if device.type == "cpu":
-        track_freed_memory()
+    ``inference`` False skips the inference timing). A variant that fails is reported and skipped.
+    On a CPU, peak memory is measured only with ``cpu_peak_memory``, which makes glibc return freed
+    memory at once (``track_freed_memory``) for the rest of the process and slows CPU steps: time and
+    measure memory in separate runs."""
+    track_memory = device.type == "cpu" and cpu_peak_memory and track_freed_memory()
     if batch < 1 or iterations < 1 or warmup < 0:
         raise ValueError("need batch >= 1, iterations >= 1 and warmup >= 0")
     results = []
@@ -282,7 +289,9 @@ def benchmark_throughput(
             model_variants = list(variants)
         for variant in model_variants:
             try:
-                result = _benchmark_one(name, variant, device, batch, iterations, warmup, amp_dtype, overrides, inference)
+                result = _benchmark_one(
+                    name, variant, device, batch, iterations, warmup, amp_dtype, overrides, inference, track_memory
+                )
             except Exception as error:  # noqa: BLE001  (one failing variant must not end the whole run)
                 logging.getLogger(__name__).error("%s %s failed: %s: %s", name, variant, type(error).__name__, error)
                 if device.type == "cuda":
@@ -295,10 +304,10 @@ def benchmark_throughput(
 
 def _benchmark_one(
     name: str, variant: Variant, device: torch.device, batch: int, iterations: int, warmup: int,
-    amp_dtype: Optional[torch.dtype], overrides: Sequence, inference: bool,
+    amp_dtype: Optional[torch.dtype], overrides: Sequence, inference: bool, track_memory: bool,
 ) -> ThroughputResult:
     torch.manual_seed(0)
-    baseline = resident_bytes() if device.type == "cpu" else None
+    baseline = resident_bytes() if track_memory else None
     model = build_training_model(name, variant, device, overrides=overrides)
     images, targets = random_batch(name, batch, device)
     batch_ms = single_ms = None
