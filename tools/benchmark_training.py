@@ -72,7 +72,7 @@ def parse_args(argv=None):
 def print_mult_adds(models, overrides) -> None:
     for name in models:
         for training in (True, False):
-            parts = mult_adds_per_image(name, training=training, overrides=overrides if name in C4_MODELS else ())
+            parts = mult_adds_per_image(name, training=training, overrides=overrides)
             listed = ", ".join(f"{part} {count / 1e9:.2f}" for part, count in parts.items())
             print(f"{name} {'training' if training else 'inference'}: {sum(parts.values()) / 1e9:.2f} GMAC per image "
                   f"({listed})", flush=True)
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
             for variant in variants:
                 print(f"--- {name} {variant}", flush=True)
                 print(profile_training(name, variant, device, batch=args.batch, amp_dtype=amp_dtype,
-                                       overrides=args.opts if name in C4_MODELS else ()), flush=True)
+                                       overrides=args.opts), flush=True)
         return 0
     try:
         results = benchmark_throughput(

@@ -367,11 +367,10 @@ class EarlyStopRPN(BatchedProposalRPN):
     def select(
         self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor
     ) -> List[torch.Tensor]:
-        members = [row.nonzero().flatten() for row in valid]
-        return [
-            index[batched_nms_first_k(b[index], s[index], group[index], self.nms_thresh, self.post_nms_top_n())]
-            for b, s, group, index in zip(boxes, scores, levels, members)
-        ]
+        limit = self.post_nms_top_n()
+        return self.select_per_image(
+            boxes, scores, levels, valid, lambda b, s, groups: batched_nms_first_k(b, s, groups, self.nms_thresh, limit)
+        )
 
 
 def deploy_detector(

@@ -11,7 +11,7 @@ and stops once every image has its POST_NMS_TOPK boxes.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 from torchvision.models.detection.rpn import RegionProposalNetwork
@@ -155,10 +155,20 @@ class BatchedProposalRPN(RegionProposalNetwork):
         """Per image, the indices (into M) of its proposals: NMS per level, the best POST_NMS_TOPK."""
         limit = self.post_nms_top_n()
         if bool((levels > 0).any()):
-            members = [row.nonzero().flatten() for row in valid]
-            return [
-                index[box_ops.batched_nms(b[index], s[index], group[index], self.nms_thresh)[:limit]]
-                for b, s, group, index in zip(boxes, scores, levels, members)
-            ]
+            return self.select_per_image(
+                boxes, scores, levels, valid,
+                lambda b, s, groups: box_ops.batched_nms(b, s, groups, self.nms_thresh)[:limit],
+            )
         keep, counts = greedy_nms_first_k(boxes, scores, valid, self.nms_thresh, limit)
         return [keep[image, :kept] for image, kept in enumerate(counts.tolist())]
+
+    @staticmethod
+    def select_per_image(
+        boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor,
+        nms: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> List[torch.Tensor]:
+        """``nms(boxes, scores, levels)`` (kept indices) on each image's valid boxes, mapped back into M."""
+        members = [row.nonzero().flatten() for row in valid]
+        return [
+            index[nms(b[index], s[index], group[index])] for b, s, group, index in zip(boxes, scores, levels, members)
+        ]
