@@ -23,13 +23,10 @@ def track_freed_memory() -> bool:
     """Ask glibc to return large freed blocks to the kernel at once; False where that is not possible."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):  # no C library to load, or not glibc
         return False
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK)) and bool(mallopt(_M_TRIM_THRESHOLD, 0))
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK)) and bool(mallopt(_M_TRIM_THRESHOLD, 0))
 
 
 def _status_bytes(field: str) -> Optional[int]:
