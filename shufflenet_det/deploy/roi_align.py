@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..detection.pooler import RoIPooler
-from ..detection.roi_align import roi_windows
+from ..detection.roi_align import pool_window, roi_windows
 
 
 class RoIPlan:
@@ -62,14 +62,11 @@ class SeparableRoIAlign(RoIPooler):
 
     def pool_into(self, plan: RoIPlan, start: int, stop: int, out: torch.Tensor) -> None:
         """Pool RoIs ``start .. stop - 1`` of ``plan`` into ``out[0 .. stop - start - 1]`` ([*, S, S, C])."""
-        size = self.output_size
         for offset, entry in enumerate(plan.entries[start:stop]):
             if entry is None:
                 out[offset].zero_()
                 continue
-            window, row_weights, column_weights = entry
-            rows = torch.mm(row_weights, window).view(size, column_weights.shape[1], plan.channels)
-            torch.matmul(column_weights, rows, out=out[offset])
+            pool_window(*entry, out[offset])
 
     def extra_repr(self) -> str:
         return (

@@ -95,6 +95,15 @@ def roi_windows(
     return windows
 
 
+def pool_window(
+    patch: torch.Tensor, row_weights: torch.Tensor, column_weights: torch.Tensor, out: torch.Tensor
+) -> None:
+    """One pooled RoI into ``out`` [S, S, C]: ``row_weights @ patch @ column_weights^T`` per channel, where
+    ``patch`` is the channels-last window flattened to [rows, columns * C]."""
+    rows = torch.mm(row_weights, patch).view(row_weights.shape[0], column_weights.shape[1], out.shape[-1])
+    torch.matmul(column_weights, rows, out=out)
+
+
 class _SeparableRoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feature_map, rois, output_size, spatial_scale, sampling_ratio, aligned):
@@ -116,8 +125,7 @@ class _SeparableRoIAlign(torch.autograd.Function):
                     continue
                 image, top, bottom, left, right, row_weights, column_weights = window
                 patch = hwc[image, top:bottom, left:right].reshape(bottom - top, -1)
-                rows = torch.mm(row_weights, patch).view(output_size, right - left, channels)
-                torch.matmul(column_weights, rows, out=pooled[roi])
+                pool_window(patch, row_weights, column_weights, pooled[roi])
         ctx.windows = [window for _, window in windows]
         ctx.map_shape, ctx.map_dtype, ctx.compute_dtype = hwc.shape, feature_map.dtype, compute_dtype
         return pooled.permute(0, 3, 1, 2).to(feature_map.dtype)
