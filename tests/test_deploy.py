@@ -24,7 +24,6 @@ from shufflenet_det.deploy.fuse import (
     GroupedMatmul,
     fold_batchnorm,
     optimize_shufflenet,
-    shuffle_permutation,
 )
 from shufflenet_det.deploy.runtime import create_runner, deploy_rewrite
 from shufflenet_det.modeling import ChannelShuffle, ShuffleUnit, channel_shuffle
@@ -91,9 +90,9 @@ def test_fold_batchnorm_is_exact_and_leaves_the_model_alone(name, norm):
 def test_shuffle_permutation_matches_channel_shuffle():
     x = torch.randn(1, 12, 2, 2)
     for inverse in (False, True):
-        permutation = shuffle_permutation(ChannelShuffle(3, inverse=inverse), 12)
+        permutation = ChannelShuffle(3, inverse=inverse).permutation(12)
         assert torch.equal(x[:, permutation], channel_shuffle(x, 3, inverse))
-    assert not torch.equal(shuffle_permutation(ChannelShuffle(3), 12), shuffle_permutation(ChannelShuffle(3, True), 12))
+    assert not torch.equal(ChannelShuffle(3).permutation(12), ChannelShuffle(3, True).permutation(12))
 
 
 @pytest.mark.parametrize("layout", ["paper", "inverse"])

@@ -88,11 +88,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def shuffle_permutation(shuffle: ChannelShuffle, channels: int) -> torch.Tensor:
-    """Indices ``p`` such that ``shuffle(x) == x[:, p]`` (paper or inverse layout)."""
-    return shuffle.permutation(channels)
-
-
 @torch.no_grad()
 def dense_pointwise(conv: nn.Conv2d) -> nn.Conv2d:
     """A grouped 1x1 convolution as an ordinary one with a block-diagonal weight (same outputs)."""
@@ -200,7 +195,7 @@ def _gather_unit(unit: ShuffleUnit, multiple: int = 0) -> None:
     # feeds expand input target[r]; the original depthwise conv's channel r is in shuffled order.
     source = _real_positions(mid, groups_c, block_c)
     target = _real_positions(mid, groups_e, block_e)
-    shuffled = shuffle_permutation(unit.shuffle, mid) if isinstance(unit.shuffle, ChannelShuffle) else torch.arange(mid)
+    shuffled = unit.shuffle.permutation(mid) if isinstance(unit.shuffle, ChannelShuffle) else torch.arange(mid)
     fold = groups_c == 1
     after_depthwise = not fold and depthwise.stride != (1, 1)
     depthwise_channels = padded_e
@@ -274,7 +269,7 @@ def optimize_shufflenet(
         compress = unit.compress.conv
         permutation = None
         if isinstance(unit.shuffle, ChannelShuffle):
-            permutation = shuffle_permutation(unit.shuffle, compress.out_channels)
+            permutation = unit.shuffle.permutation(compress.out_channels)
         if shuffle == "fold" and permutation is not None:
             dense = dense_pointwise(compress)
             dense.weight.copy_(dense.weight[permutation])
