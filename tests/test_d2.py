@@ -277,20 +277,40 @@ def test_every_config_builds_trains_and_infers(configs, name):
         assert instances.pred_classes.max() < 3 and instances.scores.min() > cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
 
 
-def test_recomputed_roi_heads_give_the_same_losses_and_gradients(configs, monkeypatch):
+# Each RoI-head form against the plain one: config key, {value: what the built RoI heads show}, plain
+# value first.
+ROI_HEAD_FORMS = {
+    "recompute": (
+        "SHUFFLENET_DET.RECOMPUTE_BOX_HEAD",
+        {"False": (False, False), "True": (True, True)},
+        lambda heads: (heads.box_head.recompute, heads.pooler.defer),
+    ),
+    "separable RoIAlign": (
+        "SHUFFLENET_DET.ROI_ALIGN_IMPL",
+        {"torchvision": "torchvision", "separable": "separable"},
+        lambda heads: heads.pooler.impl,
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(ROI_HEAD_FORMS))
+def test_roi_head_forms_give_the_same_losses_and_gradients(configs, monkeypatch, form):
     from shufflenet_det.detection.backbone import C4BoxHead
 
+    key, expected, shown = ROI_HEAD_FORMS[form]
+    plain, other = expected
     monkeypatch.setattr(C4BoxHead, "recompute_chunk", 5)  # several slices of RoIs, the last one partial
-    results = {}
-    for recompute in (False, True):
-        cfg = sd2.setup_d2_cfg(configs["mobilenet.yaml"], ["SHUFFLENET_DET.RECOMPUTE_BOX_HEAD", str(recompute)])
+    results, built = {}, {}
+    for value in expected:
+        cfg = sd2.setup_d2_cfg(configs["mobilenet.yaml"], [key, value])
         torch.manual_seed(0)
         model = build_d2_model(cfg)
-        assert model.roi_heads.box_head.recompute == recompute
+        built[value] = shown(model.roi_heads)
         torch.manual_seed(1)  # the same proposal sampling in both runs
         losses = _forward_backward(model)
-        results[recompute] = (losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    (plain_losses, plain_grads), (losses, grads) = results[False], results[True]
+        results[value] = (losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert built == expected
+    (plain_losses, plain_grads), (losses, grads) = results[plain], results[other]
     for name in plain_losses:
         torch.testing.assert_close(losses[name], plain_losses[name])
     assert grads.keys() == plain_grads.keys() and any(n.startswith("backbone.") for n in grads)
@@ -325,6 +345,10 @@ def test_config_errors_are_one_line(configs, tmp_path):
         build_d2_model(cfg)
     cfg.MODEL.SHUFFLENET.WIDTH_MULT, cfg.MODEL.SHUFFLENET.OUT_FEATURES = 0.5, ["res3", "res4"]
     with pytest.raises(ValueError, match="OUT_FEATURES must name the one stride-16"):
+        build_d2_model(cfg)
+    cfg.MODEL.SHUFFLENET.OUT_FEATURES = ["res4"]
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIPool"
+    with pytest.raises(ValueError, match="unknown MODEL.ROI_BOX_HEAD.POOLER_TYPE 'ROIPool'"):
         build_d2_model(cfg)
 
 

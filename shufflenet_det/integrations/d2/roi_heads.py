@@ -1,8 +1,9 @@
 """C4 RoI heads for ShuffleNet / MobileNet backbones, in the manner of detectron2's ``Res5ROIHeads``.
 
-Every proposal is pooled from the stride-16 feature (ROIAlignV2, 14x14, adaptive sampling), run
-through the network's last stage (its first unit has stride 2: 14x14 -> 7x7), mean-pooled and fed
-to detectron2's ``FastRCNNOutputLayers``.
+Every proposal is pooled from the stride-16 feature (ROIAlignV2, 14x14, adaptive sampling) by the
+torchvision engine's ``RoIPooler`` (so ``SHUFFLENET_DET.ROI_ALIGN_IMPL`` holds here too), run through
+the network's last stage (its first unit has stride 2: 14x14 -> 7x7), mean-pooled and fed to
+detectron2's ``FastRCNNOutputLayers``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.modeling.roi_heads import ROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ...detection.backbone import C4BoxHead
-from ...detection.pooler import DeferredRoIs
+from ...detection.pooler import RoIPooler, pooler_aligned
 from .backbone import network_from_cfg, split_c4
 
 
@@ -37,7 +37,7 @@ class ShuffleNetC4ROIHeads(ROIHeads):
         self,
         *,
         in_feature: str,
-        pooler: ROIPooler,
+        pooler: RoIPooler,
         box_head: C4BoxHead,
         box_predictor: nn.Module,
         **kwargs,
@@ -61,18 +61,24 @@ class ShuffleNetC4ROIHeads(ROIHeads):
             )
         network, _ = network_from_cfg(cfg)
         _, _, head_stages, head_channels = split_c4(network)
-        box_head = cfg.MODEL.ROI_BOX_HEAD
+        box_head_cfg = cfg.MODEL.ROI_BOX_HEAD
+        # The torchvision engine's head: RoI-count buckets in GPU inference, SHUFFLENET_DET.RECOMPUTE_BOX_HEAD.
+        box_head = C4BoxHead(head_stages, head_channels, cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD)
+        pooler = RoIPooler(
+            in_features[0],
+            box_head_cfg.POOLER_RESOLUTION,
+            spatial_scale=1.0 / input_shape[in_features[0]].stride,
+            sampling_ratio=box_head_cfg.POOLER_SAMPLING_RATIO,
+            aligned=pooler_aligned(box_head_cfg.POOLER_TYPE),
+            impl=cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL,
+        )
+        # A recomputing head pools its RoIs itself, a slice at a time (as in build_detector).
+        pooler.defer = box_head.recompute
         return {
             **super().from_config(cfg),
             "in_feature": in_features[0],
-            "pooler": ROIPooler(
-                output_size=box_head.POOLER_RESOLUTION,
-                scales=(1.0 / input_shape[in_features[0]].stride,),
-                sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
-                pooler_type=box_head.POOLER_TYPE,
-            ),
-            # The torchvision engine's head: RoI-count buckets in GPU inference, SHUFFLENET_DET.RECOMPUTE_BOX_HEAD.
-            "box_head": C4BoxHead(head_stages, head_channels, cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD),
+            "pooler": pooler,
+            "box_head": box_head,
             "box_predictor": FastRCNNOutputLayers(cfg, ShapeSpec(channels=head_channels)),
         }
 
@@ -80,13 +86,7 @@ class ShuffleNetC4ROIHeads(ROIHeads):
         self, features: Dict[str, torch.Tensor], proposal_boxes: List[Boxes]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Class logits [R, K+1] (background last) and box deltas [R, 4K] for the given boxes, all images concatenated."""
-        if self.box_head.recompute and self.training and torch.is_grad_enabled():
-            # The head pools (one level: the pooler's only RoIAlign) and runs a slice of RoIs at a time.
-            feature_map, align = features[self.in_feature], self.pooler.level_poolers[0]
-            rois = convert_boxes_to_pooler_format(proposal_boxes)
-            roi_features = DeferredRoIs(lambda chosen: align(feature_map, chosen), rois)
-        else:
-            roi_features = self.pooler([features[self.in_feature]], proposal_boxes)
+        roi_features = self.pooler(features, [boxes.tensor for boxes in proposal_boxes])
         return self.box_predictor(self.box_head(roi_features))
 
     def forward(
