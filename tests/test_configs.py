@@ -106,7 +106,19 @@ def test_broken_yaml_is_one_line(tmp_path):
     path.write_text("MODEL: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot read config") as info:
         load_config(path)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "(line 2, column 1)" in str(info.value)
+    path.write_text("\n  \n")
+    with pytest.raises(ConfigError, match=f"^config {path} is empty$"):
+        load_config(path)
+
+
+def test_options_typed_after_the_overrides_are_named():
+    # argparse's REMAINDER hands them to the overrides, where they would be misread as keys or values.
+    with pytest.raises(ConfigError, match="'--num-gpus' came after the KEY VALUE overrides"):
+        load_config("quickstart", ["SOLVER.MAX_ITER", "2", "--num-gpus", "2"])
+    with pytest.raises(ConfigError, match="'--resume' came after"):
+        load_config("quickstart", ["OUTPUT_DIR", "--resume"])
+    assert load_config("quickstart", ["SOLVER.BASE_LR", "-0.5"]).SOLVER.BASE_LR == -0.5  # one dash is a value
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -65,18 +65,23 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) 
     (detectron2's command-line style); string values are parsed as Python literals where they are one.
     """
     path = resolve_config_path(name_or_path)
+    overrides = list(overrides)
+    check_no_options(overrides)
     cfg = get_cfg()
     try:
+        if not path.read_text().strip():
+            raise ConfigError(f"config {path} is empty")
         loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
+    except ConfigError:
+        raise
     except Exception as error:  # yaml and fvcore raise many types for a broken file
-        raise ConfigError(f"cannot read config {path}: {_first_line(error)}") from None
+        raise ConfigError(f"cannot read config {path}: {_first_line(error)}{_yaml_position(error)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} is not a mapping of keys to values")
     for key in _flat_keys(loaded):
         _check_key(cfg, key, f"in {path}")
     _merge(lambda: cfg.merge_from_other_cfg(CfgNode(loaded)), f"in {path}")
 
-    overrides = list(overrides)
     if len(overrides) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; '{overrides[-1]}' has no value")
     for key in overrides[0::2]:
@@ -84,6 +89,21 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) 
     _merge(lambda: cfg.merge_from_list(overrides), "in the overrides")
     cfg.freeze()
     return cfg
+
+
+def check_no_options(overrides: Sequence[Any]) -> None:
+    """argparse hands everything after the first KEY to the overrides, options included."""
+    for token in overrides:
+        if isinstance(token, str) and token.startswith("--"):
+            raise ConfigError(
+                f"'{token}' came after the KEY VALUE overrides, where it is not read as an option: "
+                "put options first, then the overrides (e.g. --config NAME --num-gpus 2 SOLVER.BASE_LR 0.01)"
+            )
+
+
+def _yaml_position(error: BaseException) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
 def _flat_keys(tree: Dict[str, Any], prefix: str = "") -> Iterable[str]:
