@@ -387,6 +387,11 @@ def test_compare_prints_table7_beside_our_numbers(tmp_path, capsys):
 def test_compare_errors(tmp_path, capsys):
     assert compare.main(["--output-root", str(tmp_path)]) == 1
     assert "no results file could be read" in capsys.readouterr().err
+    # An evaluation on another dataset is not a Table 7 figure.
+    other = tmp_path / "synthetic.json"
+    other.write_text(json.dumps({"dataset": "synthetic_val", "bbox": {"AP": 1.0}}))
+    assert compare.main(["--run", f"shufflenet_1x_frcnn={other}"]) == 1
+    assert "evaluates 'synthetic_val', not Table 7's COCO 2017 val" in capsys.readouterr().err
     assert compare.main(["--run", "resnet50=x.json"]) == 2
     assert "unknown run name(s) resnet50" in capsys.readouterr().err
     assert compare.main(["--output-root", str(tmp_path / "nope")]) == 2

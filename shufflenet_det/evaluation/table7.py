@@ -64,6 +64,10 @@ TABLE7: Tuple[Table7Row, ...] = (
     ),
 )
 
+# The paper's test set (COCO minival = 2017 val), by registered name or annotation file name, as
+# COCOEvaluator records it in results.json.
+TABLE7_DATASETS = frozenset({"coco_2017_val", "coco_2014_minival", "instances_val2017", "instances_minival2014"})
+
 RUN_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(name for row in TABLE7 for name in row.runs.values()))
 
 
@@ -82,7 +86,8 @@ def find_results_file(path: str) -> str:
 
 
 def read_box_ap(results_file: str) -> float:
-    """The box mAP[.5:.95] (percent) in a ``results.json`` written by ``COCOEvaluator``."""
+    """The box mAP[.5:.95] (percent) in a ``results.json`` written by ``COCOEvaluator``; a file that
+    names another dataset than Table 7's is refused."""
     try:
         with open(results_file, "r", encoding="utf-8") as handle:
             data = json.load(handle)
@@ -93,6 +98,12 @@ def read_box_ap(results_file: str) -> float:
     value = data.get("bbox", {}).get("AP") if isinstance(data, dict) and isinstance(data.get("bbox"), dict) else None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ResultsFileError(f"{results_file} has no numeric bbox.AP (not a COCOEvaluator results.json?)")
+    dataset = data.get("dataset")
+    if isinstance(dataset, str) and dataset not in TABLE7_DATASETS:
+        raise ResultsFileError(
+            f"{results_file} evaluates '{dataset}', not Table 7's COCO 2017 val / 2014 minival "
+            f"({', '.join(sorted(TABLE7_DATASETS))})"
+        )
     return float(value)
 
 
