@@ -335,6 +335,14 @@ def test_bad_settings_are_one_line_errors(setting, value, message, shapes_root, 
     assert not (tmp_path / "last_checkpoint").exists()
 
 
+def test_eval_only_needs_weights(shapes_root, tmp_path, capsys):
+    argv = ["--eval-only", "--config", "tiny_shapes", "CLASSIFICATION.DATASET_ROOT", shapes_root]
+    assert run_tool([*argv, "OUTPUT_DIR", tmp_path]) == 2
+    output = capsys.readouterr()
+    assert "--eval-only needs trained weights: set MODEL.WEIGHTS" in output.out + output.err
+    assert not (tmp_path / "eval_results.json").exists()
+
+
 # ---------------------------------------------------------------------------- whole runs
 def test_training_learns_the_tiny_dataset(trained):
     lines = metrics(trained)

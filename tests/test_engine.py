@@ -450,6 +450,52 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
     assert safe_torch_load(tmp_path / "run" / "model_final.pth")["iteration"] == 2
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["SOLVER.MAX_ITER", 0], "SOLVER.MAX_ITER must be positive, got 0"),
+        (["SOLVER.BASE_LR", -1.0], "SOLVER.BASE_LR must be a finite number >= 0, got -1.0"),
+        (["SOLVER.IMS_PER_BATCH", 0], "SOLVER.IMS_PER_BATCH (the global batch) must be positive, got 0"),
+        (["DATALOADER.NUM_WORKERS", -1], "DATALOADER.NUM_WORKERS must be 0 (load in the main process) or more"),
+        (["MODEL.DEVICE", "gpu"], "MODEL.DEVICE 'gpu' is not a device: use cpu, cuda or cuda:N"),
+        (["MODEL.DEVICE", "meta"], "MODEL.DEVICE 'meta' is not supported"),
+    ],
+)
+def test_bad_run_settings_stop_before_anything_is_written(tmp_path, capsys, overrides, message):
+    run = tmp_path / "run"
+    assert run_in_process(["OUTPUT_DIR", run, *overrides]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.out + captured.err and "Traceback" not in captured.err
+    assert not run.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_reported(tmp_path, capsys):
+    assert run_in_process(["OUTPUT_DIR", tmp_path / "run", "MODEL.DEVICE", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert "no CUDA device is visible: set MODEL.DEVICE cpu" in captured.out + captured.err
+
+
+def test_a_new_run_keeps_other_files_and_its_own_config(tmp_path, capsys):
+    # metrics without a checkpoint: a run stopped early, or someone's file; a new run would append to it.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"mine": 1}\n')
+    assert run_in_process(["OUTPUT_DIR", run]) == 2
+    captured = capsys.readouterr()
+    assert "holds a training run already (metrics.json)" in captured.out + captured.err
+    assert (run / "metrics.json").read_text() == '{"mine": 1}\n'
+    # The --config file is the config.yaml a new run in that folder writes.
+    other = tmp_path / "other"
+    other.mkdir()
+    config = other / "config.yaml"
+    config.write_text("# my settings\n")
+    assert run_in_process(["--config", config, "OUTPUT_DIR", other]) == 2
+    captured = capsys.readouterr()
+    assert f"--config is {config}, which a new run" in captured.out + captured.err
+    assert config.read_text() == "# my settings\n"
+
+
 def test_bad_process_layout_is_reported(capsys):
     assert launch(print, 0) == 2
     assert launch(print, 4, num_machines=2) == 2

@@ -37,6 +37,7 @@ from ..engine import (
     create_ddp_model,
     default_argument_parser,
     default_setup,
+    device_from_config,
     per_device_batch_size,
 )
 from ..engine.trainer import amp_dtype_from_name
@@ -199,13 +200,6 @@ def main(args: argparse.Namespace) -> int:
         raise SetupError(str(error)) from None
 
 
-def _device(cfg: CfgNode) -> torch.device:
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SetupError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but no CUDA device is visible: set MODEL.DEVICE cpu")
-    return device
-
-
 def _eval_amp_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
     return (
         amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) if cfg.SOLVER.AMP.ENABLED and device.type == "cuda" else None
@@ -229,7 +223,7 @@ def _check_same_classes(train: ImageFolderDataset, val: ImageFolderDataset) -> N
 
 def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     """Train with the engine (checkpoints, exact ``--resume``, evaluation every TEST.EVAL_PERIOD and at the end)."""
-    device = _device(cfg)
+    device = device_from_config(cfg)
     default_setup(cfg, args)
     options = cfg.CLASSIFICATION
     preprocessing = ImagePreprocessing.from_config(cfg)
@@ -316,7 +310,12 @@ def _record_final_accuracy(path: Path, results: Mapping[str, Any], where: str) -
 def run_evaluation(cfg: CfgNode, args: argparse.Namespace) -> int:
     """Evaluate MODEL.WEIGHTS (with ``--resume``: the last checkpoint in OUTPUT_DIR) with the
     preprocessing its metadata asks for, and print top-1/top-5 beside the accuracy reported for it."""
-    device = _device(cfg)
+    device = device_from_config(cfg)
+    if not args.resume and not cfg.MODEL.WEIGHTS:
+        raise SetupError(
+            "--eval-only needs trained weights: set MODEL.WEIGHTS (a checkpoint file or a catalog name) "
+            "or pass --resume to use OUTPUT_DIR's last checkpoint"
+        )
     default_setup(cfg, args)
     model = build_classifier(cfg).to(device)
     meta = model.weights_meta
@@ -325,8 +324,6 @@ def run_evaluation(cfg: CfgNode, args: argparse.Namespace) -> int:
         if not checkpointer.has_checkpoint():
             raise SetupError(f"--resume: no checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR} to evaluate")
         meta = checkpointer.resume_or_load(None, resume=True).get("meta", {})
-    if not meta and not cfg.MODEL.WEIGHTS:
-        logger.warning("No weights given (MODEL.WEIGHTS, or --resume with a checkpoint): evaluating a random model")
     weights_classes = meta.get("num_classes")
     if weights_classes is not None and weights_classes != cfg.CLASSIFICATION.NUM_CLASSES:
         raise SetupError(
@@ -415,7 +412,7 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
     setup_logger(None)
     if cfg.SEED >= 0:
         torch.manual_seed(cfg.SEED)
-    device = _device(cfg)
+    device = device_from_config(cfg)
     torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
     cfg = cfg.clone()
     cfg.defrost()

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..config.loading import ConfigError
 from ..engine.data_workers import SignalSafeDataLoader
-from ..utils.distributed import get_rank, get_world_size
+from ..engine.launch import per_device_batch_size
+from ..utils.distributed import get_rank
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import (
@@ -89,20 +91,14 @@ def build_detection_train_loader(
     each image's flip is drawn from a generator seeded with (SEED, its position in the sample stream),
     so it does not depend on the number of workers or processes, nor on where a run was resumed).
     """
-    world_size = get_world_size()
-    total = int(cfg.SOLVER.IMS_PER_BATCH)
-    if total <= 0 or total % world_size:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of processes ({world_size})"
-        )
+    batch_size = per_device_batch_size(cfg)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-        raise ValueError(f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; use TrainingSampler")
+        raise ConfigError(f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; use TrainingSampler")
     dataset_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     seed = int(cfg.SEED) if cfg.SEED >= 0 else None
     # Drawn once: the resume position below must be computed on the same order.
     sampler_seed = seed if seed is not None else shared_random_seed()
     mapper = DatasetMapper(cfg, is_train=True) if mapper is None else mapper
-    batch_size = total // world_size
     group_key = aspect_ratio_group if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     start, waiting = resume_position(dataset_dicts, sampler_seed, batch_size, group_key, start_iter)
     sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=sampler_seed, start=start)

@@ -45,7 +45,7 @@ from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
 from ..utils.visualizer import draw_detections
 from .backbone import names_a_file
-from .checkpoint import read_detector_checkpoint
+from .checkpoint import untrained_warning
 from .detector import build_detector
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,26 @@ def draw_dataset_predictions(
     return written
 
 
+def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
+    """A dataset with more categories than MODEL.ROI_HEADS.NUM_CLASSES would fail inside the loss (or
+    be scored wrongly); fewer is allowed (those outputs stay unused) but logged."""
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is None:
+            continue
+        if len(classes) > num_classes:
+            raise ConfigError(
+                f"dataset '{name}' has {len(classes)} categories but MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}: "
+                f"set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}"
+            )
+        if len(classes) < num_classes:
+            logger.warning(
+                "dataset '%s' has %d categories, MODEL.ROI_HEADS.NUM_CLASSES is %d: the extra classes stay unused",
+                name, len(classes), num_classes,
+            )
+
+
 def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     """Train the detector ``cfg`` describes; returns the final evaluation results (main process)."""
     model = build_detector(cfg)
@@ -124,6 +144,7 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     # MODEL.WEIGHTS went into the model as it was built; the checkpointer only resumes.
     start_iter = checkpointer.resume_or_load(None, resume=resume).get("iteration", 0)
     loader = build_detection_train_loader(cfg, start_iter=start_iter)
+    check_num_classes(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     trained = create_ddp_model(model, find_unused_parameters=cfg.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS)
 
     results: Dict[str, Any] = {}
@@ -171,15 +192,19 @@ def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
                 f"MODEL.WEIGHTS file '{cfg.MODEL.WEIGHTS}' not found: --eval-only needs a trained detector "
                 "checkpoint (training writes OUTPUT_DIR/model_final.pth), or pass --resume to use OUTPUT_DIR's last one"
             )
-        if read_detector_checkpoint(cfg.MODEL.WEIGHTS) is None:
-            logger.warning(
-                "MODEL.WEIGHTS %s holds no detector, only backbone weights: the RPN and box predictor are "
-                "untrained, so expect an AP near 0",
-                cfg.MODEL.WEIGHTS,
-            )
+        warning = untrained_warning(cfg.MODEL.WEIGHTS)
+        if warning:
+            logger.warning(warning)
+    check_num_classes(cfg, cfg.DATASETS.TEST)
     model = build_detector(cfg)
     if resume:
-        build_checkpointer(cfg, model).resume_or_load(None, resume=True)
+        checkpointer = build_checkpointer(cfg, model)
+        if not checkpointer.has_checkpoint():
+            raise ConfigError(
+                f"--eval-only --resume: no checkpoint in OUTPUT_DIR '{cfg.OUTPUT_DIR}' to evaluate "
+                "(check OUTPUT_DIR, or give MODEL.WEIGHTS instead)"
+            )
+        checkpointer.resume_or_load(None, resume=True)
     return evaluate(cfg, model)
 
 
@@ -187,6 +212,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
     """Config from ``--config`` and the trailing overrides, extra datasets, then the engine's start-up."""
     cfg = load_config(args.config, args.opts)
     for name, json_file, image_root in args.register_coco or ():
+        if name in DatasetCatalog.list():
+            raise ConfigError(f"--register-coco: the name '{name}' is taken by another dataset: choose another NAME")
         register_coco_instances(name, json_file, image_root)
     default_setup(cfg, args)
     return cfg

@@ -19,11 +19,13 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ..config.loading import ConfigError, resolve_config_path
 from ..utils.distributed import get_rank, get_world_size, is_main_process
 from ..utils.io import atomic_write
 from ..utils.logger import setup_logger
 from .checkpoint import POINTER_FILE, Checkpointer
 from .errors import SetupError
+from .launch import per_device_batch_size
 from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter
 from .trainer import LossFunction, Trainer, amp_dtype_from_name
 from .writers import default_writers
@@ -103,14 +105,47 @@ def check_output_dir(output_dir: str, min_free_gb: float) -> None:
         )
 
 
+def device_from_config(cfg: CfgNode) -> torch.device:
+    """MODEL.DEVICE as a device this machine has (a one-line SetupError otherwise)."""
+    try:
+        device = torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError:
+        raise SetupError(f"MODEL.DEVICE '{cfg.MODEL.DEVICE}' is not a device: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SetupError(f"MODEL.DEVICE '{cfg.MODEL.DEVICE}' is not supported: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SetupError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but no CUDA device is visible: set MODEL.DEVICE cpu")
+    return device
+
+
+def check_run_settings(cfg: CfgNode, training: bool = True) -> None:
+    """One-line errors for settings that would otherwise fail deep inside torch, or after start-up."""
+    device_from_config(cfg)
+    if cfg.DATALOADER.NUM_WORKERS < 0:
+        raise SetupError(f"DATALOADER.NUM_WORKERS must be 0 (load in the main process) or more, got {cfg.DATALOADER.NUM_WORKERS}")
+    if not training:
+        return
+    if cfg.SOLVER.MAX_ITER <= 0:
+        raise SetupError(f"SOLVER.MAX_ITER must be positive, got {cfg.SOLVER.MAX_ITER}")
+    if not 0 <= cfg.SOLVER.BASE_LR < float("inf"):
+        raise SetupError(f"SOLVER.BASE_LR must be a finite number >= 0, got {cfg.SOLVER.BASE_LR}")
+    if cfg.SOLVER.IMS_PER_BATCH <= 0:
+        raise SetupError(f"SOLVER.IMS_PER_BATCH (the global batch) must be positive, got {cfg.SOLVER.IMS_PER_BATCH}")
+
+
 def _prepare_run_files(output_dir: str, resume: bool, overwrite: bool) -> None:
     path = Path(output_dir)
-    if resume or not (path / POINTER_FILE).exists():
+    if resume:
+        return
+    # A checkpoint pointer, or metrics / events without one (a run stopped before its first checkpoint,
+    # or someone's files): a new run would append to them or replace them.
+    found = sorted(p.name for p in path.iterdir() if p.name == POINTER_FILE or _RUN_FILES.match(p.name))
+    if not found:
         return
     if not overwrite:
         raise SetupError(
-            f"OUTPUT_DIR '{output_dir}' holds a training run already: pass --resume to continue it, "
-            "--overwrite to replace it, or choose another OUTPUT_DIR"
+            f"OUTPUT_DIR '{output_dir}' holds a training run already ({', '.join(found[:3])}): pass --resume "
+            "to continue it, --overwrite to replace it, or choose another OUTPUT_DIR"
         )
     removed = [p for p in path.iterdir() if _RUN_FILES.match(p.name)]
     for file in removed:
@@ -151,19 +186,39 @@ def environment_info() -> str:
     )
 
 
+def _is_config_file(args: Optional[argparse.Namespace], path: Path) -> bool:
+    given = getattr(args, "config", "")
+    if not given or not path.is_file():
+        return False
+    try:
+        return resolve_config_path(given).samefile(path)
+    except (ConfigError, OSError):
+        return False
+
+
 def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> int:
     """Start-up shared by the tools. Returns the random seed used on this process.
 
     Checks OUTPUT_DIR (created, writable, enough free disk; refuses to start a new run over an old one
     without ``--overwrite``), sets up logging (console, and ``OUTPUT_DIR/log.txt`` on the main process),
     scales the solver to the world size (``scale_to_world_size``),
-    logs the environment, arguments and config, writes ``OUTPUT_DIR/config.yaml``, seeds the random
+    logs the environment, arguments and config, writes ``OUTPUT_DIR/config.yaml`` (``config_eval.yaml``
+    with ``--eval-only``; a new run refuses an OUTPUT_DIR whose config.yaml is its ``--config``), seeds the random
     generators (``SEED`` >= 0: ``SEED + rank``; < 0: a random seed, logged), sets cuDNN benchmarking and
     the number of CPU threads (SHUFFLENET_DET.TORCH_THREADS).
     """
     rank = get_rank()
     output_dir = cfg.OUTPUT_DIR
-    resume = bool(getattr(args, "resume", False)) or bool(getattr(args, "eval_only", False))
+    training = not getattr(args, "eval_only", False)
+    check_run_settings(cfg, training)
+    resume = bool(getattr(args, "resume", False)) or not training
+    # An evaluation keeps the training run's config.yaml and writes its own beside it.
+    config_path = Path(output_dir) / ("config.yaml" if training else "config_eval.yaml")
+    if training and not resume and _is_config_file(args, config_path):
+        raise SetupError(
+            f"--config is {config_path}, which a new run in OUTPUT_DIR '{output_dir}' writes: copy it "
+            "elsewhere, or choose another OUTPUT_DIR"
+        )
     if is_main_process():
         check_output_dir(output_dir, cfg.SHUFFLENET_DET.MIN_FREE_DISK_GB)
     setup_logger(output_dir if is_main_process() else None, distributed_rank=rank)
@@ -171,10 +226,11 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
         _prepare_run_files(output_dir, resume, bool(getattr(args, "overwrite", False)))
     logger.info("Rank %d of %d. %s", rank, get_world_size(), environment_info())
     scale_to_world_size(cfg, get_world_size())
+    if training:
+        per_device_batch_size(cfg)  # the global batch must split evenly over the processes
     if args is not None:
         logger.info("Arguments: %s", vars(args))
     if is_main_process():
-        config_path = Path(output_dir) / "config.yaml"
         text = cfg.dump()
         atomic_write(config_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
         logger.info("Config written to %s", config_path)

@@ -212,9 +212,9 @@ def report_error(error: BaseException) -> None:
 def per_device_batch_size(cfg: CfgNode) -> int:
     """``SOLVER.IMS_PER_BATCH`` (the global batch) divided by the number of processes."""
     total, world_size = cfg.SOLVER.IMS_PER_BATCH, get_world_size()
-    if total < world_size or total % world_size != 0:
+    if total <= 0 or total % world_size != 0:
         raise SetupError(
-            f"SOLVER.IMS_PER_BATCH={total} (the global batch) must be a multiple of the number of "
+            f"SOLVER.IMS_PER_BATCH={total} (the global batch) must be a positive multiple of the number of "
             f"processes ({world_size})"
         )
     return total // world_size
