@@ -88,6 +88,7 @@ def test_run_writes_checkpoints_metrics_and_drawings(trained_run):
 def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tmp_path):
     output, _ = trained_run
     final = json.loads((output / "inference" / "results.json").read_text())
+    (tmp_path / "config.yaml").write_text("# the training run's config\n")
     result = run(
         "--config", "quickstart.yaml", "--eval-only", *register_args(easy_dataset),
         "DATASETS.TEST", "('easy_val',)", "MODEL.WEIGHTS", str(output / "model_final.pth"),
@@ -98,6 +99,9 @@ def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tm
     final_box = final.get("bbox", final.get("metrics", {}).get("bbox"))
     again_box = again.get("bbox", again.get("metrics", {}).get("bbox"))
     assert again_box["AP"] == pytest.approx(final_box["AP"], abs=1e-6)
+    # An evaluation writes its config beside a training run's, not over it.
+    assert (tmp_path / "config.yaml").read_text() == "# the training run's config\n"
+    assert "easy_val" in (tmp_path / "config_eval.yaml").read_text()
 
 
 @pytest.mark.parametrize(
@@ -109,6 +113,8 @@ def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tm
         (["DATASETS.TRAIN", "('no_such_set',)"], "no_such_set"),
         (["--eval-only"], "MODEL.WEIGHTS"),
         (["--eval-only", "MODEL.WEIGHTS", "out/model_final.pth"], "training writes OUTPUT_DIR/model_final.pth"),
+        (["--eval-only", "--resume"], "no checkpoint in OUTPUT_DIR"),
+        (["MODEL.ROI_HEADS.NUM_CLASSES", "3"], "has 5 categories but MODEL.ROI_HEADS.NUM_CLASSES is 3"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
@@ -121,6 +127,20 @@ def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
     error_lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert any(message in line for line in error_lines), result.stdout[-2000:] + result.stderr[-2000:]
     assert "holds no detector" not in result.stdout + result.stderr  # no advice about a file that is not there
+
+
+def test_misplaced_option_and_taken_dataset_name(tmp_path, easy_dataset):
+    result = run("--config", "quickstart.yaml", "OUTPUT_DIR", str(tmp_path / "a"), "--num-gpus", "2")
+    log = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in log
+    assert "'--num-gpus' came after the KEY VALUE overrides" in log
+    result = run(
+        "--config", "quickstart.yaml", "--register-coco", "synthetic_train",
+        str(easy_dataset / "annotations/instances_val.json"), str(easy_dataset / "val"), "OUTPUT_DIR", str(tmp_path / "b"),
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in log
+    assert "--register-coco: the name 'synthetic_train' is taken" in log
 
 
 def test_missing_config_lists_the_available_ones(tmp_path):
@@ -157,3 +177,43 @@ def test_demo_draws_detections_and_reports_unreadable_inputs(trained_run, easy_d
     assert "astronaut.jpg" in written and len(written) == 16 + 1
     counts = [int(n) for n in re.findall(r"val/\d+\.jpg: (\d+) detection", log)]
     assert len(counts) == 16 and sum(counts) > 0  # the trained model finds objects on synthetic images
+
+
+def run_demo(*args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / "demo.py"), "--config", "quickstart.yaml", *args,
+         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+
+
+def test_demo_never_replaces_files_unasked(easy_dataset, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = photos / "1.jpg"
+    photo.write_bytes((easy_dataset / "val").glob("*.jpg").__next__().read_bytes())
+    original = photo.read_bytes()
+    refusals = {
+        # Into the input's own folder: the drawing would replace the photo, even with --overwrite.
+        "would replace it": ("--input", str(photo), "--output", str(photos), "--overwrite"),
+        "no image files": ("--input", str(tmp_path / "*.png"), "--output", str(tmp_path / "out")),
+        "--confidence-threshold must be between 0 and 1": ("--input", str(photo), "--confidence-threshold", "5"),
+        "--weights": ("--input", str(photo), "--weights", str(tmp_path / "missing.pth")),
+    }
+    for message, args in refusals.items():
+        result = run_demo(*args)
+        log = result.stdout + result.stderr
+        assert result.returncode == 2 and message in log and "Traceback" not in log, (message, log[-1500:])
+    assert photo.read_bytes() == original
+
+    out = tmp_path / "out"
+    result = run_demo("--input", str(photo), "--output", str(out))
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-1500:]
+    assert "MODEL.WEIGHTS is empty: the detector has random weights" in log  # said, not hidden
+    (out / "1.jpg").write_bytes(b"keep me")
+    result = run_demo("--input", str(photo), "--output", str(out))
+    assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
+    assert (out / "1.jpg").read_bytes() == b"keep me"
+    assert run_demo("--input", str(photo), "--output", str(out), "--overwrite").returncode == 0
+    assert (out / "1.jpg").read_bytes()[:2] == b"\xff\xd8"  # a new drawing (JPEG) in its place

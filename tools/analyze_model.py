@@ -22,7 +22,7 @@ except ImportError:  # run from a clone without installing the package
 
 from shufflenet_det import list_models
 from shufflenet_det.analysis import REFERENCE_INPUT_SIZE, analyze_models, format_breakdown, format_table
-from shufflenet_det.utils.io import atomic_write
+from shufflenet_det.utils.io import OutputPathError, atomic_write, check_output_file
 
 TABLE_NOTE = "\n".join(
     [
@@ -80,8 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UsageError(f"--{option} must be at least 1, got {value}")
     if args.overwrite and not args.output:
         raise UsageError("--overwrite only applies with --output FILE")
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise UsageError(f"{args.output} already exists; pass --overwrite to replace it")
+    if args.output:
+        try:
+            check_output_file(args.output, args.overwrite)
+        except OutputPathError as error:
+            raise UsageError(str(error)) from None
     return args
 
 

@@ -36,7 +36,7 @@ from shufflenet_det.deploy.benchmark import (
     summarize,
 )
 from shufflenet_det.deploy.runtime import BACKENDS
-from shufflenet_det.utils.io import atomic_write
+from shufflenet_det.utils.io import OutputPathError, atomic_write, check_output_file
 
 
 def parse_sizes(text: str) -> List[Tuple[int, int]]:
@@ -105,9 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sizes = parse_sizes(args.sizes)
         if args.runs < 1 or args.warmup < 0 or args.threads < 1:
             raise ValueError("--runs and --threads must be >= 1, --warmup >= 0")
-        if args.json and os.path.exists(args.json) and not args.overwrite:
-            raise ValueError(f"{args.json} already exists; pass --overwrite to replace it")
-    except ValueError as error:
+        if args.json:
+            check_output_file(args.json, args.overwrite)
+    except (ValueError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

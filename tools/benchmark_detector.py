@@ -30,7 +30,7 @@ from shufflenet_det.detection.benchmark import (
     markdown_table,
     speed_ratios,
 )
-from shufflenet_det.utils.io import atomic_write
+from shufflenet_det.utils.io import OutputPathError, atomic_write, check_output_file
 
 
 def load_average() -> str:
@@ -61,8 +61,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.json and os.path.exists(args.json) and not args.overwrite:
-        print(f"error: {args.json} already exists; pass --overwrite to replace it", file=sys.stderr)
+    try:
+        if args.json:
+            check_output_file(args.json, args.overwrite)
+    except OutputPathError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     height, width = IMAGE_SIZE
     load = load_average()

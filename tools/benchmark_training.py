@@ -35,7 +35,7 @@ from shufflenet_det.detection.throughput import (
     mult_adds_per_image,
     profile_training,
 )
-from shufflenet_det.utils.io import atomic_write
+from shufflenet_det.utils.io import OutputPathError, atomic_write, check_output_file
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
 
@@ -81,8 +81,11 @@ def print_mult_adds(models, overrides) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.json and os.path.exists(args.json) and not args.overwrite:
-        print(f"error: {args.json} already exists; pass --overwrite to replace it", file=sys.stderr)
+    try:
+        if args.json:
+            check_output_file(args.json, args.overwrite)
+    except OutputPathError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     args.models, swallowed = split_trailing_overrides(args.models)
     args.variants, swallowed_after_variants = split_trailing_overrides(args.variants)

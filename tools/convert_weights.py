@@ -19,6 +19,7 @@ try:
 except ImportError:  # run from a clone without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shufflenet_det.utils.io import check_output_file
 from shufflenet_det.weights import SOURCES, CheckpointError, convert_checkpoint, list_pretrained, save_weights
 
 
@@ -31,8 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     try:
-        if Path(args.dst).exists() and not args.overwrite:
-            raise FileExistsError(f"{args.dst} already exists; pass --overwrite to replace it")
+        check_output_file(args.dst, args.overwrite)
         state_dict, meta = convert_checkpoint(args.src, arch=args.arch, source=args.source)
         save_weights(args.dst, state_dict, meta, overwrite=args.overwrite)
     except (CheckpointError, FileExistsError, KeyError, ValueError, OSError) as error:

@@ -8,6 +8,8 @@ The exit status is 0 when every input was processed, 1 when some could not be re
 """
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,11 +19,23 @@ except ImportError:  # run from a clone without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shufflenet_det.config import load_config, split_trailing_overrides  # noqa: E402
-from shufflenet_det.config.loading import ConfigError  # noqa: E402
+from shufflenet_det.config.loading import ConfigError, check_no_options  # noqa: E402
 from shufflenet_det.detection import build_detector  # noqa: E402
-from shufflenet_det.detection.demo import Predictor, class_names_for, expand_inputs, run_on_images, run_on_video  # noqa: E402
+from shufflenet_det.detection.checkpoint import untrained_warning  # noqa: E402
+from shufflenet_det.detection.demo import (  # noqa: E402
+    DemoInputError,
+    Predictor,
+    check_outputs,
+    class_names_for,
+    expand_inputs,
+    run_on_images,
+    run_on_video,
+)
 from shufflenet_det.utils.io import CheckpointError  # noqa: E402
 from shufflenet_det.utils.logger import setup_logger  # noqa: E402
+
+
+logger = logging.getLogger("shufflenet_det.demo")
 
 
 def main() -> int:
@@ -29,26 +43,42 @@ def main() -> int:
     parser.add_argument("--config", required=True, metavar="NAME_OR_PATH")
     parser.add_argument("--input", nargs="+", default=[], metavar="FILE|DIR|GLOB", help="images to annotate")
     parser.add_argument("--video-input", metavar="FILE", help="a video to annotate frame by frame")
-    parser.add_argument("--output", default="output/demo", help="folder for the annotated files")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--output", default="output/demo", help="folder for the annotated files (NAME.jpg, NAME.mp4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace annotated files already in --output")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0-1)")
     parser.add_argument("--weights", help="a trained detector (same as MODEL.WEIGHTS)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args()
+    try:
+        check_no_options(args.opts)
+    except ConfigError as error:
+        parser.error(str(error))
     if not args.input and not args.video_input:
         parser.error("give --input and/or --video-input")
+    if not 0 <= args.confidence_threshold <= 1:
+        parser.error(f"--confidence-threshold must be between 0 and 1 (a score), got {args.confidence_threshold}")
+    if args.weights and not os.path.isfile(args.weights):
+        parser.error(f"--weights {args.weights}: no such file (a trained detector, e.g. output/quickstart/model_final.pth)")
     setup_logger(None)
     args.input, swallowed = split_trailing_overrides(args.input)
     opts = swallowed + list(args.opts) + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
     try:
+        images = expand_inputs(args.input)
+        check_outputs(images, args.output, overwrite=args.overwrite)
+        if args.video_input:
+            check_outputs([args.video_input], args.output, ".mp4", args.overwrite)
         cfg = load_config(args.config, opts)
+        untrained = untrained_warning(cfg.MODEL.WEIGHTS)
         model = build_detector(cfg)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, DemoInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if untrained:
+        logger.warning(untrained)
     predictor = Predictor(model, cfg.INPUT.FORMAT, class_names_for(cfg), args.confidence_threshold)
     failed = []
     if args.input:
-        failed += run_on_images(predictor, expand_inputs(args.input), args.output).failed
+        failed += run_on_images(predictor, images, args.output).failed
     if args.video_input:
         failed += run_on_video(predictor, args.video_input, args.output).failed
     if failed:

@@ -23,6 +23,7 @@ Runtime's x86 blocks; 0 for other runtimes); see docs/speed.md. --no-optimize ex
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -37,6 +38,9 @@ import torch
 from shufflenet_det.deploy.export import export_onnx, export_torchscript
 from shufflenet_det.deploy.runtime import BEST_REWRITE, deploy_rewrite
 from shufflenet_det.modeling import build_model, list_models
+from shufflenet_det.utils.io import OutputPathError, check_output_file
+
+logger = logging.getLogger("shufflenet_det.export")
 
 
 def _first_line(error: BaseException) -> str:
@@ -47,6 +51,8 @@ def _first_line(error: BaseException) -> str:
 def export_classifier(args: argparse.Namespace, rewrite: dict) -> str:
     if args.arch not in list_models():
         raise ValueError(f"unknown --arch '{args.arch}'; run shufflenet-det-models to list the models")
+    if not args.weights:
+        logger.warning("no --weights: the exported classifier has random weights")
     try:
         model = build_model(args.arch, weights=args.weights).eval()
     except Exception as error:  # unreadable or mismatched checkpoint: report, never a traceback
@@ -100,8 +106,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     height, width = args.input_size
     checks = (
         (args.arch is not None and bool(args.opts), f"KEY VALUE overrides ({' '.join(args.opts)}) need --config"),
-        (os.path.exists(args.output) and not args.overwrite,
-         f"{args.output} already exists; pass --overwrite to replace it"),
         (bool(args.weights) and not os.path.isfile(args.weights or ""), f"--weights {args.weights} is not a file"),
         (height < 32 or width < 32, f"--input-size must be at least 32 32, got {height} {width}"),
         (args.opset < 17, f"--opset must be at least 17, got {args.opset}"),
@@ -111,6 +115,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if failed:
             print(f"error: {message}", file=sys.stderr)
             return 2
+    try:
+        check_output_file(args.output, args.overwrite)
+    except OutputPathError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     rewrite = dict(BEST_REWRITE["onnxruntime"], align=args.align) if args.format == "onnx" else None
     try:

@@ -21,6 +21,7 @@ Two deployment forms of a detector built by ``build_detector(cfg)``:
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
 import warnings
 from pathlib import Path
@@ -36,13 +37,16 @@ from torchvision.ops import boxes as box_ops
 
 from ..config.loading import ConfigError, load_config
 from ..detection.benchmark import random_image
+from ..detection.checkpoint import untrained_warning
 from ..detection.detector import build_detector
 from ..detection.proposals import BatchedProposalRPN
-from ..utils.io import PathLike
+from ..utils.io import PathLike, check_output_file
 from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from .nms import nms_first_k
 from .roi_align import SeparableRoIAlign
 from .runtime import deploy_rewrite
+
+logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 OUTPUT_NAMES = ("boxes", "labels", "scores")
@@ -80,10 +84,14 @@ def build_export_detector(
     overrides = list(overrides) + (["MODEL.WEIGHTS", weights] if weights else []) + ["MODEL.DEVICE", "cpu"]
     cfg = load_config(config, overrides)
     try:
-        return build_detector(cfg).eval()
+        detector = build_detector(cfg).eval()
     except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as error:  # a checkpoint torch cannot read
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConfigError(f"cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {first_line}") from None
+    untrained = untrained_warning(cfg.MODEL.WEIGHTS)
+    if untrained:
+        logger.warning(untrained)
+    return detector
 
 
 class PerClassNMSRoIHeads(RoIHeads):
@@ -188,8 +196,7 @@ def export_detector(
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got '{format}'")
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    path = check_output_file(path, overwrite)
     example = example_image(*input_size)
     model = _export_copy(detector, format, optimize, rewrite)
     if format == "onnx":

@@ -15,7 +15,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..utils.io import PathLike, atomic_write
+from ..utils.io import PathLike, atomic_write, check_output_file
 
 MIN_OPSET = 17
 # One tensor or a tuple of positional arguments (tensors, or e.g. a list of images for a detector).
@@ -93,9 +93,7 @@ def export_onnx(
     **kwargs,
 ) -> Path:
     """Write ``model`` as an ONNX file (see ``onnx_bytes`` for the keyword arguments); returns the path."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    path = check_output_file(path, overwrite)
     data = onnx_bytes(model, example_inputs, **kwargs)
     if check:
         import onnx
@@ -133,9 +131,7 @@ def export_torchscript(
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` as a TorchScript archive (load it with ``torch.jit.load``); returns the path."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    path = check_output_file(path, overwrite)
     scripted = torchscript_module(model, example_inputs, method=method, freeze=freeze)
 
     def save(tmp: str) -> None:

@@ -33,6 +33,18 @@ def read_detector_checkpoint(path: str) -> Optional[Dict[str, Any]]:
     return checkpoint if has_all else None
 
 
+def untrained_warning(weights: str) -> Optional[str]:
+    """Why a detector built with MODEL.WEIGHTS ``weights`` would draw or score meaningless boxes, else None."""
+    if not weights:
+        return "MODEL.WEIGHTS is empty: the detector has random weights, so its boxes mean nothing"
+    if read_detector_checkpoint(weights) is None:
+        return (
+            f"MODEL.WEIGHTS {weights} holds no detector, only backbone weights: the RPN and box predictor are "
+            "untrained, so expect meaningless boxes (an AP near 0)"
+        )
+    return None
+
+
 def load_detector_weights(
     model: nn.Module, network: nn.Module, checkpoint: Mapping[str, Any], source: str
 ) -> None:

@@ -17,6 +17,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..data import COCO_THING_CLASSES, MetadataCatalog, UnknownDatasetError
+from ..utils.io import OutputPathError, check_output_file
 from ..utils.visualizer import draw_detections
 
 logger = logging.getLogger(__name__)
@@ -30,17 +31,48 @@ class DemoReport:
     failed: List[str]
 
 
+class DemoInputError(ValueError):
+    """Inputs or outputs the demo cannot use (nothing matched, an output would replace a file)."""
+
+
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
-    """Files named by ``patterns``: files as given, folders' image files, glob matches (sorted)."""
+    """Files named by ``patterns``: files as given, folders' image files, glob matches (sorted). A
+    folder or pattern that names no image is an error (a missing plain file is reported when read)."""
     files: List[str] = []
     for pattern in patterns:
         if os.path.isdir(pattern):
-            files.extend(sorted(str(p) for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            matched = sorted(str(p) for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         elif any(char in pattern for char in "*?["):
-            files.extend(sorted(glob.glob(pattern)))
+            matched = sorted(glob.glob(pattern))
         else:
-            files.append(pattern)  # a missing file is reported when it is read
+            matched = [pattern]
+        if not matched:
+            raise DemoInputError(f"--input {pattern}: no image files ({', '.join(IMAGE_SUFFIXES)}) there")
+        files.extend(matched)
     return files
+
+
+def output_path(output_dir: str, input_file: str, suffix: str = ".jpg") -> Path:
+    return Path(output_dir) / f"{Path(input_file).stem}{suffix}"
+
+
+def check_outputs(inputs: Sequence[str], output_dir: str, suffix: str = ".jpg", overwrite: bool = False) -> None:
+    """Refuse, before any work, outputs that cannot be written, that would replace an existing file
+    (unless ``overwrite``) or an input, or that two inputs would share."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise DemoInputError(f"--output {output_dir} is a file, not a folder")
+    claimed = {}
+    for input_file in inputs:
+        path = output_path(output_dir, input_file, suffix)
+        if os.path.exists(input_file) and path.exists() and path.samefile(input_file):
+            raise DemoInputError(f"the output for {input_file} would replace it: choose another --output folder")
+        if path in claimed:
+            raise DemoInputError(f"{claimed[path]} and {input_file} would both be drawn into {path}: run them separately")
+        claimed[path] = input_file
+        try:
+            check_output_file(path, overwrite)
+        except OutputPathError as error:
+            raise DemoInputError(str(error)) from None
 
 
 def class_names_for(cfg: CfgNode) -> Optional[List[str]]:
@@ -90,7 +122,7 @@ def run_on_images(predictor: Predictor, files: Iterable[str], output_dir: str) -
         start = time.perf_counter()
         drawn, count = predictor(image)
         seconds = time.perf_counter() - start
-        path = Path(output_dir) / f"{Path(file_name).stem}.jpg"
+        path = output_path(output_dir, file_name)
         cv2.imwrite(str(path), drawn)
         report.written.append(path)
         logger.info("%s: %d detection(s) in %.3f s -> %s", file_name, count, seconds, path)
@@ -104,7 +136,7 @@ def run_on_video(predictor: Predictor, video_file: str, output_dir: str) -> Demo
         logger.error("%s: not a video OpenCV can read, skipped", video_file)
         return DemoReport([], [video_file])
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(output_dir) / f"{Path(video_file).stem}.mp4"
+    path = output_path(output_dir, video_file, ".mp4")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer = None
     frames = 0

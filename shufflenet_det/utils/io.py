@@ -18,15 +18,36 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used: missing, truncated, not a checkpoint, or unsafe."""
 
 
+class OutputPathError(FileExistsError):
+    """A file cannot be written where asked: it exists (and replacing it was not asked for), it is a
+    directory, or its folder cannot be created or written."""
+
+
+def check_output_file(path: PathLike, overwrite: bool = False) -> Path:
+    """Raise ``OutputPathError`` (a one-line message) unless a new file can be written at ``path``;
+    tools call this before their work, so that a bad path does not waste it."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise OutputPathError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"cannot write {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {path}: no permission to write in {folder}")
+    return path
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp_path)``, then rename the temporary file onto ``path``.
 
     A crash mid-write leaves any previous file intact. An existing ``path`` is only replaced when
-    ``overwrite`` is true.
+    ``overwrite`` is true (see ``check_output_file``).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    path = check_output_file(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
