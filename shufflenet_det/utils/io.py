@@ -81,6 +81,11 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    # torch.save writes a zip archive (or, in its legacy format, a pickle): anything else is another kind of file.
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file written by torch.save)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
