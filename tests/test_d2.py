@@ -445,8 +445,12 @@ def test_train_resume_and_evaluate_on_a_tiny_coco(configs, synthetic_root, tmp_p
     assert not torch.equal(trained["roi_heads.box_head.stage4.3.expand.conv.weight"], source["stage4.3.expand.conv.weight"])
 
     # Evaluating the saved weights reproduces the evaluation at the end of training.
-    eval_cfg = sd2.setup_d2_cfg(cfg, ["MODEL.WEIGHTS", str(output / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval")])
+    eval_cfg = sd2.setup_d2_cfg(cfg, ["MODEL.WEIGHTS", str(output / "model_final.pth"), "OUTPUT_DIR", str(output)])
+    training_config = (output / "config.yaml").read_text()
     assert d2_evaluate(eval_cfg)["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
+    # Evaluated into the training run's folder: its config.yaml stays, the evaluation's goes beside it.
+    assert (output / "config.yaml").read_text() == training_config
+    assert "model_final.pth" in (output / "config_eval.yaml").read_text()
 
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
         d2_train(cfg)

@@ -111,7 +111,7 @@ def d2_evaluate(cfg: CfgNode) -> Dict[str, Any]:
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: give the checkpoint to evaluate (MODEL.WEIGHTS path/to/model.pth)")
     _check_weights(cfg)
-    _prepare_output_dir(cfg)
+    _prepare_output_dir(cfg, "config_eval.yaml")
     model = ShuffleNetTrainer.build_model(cfg)
     ShuffleNetCheckpointer(model, cfg.OUTPUT_DIR, anchor_layout=anchor_layout(cfg)).load(cfg.MODEL.WEIGHTS)
     return ShuffleNetTrainer.test(cfg, model)
@@ -126,12 +126,15 @@ def _check_weights(cfg: CfgNode) -> None:
         )
 
 
-def _prepare_output_dir(cfg: CfgNode) -> None:
+def _prepare_output_dir(cfg: CfgNode, config_name: str = "config.yaml") -> None:
+    """Logging into OUTPUT_DIR and the config written there (an evaluation names its own file, so that
+    a training run's config.yaml stays)."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     setup_logger(output=cfg.OUTPUT_DIR, name="detectron2")
     setup_logger(output=cfg.OUTPUT_DIR, name="shufflenet_det", abbrev_name="sdet")
-    atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda tmp: _write_text(tmp, cfg.dump()), overwrite=True)
-    logger.info("detectron2 engine; config written to %s", os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    path = os.path.join(cfg.OUTPUT_DIR, config_name)
+    atomic_write(path, lambda tmp: _write_text(tmp, cfg.dump()), overwrite=True)
+    logger.info("detectron2 engine; config written to %s", path)
 
 
 def _write_text(path: str, text: str) -> None:
