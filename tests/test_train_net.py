@@ -198,7 +198,7 @@ def test_demo_never_replaces_files_unasked(easy_dataset, tmp_path):
         "would replace it": ("--input", str(photo), "--output", str(photos), "--overwrite"),
         "no image files": ("--input", str(tmp_path / "*.png"), "--output", str(tmp_path / "out")),
         "--confidence-threshold must be between 0 and 1": ("--input", str(photo), "--confidence-threshold", "5"),
-        "--weights": ("--input", str(photo), "--weights", str(tmp_path / "missing.pth")),
+        "missing.pth: no such file": ("--input", str(photo), "--weights", str(tmp_path / "missing.pth")),
     }
     for message, args in refusals.items():
         result = run_demo(*args)

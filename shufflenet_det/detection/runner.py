@@ -76,6 +76,7 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", *([name] if len(names) > 1 else []))
         evaluator = COCOEvaluator.from_metadata(MetadataCatalog.get(name), output_dir)
         loader = build_detection_test_loader(cfg, name)
+        check_num_classes(cfg, [name])  # after loading: a registered COCO file sets its classes then
         results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=_amp_dtype(cfg, model))
     return results[names[0]] if len(names) == 1 else results
 
@@ -144,7 +145,7 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     # MODEL.WEIGHTS went into the model as it was built; the checkpointer only resumes.
     start_iter = checkpointer.resume_or_load(None, resume=resume).get("iteration", 0)
     loader = build_detection_train_loader(cfg, start_iter=start_iter)
-    check_num_classes(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    check_num_classes(cfg, cfg.DATASETS.TRAIN)
     trained = create_ddp_model(model, find_unused_parameters=cfg.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS)
 
     results: Dict[str, Any] = {}
@@ -195,7 +196,6 @@ def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
         warning = untrained_warning(cfg.MODEL.WEIGHTS)
         if warning:
             logger.warning(warning)
-    check_num_classes(cfg, cfg.DATASETS.TEST)
     model = build_detector(cfg)
     if resume:
         checkpointer = build_checkpointer(cfg, model)

@@ -214,10 +214,11 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
     resume = bool(getattr(args, "resume", False)) or not training
     # An evaluation keeps the training run's config.yaml and writes its own beside it.
     config_path = Path(output_dir) / ("config.yaml" if training else "config_eval.yaml")
-    if training and not resume and _is_config_file(args, config_path):
+    keep_config_file = _is_config_file(args, config_path)
+    if keep_config_file and training and not resume:
         raise SetupError(
-            f"--config is {config_path}, which a new run in OUTPUT_DIR '{output_dir}' writes: copy it "
-            "elsewhere, or choose another OUTPUT_DIR"
+            f"--config is {config_path}, which a new run in OUTPUT_DIR '{output_dir}' writes: pass --resume "
+            "to continue that run, or copy the file elsewhere or choose another OUTPUT_DIR"
         )
     if is_main_process():
         check_output_dir(output_dir, cfg.SHUFFLENET_DET.MIN_FREE_DISK_GB)
@@ -230,7 +231,9 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
         per_device_batch_size(cfg)  # the global batch must split evenly over the processes
     if args is not None:
         logger.info("Arguments: %s", vars(args))
-    if is_main_process():
+    if is_main_process() and keep_config_file:
+        logger.info("Config file %s is the --config file: left as it is", config_path)
+    elif is_main_process():
         text = cfg.dump()
         atomic_write(config_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
         logger.info("Config written to %s", config_path)
