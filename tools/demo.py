@@ -8,7 +8,6 @@ The exit status is 0 when every input was processed, 1 when some could not be re
 """
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ except ImportError:  # run from a clone without installing
 from shufflenet_det.config import load_config, split_trailing_overrides  # noqa: E402
 from shufflenet_det.config.loading import ConfigError, check_no_options  # noqa: E402
 from shufflenet_det.detection import build_detector  # noqa: E402
-from shufflenet_det.detection.checkpoint import untrained_warning  # noqa: E402
+from shufflenet_det.detection.checkpoint import warn_if_untrained  # noqa: E402
 from shufflenet_det.detection.demo import (  # noqa: E402
     DemoInputError,
     Predictor,
@@ -33,9 +32,6 @@ from shufflenet_det.detection.demo import (  # noqa: E402
 )
 from shufflenet_det.utils.io import CheckpointError  # noqa: E402
 from shufflenet_det.utils.logger import setup_logger  # noqa: E402
-
-
-logger = logging.getLogger("shufflenet_det.demo")
 
 
 def main() -> int:
@@ -68,13 +64,11 @@ def main() -> int:
         if args.video_input:
             check_outputs([args.video_input], args.output, ".mp4", args.overwrite)
         cfg = load_config(args.config, opts)
-        untrained = untrained_warning(cfg.MODEL.WEIGHTS)
         model = build_detector(cfg)
     except (ConfigError, CheckpointError, DemoInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if untrained:
-        logger.warning(untrained)
+    warn_if_untrained(cfg.MODEL.WEIGHTS)
     predictor = Predictor(model, cfg.INPUT.FORMAT, class_names_for(cfg), args.confidence_threshold)
     failed = []
     if args.input:

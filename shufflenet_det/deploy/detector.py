@@ -21,7 +21,6 @@ Two deployment forms of a detector built by ``build_detector(cfg)``:
 from __future__ import annotations
 
 import copy
-import logging
 import pickle
 import warnings
 from pathlib import Path
@@ -37,7 +36,7 @@ from torchvision.ops import boxes as box_ops
 
 from ..config.loading import ConfigError, load_config
 from ..detection.benchmark import random_image
-from ..detection.checkpoint import untrained_warning
+from ..detection.checkpoint import warn_if_untrained
 from ..detection.detector import build_detector
 from ..detection.proposals import BatchedProposalRPN
 from ..utils.io import PathLike, check_output_file
@@ -45,8 +44,6 @@ from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscri
 from .nms import nms_first_k
 from .roi_align import SeparableRoIAlign
 from .runtime import deploy_rewrite
-
-logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 OUTPUT_NAMES = ("boxes", "labels", "scores")
@@ -88,9 +85,7 @@ def build_export_detector(
     except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as error:  # a checkpoint torch cannot read
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConfigError(f"cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {first_line}") from None
-    untrained = untrained_warning(cfg.MODEL.WEIGHTS)
-    if untrained:
-        logger.warning(untrained)
+    warn_if_untrained(cfg.MODEL.WEIGHTS)
     return detector
 
 

@@ -6,6 +6,7 @@ checkpoint initializes everything. The two are told apart by their keys, not by 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, Mapping, Optional
 
@@ -15,6 +16,8 @@ from torch import nn
 from ..config.loading import ConfigError
 from ..utils.io import safe_torch_load
 from ..weights import apply_structure
+
+logger = logging.getLogger(__name__)
 
 # Every detector built here has parameters under these prefixes; classifiers have none.
 _DETECTOR_PREFIXES = ("backbone.body.", "roi_heads.box_head.")
@@ -33,16 +36,16 @@ def read_detector_checkpoint(path: str) -> Optional[Dict[str, Any]]:
     return checkpoint if has_all else None
 
 
-def untrained_warning(weights: str) -> Optional[str]:
-    """Why a detector built with MODEL.WEIGHTS ``weights`` would draw or score meaningless boxes, else None."""
+def warn_if_untrained(weights: str) -> None:
+    """Log a warning when a detector built with MODEL.WEIGHTS ``weights`` would draw or score meaningless boxes."""
     if not weights:
-        return "MODEL.WEIGHTS is empty: the detector has random weights, so its boxes mean nothing"
-    if read_detector_checkpoint(weights) is None:
-        return (
-            f"MODEL.WEIGHTS {weights} holds no detector, only backbone weights: the RPN and box predictor are "
-            "untrained, so expect meaningless boxes (an AP near 0)"
+        logger.warning("MODEL.WEIGHTS is empty: the detector has random weights, so its boxes mean nothing")
+    elif read_detector_checkpoint(weights) is None:
+        logger.warning(
+            "MODEL.WEIGHTS %s holds no detector, only backbone weights: the RPN and box predictor are "
+            "untrained, so expect meaningless boxes (an AP near 0)",
+            weights,
         )
-    return None
 
 
 def load_detector_weights(

@@ -45,7 +45,7 @@ from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
 from ..utils.visualizer import draw_detections
 from .backbone import names_a_file
-from .checkpoint import untrained_warning
+from .checkpoint import warn_if_untrained
 from .detector import build_detector
 
 logger = logging.getLogger(__name__)
@@ -193,9 +193,7 @@ def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
                 f"MODEL.WEIGHTS file '{cfg.MODEL.WEIGHTS}' not found: --eval-only needs a trained detector "
                 "checkpoint (training writes OUTPUT_DIR/model_final.pth), or pass --resume to use OUTPUT_DIR's last one"
             )
-        warning = untrained_warning(cfg.MODEL.WEIGHTS)
-        if warning:
-            logger.warning(warning)
+        warn_if_untrained(cfg.MODEL.WEIGHTS)
     model = build_detector(cfg)
     if resume:
         checkpointer = build_checkpointer(cfg, model)
