@@ -1,10 +1,11 @@
 """Deploying the C4 Faster R-CNN: whole-detector ONNX / TorchScript export and a fast CPU inference copy.
 
-Two deployment forms of a detector built by ``build_detector(cfg)``:
+Two deployment forms of a detector built by ``build_detector(cfg)`` or a ``fasterrcnn_*_c4`` builder:
 
 - ``export_detector``: one file holding preprocessing (resize + normalize), the trunk, the RPN (anchors,
   decoding, NMS), RoIAlign, the per-RoI head and postprocessing (per-class NMS, boxes scaled back to the
-  input image). Input: one float image [3, H, W] in 0-255, INPUT.FORMAT channel order, any H and W;
+  input image). Input: one float image [3, H, W] as the detector takes it (``build_detector``'s: 0-255,
+  INPUT.FORMAT channel order; the builders': RGB in 0-1), any H and W;
   outputs ``boxes`` [N, 4] (XYXY, input image coordinates), ``labels`` [N] (1..NUM_CLASSES), ``scores``
   [N]. ONNX goes through the TorchScript-based exporter, which follows torchvision's tracing code paths
   (sizes computed as tensors), so height and width stay dynamic. TorchScript is a trace of the same
@@ -29,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
@@ -72,7 +73,7 @@ def example_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 def build_export_detector(
     config: str, overrides: Sequence[Any] = (), weights: Optional[str] = None
-) -> FasterRCNN:
+) -> GeneralizedRCNN:
     """The detector of a config (name or path) plus ``KEY VALUE`` overrides, on the CPU in eval mode.
 
     ``weights`` (a file) sets MODEL.WEIGHTS. Bad configs, missing or unreadable weights raise a
@@ -133,7 +134,7 @@ class PerClassNMSRoIHeads(RoIHeads):
 
 
 def _export_copy(
-    detector: FasterRCNN, format: str, optimize: bool, rewrite: Optional[Dict[str, Any]] = None
+    detector: GeneralizedRCNN, format: str, optimize: bool, rewrite: Optional[Dict[str, Any]] = None
 ) -> DetectorOutputs:
     if optimize:
         detector = deploy_rewrite(detector, "onnxruntime" if format == "onnx" else "torchscript", rewrite)
@@ -149,7 +150,7 @@ def _export_copy(
 
 
 def detector_onnx_bytes(
-    detector: FasterRCNN,
+    detector: GeneralizedRCNN,
     example: torch.Tensor,
     opset: int = MIN_OPSET,
     optimize: bool = True,
@@ -174,7 +175,7 @@ def _onnx_interface(opset: int) -> dict:
 
 
 def export_detector(
-    detector: FasterRCNN,
+    detector: GeneralizedRCNN,
     path: PathLike,
     format: str = "onnx",
     input_size: Tuple[int, int] = (480, 640),
@@ -376,12 +377,12 @@ class EarlyStopRPN(BatchedProposalRPN):
 
 
 def deploy_detector(
-    detector: FasterRCNN,
+    detector: GeneralizedRCNN,
     threads: int = 1,
     roi_chunk: int = 4,
     example_size: Tuple[int, int] = (320, 320),
     opset: int = MIN_OPSET,
-) -> FasterRCNN:
+) -> GeneralizedRCNN:
     """A copy of ``detector`` (eval mode, same call and outputs) for fast CPU inference.
 
     The trunk (dynamic height / width), the RPN head and the per-RoI box head run in ONNX Runtime

@@ -10,7 +10,17 @@ from .backbone import (
     preprocessing_mismatches,
     split_c4,
 )
-from .detector import build_detector, build_transform, check_detector_config
+from .detector import build_detector, check_detector_config, detector_options
+from .faster_rcnn_c4 import (
+    DETECTION_MODELS,
+    FasterRCNNC4,
+    assemble_c4_detector,
+    fasterrcnn_c4,
+    fasterrcnn_mobilenet_v1_x1_0_c4,
+    fasterrcnn_shufflenet_v1_x0_5_g3_c4,
+    fasterrcnn_shufflenet_v1_x1_0_g3_c4,
+    fasterrcnn_shufflenet_v1_x2_0_g3_c4,
+)
 from .pooler import POOLER_TYPES, RoIPooler, pooler_aligned
 from .transform import DetectionTransform
 
@@ -18,15 +28,23 @@ __all__ = [
     "BACKBONE_REGISTRY",
     "C4Backbone",
     "C4BoxHead",
+    "DETECTION_MODELS",
     "DetectionTransform",
+    "FasterRCNNC4",
     "POOLER_TYPES",
     "RoIPooler",
     "build_backbone",
     "build_detector",
     "build_mobilenet_v1_backbone",
     "build_shufflenet_v1_backbone",
-    "build_transform",
+    "assemble_c4_detector",
     "check_detector_config",
+    "detector_options",
+    "fasterrcnn_c4",
+    "fasterrcnn_mobilenet_v1_x1_0_c4",
+    "fasterrcnn_shufflenet_v1_x0_5_g3_c4",
+    "fasterrcnn_shufflenet_v1_x1_0_g3_c4",
+    "fasterrcnn_shufflenet_v1_x2_0_g3_c4",
     "pooler_aligned",
     "preprocessing_mismatches",
     "split_c4",

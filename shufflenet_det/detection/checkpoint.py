@@ -15,7 +15,6 @@ from torch import nn
 
 from ..config.loading import ConfigError
 from ..utils.io import safe_torch_load
-from ..weights import apply_structure
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +47,21 @@ def warn_if_untrained(weights: str) -> None:
         )
 
 
-def load_detector_weights(
-    model: nn.Module, network: nn.Module, checkpoint: Mapping[str, Any], source: str
-) -> None:
+def load_detector_weights(model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> None:
     """Load a whole detector strictly; a mismatch names the first differing keys and shapes.
 
-    ``network`` is the backbone network the detector was cut from: the structure recorded in the
-    checkpoint's "meta" (shuffle layout, concat order, activation of converted weights) is applied to it.
+    ``source`` names the checkpoint in the error (e.g. "MODEL.WEIGHTS model_final.pth"). BatchNorm's
+    step counters are not compared: a detector trained with BN loads into one built with FrozenBN (and
+    back), which computes the same in eval mode. The structure recorded in the checkpoint's "meta"
+    belongs on the backbone network before the detector is assembled (``apply_structure``).
     """
-    state_dict = checkpoint["model"]
     own = model.state_dict()
-    missing = [key for key in own if key not in state_dict]
+    state_dict = {
+        key: value
+        for key, value in checkpoint["model"].items()
+        if key in own or not key.endswith("num_batches_tracked")
+    }
+    missing = [key for key in own if key not in state_dict and not key.endswith("num_batches_tracked")]
     unexpected = [key for key in state_dict if key not in own]
     wrong_shape = [
         f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
@@ -74,8 +77,7 @@ def load_detector_weights(
         problems.append(f"shape (checkpoint vs model) {', '.join(wrong_shape[:3])}")
     if problems:
         raise ConfigError(
-            f"MODEL.WEIGHTS {source} is a detector checkpoint for another configuration "
-            f"(backbone, width or NUM_CLASSES differ): {'; '.join(problems)}"
+            f"{source} is a detector checkpoint for another configuration "
+            f"(backbone, width or number of classes differ): {'; '.join(problems)}"
         )
-    model.load_state_dict(state_dict)
-    apply_structure(network, checkpoint.get("meta") or {})
+    model.load_state_dict(state_dict, strict=False)

@@ -1,36 +1,24 @@
-"""``build_detector(cfg)``: a C4 Faster R-CNN (no FPN) as a torchvision ``FasterRCNN``.
+"""``build_detector(cfg)``: the C4 Faster R-CNN of ``faster_rcnn_c4`` as a config describes it.
 
-Module names (the engine's checkpoints and weight loading rely on them):
-``backbone.body.<stem|stage2|stage3...>`` trunk, ``rpn.head`` RPN, ``roi_heads.box_roi_pool`` RoIAlign,
-``roi_heads.box_head.<last stage>`` per-RoI head, ``roi_heads.box_predictor`` classes and boxes,
-``transform`` resizing and normalization.
+The config is translated into ``assemble_c4_detector``'s arguments, so this path and the torchvision
+builders (``fasterrcnn_*_c4``) build the same modules; only the input convention differs: here images
+arrive in 0-255, INPUT.FORMAT channel order, as the engine's data loaders give them.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
-from torch import nn
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection._utils import BoxCoder
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead
 
 from ..config.loading import ConfigError
 from ..modeling.layers import NORMS
-from ..weights import model_structure
-from .anchors import ExactAnchorGenerator
+from ..weights import apply_structure, model_structure
 from .backbone import build_backbone, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
-from .pooler import ROI_ALIGN_IMPLS, RoIPooler, pooler_aligned
-from .proposals import BatchedProposalRPN
-from .transform import DetectionTransform
-
-INPUT_FORMATS = ("BGR", "RGB")
-RPN_NMS_IMPLS = ("torchvision", "batched")
-C4_STRIDE = 16
+from .faster_rcnn_c4 import C4_STRIDE, CHANNEL_ORDERS, RPN_NMS_IMPLS, FasterRCNNC4, assemble_c4_detector
+from .pooler import ROI_ALIGN_IMPLS, pooler_aligned
 
 # Settings torchvision's Faster R-CNN cannot change: (key, the only value it supports).
 _FIXED_SETTINGS = (
@@ -46,33 +34,54 @@ _FIXED_SETTINGS = (
 )
 
 
-def build_detector(cfg: CfgNode) -> FasterRCNN:
+def build_detector(cfg: CfgNode) -> FasterRCNNC4:
     """The C4 Faster R-CNN that ``cfg`` describes, on MODEL.DEVICE.
 
     Input: a list of [3, H, W] images, uint8 or float in 0-255, in INPUT.FORMAT channel order; in
     training also targets ``{"boxes": XYXY, "labels": 1..NUM_CLASSES}``. Output: a loss dict in
     training, ``[{"boxes", "labels", "scores"}]`` in the original image coordinates in eval mode.
+    MODEL.WEIGHTS names ImageNet weights for the backbone or a whole trained detector.
     """
     check_detector_config(cfg)
-    feature_name = cfg.MODEL.RPN.IN_FEATURES[0]
     network = build_backbone(cfg)
-    backbone, box_head = split_c4(network, feature_name, C4_STRIDE)
+    checkpoint = read_detector_checkpoint(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
+    if checkpoint is not None:
+        # The backbone's structure (shuffle layout, ...) is set before the detector shares its modules.
+        apply_structure(network, checkpoint.get("meta") or {})
+    backbone, box_head = split_c4(network, cfg.MODEL.RPN.IN_FEATURES[0], C4_STRIDE)
     try:
         box_head.set_recompute(cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD)
     except ValueError as error:
         raise ConfigError(f"SHUFFLENET_DET.RECOMPUTE_BOX_HEAD: {error}") from None
-
-    anchor_generator = ExactAnchorGenerator(
-        sizes=(tuple(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]),),
-        aspect_ratios=(tuple(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),),
+    model = assemble_c4_detector(
+        backbone,
+        box_head,
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
+        structure_meta=model_structure(network),
+        **detector_options(cfg),
     )
-    rpn, roi = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS
+    if checkpoint is not None:
+        load_detector_weights(model, checkpoint, f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}")
+    return model.to(torch.device(cfg.MODEL.DEVICE))
+
+
+def detector_options(cfg: CfgNode) -> Dict[str, Any]:
+    """``assemble_c4_detector``'s keyword arguments for a (checked) config: inputs, sizes, RPN and RoI heads."""
+    rpn, roi, box_head = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
     rpn_bg_iou, rpn_fg_iou = rpn.IOU_THRESHOLDS
     roi_bg_iou, roi_fg_iou = roi_iou_thresholds(roi.IOU_THRESHOLDS, roi.IOU_LABELS)
-    model = FasterRCNN(
-        backbone,
-        rpn_anchor_generator=anchor_generator,
-        rpn_head=RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
+    return dict(
+        input_format=cfg.INPUT.FORMAT,
+        input_scale=255.0,
+        backbone_format=cfg.INPUT.FORMAT,
+        pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+        pixel_std=list(cfg.MODEL.PIXEL_STD),
+        min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
+        max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+        min_size_test=cfg.INPUT.MIN_SIZE_TEST,
+        max_size_test=cfg.INPUT.MAX_SIZE_TEST,
+        anchor_sizes=tuple(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]),
+        anchor_aspect_ratios=tuple(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
         rpn_pre_nms_top_n_train=rpn.PRE_NMS_TOPK_TRAIN,
         rpn_pre_nms_top_n_test=rpn.PRE_NMS_TOPK_TEST,
         rpn_post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN,
@@ -82,8 +91,12 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
         rpn_bg_iou_thresh=rpn_bg_iou,
         rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
         rpn_positive_fraction=rpn.POSITIVE_FRACTION,
-        box_head=box_head,
-        box_predictor=_box_predictor(box_head.out_channels, roi.NUM_CLASSES + 1),
+        rpn_bbox_reg_weights=tuple(rpn.BBOX_REG_WEIGHTS),
+        rpn_nms_impl=cfg.SHUFFLENET_DET.RPN_NMS_IMPL,
+        box_pooler_resolution=box_head.POOLER_RESOLUTION,
+        box_pooler_sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
+        box_pooler_aligned=pooler_aligned(box_head.POOLER_TYPE),
+        roi_align_impl=cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL,
         box_score_thresh=roi.SCORE_THRESH_TEST,
         box_nms_thresh=roi.NMS_THRESH_TEST,
         box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
@@ -91,53 +104,8 @@ def build_detector(cfg: CfgNode) -> FasterRCNN:
         box_bg_iou_thresh=roi_bg_iou,
         box_batch_size_per_image=roi.BATCH_SIZE_PER_IMAGE,
         box_positive_fraction=roi.POSITIVE_FRACTION,
-        bbox_reg_weights=tuple(cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+        bbox_reg_weights=tuple(box_head.BBOX_REG_WEIGHTS),
     )
-    # FasterRCNN's constructor only takes a multi-level pooler, one input size pair and fixed RPN
-    # box weights: put in the C4 parts afterwards.
-    model.rpn.box_coder = BoxCoder(tuple(rpn.BBOX_REG_WEIGHTS))
-    if cfg.SHUFFLENET_DET.RPN_NMS_IMPL == "batched":
-        # Same state, one method replaced (FasterRCNN builds its RPN itself).
-        model.rpn.__class__ = BatchedProposalRPN
-    model.roi_heads.box_roi_pool = RoIPooler(
-        feature_name,
-        cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
-        spatial_scale=1.0 / backbone.stride,
-        sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-        aligned=pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE),
-        impl=cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL,
-    )
-    # A recomputing head pools its RoIs itself, a slice at a time, so that none is kept for backward.
-    model.roi_heads.box_roi_pool.defer = box_head.recompute
-    model.transform = build_transform(cfg)
-    checkpoint = read_detector_checkpoint(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
-    if checkpoint is not None:
-        load_detector_weights(model, network, checkpoint, cfg.MODEL.WEIGHTS)
-    # What checkpoints of this detector must record so that it is rebuilt the same way.
-    model.structure_meta = model_structure(network)
-    return model.to(torch.device(cfg.MODEL.DEVICE))
-
-
-def build_transform(cfg: CfgNode) -> DetectionTransform:
-    """Resizing (INPUT.MIN/MAX_SIZE_TRAIN/TEST) and normalization (MODEL.PIXEL_MEAN/STD, 0-255)."""
-    return DetectionTransform(
-        min_size_train=cfg.INPUT.MIN_SIZE_TRAIN,
-        max_size_train=cfg.INPUT.MAX_SIZE_TRAIN,
-        min_size_test=cfg.INPUT.MIN_SIZE_TEST,
-        max_size_test=cfg.INPUT.MAX_SIZE_TEST,
-        pixel_mean=cfg.MODEL.PIXEL_MEAN,
-        pixel_std=cfg.MODEL.PIXEL_STD,
-    )
-
-
-def _box_predictor(in_channels: int, num_classes: int) -> FastRCNNPredictor:
-    predictor = FastRCNNPredictor(in_channels, num_classes)
-    # detectron2's initialization: small class logits and smaller box deltas at the start.
-    nn.init.normal_(predictor.cls_score.weight, std=0.01)
-    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
-    for layer in (predictor.cls_score, predictor.bbox_pred):
-        nn.init.zeros_(layer.bias)
-    return predictor
 
 
 def roi_iou_thresholds(thresholds: List[float], labels: List[int]) -> Tuple[float, float]:
@@ -167,8 +135,8 @@ def check_detector_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"SHUFFLENET_DET.RPN_NMS_IMPL must be one of {', '.join(RPN_NMS_IMPLS)}, got {cfg.SHUFFLENET_DET.RPN_NMS_IMPL!r}"
         )
-    if cfg.INPUT.FORMAT not in INPUT_FORMATS:
-        raise ConfigError(f"INPUT.FORMAT must be one of {', '.join(INPUT_FORMATS)}, got {cfg.INPUT.FORMAT!r}")
+    if cfg.INPUT.FORMAT not in CHANNEL_ORDERS:
+        raise ConfigError(f"INPUT.FORMAT must be one of {', '.join(CHANNEL_ORDERS)}, got {cfg.INPUT.FORMAT!r}")
     for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
         if len(_get(cfg, key)) != 3:
             raise ConfigError(f"{key} needs 3 values (one per channel, 0-255 scale), got {list(_get(cfg, key))}")

@@ -59,8 +59,8 @@ class RoIPooler(nn.Module):
 
     ``spatial_scale`` is 1 / the feature's stride; ``sampling_ratio`` 0 picks the number of sample
     points per bin from the RoI size (detectron2's and torchvision's adaptive mode). ``impl`` is one of
-    ``ROI_ALIGN_IMPLS``. With ``defer``, training-mode calls that record gradients return
-    ``DeferredRoIs`` for the box head to pool.
+    ``ROI_ALIGN_IMPLS``. With ``defer`` (for a box head that recomputes, ``C4BoxHead.set_recompute``),
+    training-mode calls that record gradients return ``DeferredRoIs`` for the box head to pool.
     """
 
     def __init__(
@@ -71,6 +71,7 @@ class RoIPooler(nn.Module):
         sampling_ratio: int = 0,
         aligned: bool = True,
         impl: str = "auto",
+        defer: bool = False,
     ) -> None:
         super().__init__()
         if impl not in ROI_ALIGN_IMPLS:
@@ -81,7 +82,7 @@ class RoIPooler(nn.Module):
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
-        self.defer = False
+        self.defer = defer
 
     def forward(
         self,

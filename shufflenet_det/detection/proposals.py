@@ -11,9 +11,10 @@ and stops once every image has its POST_NMS_TOPK boxes.
 
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
@@ -101,7 +102,16 @@ def greedy_nms_first_k(
     return indices, counts
 
 
-class BatchedProposalRPN(RegionProposalNetwork):
+class C4RegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN with its box-delta weights as an argument (detectron2's MODEL.RPN.BBOX_REG_WEIGHTS;
+    torchvision's constructor fixes them at 1)."""
+
+    def __init__(self, *args: Any, bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.box_coder = BoxCoder(tuple(bbox_reg_weights))
+
+
+class BatchedProposalRPN(C4RegionProposalNetwork):
     """torchvision's RPN whose proposal selection runs for all images at once (``greedy_nms_first_k``).
 
     The same steps as torchvision's ``filter_proposals`` (top PRE_NMS_TOPK per level, sigmoid, clip, drop

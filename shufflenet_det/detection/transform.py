@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
-    """torchvision's transform, but honoring INPUT.MIN/MAX_SIZE_TRAIN and _TEST and taking 0-255 integers.
+    """torchvision's transform, but honoring separate train and test sizes, taking integer images and
+    optionally reversing the channel order (RGB <-> BGR).
 
     torchvision keeps one (min_size, max_size) pair for both modes; here ``train()`` / ``eval()``
     switch between the two pairs. In training a shorter side is drawn from ``min_size_train`` for
-    each image (detectron2's "choice" sampling). ``pixel_mean`` / ``pixel_std`` are in the scale of
-    the input (0-255) and its channel order; integer images are converted to float first.
+    each image (detectron2's "choice" sampling). Images are converted to float, their channels
+    reversed when ``reverse_channels`` (inputs in RGB for a backbone trained on BGR, or the other way),
+    then normalized with ``image_mean`` / ``image_std``: in the input's scale, the backbone's channel
+    order. Other keyword arguments (``size_divisible``, ``fixed_size``, ``_skip_resize``) are torchvision's.
     """
 
     def __init__(
@@ -23,15 +26,15 @@ class DetectionTransform(GeneralizedRCNNTransform):
         max_size_train: int,
         min_size_test: int,
         max_size_test: int,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        size_divisible: int = 32,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        reverse_channels: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            tuple(min_size_train), max_size_train, list(pixel_mean), list(pixel_std), size_divisible=size_divisible
-        )
+        super().__init__(tuple(min_size_train), max_size_train, list(image_mean), list(image_std), **kwargs)
         self.train_sizes = (tuple(min_size_train), max_size_train)
         self.test_sizes = ((min_size_test,), max_size_test)
+        self.reverse_channels = reverse_channels
 
     def train(self, mode: bool = True) -> "DetectionTransform":
         self.min_size, self.max_size = self.train_sizes if mode else self.test_sizes
@@ -40,4 +43,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         if not image.is_floating_point():
             image = image.float()
+        if self.reverse_channels:
+            # A gather, not flip(): it exports to every ONNX opset.
+            image = image[torch.tensor([2, 1, 0], device=image.device)]
         return super().normalize(image)

@@ -1,0 +1,398 @@
+"""C4 Faster R-CNN (no FPN) with ShuffleNet v1 / MobileNet v1 backbones, built like torchvision's detectors.
+
+``fasterrcnn_shufflenet_v1_x1_0_g3_c4(weights_backbone="megvii_1.0x_g3.pth", num_classes=91)`` builds
+the paper's Table 7 detector; after ``register_torchvision_models()`` the same call works as
+``torchvision.models.get_model("fasterrcnn_shufflenet_v1_x1_0_g3_c4", ...)``. The model takes what
+torchvision's detectors take: a list of float RGB images [3, H, W] in 0-1 and, in training, targets
+``{"boxes": XYXY, "labels": 1..num_classes-1}``; its transform converts the images to what the
+backbone's weights expect. ``build_detector(cfg)`` assembles the same modules from a config.
+
+Module names (checkpoints and weight loading rely on them): ``backbone.body.<stem|stage2|stage3...>``
+trunk, ``rpn.anchor_generator`` and ``rpn.head``, ``roi_heads.box_roi_pool`` RoIAlign,
+``roi_heads.box_head.<last stage>`` per-RoI head, ``roi_heads.box_predictor`` classes and boxes,
+``transform`` resizing and normalization.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RPNHead
+
+from ..modeling import MODEL_REGISTRY, build_model
+from ..weights import apply_structure, model_structure
+from ..weights.catalog import MEGVII_PREPROCESSING
+from .anchors import ExactAnchorGenerator
+from .backbone import C4Backbone, C4BoxHead, split_c4
+from .checkpoint import load_detector_weights, read_detector_checkpoint
+from .pooler import RoIPooler
+from .proposals import BatchedProposalRPN, C4RegionProposalNetwork
+from .transform import DetectionTransform
+
+logger = logging.getLogger(__name__)
+
+C4_STRIDE = 16
+C4_FEATURE = "res4"
+CHANNEL_ORDERS = ("BGR", "RGB")
+RPN_NMS_IMPLS = ("torchvision", "batched")
+# torchvision's detectors default to COCO's 91 category ids (background included).
+TORCHVISION_NUM_CLASSES = 91
+# Table 7's recipe freezes the stem and the first stage (detectron2's FREEZE_AT 2).
+DEFAULT_FROZEN_STAGES = 2
+_PREPROCESSING_KEYS = ("input_format", "pixel_mean", "pixel_std")
+
+
+class FasterRCNNC4(GeneralizedRCNN):
+    """torchvision's two-stage detector on one stride-16 map: ``GeneralizedRCNN(backbone, rpn, roi_heads,
+    transform)`` plus ``structure_meta``, what a checkpoint of it records so that it is rebuilt the same
+    way (the backbone network's ``model_structure`` and the ``input_format``, ``pixel_mean`` and
+    ``pixel_std`` (0-255) its backbone expects)."""
+
+    def __init__(
+        self,
+        backbone: C4Backbone,
+        rpn: C4RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        transform: DetectionTransform,
+        structure_meta: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.structure_meta = dict(structure_meta or {})
+
+
+def assemble_c4_detector(
+    backbone: C4Backbone,
+    box_head: C4BoxHead,
+    num_classes: int,
+    *,
+    input_format: str = "RGB",
+    input_scale: float = 1.0,
+    backbone_format: str = MEGVII_PREPROCESSING.input_format,
+    pixel_mean: Sequence[float] = MEGVII_PREPROCESSING.pixel_mean,
+    pixel_std: Sequence[float] = MEGVII_PREPROCESSING.pixel_std,
+    image_mean: Optional[Sequence[float]] = None,
+    image_std: Optional[Sequence[float]] = None,
+    min_size: Union[int, Sequence[int]] = 600,
+    max_size: int = 1000,
+    min_size_test: Optional[int] = None,
+    max_size_test: Optional[int] = None,
+    size_divisible: int = 32,
+    fixed_size: Optional[Tuple[int, int]] = None,
+    _skip_resize: bool = False,
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+    anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_pre_nms_top_n_train: int = 12000,
+    rpn_pre_nms_top_n_test: int = 6000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_thresh: float = 0.7,
+    rpn_fg_iou_thresh: float = 0.7,
+    rpn_bg_iou_thresh: float = 0.3,
+    rpn_batch_size_per_image: int = 256,
+    rpn_positive_fraction: float = 0.5,
+    rpn_score_thresh: float = 0.0,
+    rpn_bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    rpn_nms_impl: str = "torchvision",
+    box_pooler_resolution: int = 14,
+    box_pooler_sampling_ratio: int = 0,
+    box_pooler_aligned: bool = True,
+    roi_align_impl: str = "auto",
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 100,
+    box_fg_iou_thresh: float = 0.5,
+    box_bg_iou_thresh: float = 0.5,
+    box_batch_size_per_image: int = 512,
+    box_positive_fraction: float = 0.25,
+    bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+    structure_meta: Optional[Mapping[str, Any]] = None,
+) -> FasterRCNNC4:
+    """The C4 detector from a trunk and a per-RoI head (``split_c4``); every default is Table 7's recipe.
+
+    ``num_classes`` counts the background (torchvision's convention). Inputs are images in
+    ``input_format`` channel order scaled so that white is ``input_scale`` (1 for torchvision's 0-1
+    floats, 255 for the engine's 0-255 images); the backbone expects ``backbone_format`` and
+    ``(x - pixel_mean) / pixel_std`` on 0-255. torchvision's ``image_mean`` / ``image_std``, when given,
+    replace ``pixel_mean`` / ``pixel_std`` and are, as there, in the input's scale and channel order.
+    ``min_size`` / ``max_size`` are torchvision's (a tuple draws a size per training image); the test
+    sizes default to theirs (``min_size[-1]``). The other names are torchvision ``FasterRCNN``'s, plus
+    the anchors, the RPN's box-delta weights, RoIAlign's settings and ``rpn_nms_impl`` (``RPN_NMS_IMPLS``)
+    / ``roi_align_impl`` (``ROI_ALIGN_IMPLS``): how proposal selection and RoIAlign run, same results.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background class too, so it must be at least 2, got {num_classes}")
+    for name, value in (("input_format", input_format), ("backbone_format", backbone_format)):
+        if value not in CHANNEL_ORDERS:
+            raise ValueError(f"{name} must be one of {', '.join(CHANNEL_ORDERS)}, got {value!r}")
+    if rpn_nms_impl not in RPN_NMS_IMPLS:
+        raise ValueError(f"rpn_nms_impl must be one of {', '.join(RPN_NMS_IMPLS)}, got {rpn_nms_impl!r}")
+    reverse_channels = input_format != backbone_format
+    if image_mean is not None:
+        pixel_mean = _backbone_scale(image_mean, input_scale, reverse_channels)
+    if image_std is not None:
+        pixel_std = _backbone_scale(image_std, input_scale, reverse_channels)
+    train_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    to_input_scale = input_scale / 255.0
+    transform = DetectionTransform(
+        train_sizes,
+        max_size,
+        train_sizes[-1] if min_size_test is None else min_size_test,
+        max_size if max_size_test is None else max_size_test,
+        image_mean=[value * to_input_scale for value in pixel_mean],
+        image_std=[value * to_input_scale for value in pixel_std],
+        reverse_channels=reverse_channels,
+        size_divisible=size_divisible,
+        fixed_size=fixed_size,
+        _skip_resize=_skip_resize,
+    )
+
+    anchor_generator = ExactAnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_aspect_ratios),))
+    rpn_class = BatchedProposalRPN if rpn_nms_impl == "batched" else C4RegionProposalNetwork
+    rpn = rpn_class(
+        anchor_generator,
+        RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
+        rpn_fg_iou_thresh,
+        rpn_bg_iou_thresh,
+        rpn_batch_size_per_image,
+        rpn_positive_fraction,
+        dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+        dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+        rpn_nms_thresh,
+        score_thresh=rpn_score_thresh,
+        bbox_reg_weights=rpn_bbox_reg_weights,
+    )
+    pooler = RoIPooler(
+        backbone.feature_name,
+        box_pooler_resolution,
+        spatial_scale=1.0 / backbone.stride,
+        sampling_ratio=box_pooler_sampling_ratio,
+        aligned=box_pooler_aligned,
+        impl=roi_align_impl,
+        # A recomputing head pools its RoIs itself, a slice at a time, so that none is kept for backward.
+        defer=box_head.recompute,
+    )
+    roi_heads = RoIHeads(
+        pooler,
+        box_head,
+        _box_predictor(box_head.out_channels, num_classes),
+        box_fg_iou_thresh,
+        box_bg_iou_thresh,
+        box_batch_size_per_image,
+        box_positive_fraction,
+        tuple(bbox_reg_weights),
+        box_score_thresh,
+        box_nms_thresh,
+        box_detections_per_img,
+    )
+    preprocessing = {"input_format": backbone_format, "pixel_mean": list(pixel_mean), "pixel_std": list(pixel_std)}
+    return FasterRCNNC4(backbone, rpn, roi_heads, transform, {**(structure_meta or {}), **preprocessing})
+
+
+def _backbone_scale(values: Sequence[float], input_scale: float, reverse_channels: bool) -> list:
+    """Per-channel values given on the input's scale and channel order, on 0-255 in the backbone's order."""
+    values = [value * 255.0 / input_scale for value in values]
+    return values[::-1] if reverse_channels else values
+
+
+def _box_predictor(in_channels: int, num_classes: int) -> FastRCNNPredictor:
+    predictor = FastRCNNPredictor(in_channels, num_classes)
+    # detectron2's initialization: small class logits and smaller box deltas at the start.
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    for layer in (predictor.cls_score, predictor.bbox_pred):
+        nn.init.zeros_(layer.bias)
+    return predictor
+
+
+def fasterrcnn_c4(
+    arch: str,
+    *,
+    weights: Optional[str] = None,
+    weights_backbone: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    trainable_backbone_layers: Optional[int] = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> FasterRCNNC4:
+    """A C4 Faster R-CNN on any architecture of ``shufflenet_det.list_models()``, torchvision-style.
+
+    ``weights``: a trained detector file (this package's engine checkpoints, or any ``{"model": state
+    dict}`` of this detector); it sets ``num_classes`` and the input preprocessing recorded with it.
+    ``weights_backbone``: ImageNet weights for the backbone, a file or a ``list_pretrained()`` name;
+    their metadata sets the input format, mean and std. ``num_classes`` counts the background (default
+    91). ``trainable_backbone_layers``: how many backbone stages train, counted from the last (default
+    all but the stem and first stage), checked as torchvision does; with pretrained weights the norms
+    are FrozenBN, without them trainable BN and every stage trains. ``progress`` is accepted for
+    torchvision's interface (downloads go through pytorchcv / timm). ``kwargs`` go to
+    ``assemble_c4_detector``: torchvision ``FasterRCNN``'s options (``min_size``, ``rpn_*``, ``box_*``, ...).
+    """
+    if arch not in MODEL_REGISTRY:
+        raise ValueError(MODEL_REGISTRY.unknown_message(arch))
+    checkpoint = None
+    if weights is not None:
+        checkpoint = _read_detector(weights)
+        trained_classes = checkpoint["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0]
+        if num_classes is not None and num_classes != trained_classes:
+            raise ValueError(
+                f"num_classes is {num_classes} but weights {weights} is a detector for {trained_classes} classes "
+                "(background included): leave num_classes out, or train from weights_backbone instead"
+            )
+        num_classes = trained_classes
+        weights_backbone = None  # the detector's weights replace the backbone's, as in torchvision
+    elif num_classes is None:
+        num_classes = TORCHVISION_NUM_CLASSES
+    is_trained = weights is not None or weights_backbone is not None
+    network = build_model(arch, norm="FrozenBN" if is_trained else "BN", weights=weights_backbone)
+    network.freeze(_frozen_stages(len(network.stage_names), trainable_backbone_layers, is_trained))
+    if checkpoint is not None:
+        meta = checkpoint.get("meta") or {}
+        apply_structure(network, meta)
+    else:
+        meta = getattr(network, "weights_meta", {})
+    backbone, box_head = split_c4(network, C4_FEATURE, C4_STRIDE)
+    model = assemble_c4_detector(
+        backbone,
+        box_head,
+        num_classes,
+        **_backbone_preprocessing(meta, weights or weights_backbone),
+        structure_meta=model_structure(network),
+        **kwargs,
+    )
+    if checkpoint is not None:
+        load_detector_weights(model, checkpoint, f"weights {weights}")
+    return model
+
+
+def _read_detector(weights: str) -> Dict[str, Any]:
+    if not os.path.isfile(weights):
+        raise ValueError(f"weights file '{weights}' not found (weights takes a trained detector file)")
+    checkpoint = read_detector_checkpoint(weights)
+    if checkpoint is None:
+        raise ValueError(
+            f"weights {weights} holds no C4 detector (no backbone.body.* and roi_heads.box_head.* keys under "
+            "'model'): pass ImageNet weights as weights_backbone"
+        )
+    return checkpoint
+
+
+def _frozen_stages(num_stages: int, trainable_layers: Optional[int], is_trained: bool) -> int:
+    """detectron2's FREEZE_AT for torchvision's ``trainable_backbone_layers`` (stages that train, from the last)."""
+    if not is_trained:
+        if trainable_layers is not None:
+            warnings.warn(
+                f"trainable_backbone_layers={trainable_layers} has no effect without weights or weights_backbone: "
+                f"all {num_stages} backbone stages train"
+            )
+        return 0
+    if trainable_layers is None:
+        trainable_layers = num_stages - DEFAULT_FROZEN_STAGES
+    if not 0 <= trainable_layers <= num_stages:
+        raise ValueError(f"trainable_backbone_layers must be in [0, {num_stages}] for this backbone, got {trainable_layers}")
+    return num_stages - trainable_layers
+
+
+def _backbone_preprocessing(meta: Mapping[str, Any], source: Optional[str]) -> Dict[str, Any]:
+    """``assemble_c4_detector``'s preprocessing arguments for 0-1 RGB inputs and the weights' ``meta``."""
+    defaults = {
+        "input_format": MEGVII_PREPROCESSING.input_format,
+        "pixel_mean": list(MEGVII_PREPROCESSING.pixel_mean),
+        "pixel_std": list(MEGVII_PREPROCESSING.pixel_std),
+    }
+    missing = [key for key in _PREPROCESSING_KEYS if meta.get(key) is None]
+    if source is not None and missing:
+        logger.warning(
+            "%s records no %s: assuming the official ShuffleNet weights' input (BGR 0-255, mean 0, std 1)",
+            source,
+            ", ".join(missing),
+        )
+    chosen = {key: defaults[key] if meta.get(key) is None else meta[key] for key in _PREPROCESSING_KEYS}
+    return {
+        "input_format": "RGB",
+        "input_scale": 1.0,
+        "backbone_format": str(chosen["input_format"]).upper(),
+        "pixel_mean": [float(value) for value in chosen["pixel_mean"]],
+        "pixel_std": [float(value) for value in chosen["pixel_std"]],
+    }
+
+
+def fasterrcnn_shufflenet_v1_x0_5_g3_c4(
+    *,
+    weights: Optional[str] = None,
+    weights_backbone: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    trainable_backbone_layers: Optional[int] = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> FasterRCNNC4:
+    """The quickstart's ShuffleNet 0.5x (g=3) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
+    return fasterrcnn_c4(
+        "shufflenet_v1_x0_5_g3", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
+    )
+
+
+def fasterrcnn_shufflenet_v1_x1_0_g3_c4(
+    *,
+    weights: Optional[str] = None,
+    weights_backbone: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    trainable_backbone_layers: Optional[int] = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> FasterRCNNC4:
+    """Table 7's ShuffleNet 1x (g=3) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
+    return fasterrcnn_c4(
+        "shufflenet_v1_x1_0_g3", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
+    )
+
+
+def fasterrcnn_shufflenet_v1_x2_0_g3_c4(
+    *,
+    weights: Optional[str] = None,
+    weights_backbone: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    trainable_backbone_layers: Optional[int] = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> FasterRCNNC4:
+    """Table 7's ShuffleNet 2x (g=3) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
+    return fasterrcnn_c4(
+        "shufflenet_v1_x2_0_g3", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
+    )
+
+
+def fasterrcnn_mobilenet_v1_x1_0_c4(
+    *,
+    weights: Optional[str] = None,
+    weights_backbone: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    trainable_backbone_layers: Optional[int] = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> FasterRCNNC4:
+    """Table 7's MobileNet v1 (1.0) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
+    return fasterrcnn_c4(
+        "mobilenet_v1_x1_0", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
+        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
+    )
+
+
+# The builders registered with torchvision by name (``register_torchvision_models``).
+DETECTION_MODELS = {
+    builder.__name__: builder
+    for builder in (
+        fasterrcnn_shufflenet_v1_x0_5_g3_c4,
+        fasterrcnn_shufflenet_v1_x1_0_g3_c4,
+        fasterrcnn_shufflenet_v1_x2_0_g3_c4,
+        fasterrcnn_mobilenet_v1_x1_0_c4,
+    )
+}
