@@ -5,13 +5,14 @@ import torch
 import torchvision
 
 from shufflenet_det import list_models
+from shufflenet_det.detection import DETECTION_MODELS
 from shufflenet_det.integrations.torchvision_models import register_torchvision_models
 from shufflenet_det.weights import model_structure, save_weights
 
 
 def test_get_model_builds_ours_after_registration(tmp_path):
     names = register_torchvision_models()
-    assert names == list_models()
+    assert names == list_models() + list(DETECTION_MODELS)
     assert register_torchvision_models() == names  # a second call changes nothing
     assert set(names) <= set(torchvision.models.list_models())
     model = torchvision.models.get_model("shufflenet_v1_x0_5_g3", num_classes=10, norm="FrozenBN")

@@ -4,25 +4,35 @@ torchvision's public API can list and build registered models (``list_models``, 
 offers no public way to register new ones: its ``register_model`` lives in the private module
 ``torchvision.models._api``. So registration is a function you call, never an import side effect, and
 it fails with a clear message if a torchvision release moves that private registry.
+
+``python -m shufflenet_det.integrations.torchvision_models SCRIPT [ARGS...]`` registers, then runs an
+unmodified script that builds models by name, such as torchvision's ``references/detection/train.py``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+import runpy
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from torch import nn
 
+from ..detection.faster_rcnn_c4 import DETECTION_MODELS
 from ..modeling.registry import build_model, list_models
 
 _OWNER_ATTRIBUTE = "_shufflenet_det_model"
 
 
 def register_torchvision_models() -> List[str]:
-    """Register every model of ``shufflenet_det.list_models()`` with torchvision; returns the names.
+    """Register every model of ``shufflenet_det.list_models()`` and the C4 detectors with torchvision;
+    returns the names.
 
     Afterwards ``torchvision.models.get_model("shufflenet_v1_x1_0_g3", weights=..., num_classes=...)``
-    builds our model; ``weights`` takes what ``shufflenet_det.weights.load_weights`` takes (a file or
-    a name from ``list_pretrained()``), not a torchvision ``WeightsEnum``. Calling it again is harmless.
+    builds our classifier; ``weights`` takes what ``shufflenet_det.weights.load_weights`` takes (a file
+    or a name from ``list_pretrained()``), not a torchvision ``WeightsEnum``. The detectors
+    (``fasterrcnn_shufflenet_v1_x1_0_g3_c4``, ...) take torchvision's detector arguments (see
+    ``shufflenet_det.detection.fasterrcnn_c4``). Calling it again is harmless.
     """
     try:
         from torchvision.models._api import BUILTIN_MODELS, register_model
@@ -31,17 +41,22 @@ def register_torchvision_models() -> List[str]:
             f"this torchvision ({error}) has no model registry at torchvision.models._api; "
             "use shufflenet_det.build_model instead"
         ) from None
-    names = list_models()
-    taken = [n for n in names if n in BUILTIN_MODELS and getattr(BUILTIN_MODELS[n], _OWNER_ATTRIBUTE, None) != n]
+    builders: Dict[str, Callable[..., nn.Module]] = {name: _classifier_builder(name) for name in list_models()}
+    builders.update(DETECTION_MODELS)
+    taken = [name for name in builders if name in BUILTIN_MODELS and not _is_ours(name, BUILTIN_MODELS[name])]
     if taken:  # checked before registering anything, so a refusal changes nothing
         raise RuntimeError(f"torchvision already has a different model registered as '{taken[0]}'")
-    for name in names:
+    for name, builder in builders.items():
         if name not in BUILTIN_MODELS:
-            register_model(name)(_torchvision_builder(name))
-    return names
+            register_model(name)(builder)
+    return list(builders)
 
 
-def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+def _is_ours(name: str, registered: Callable[..., Any]) -> bool:
+    return registered is DETECTION_MODELS.get(name) or getattr(registered, _OWNER_ATTRIBUTE, None) == name
+
+
+def _classifier_builder(name: str) -> Callable[..., nn.Module]:
     def builder(*, weights: Optional[str] = None, progress: bool = True, **kwargs: Any) -> nn.Module:
         # ``progress`` is torchvision's download-bar flag; our downloads go through pytorchcv/timm helpers.
         return build_model(name, weights=weights, **kwargs)
@@ -50,3 +65,21 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
     builder.__doc__ = f"shufflenet_det's {name} (see shufflenet_det.build_model)."
     setattr(builder, _OWNER_ATTRIBUTE, name)
     return builder
+
+
+def run_script(script: str, args: Sequence[str]) -> None:
+    """Register our models, then run ``script`` with ``args`` as ``python script args`` would."""
+    path = Path(script)
+    if not path.is_file():
+        raise SystemExit(f"error: script not found: {script}")
+    register_torchvision_models()
+    sys.argv = [str(path), *args]
+    # As for `python script`: the script imports the modules next to it (torchvision's references do).
+    sys.path.insert(0, str(path.resolve().parent))
+    runpy.run_path(str(path), run_name="__main__")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m shufflenet_det.integrations.torchvision_models SCRIPT [ARGS...]")
+    run_script(sys.argv[1], sys.argv[2:])
