@@ -37,22 +37,22 @@ for step in $steps; do
   note "$step"
   case $step in
     throughput)
-      timeout 240 python tools/benchmark_training.py --models tv_mobilenet_v3_fpn shufflenet_1x shufflenet_2x \
+      timeout 240 python -m benchmarks.training_throughput --models tv_mobilenet_v3_fpn shufflenet_1x shufflenet_2x \
           --variants dense+cl dense+cl+recompute --iters 10 --warmup 3 --json "$out/detector_throughput.json" 2>&1 \
           | tee -a "$log" ;;
     recipe)
-      timeout 100 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
+      timeout 100 python -m benchmarks.training_throughput --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
           --skip-inference --json "$out/detector_recipe_prenms.json" MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000 2>&1 \
           | grep -v "^W[0-9]" | tail -8 | tee -a "$log"
-      timeout 100 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
+      timeout 100 python -m benchmarks.training_throughput --models shufflenet_1x --variants dense+cl --iters 10 --warmup 3 \
           --json "$out/detector_batched_nms.json" SHUFFLENET_DET.RPN_NMS_IMPL batched 2>&1 \
           | grep -v "^W[0-9]" | tail -8 | tee -a "$log" ;;
     profile)
-      timeout 120 python tools/benchmark_training.py --models shufflenet_1x --variants dense+cl --profile \
+      timeout 120 python -m benchmarks.training_throughput --models shufflenet_1x --variants dense+cl --profile \
           > "$out/profile.txt" 2>&1
       grep -v "^W[0-9]" "$out/profile.txt" | tail -32 | tee -a "$log" ;;
     compile)
-      timeout 200 python tools/benchmark_training.py --models shufflenet_1x shufflenet_2x --variants dense+cl+compile \
+      timeout 200 python -m benchmarks.training_throughput --models shufflenet_1x shufflenet_2x --variants dense+cl+compile \
           --iters 10 --warmup 3 --json "$out/detector_compile.json" 2>&1 | grep -v "^W[0-9]" | tail -8 | tee -a "$log" ;;
     classification)
       for config in shufflenet_1x_g3 shufflenet_2x_g3; do

@@ -431,7 +431,6 @@ def test_benchmark_reports_throughput():
 
 # ---------------------------------------------------------------------------- with shufflenet_det.weights
 def test_eval_only_of_a_training_checkpoint_as_model_weights(trained, shapes_root, tmp_path, capsys):
-    pytest.importorskip("shufflenet_det.weights")
     argv = ["--eval-only", "--config", "tiny_shapes", "CLASSIFICATION.DATASET_ROOT", shapes_root,
             "MODEL.WEIGHTS", trained / "model_final.pth", "OUTPUT_DIR", tmp_path]  # fmt: skip
     assert run_tool(argv) == 0
@@ -445,7 +444,8 @@ def test_eval_only_of_a_training_checkpoint_as_model_weights(trained, shapes_roo
 
 @pytest.mark.parametrize("form", ["official", "converted"])
 def test_megvii_weights_give_the_reference_logits(form, tmp_path):
-    weights = pytest.importorskip("shufflenet_det.weights")
+    from shufflenet_det import weights
+
     reference = torch.load(fixture_path(MEGVII_REFERENCE_NAME), weights_only=True)
     path = fixture_path(MEGVII_NAME)
     if form == "converted":  # what tools/convert_weights.py writes
@@ -481,7 +481,6 @@ def test_megvii_weights_give_the_reference_logits(form, tmp_path):
 
 
 def test_training_checkpoint_loads_as_a_detection_backbone(trained):
-    pytest.importorskip("shufflenet_det.weights")
     from shufflenet_det.config import load_config
     from shufflenet_det.detection import build_backbone, build_detector
 

@@ -1,4 +1,3 @@
-import json
 
 import pytest
 
@@ -9,14 +8,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from shufflenet_det import build_model
-from shufflenet_det.deploy.benchmark import (
-    ORT_STEPS,
-    build_trunk,
-    format_report,
-    ort_ablation,
-    run_benchmark,
-    summarize,
-)
+from benchmarks.table8 import build_trunk
 from shufflenet_det.deploy.export import create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from shufflenet_det.deploy.fuse import (
     ChannelSlice,
@@ -27,6 +19,7 @@ from shufflenet_det.deploy.fuse import (
 )
 from shufflenet_det.deploy.runtime import create_runner, deploy_rewrite
 from shufflenet_det.modeling import ChannelShuffle, ShuffleUnit, channel_shuffle
+from tool_loading import load_tool
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -212,61 +205,8 @@ def test_runners_agree_with_the_model(backend):
         assert_close(runner(x).contiguous(), trunk(x))
 
 
-def test_summary_ratios_and_speedups():
-    records = [
-        {"model": model, "size": [224, 224], "backend": backend, "median_ms": ms, "min_ms": ms, "runs": 1}
-        for model, backend, ms in [
-            ("alexnet", "eager", 20.0), ("shufflenet_v1_x0_5_g3", "eager", 10.0),
-            ("alexnet", "onnxruntime", 12.0), ("shufflenet_v1_x0_5_g3", "onnxruntime", 1.5),
-        ]
-    ]
-    summary = summarize(records)
-    by_backend = {row["backend"]: row for row in summary["ratios"]}
-    assert by_backend["onnxruntime"]["values"]["224x224"] == pytest.approx(8.0)
-    assert by_backend["eager"]["paper"]["224x224"] == pytest.approx(184.0 / 15.2)
-    speedups = {row["model"]: row["values"]["224x224"] for row in summary["speedups"]}
-    assert speedups == {"alexnet": pytest.approx(20 / 12), "shufflenet_v1_x0_5_g3": pytest.approx(10 / 1.5)}
-    for record in records:  # the fastest ONNX Runtime runs twice as fast as its median
-        record["min_ms"] = record["median_ms"] / (2 if record["backend"] == "onnxruntime" else 1)
-    report = format_report(records)
-    medians = report.split("Speedup over eager PyTorch (x), median runs")[1].split("fastest runs")[0]
-    fastest = report.split("Speedup over eager PyTorch (x), fastest runs")[1]
-    assert "6.67" in medians and "13.33" in fastest and "13.33" not in medians
-
-
-def test_run_benchmark_records():
-    pytest.importorskip("onnxruntime")
-    records = run_benchmark(["mobilenet_v1_x0_25"], [(64, 64)], ["eager", "onnxruntime"], runs=2, warmup=0,
-                            kernel_time=True)
-    assert [r["backend"] for r in records] == ["eager", "onnxruntime"]
-    assert all(r["median_ms"] >= r["min_ms"] > 0 for r in records)
-    assert "kernel_ms" not in records[0] and records[1]["kernel_ms"] > 0
-    with pytest.raises(ValueError, match="unknown model"):
-        build_trunk("resnet50")
-    with pytest.raises(ValueError, match="backend"):
-        run_benchmark(["alexnet"], [(64, 64)], ["tvm"])
-
-
-def test_ort_ablation_covers_every_step():
-    pytest.importorskip("onnxruntime")
-    records = ort_ablation(["shufflenet_v1_x0_25_g3"], [(64, 64)], runs=1, warmup=0)
-    assert [r["step"] for r in records] == [step[0] for step in ORT_STEPS]
-    assert all(r["median_ms"] > 0 and r["kernel_ms"] > 0 for r in records)
-
-
-def load_tool(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_export_tool_errors_and_refuses_to_overwrite(tmp_path, capsys):
-    export_main = load_tool("export_model")
+    export_main = load_tool("export_model").main
     output = tmp_path / "model.onnx"
     assert export_main(["--arch", "shufflenet_v9", "--format", "onnx", "--output", str(output)]) == 2
     error = capsys.readouterr().err.strip()
@@ -281,7 +221,7 @@ def test_export_tool_errors_and_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_export_tool_writes_torchscript_and_onnx(tmp_path, capsys):
-    export_main = load_tool("export_model")
+    export_main = load_tool("export_model").main
     output = tmp_path / "model.pt"
     common = ["--arch", "mobilenet_v1_x0_25", "--input-size", "64", "64"]
     assert export_main(common + ["--format", "torchscript", "--output", str(output)]) == 0
@@ -294,23 +234,3 @@ def test_export_tool_writes_torchscript_and_onnx(tmp_path, capsys):
     assert export_main(common + ["--format", "onnx", "--output", str(onnx_path), "--overwrite"]) == 0
     session = create_ort_session(onnx_path)
     assert session.run(None, {"input": torch.rand(1, 3, 96, 80).numpy()})[0].shape == (1, 1000)
-
-
-def test_benchmark_tool_errors_and_json(tmp_path, capsys):
-    benchmark_main = load_tool("benchmark")
-    assert benchmark_main(["--models", "shufflenet_v1_x0_5_g3,resnet50"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert "unknown resnet50" in error and "\n" not in error
-    assert benchmark_main(["--sizes", "224"]) == 2
-    assert "HxW" in capsys.readouterr().err
-    assert benchmark_main(["--variants", "--ablation"]) == 2
-    assert "one of --variants and --ablation" in capsys.readouterr().err
-    output = tmp_path / "bench.json"
-    args = ["--models", "mobilenet_v1_x0_25", "--sizes", "64x64", "--runs", "1", "--warmup", "0",
-            "--backends", "eager", "--json", str(output)]
-    assert benchmark_main(args) == 0
-    payload = json.loads(output.read_text())
-    assert payload["records"][0]["model"] == "mobilenet_v1_x0_25" and payload["machine"]["threads"] == 1
-    assert "Speedup" not in capsys.readouterr().out
-    assert benchmark_main(args) == 2
-    assert "already exists" in capsys.readouterr().err

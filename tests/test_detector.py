@@ -1,9 +1,7 @@
 """The C4 Faster R-CNN: configs build and train, the data contract, pooling, the per-RoI head, freezing,
 preprocessing and weights. Small widths, tiny images and few RoIs keep it fast."""
 
-import importlib.util
 import logging
-import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -540,45 +538,6 @@ def test_official_checkpoint_maps_onto_trunk_and_box_head():
         pooled = detector.roi_heads.box_roi_pool({"res4": feature}, whole, [(224, 224)] * 2)
         vectors = detector.roi_heads.box_head(pooled)
     torch.testing.assert_close(vectors, reference["stage4"].mean(dim=(2, 3)), atol=1e-4, rtol=1e-4)
-
-
-# ---------------------------------------------------------------------------- latency benchmark
-
-
-def test_benchmark_models_share_proposal_budget_and_input_size():
-    from shufflenet_det.detection.benchmark import build_benchmark_model
-
-    for name in ("shufflenet_0.5x", "tv_mobilenet_v3_fpn"):
-        model = build_benchmark_model(name, proposals=123, pre_nms=456)
-        assert not model.training
-        assert model.rpn._post_nms_top_n["testing"] == 123 and model.rpn._pre_nms_top_n["testing"] == 456
-        assert model.rpn.score_thresh == 0.0 and model.roi_heads.score_thresh == 0.0
-        assert model.transform.min_size == (600,) and model.transform.max_size == 1000
-        assert model.roi_heads.box_predictor.cls_score.out_features == 81
-
-
-def test_latency_measurement_times_parts_and_counts_rois():
-    from shufflenet_det.detection.benchmark import PARTS, measure_latency
-
-    model = build(tiny_cfg("quickstart")).eval()
-    totals, cpu_totals, parts, rois = measure_latency(model, random_image(64, 80, 9).float(), runs=2, warmup=1)
-    assert len(totals) == len(cpu_totals) == 2 and all(t > 0 for t in totals)
-    assert set(parts) == set(PARTS) and all(len(times) == 2 for times in parts.values())
-    assert sum(statistics.median(times) for times in parts.values()) <= max(totals)
-    assert 0 < rois <= 24  # MODEL.RPN.POST_NMS_TOPK_TEST of the tiny config
-
-
-def test_benchmark_tool_rejects_bad_input(tmp_path, capsys):
-    tool = Path(__file__).resolve().parents[1] / "tools" / "benchmark_detector.py"
-    spec = importlib.util.spec_from_file_location("benchmark_detector", tool)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--models", "resnet50"]) == 2
-    assert "unknown model(s) resnet50" in capsys.readouterr().err
-    existing = tmp_path / "latency.json"
-    existing.write_text("keep me")
-    assert module.main(["--json", str(existing)]) == 2
-    assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "keep me"
 
 
 def test_detector_checkpoint_restores_weights_and_backbone_structure(tmp_path):

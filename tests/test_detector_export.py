@@ -6,14 +6,13 @@ A tiny random detector (ShuffleNet 0.5x, 160 px, about 125 proposals) with non-t
 """
 
 import copy
-import importlib.util
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from tool_loading import load_tool
 from shufflenet_det.deploy.detector import (
     DetectorOutputs,
     build_export_detector,
@@ -35,11 +34,7 @@ SIZES = ((120, 150), (200, 130))
 
 
 def load_tool_main():
-    path = Path(__file__).resolve().parents[1] / "tools" / "export_model.py"
-    spec = importlib.util.spec_from_file_location("export_model_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool("export_model").main
 
 
 @pytest.fixture(scope="module")
@@ -256,43 +251,6 @@ def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
         expected = head(roi_align(feature_map, [boxes], 14, 1 / 16, 0, True))
     assert got.shape == (count, 4)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
-# ---------------------------------------------------------------------------- deployment benchmark
-
-
-def test_benchmark_times_every_runtime_and_checks_they_agree():
-    pytest.importorskip("onnxruntime")
-    from shufflenet_det.detection.benchmark import benchmark, markdown_table, speed_ratios
-
-    reported = []
-    results = benchmark(["shufflenet_0.5x"], threads=1, runs=1, warmup=0, proposals=20, pre_nms=200,
-                        runtimes=("eager", "deploy", "onnx"), report=reported.append)
-    assert [r.runtime for r in results] == ["eager", "deploy", "onnx"]
-    assert reported == results
-    eager, deployed, exported = results
-    assert eager.rois == deployed.rois == 20
-    assert eager.max_box_difference is None
-    for result in (deployed, exported):
-        assert result.max_box_difference < 0.01 and result.max_score_difference < 1e-4
-    assert all(r.median_ms > 0 for r in results)
-    assert eager.parts_median_ms["box_head"] > 0 and deployed.parts_median_ms["box_head"] > 0
-    assert exported.parts_median_ms == {}  # one graph: no parts to time
-    table = markdown_table(results)
-    assert "| shufflenet_0.5x | deploy |" in table and "| shufflenet_0.5x | onnx | 0.96 | - |" in table
-    assert speed_ratios(results) == []  # no torchvision model to compare with
-
-
-def test_benchmark_tool_rejects_unknown_runtime(capsys):
-    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_detector.py"
-    spec = importlib.util.spec_from_file_location("benchmark_detector_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--runtimes", "eager", "tensorrt"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert "unknown runtime(s) tensorrt" in error and "\n" not in error
-    assert module.main(["--roi-chunk", "0"]) == 2
-    assert "roi chunk >= 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- early-stopping NMS

@@ -20,6 +20,7 @@ from shufflenet_det.engine import (
     EventStorage,
     SetupError,
     Trainer,
+    add_gradient_clipping,
     build_lr_scheduler,
     build_optimizer,
     check_output_dir,
@@ -221,17 +222,35 @@ def test_build_optimizer_reads_solver():
         build_optimizer(cfg, frozen)
 
 
-@pytest.mark.parametrize("clip_type, expected", [("value", [-1.0, -1.0]), ("norm", [-0.6, -0.8])])
-def test_gradient_clipping(clip_type, expected):
+# Gradients: weight [30, 40] (norm 50), bias [0.5] (norm 0.5); total norm about 50.0025.
+@pytest.mark.parametrize(
+    "clip_type, expected_weight, expected_bias",
+    [
+        ("value", [-1.0, -1.0], [-0.5]),
+        # detectron2's "norm": each parameter clipped on its own, so the small bias gradient is kept.
+        ("norm", [-0.6, -0.8], [-0.5]),
+        # "full_model": one scale for all gradients, so the bias gradient shrinks too.
+        ("full_model", [-30 / 50.0025, -40 / 50.0025], [-0.5 / 50.0025]),
+    ],
+)
+def test_gradient_clipping_matches_detectron2(clip_type, expected_weight, expected_bias):
     cfg = get_cfg()
-    cfg.SOLVER.merge_from_list(["BASE_LR", 1.0, "MOMENTUM", 0.0, "WEIGHT_DECAY", 0.0])
+    cfg.SOLVER.merge_from_list(["BASE_LR", 1.0, "MOMENTUM", 0.0, "WEIGHT_DECAY", 0.0, "WEIGHT_DECAY_BIAS", 0.0])
     cfg.SOLVER.CLIP_GRADIENTS.merge_from_list(["ENABLED", True, "CLIP_TYPE", clip_type, "CLIP_VALUE", 1.0])
-    model = nn.Linear(2, 1, bias=False)
+    model = nn.Linear(2, 1)
     nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
     optimizer = build_optimizer(cfg, model)
-    model.weight.grad = torch.tensor([[30.0, 40.0]])  # norm 50
+    model.weight.grad = torch.tensor([[30.0, 40.0]])
+    model.bias.grad = torch.tensor([0.5])
     optimizer.step()
-    assert model.weight.detach().flatten().tolist() == pytest.approx(expected)
+    assert model.weight.detach().flatten().tolist() == pytest.approx(expected_weight, rel=1e-5)
+    assert model.bias.detach().tolist() == pytest.approx(expected_bias, rel=1e-5)
+
+
+def test_gradient_clipping_rejects_unknown_type():
+    with pytest.raises(ValueError, match="CLIP_TYPE 'total'"):
+        add_gradient_clipping(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), "total", 1.0)
 
 
 # ---------------------------------------------------------------------------- checkpoints

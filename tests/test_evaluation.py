@@ -18,11 +18,11 @@ from shufflenet_det.evaluation import (
     COCO_METRICS,
     COCOEvaluator,
     evaluate_coco_results,
-    format_table,
     inference_on_dataset,
 )
 from shufflenet_det.evaluation.table7 import RUN_NAMES
 from shufflenet_det.utils import distributed
+from shufflenet_det.utils.text_table import format_table
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))

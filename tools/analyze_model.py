@@ -4,7 +4,6 @@
 python tools/analyze_model.py                                  # every model at 224x224
 python tools/analyze_model.py --arch shufflenet_v1_x1_0_g3 --input-size 600 800
 python tools/analyze_model.py --json --output complexity.json
-python tools/analyze_model.py --latency --runs 20 --threads 1
 """
 
 from __future__ import annotations
@@ -61,9 +60,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--output", metavar="FILE", help="write the output to FILE instead of stdout")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    parser.add_argument("--latency", action="store_true", help="also measure the median latency (batch 1, ms)")
-    parser.add_argument("--runs", type=int, help="timed runs per model with --latency (default 20)")
-    parser.add_argument("--threads", type=int, help="torch threads with --latency (default 1)")
     args = parser.parse_args(argv)
 
     if args.arch is not None and args.arch not in list_models():
@@ -72,12 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UsageError(
             f"--input-size needs two positive integers (height width), got {args.input_size[0]} {args.input_size[1]}"
         )
-    if not args.latency and (args.runs is not None or args.threads is not None):
-        raise UsageError("--runs and --threads only apply with --latency")
-    for option in ("runs", "threads"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise UsageError(f"--{option} must be at least 1, got {value}")
     if args.overwrite and not args.output:
         raise UsageError("--overwrite only applies with --output FILE")
     if args.output:
@@ -96,26 +86,20 @@ def main(argv=None) -> int:
         return 2
 
     names = [args.arch] if args.arch else list_models()
-    latency = {"runs": args.runs or 20, "warmup": 5, "threads": args.threads or 1} if args.latency else None
     try:
-        rows = analyze_models(names, args.input_size, latency=latency)
+        rows = analyze_models(names, args.input_size)
     except RuntimeError as error:  # e.g. an input too small for the network's pooling
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"error: cannot run at {args.input_size[0]}x{args.input_size[1]}: {first_line}", file=sys.stderr)
         return 2
 
     if args.json:
-        text = json.dumps({"input_size": args.input_size, "latency": latency, "models": rows}, indent=2)
+        text = json.dumps({"input_size": args.input_size, "models": rows}, indent=2)
     elif args.arch:
         text = format_breakdown(rows[0])
     else:
         height, width = args.input_size
         text = TABLE_NOTE.format(h=height, w=width) + "\n\n" + format_table(rows)
-        if args.latency:
-            text += (
-                f"\n\nlatency: median of {latency['runs']} runs after {latency['warmup']} warm-up runs, "
-                f"batch 1, {latency['threads']} thread(s), eval mode, no grad"
-            )
 
     if not args.output:
         try:

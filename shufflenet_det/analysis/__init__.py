@@ -1,4 +1,4 @@
-"""Model analysis: parameter and multiply-add counts against the published figures, latency."""
+"""Model analysis: parameter and multiply-add counts against the published figures."""
 
 from .complexity import (
     REFERENCE_INPUT_SIZE,
@@ -15,7 +15,6 @@ from .complexity import (
     format_table,
     reference_figures,
 )
-from .latency import measure_latency
 
 __all__ = [
     "REFERENCES",
@@ -30,6 +29,5 @@ __all__ = [
     "count_parameters",
     "format_breakdown",
     "format_table",
-    "measure_latency",
     "reference_figures",
 ]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..modeling import build_model
+from ..utils import text_table
 
 with warnings.catch_warnings():
     # Importing fvcore.nn scripts a loss function with torch.jit.script, which recent torch flags.
@@ -319,20 +320,12 @@ def compare_with_references(
     return comparison
 
 
-def analyze_models(
-    names: Iterable[str],
-    input_size: Sequence[int] = REFERENCE_INPUT_SIZE,
-    latency: Optional[Mapping[str, object]] = None,
-) -> List[Dict[str, object]]:
+def analyze_models(names: Iterable[str], input_size: Sequence[int] = REFERENCE_INPUT_SIZE) -> List[Dict[str, object]]:
     """Complexity of registered models, beside the published figures.
 
-    ``latency``, if given, holds keyword arguments of :func:`measure_latency` (``runs``, ``warmup``,
-    ``threads``) and asks for a latency measurement at the same input size. Returns one JSON-ready
-    dict per model: ``arch``, the fields of :class:`Complexity`, ``references`` (see
-    :func:`compare_with_references`) and ``latency_ms`` (None unless measured).
+    Returns one JSON-ready dict per model: ``arch``, the fields of :class:`Complexity` and
+    ``references`` (see :func:`compare_with_references`).
     """
-    from .latency import measure_latency  # imported here: latency.py builds on this module
-
     size = check_input_size(input_size)
     rows = []
     for name in names:
@@ -340,7 +333,6 @@ def analyze_models(
         result = complexity(model, size)
         row: Dict[str, object] = {"arch": name, **result.to_dict()}
         row["references"] = compare_with_references(result, reference_figures(name))
-        row["latency_ms"] = None if latency is None else measure_latency(model, size, **latency)
         rows.append(row)
     return rows
 
@@ -364,7 +356,7 @@ def _reference(row: Mapping[str, object], source: str) -> Mapping[str, object]:
 
 
 def format_table(rows: Sequence[Mapping[str, object]]) -> str:
-    """The rows of :func:`analyze_models` as a fixed-width text table (multiply-adds and params in millions)."""
+    """The rows of :func:`analyze_models` as a table (multiply-adds and params in millions)."""
     columns = [
         ("model", lambda r: str(r["arch"])),
         ("params", lambda r: _millions(r["params"], 3)),
@@ -381,16 +373,7 @@ def format_table(rows: Sequence[Mapping[str, object]]) -> str:
         ("paper err", lambda r: _number(_reference(r, "paper").get("top1_error"))),
         ("off. err", lambda r: _number(_reference(r, "official").get("top1_error"))),
     ]
-    if any(r.get("latency_ms") is not None for r in rows):
-        columns.append(("latency ms", lambda r: _number(r.get("latency_ms"), 2)))
-    cells = [[header for header, _ in columns]] + [[cell(r) for _, cell in columns] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    lines = []
-    for line in cells:
-        first = line[0].ljust(widths[0])
-        lines.append("  ".join([first] + [text.rjust(width) for text, width in zip(line[1:], widths[1:])]).rstrip())
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return text_table.format_table([header for header, _ in columns], [[cell(r) for _, cell in columns] for r in rows])
 
 
 def format_breakdown(row: Mapping[str, object]) -> str:
@@ -402,8 +385,6 @@ def format_breakdown(row: Mapping[str, object]) -> str:
         f"({row['params_without_classifier_bias']:,} without the classifier bias), "
         f"{total:,} multiply-adds ({_millions(total)}M)"
     ]
-    if row.get("latency_ms") is not None:
-        lines[0] += f", {row['latency_ms']:.2f} ms"
     stage_width = max(len(name) for name in row["mult_adds_by_stage"]) if row["mult_adds_by_stage"] else 5
     lines.append(f"  {'stage'.ljust(stage_width)}  {'params':>10}  {'MAdds':>13}  {'share':>6}")
     params_by_stage: Mapping[str, int] = row["params_by_stage"]  # type: ignore[assignment]

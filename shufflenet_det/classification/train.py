@@ -41,7 +41,7 @@ from ..engine import (
     per_device_batch_size,
 )
 from ..engine.trainer import amp_dtype_from_name
-from ..evaluation.text_table import format_table
+from ..utils.text_table import format_table
 from ..modeling.shufflenet import _init_weights
 from ..utils.distributed import broadcast, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load

@@ -1,6 +1,6 @@
 """Deployment: exact inference rewrites (BatchNorm folding, ShuffleNet forms), export, backend runners.
 
-``benchmark`` (timing in the paper's Table 8 layout) is imported on demand: ``shufflenet_det.deploy.benchmark``.
+Their timing lives outside the package, in ``benchmarks/`` (``python -m benchmarks.table8``).
 """
 
 from .export import create_ort_session, export_onnx, export_torchscript, onnx_bytes, torchscript_module

@@ -36,7 +36,6 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
 from ..config.loading import ConfigError, load_config
-from ..detection.benchmark import random_image
 from ..detection.checkpoint import warn_if_untrained
 from ..detection.detector import build_detector
 from ..detection.proposals import BatchedProposalRPN
@@ -68,7 +67,8 @@ class DetectorOutputs(nn.Module):
 
 def example_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A fixed random float image [3, height, width] in 0-255, for tracing and checks."""
-    return random_image(height, width, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
 
 
 def build_export_detector(

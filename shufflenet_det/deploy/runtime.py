@@ -19,7 +19,7 @@ from .fuse import optimize_shufflenet
 
 BACKENDS = ("eager", "eager_optimized", "torchscript", "compile", "onnxruntime")
 
-# The fastest exact rewrite per backend (tools/benchmark.py --variants; docs/speed.md). Dense
+# The fastest exact rewrite per backend (python -m benchmarks.table8 --variants; docs/speed.md). Dense
 # block-diagonal 1x1 convs and folding the shuffle into them lose everywhere (3x the multiply-adds).
 # In PyTorch, batched matmuls beat its grouped conv kernels for the small models and tie for 2x. In
 # ONNX Runtime grouped convs win; the shuffle as one Gather avoids ONNX's shape arithmetic, and

@@ -57,16 +57,19 @@ def get_param_groups(
 def add_gradient_clipping(
     optimizer: torch.optim.Optimizer, clip_type: str, clip_value: float, norm_type: float = 2.0
 ) -> RemovableHandle:
-    """Clip gradients right before every ``optimizer.step()``.
+    """Clip gradients right before every ``optimizer.step()``, with detectron2's meaning of each type.
 
-    ``"value"`` clamps each gradient element to [-clip_value, clip_value]; ``"norm"`` and ``"full_model"``
-    scale all gradients together so their total ``norm_type``-norm is at most ``clip_value``. Running as a
-    step pre-hook means a ``GradScaler`` has already unscaled the gradients when clipping happens.
+    ``"value"`` clamps each gradient element to [-clip_value, clip_value]; ``"norm"`` scales each
+    parameter's gradient on its own to a ``norm_type``-norm of at most ``clip_value``; ``"full_model"``
+    scales all gradients together so their total norm is at most ``clip_value``. Running as a step
+    pre-hook means a ``GradScaler`` has already unscaled the gradients when clipping happens.
     """
     clip: Callable[[List[torch.Tensor]], Any]
     if clip_type == "value":
         clip = lambda params: nn.utils.clip_grad_value_(params, clip_value)  # noqa: E731
-    elif clip_type in ("norm", "full_model"):
+    elif clip_type == "norm":
+        clip = lambda params: [nn.utils.clip_grad_norm_(p, clip_value, norm_type) for p in params]  # noqa: E731
+    elif clip_type == "full_model":
         clip = lambda params: nn.utils.clip_grad_norm_(params, clip_value, norm_type)  # noqa: E731
     else:
         raise ValueError(

@@ -3,7 +3,6 @@
 from .coco_evaluation import COCO_METRICS, COCOEvaluator, evaluate_coco_results, evaluate_predictions, load_coco_json
 from .inference import DatasetEvaluator, inference_on_dataset
 from .table7 import TABLE7, collect_results, format_table7, table7_rows
-from .text_table import format_table
 
 __all__ = [
     "COCO_METRICS",
@@ -13,7 +12,6 @@ __all__ = [
     "collect_results",
     "evaluate_coco_results",
     "evaluate_predictions",
-    "format_table",
     "format_table7",
     "inference_on_dataset",
     "load_coco_json",

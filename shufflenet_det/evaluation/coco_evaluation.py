@@ -23,7 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from ..utils import distributed as comm
 from ..utils.io import atomic_write
 from .inference import DatasetEvaluator
-from .text_table import format_table
+from ..utils.text_table import format_table
 
 logger = logging.getLogger("shufflenet_det.evaluation")
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .text_table import format_table
+from ..utils.text_table import format_table
 
 SIZES = (300, 600)
 

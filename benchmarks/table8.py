@@ -1,29 +1,38 @@
-"""CPU latency in the layout of the paper's Table 8: models x input sizes, per backend, with ratios.
+"""CPU latency of ShuffleNet / MobileNet / AlexNet feature trunks in the layout of the paper's Table 8.
 
 The paper times the networks on one ARM core at batch 1; here every model runs as a feature trunk
-(stem and stages, no pooling or classifier) in the backends of ``deploy.runtime``, all in one
-process, with the backends of one model interleaved run by run so that load changes hit them alike.
+(stem and stages, no pooling or classifier) in the backends of ``shufflenet_det.deploy.runtime``, all
+in one process, with the backends of one model interleaved run by run so that load changes hit them alike.
+
+python -m benchmarks.table8                                   # eager vs ONNX Runtime, 1 thread, 3 sizes
+python -m benchmarks.table8 --models shufflenet_v1_x0_5_g3,alexnet --sizes 224x224 --runs 30
+python -m benchmarks.table8 --backends eager,eager_optimized,torchscript,onnxruntime --json out.json
+python -m benchmarks.table8 --variants --models shufflenet_v1_x2_0_g3 --sizes 224x224   # shuffle / 1x1 forms
+python -m benchmarks.table8 --ablation --models shufflenet_v1_x0_5_g3 --sizes 224x224     # ONNX Runtime steps
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import platform
-import statistics
+import sys
 import tempfile
-import time
 from collections import OrderedDict
+from dataclasses import asdict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..evaluation.text_table import format_table
-from ..modeling import StagedNetwork, build_model, list_models
-from .export import create_ort_session, onnx_bytes
-from .fuse import optimize_shufflenet
-from .runtime import BACKENDS, BEST_REWRITE, Runner, create_runner, deploy_rewrite, ort_runner
+from benchmarks import detector_latency
+from benchmarks.common import Timings, machine_info, time_interleaved, write_json
+from shufflenet_det.deploy.export import create_ort_session, onnx_bytes
+from shufflenet_det.deploy.fuse import optimize_shufflenet
+from shufflenet_det.deploy.runtime import BACKENDS, BEST_REWRITE, Runner, create_runner, deploy_rewrite, ort_runner
+from shufflenet_det.modeling import StagedNetwork, build_model, list_models
+from shufflenet_det.utils.io import OutputPathError, check_output_file
+from shufflenet_det.utils.text_table import format_table
 
 Size = Tuple[int, int]
 
@@ -75,19 +84,11 @@ def build_trunk(name: str) -> nn.Module:
     return nn.Sequential(OrderedDict((stage, model.stage(stage)) for stage in model.stage_names)).eval()
 
 
-def time_interleaved(runners: Dict[str, Runner], x: torch.Tensor, runs: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds per call for each runner; every round calls each runner once, in turn."""
+def time_runners(runners: Dict[str, Runner], x: torch.Tensor, runs: int, warmup: int) -> Dict[str, Timings]:
+    """Times of each runner's forward on ``x``, converted once beforehand, runners interleaved run by run."""
     prepared = {name: runner.prepare(x) for name, runner in runners.items()}
-    for _ in range(warmup):
-        for name, runner in runners.items():
-            runner.run(prepared[name])
-    times: Dict[str, List[float]] = {name: [] for name in runners}
-    for _ in range(runs):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner.run(prepared[name])
-            times[name].append(time.perf_counter() - start)
-    return times
+    calls = {name: (lambda r=runner, p=prepared[name]: r.run(p)) for name, runner in runners.items()}
+    return time_interleaved(calls, runs, warmup)
 
 
 def ort_kernel_ms(onnx_model: bytes, x: torch.Tensor, runs: int, threads: int = 1, optimization: str = "all") -> float:
@@ -140,14 +141,14 @@ def run_benchmark(
         x = torch.rand(1, 3, height, width)
         for name, trunk in trunks.items():
             runners = {b: create_runner(trunk, b, x, threads=threads) for b in backends}
-            times = time_interleaved(runners, x, runs, warmup)
+            times = time_runners(runners, x, runs, warmup)
             for backend in backends:
                 record = {
                     "model": name,
                     "size": [height, width],
                     "backend": backend,
-                    "median_ms": 1e3 * statistics.median(times[backend]),
-                    "min_ms": 1e3 * min(times[backend]),
+                    "median_ms": times[backend].median_ms,
+                    "min_ms": times[backend].min_ms,
                     "runs": runs,
                 }
                 if kernel_time and backend == "onnxruntime":
@@ -204,19 +205,19 @@ def compare_rewrites(
                     )
                     for pointwise, shuffle, align in variants
                 }
-                times = time_interleaved(runners, x, runs, warmup)
-                for variant, seconds in times.items():
+                times = time_runners(runners, x, runs, warmup)
+                for variant, timing in times.items():
                     records.append({
                         "model": name,
                         "size": [height, width],
                         "backend": backend,
                         "variant": variant,
-                        "median_ms": 1e3 * statistics.median(seconds),
-                        "min_ms": 1e3 * min(seconds),
+                        "median_ms": timing.median_ms,
+                        "min_ms": timing.min_ms,
                         "runs": runs,
                     })
                 if log:
-                    best = min(times, key=lambda v: statistics.median(times[v]))
+                    best = min(times, key=lambda v: times[v].median_ms)
                     log(f"{name} {height}x{width} {backend}: fastest {best}")
     return records
 
@@ -272,14 +273,14 @@ def ort_ablation(
                 data = onnx_bytes(model, x, dynamic=dynamic)
                 runners[label] = ort_runner(data, threads, level)
                 kernel[label] = ort_kernel_ms(data, x, runs, threads, level)
-            times = time_interleaved(runners, x, runs, warmup)
-            for label, seconds in times.items():
+            times = time_runners(runners, x, runs, warmup)
+            for label, timing in times.items():
                 records.append({
                     "model": name,
                     "size": [height, width],
                     "step": label,
-                    "median_ms": 1e3 * statistics.median(seconds),
-                    "min_ms": 1e3 * min(seconds),
+                    "median_ms": timing.median_ms,
+                    "min_ms": timing.min_ms,
                     "kernel_ms": kernel[label],
                 })
             if log:
@@ -334,27 +335,6 @@ def summarize(records: Sequence[Dict], key: str = "median_ms") -> Dict[str, List
                     values["x".join(map(str, size))] = base / fast if base and fast else None
                 speedups.append({"model": model, "backend": backend, "values": values})
     return {"ratios": ratios, "speedups": speedups}
-
-
-def machine_info(threads: int) -> Dict:
-    """What the numbers depend on: CPU, versions, threads, load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    return info
 
 
 def format_report(records: Sequence[Dict], extra_ratios: Optional[Dict[str, List[Dict]]] = None) -> str:
@@ -412,3 +392,136 @@ def format_report(records: Sequence[Dict], extra_ratios: Optional[Dict[str, List
                 f"Speedup over eager PyTorch (x), {title}\n" + format_table(["model", "backend"] + size_names, rows, 2)
             )
     return "\n\n".join(blocks)
+
+
+def parse_sizes(text: str) -> List[Tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        height, sep, width = item.strip().lower().partition("x")
+        if not sep or not height.isdigit() or not width.isdigit() or int(height) < 32 or int(width) < 32:
+            raise ValueError(f"--sizes expects HxW items of at least 32x32, e.g. 224x224,480x640; got '{item}'")
+        sizes.append((int(height), int(width)))
+    return sizes
+
+
+def parse_list(text: str, choices: Sequence[str], option: str) -> List[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in choices]
+    if unknown or not items:
+        raise ValueError(f"{option}: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(choices)}")
+    return items
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(TABLE8_MODELS), help="comma-separated model names")
+    parser.add_argument(
+        "--sizes", default=",".join(f"{h}x{w}" for h, w in PAPER_SIZES), help="comma-separated HxW input sizes"
+    )
+    parser.add_argument("--backends", help=f"comma-separated, from {', '.join(BACKENDS)} (default eager,onnxruntime)")
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per model, size and backend")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (paper: 1)")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="instead of the table, time each exact ShuffleNet shuffle / grouped-1x1 form per backend "
+        "(backends default to eager_optimized,onnxruntime)",
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="instead of the table, build the ONNX Runtime path up step by step and time each step",
+    )
+    parser.add_argument(
+        "--kernel-time",
+        action="store_true",
+        help="also profile ONNX Runtime per node and report the sum of each node's fastest run "
+        "(a latency estimate that load from other processes disturbs little)",
+    )
+    parser.add_argument(
+        "--detector",
+        action="store_true",
+        help="after the table, time the ShuffleNet 1x C4 detector (eager and deployment path) and torchvision's "
+        "fasterrcnn_mobilenet_v3_large_fpn at 600px, 300 proposals, in the same run (python -m benchmarks.detector_latency "
+        "has more models and options)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write records, ratios and machine info as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    args = parser.parse_args(argv)
+    try:
+        models = parse_list(args.models, benchmark_model_names(), "--models")
+        default_backends = "eager_optimized,onnxruntime" if args.variants else "eager,onnxruntime"
+        backends = parse_list(args.backends or default_backends, BACKENDS, "--backends")
+        if args.variants and args.ablation:
+            raise ValueError("choose one of --variants and --ablation")
+        if args.variants and backends == ["eager"]:
+            raise ValueError("--variants compares deploy copies: give backends other than eager")
+        sizes = parse_sizes(args.sizes)
+        if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+            raise ValueError("--runs and --threads must be >= 1, --warmup >= 0")
+        if args.json:
+            check_output_file(args.json, args.overwrite)
+    except (ValueError, OutputPathError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    info = machine_info(args.threads)
+    print(f"machine: {json.dumps(info)}", flush=True)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.ablation:
+        records = ort_ablation(models, sizes, runs=args.runs, warmup=args.warmup, threads=args.threads, log=log)
+        print(format_ablation(records))
+        write_json(args.json, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records}, args.overwrite)
+        return 0
+    if args.variants:
+        records = compare_rewrites(
+            models, sizes, [b for b in backends if b != "eager"], runs=args.runs, warmup=args.warmup,
+            threads=args.threads, log=log,
+        )
+        print(format_rewrites(records))
+        write_json(args.json, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records}, args.overwrite)
+        return 0
+    records = run_benchmark(
+        models,
+        sizes,
+        backends,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        log=log,
+        kernel_time=args.kernel_time,
+    )
+    summary = summarize(records)
+    extra = {"fastest runs": summarize(records, "min_ms")["ratios"]}
+    if args.kernel_time:
+        extra["onnxruntime kernel times"] = summarize(records, "kernel_ms")["ratios"]
+    info["load_average_end"] = machine_info(args.threads).get("load_average")
+    print(format_report(records, extra))
+    print(
+        "\nFeature trunks (no pooling / classifier), batch 1, random weights, median of "
+        f"{args.runs} runs after {args.warmup} warm-up runs. eager = the model as built (BatchNorm "
+        "unfolded, NCHW; the same computation as the official implementation's forward). "
+        f"Load average at start / end: {info.get('load_average')} / {info.get('load_average_end')}."
+    )
+    summary["more_ratios"] = extra
+    if args.detector:
+        summary["detector"] = [asdict(result) for result in time_detectors(args.threads, log)]
+    write_json(args.json, {"machine": info, "runs": args.runs, "warmup": args.warmup, "records": records, **summary}, args.overwrite)
+    return 0
+
+
+def time_detectors(threads: int, log) -> list:
+    """The detector part of the run: ShuffleNet 1x C4 (eager, deployment path) beside torchvision's detector."""
+    log("timing the detectors at 600px (300 proposals)")
+    results = detector_latency.benchmark(["shufflenet_1x", "tv_mobilenet_v3_fpn"], threads=threads, runs=5, warmup=1,
+                                         runtimes=("eager", "deploy"))
+    print("\nDetectors, 480x640 image resized to 600px, 300 proposals, median of 5 runs:\n")
+    print(detector_latency.results_table(results))
+    for line in detector_latency.speed_ratios(results):
+        print(line)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,20 +1,27 @@
 """Training and inference throughput of the C4 detectors beside torchvision's MobileNet v3 FPN detector.
 
 Every model gets the same random batch (480x640 images with 1-10 random boxes each, resized by the
-model to a 600px shorter side) already on the device, so the figures are the models' own speed with
-data loading excluded (``tools/train_net.py`` logs the data loader's share of a real run). Training
-runs forward, backward and an SGD step under autocast; peak memory is the allocator's peak over the
-timed steps. A *variant* says how our detectors compute: ``SHUFFLENET_DET.CONV_IMPL`` plus the
-options ``cl`` (channels_last), ``compile`` (``torch.compile`` on the per-RoI box head) and
-``recompute`` (``SHUFFLENET_DET.RECOMPUTE_BOX_HEAD``), joined by "+", e.g. ``dense+cl``.
-torchvision's model takes only ``cl``.
+model to 600px) already on the device, so the figures are the models' own speed with data loading
+excluded (``tools/train_net.py`` logs the data loader's share of a real run). Training runs forward,
+backward and an SGD step under autocast in --amp-dtype. Peak memory: the CUDA allocator's peak over
+the timed steps on a GPU; on a CPU (Linux, with --cpu-peak-memory) the peak resident memory of the
+timed steps above the process's before the model was built. A *variant* says how our detectors
+compute: ``SHUFFLENET_DET.CONV_IMPL`` plus the options ``cl`` (channels_last), ``compile``
+(``torch.compile`` on the per-RoI box head) and ``recompute`` (``SHUFFLENET_DET.RECOMPUTE_BOX_HEAD``),
+joined by "+", e.g. ``dense+cl``; torchvision's model takes only ``cl``. Example (one GPU;
+docs/engine.md has the figures):
+  python -m benchmarks.training_throughput --models shufflenet_1x shufflenet_2x tv_mobilenet_v3_fpn \
+      --variants modules folded+cl dense+cl --json throughput.json
+Trailing KEY VALUE pairs change our detectors' configs (not torchvision's model), e.g. to compare
+recipes: ... --models shufflenet_1x MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000
+--mult-adds prints the multiply-adds per image by detector part instead (CPU, no timing).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import statistics
-import time
+import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -22,10 +29,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
-from ..analysis import count_mult_adds_while
-from ..modeling import CONV_IMPLS
-from ..utils.host_memory import peak_resident_bytes, reset_peak_resident, resident_bytes, track_freed_memory
-from .benchmark import (
+from benchmarks.common import machine_info, time_interleaved, write_json
+from benchmarks.detector_latency import (
     C4_MODELS,
     IMAGE_SIZE,
     MAX_SIZE,
@@ -36,8 +41,14 @@ from .benchmark import (
     build_random_c4_detector,
     build_random_torchvision_detector,
     in_model_range,
-    random_image,
 )
+from shufflenet_det.analysis import count_mult_adds_while
+from shufflenet_det.config import load_config, split_trailing_overrides
+from shufflenet_det.detection.detector import check_detector_config
+from shufflenet_det.modeling import CONV_IMPLS
+from shufflenet_det.utils.host_memory import peak_resident_bytes, reset_peak_resident, resident_bytes, track_freed_memory
+from shufflenet_det.utils.io import OutputPathError, check_output_file
+from shufflenet_det.utils.text_table import format_table
 
 VARIANT_OPTIONS = ("cl", "compile", "recompute")
 
@@ -78,9 +89,6 @@ class ThroughputResult:
     infer_images_per_s: Optional[float]
     infer_batch1_ms: Optional[float]
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def build_training_model(
     name: str, variant: Variant, device: torch.device, rois_per_image: int = 512, overrides: Sequence = ()
@@ -119,7 +127,8 @@ def random_batch(
     height, width = IMAGE_SIZE
     images, targets = [], []
     for _ in range(batch):
-        images.append(in_model_range(name, random_image(height, width, generator)).to(device))
+        image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
+        images.append(in_model_range(name, image).to(device))
         count = int(torch.randint(1, 11, (1,), generator=generator))
         corner = torch.rand(count, 2, generator=generator) * torch.tensor([width * 0.8, height * 0.8])
         size = (0.05 + 0.5 * torch.rand(count, 2, generator=generator)) * torch.tensor([width, height])
@@ -130,31 +139,14 @@ def random_batch(
     return images, targets
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
 
-def _median_ms(
-    run: Callable[[], object], iterations: int, warmup: int, device: torch.device,
-    after_warmup: Callable[[], None] = lambda: None,
-) -> float:
-    """Median wall ms of ``iterations`` calls of ``run`` after ``warmup`` untimed ones (device synchronized)."""
-    times = []
-    for step in range(warmup + iterations):
-        if step == warmup:
-            after_warmup()
-        _synchronize(device)
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        if step >= warmup:
-            times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+def _median_ms(run: Callable[[], object], iterations: int, warmup: int, device: torch.device, **options) -> float:
+    """Median wall ms of ``run`` (device synchronized); ``options`` go to ``time_interleaved``."""
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    return time_interleaved({"run": run}, iterations, warmup, synchronize, **options)["run"].median_ms
 
 
 def measure_training(
@@ -191,7 +183,7 @@ def measure_training(
         else:
             peak_was_reset[0] = reset_peak_resident()
 
-    median = _median_ms(step, iterations, warmup, device, reset_peak)
+    median = _median_ms(step, iterations, warmup, device, after_warmup=reset_peak)
     if not torch.isfinite(losses[0]):
         raise RuntimeError(f"non-finite training loss {losses[0].item()} in the benchmark")
     if device.type == "cuda":
@@ -332,21 +324,125 @@ def _benchmark_one(
     )
 
 
-def markdown_table(results: Sequence[ThroughputResult], baseline: str = "tv_mobilenet_v3_fpn") -> str:
+def results_table(results: Sequence[ThroughputResult], baseline: str = "tv_mobilenet_v3_fpn") -> str:
     """One row per (model, variant); the training ratio is against the baseline model's fastest variant."""
     reference = max((r.train_images_per_s for r in results if r.model == baseline), default=None)
-    lines = [
-        "| model | variant | train img/s | x baseline | train ms/iter | peak GiB | infer img/s | infer batch-1 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+    headers = ["model", "variant", "train img/s", "x baseline", "train ms/iter", "peak GiB", "infer img/s",
+               "infer batch-1 ms"]
+    rows = [
+        [r.model, r.variant, r.train_images_per_s, r.train_images_per_s / reference if reference else None,
+         r.train_ms_per_iter, r.train_peak_gib, r.infer_images_per_s, r.infer_batch1_ms]
+        for r in results
     ]
-    for r in results:
-        ratio = f"{r.train_images_per_s / reference:.2f}" if reference else "-"
-        lines.append(
-            f"| {r.model} | {r.variant} | {r.train_images_per_s} | {ratio} | {r.train_ms_per_iter} "
-            f"| {r.train_peak_gib} | {_or_dash(r.infer_images_per_s)} | {_or_dash(r.infer_batch1_ms)} |"
+    return format_table(headers, rows, digits=2)
+
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["shufflenet_1x", "shufflenet_2x", "tv_mobilenet_v3_fpn"],
+                        metavar="NAME", help=f"choose from {', '.join(MODELS)} (default: %(default)s)")
+    parser.add_argument("--variants", nargs="+", default=["dense+cl"], metavar="VARIANT",
+                        help="conv form (auto, modules, folded, dense) and options (cl, compile, recompute) joined by '+' "
+                             "(default: %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=16, help="images per training step (default: %(default)s)")
+    parser.add_argument("--iters", type=int, default=10, help="timed training steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--amp-dtype", default="bfloat16", choices=sorted(AMP_DTYPES))
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, print the operators that take the most time in 3 training steps "
+                             "of each model and variant (torch.profiler)")
+    parser.add_argument("--mult-adds", action="store_true",
+                        help="instead of timing, print each model's conv + linear multiply-adds per image by part, "
+                             "in a training step (512 RoIs) and in inference (CPU, random weights)")
+    parser.add_argument("--skip-inference", action="store_true", help="time training only")
+    parser.add_argument("--cpu-peak-memory", action="store_true",
+                        help="on a CPU (Linux), measure the peak resident memory of the training steps; this "
+                             "slows CPU steps, so take timings from a run without it")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides for our detectors, e.g. MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000")
+    return parser.parse_args(argv)
+
+
+def print_mult_adds(models, overrides) -> None:
+    for name in models:
+        for training in (True, False):
+            parts = mult_adds_per_image(name, training=training, overrides=overrides)
+            listed = ", ".join(f"{part} {count / 1e9:.2f}" for part, count in parts.items())
+            print(f"{name} {'training' if training else 'inference'}: {sum(parts.values()) / 1e9:.2f} GMAC per image "
+                  f"({listed})", flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.json:
+            check_output_file(args.json, args.overwrite)
+    except OutputPathError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.models, swallowed = split_trailing_overrides(args.models)
+    args.variants, swallowed_after_variants = split_trailing_overrides(args.variants)
+    args.opts = swallowed + swallowed_after_variants + list(args.opts)
+    unknown = [name for name in args.models if name not in MODELS]
+    if unknown:
+        print(f"error: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    try:
+        variants = [Variant.parse(text) for text in args.variants]
+        device = torch.device(args.device)
+        for name in args.models:
+            if name in C4_MODELS:
+                check_detector_config(load_config(C4_MODELS[name][0], args.opts))
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.opts and not any(name in C4_MODELS for name in args.models):
+        print("error: KEY VALUE overrides change our detectors' configs; none of --models is one of them",
+              file=sys.stderr)
+        return 2
+    if args.mult_adds:
+        print_mult_adds(args.models, args.opts)
+        return 0
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    machine = machine_info(torch.get_num_threads())
+    print(f"{machine}; device {device}; batch {args.batch}, 480x640 -> 600px, autocast {args.amp_dtype}; "
+          f"median of {args.iters} steps after {args.warmup}", flush=True)
+    amp_dtype = AMP_DTYPES[args.amp_dtype]
+    if args.profile:
+        for name in args.models:
+            for variant in variants:
+                print(f"--- {name} {variant}", flush=True)
+                print(profile_training(name, variant, device, batch=args.batch, amp_dtype=amp_dtype,
+                                       overrides=args.opts), flush=True)
+        return 0
+    try:
+        results = benchmark_throughput(
+            args.models, variants, device, batch=args.batch, iterations=args.iters, warmup=args.warmup,
+            amp_dtype=amp_dtype, overrides=args.opts, inference=not args.skip_inference,
+            cpu_peak_memory=args.cpu_peak_memory,
+            report=lambda r: print(f"  {r.model} {r.variant}: train {r.train_images_per_s} img/s, "
+                                   f"{r.train_peak_gib} GiB" + ("" if r.infer_images_per_s is None else
+                                   f"; inference {r.infer_images_per_s} img/s"), flush=True),
         )
-    return "\n".join(lines)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(results_table(results))
+    write_json(args.json, {"settings": vars(args), "machine": machine, "results": [asdict(r) for r in results]},
+               overwrite=args.overwrite)
+    return 0 if results else 1
 
 
-def _or_dash(value: Optional[float]) -> str:
-    return "-" if value is None else str(value)
+if __name__ == "__main__":
+    sys.exit(main())

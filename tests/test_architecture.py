@@ -1,0 +1,90 @@
+"""The package's dependency direction, checked from the source with ``ast`` (docs/ARCHITECTURE.md).
+
+A sub-package may import only from the layers below its own; siblings in one layer do not import
+each other. ``KNOWN_*`` name what is still to untangle (issue #15): the test fails both on a new
+violation and on a listed one that is gone, so the lists only shrink.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "shufflenet_det"
+
+# Lowest first.
+LAYERS = [
+    {"utils"}, {"config"}, {"modeling"}, {"weights"}, {"analysis"}, {"data"}, {"engine"}, {"evaluation"},
+    {"detection", "classification"}, {"deploy"}, {"integrations"},
+]
+LAYER = {name: index for index, layer in enumerate(LAYERS) for name in layer}
+
+KNOWN_LAYER_VIOLATIONS = {
+    ("modeling", "weights"),  # modeling/registry.py loads weights in build_model
+    ("data", "engine"),  # data/build.py: SignalSafeDataLoader, per_device_batch_size
+    ("detection", "integrations"),  # detection/runner.py hands --engine d2 to integrations.d2
+    ("classification", "detection"),  # classification/train.py builds networks via detection.backbone
+}
+KNOWN_PRIVATE_IMPORTS = {
+    ("modeling/mobilenet.py", "_init_weights"),
+    ("classification/train.py", "_init_weights"),
+    ("weights/converters.py", "_first"),
+    ("weights/catalog.py", "_first_line"),
+}
+
+
+def imports():
+    """(file relative to the package, imported module, imported names) for every package-internal import."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        parts = ["shufflenet_det", *relative.with_suffix("").parts]
+        package = parts if parts[-1] == "__init__" else parts[:-1]
+        package = [p for p in package if p != "__init__"]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                module, names = next((a.name for a in node.names if a.name.startswith("shufflenet_det")), ""), []
+            else:
+                continue
+            if module.startswith("shufflenet_det"):
+                yield relative.as_posix(), module, names
+
+
+def subpackage_edges():
+    edges = set()
+    for relative, module, _ in imports():
+        source, target = relative.split("/")[0], (module.split(".") + [""])[1]
+        if source in LAYER and target in LAYER and source != target:
+            edges.add((source, target))
+    return edges
+
+
+def test_every_subpackage_has_a_layer():
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert subpackages == set(LAYER)
+
+
+def test_imports_point_down_the_layers():
+    upward = {(source, target) for source, target in subpackage_edges() if LAYER[target] >= LAYER[source]}
+    assert upward == KNOWN_LAYER_VIOLATIONS
+
+
+def test_no_cycles_between_subpackages_beyond_the_known_ones():
+    edges = subpackage_edges() - KNOWN_LAYER_VIOLATIONS
+    reachable = {source: {target for s, target in edges if s == source} for source in LAYER}
+    for _ in LAYER:  # transitive closure
+        for source in reachable:
+            reachable[source] |= set().union(*(reachable[t] for t in reachable[source]))
+    assert not [source for source in reachable if source in reachable[source]]
+
+
+def test_no_private_names_imported_across_modules():
+    private = {
+        (relative, name)
+        for relative, module, names in imports()
+        for name in names
+        if name.startswith("_") and not name.startswith("__")
+    }
+    assert private == KNOWN_PRIVATE_IMPORTS
+
