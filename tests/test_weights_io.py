@@ -1,5 +1,6 @@
 """Safe loading, our own formats, bad inputs and the download path of known weights."""
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 
 from shufflenet_det import build_model
 from shufflenet_det.modeling import ShuffleNetV1
+from shufflenet_det.utils.io import safe_torch_load
 from shufflenet_det.weights import (
     CheckpointError,
     convert_checkpoint,
@@ -53,6 +55,14 @@ def test_pickle_that_runs_code_is_refused_not_executed(tmp_path):
     with pytest.raises(CheckpointError, match="would run code"):
         load_weights(tiny(), path)
     assert not marker.exists()
+
+
+def test_reference_script_checkpoint_with_namespace_args_loads(tmp_path):
+    """torchvision's reference scripts store their argparse.Namespace beside the weights."""
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.02, model="m")}, path)
+    loaded = safe_torch_load(path)
+    assert loaded["args"].lr == 0.02 and torch.equal(loaded["model"]["w"], torch.ones(2))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import tempfile
@@ -74,7 +75,9 @@ def atomic_torch_save(obj: Any, path: PathLike, overwrite: bool = False) -> Path
 def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
     """``torch.load(weights_only=True)`` with one-line errors for the usual ways a file goes wrong.
 
-    A pickle that would need to run code (arbitrary classes) is refused, never executed.
+    A pickle that would need to run code (arbitrary classes) is refused, never executed. The one class
+    allowed besides tensors and containers is ``argparse.Namespace``, a plain attribute holder that
+    torchvision's reference scripts store in their checkpoints (``"args"``).
     """
     path = Path(path)
     if not path.is_file():
@@ -87,7 +90,8 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
     if head != b"PK" and head[:1] != b"\x80":
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file written by torch.save)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             global_name = _unsupported_global(str(error))
