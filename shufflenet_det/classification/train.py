@@ -108,8 +108,9 @@ def build_classifier(cfg: CfgNode, device: Optional[torch.device] = None) -> nn.
     if model.fc.out_features != num_classes:
         replace_classifier(model, num_classes)
     model.weights_meta = load_pretrained(model, cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else {}
-    device = torch.device(device or "cpu")
-    return apply_conv_form(model.to(device), conv_form, device)
+    if device is not None:
+        model = model.to(device)
+    return apply_conv_form(model, conv_form, device)
 
 
 def replace_classifier(model: nn.Module, num_classes: int) -> None:
