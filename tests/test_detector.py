@@ -219,24 +219,28 @@ def test_trunk_and_box_head_are_the_network_stages(name, trunk_stage, head_stage
     torch.testing.assert_close(vectors, expected)
 
 
-def test_box_head_rounds_the_roi_count_up_in_inference_only_where_asked():
+def test_box_head_rounds_the_roi_count_up_in_inference_only_on_cuda(monkeypatch):
+    from shufflenet_det.detection import speed
+
     detector = build(tiny_cfg("quickstart")).eval()
-    head = detector.roi_heads.box_head
+    plain = detector.roi_heads.box_head
+    assert type(speed.fast_box_head(plain, device="cpu")) is type(plain)  # nothing to do on a CPU
+    monkeypatch.setattr(speed, "ROI_BUCKET", 4)
+    head = speed.fast_box_head(plain, device="cuda")  # the form for CUDA, run here on the CPU
+    assert list(head.state_dict()) == list(plain.state_dict())
     rois = torch.randn(5, detector.backbone.out_channels, 14, 14)
     calls = []
     handle = head[0].register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
     with torch.no_grad():
-        plain = head(rois)
-        head.bucket_devices = ("cpu",)
-        head.roi_bucket = 4
         bucketed = head(rois)
+        expected = plain(rois)
         head.train()
         trained = head(rois)
     handle.remove()
-    assert calls == [5, 8, 5]  # padded only in eval mode on a bucketing device
-    assert bucketed.shape == plain.shape == (5, head.out_channels)
-    torch.testing.assert_close(bucketed, plain)
-    assert trained.shape == plain.shape
+    assert calls == [8, 5, 5]  # padded only in eval mode
+    assert bucketed.shape == expected.shape == (5, head.out_channels)
+    torch.testing.assert_close(bucketed, expected)
+    assert trained.shape == expected.shape
 
 
 def _saved_bytes(function):
@@ -268,9 +272,9 @@ def test_recomputed_box_head_saves_less_and_gives_the_same_gradients():
 
 
 def test_recomputing_detector_pools_rois_in_slices_with_the_same_losses_and_gradients(monkeypatch):
-    from shufflenet_det.detection.backbone import C4BoxHead
+    from shufflenet_det.detection.speed import DeferringRoIPooler, FastBoxHead
 
-    monkeypatch.setattr(C4BoxHead, "recompute_chunk", 5)  # several slices, the last one partial
+    monkeypatch.setattr(FastBoxHead, "recompute_chunk", 5)  # several slices, the last one partial
     images = [random_image(64, 96, seed=1).float(), random_image(80, 64, seed=2).float()]
     targets = [
         {"boxes": torch.tensor([[4.0, 6.0, 50.0, 40.0], [30.0, 10.0, 90.0, 60.0]]), "labels": torch.tensor([1, 2])},
@@ -281,6 +285,7 @@ def test_recomputing_detector_pools_rois_in_slices_with_the_same_losses_and_grad
         cfg = tiny_cfg("shufflenet_1x_frcnn", "MODEL.SHUFFLENET.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "0",
                        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "SHUFFLENET_DET.RECOMPUTE_BOX_HEAD", str(recompute))
         model = build(cfg).train()
+        assert isinstance(model.roi_heads.box_roi_pool, DeferringRoIPooler) == recompute
         torch.manual_seed(5)  # the same RPN / RoI sampling in both runs
         losses, saved = _saved_bytes(lambda: model(images, targets))
         sum(losses.values()).backward()
@@ -312,6 +317,7 @@ def test_batched_rpn_nms_gives_the_same_losses_and_detections():
     results = {}
     for impl in ("torchvision", "batched"):
         model = build(tiny_cfg("quickstart", "SHUFFLENET_DET.RPN_NMS_IMPL", impl)).train()
+        assert (type(model.rpn).__name__ == "BatchedProposalRPN") == (impl == "batched")
         torch.manual_seed(5)
         losses = model(images, targets)
         with torch.no_grad():
@@ -333,7 +339,7 @@ def test_separable_roi_align_trains_like_torchvisions():
     results = {}
     for impl in ("torchvision", "separable"):
         model = build(tiny_cfg("quickstart", "SHUFFLENET_DET.ROI_ALIGN_IMPL", impl)).train()
-        assert model.roi_heads.box_roi_pool.impl == impl
+        assert (type(model.roi_heads.box_roi_pool).__name__ == "SeparableRoIPooler") == (impl == "separable")
         torch.manual_seed(5)
         losses = model(images, targets)
         sum(losses.values()).backward()
@@ -365,6 +371,32 @@ def test_conv_impls_give_the_same_detections(impl):
     assert len(reference["boxes"]) > 0
     torch.testing.assert_close(detections["boxes"], reference["boxes"], atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(detections["scores"], reference["scores"], atol=1e-4, rtol=1e-4)
+
+
+def test_speed_forms_keep_state_dict_keys_and_checkpoints_load_across_forms():
+    from shufflenet_det.detection.speed import PLAIN, apply_speed_forms
+
+    cfg = tiny_cfg("shufflenet_1x_frcnn", "MODEL.SHUFFLENET.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "0")
+    model = build(cfg).eval()  # the CPU defaults: folded convs, separable RoIAlign
+    assert type(model.roi_heads.box_roi_pool).__name__ == "SeparableRoIPooler"
+    keys = list(model.state_dict())
+    image = random_image(64, 96, seed=3)
+    # Every form at once (CUDA's RoI buckets and dense convs too), run on the CPU.
+    apply_speed_forms(model, conv="dense", roi_align="separable", rpn_nms="batched", recompute_box_head=True,
+                      device="cuda")
+    assert list(model.state_dict()) == keys
+    plain = apply_speed_forms(build(cfg, seed=1), **PLAIN).eval()
+    assert list(plain.state_dict()) == keys
+    speed_classes = {"FoldedConvNormAct", "FoldedShuffle", "FastBoxHead", "SeparableRoIPooler", "DeferringRoIPooler",
+                     "BatchedProposalRPN"}
+    assert {type(m).__name__ for m in model.modules()} >= speed_classes
+    assert not {type(m).__name__ for m in plain.modules()} & speed_classes
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected, found = plain([image])[0], model([image])[0]
+    assert len(expected["boxes"]) > 0
+    torch.testing.assert_close(found["boxes"], expected["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(found["scores"], expected["scores"], atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------- norm and freezing

@@ -82,10 +82,13 @@ def test_builder_and_config_build_the_same_detector_with_the_same_outputs():
         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TRAIN", "200", "INPUT.MAX_SIZE_TEST", "200",
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
     ])
+    from shufflenet_det.detection.speed import apply_speed_forms, speed_options
+
     from_config = build_detector(cfg).eval()
     built = fasterrcnn_shufflenet_v1_x0_5_g3_c4(
         weights_backbone=str(FIXTURE), num_classes=81, min_size=128, max_size=200, box_score_thresh=0.0
     ).eval()
+    apply_speed_forms(built, **speed_options(cfg))  # what build_detector applies last: the config's forms
 
     assert settings(built) == settings(from_config)
     assert built.state_dict().keys() == from_config.state_dict().keys()
@@ -118,14 +121,31 @@ def test_builder_defaults_are_table_7s_recipe():
 def test_torchvision_options_reach_the_modules():
     model = fasterrcnn_shufflenet_v1_x0_5_g3_c4(
         num_classes=5, min_size=(64, 80), max_size=160, rpn_score_thresh=0.1, rpn_nms_thresh=0.6,
-        box_score_thresh=0.2, box_detections_per_img=7, _skip_resize=True, rpn_nms_impl="batched",
+        box_score_thresh=0.2, box_detections_per_img=7, _skip_resize=True,
     )
     assert model.transform.train_sizes == ((64, 80), 160) and model.transform.test_sizes == ((80,), 160)
     assert model.transform._skip_resize
     assert (model.rpn.score_thresh, model.rpn.nms_thresh) == (0.1, 0.6)
-    assert type(model.rpn).__name__ == "BatchedProposalRPN"
     assert (model.roi_heads.score_thresh, model.roi_heads.detections_per_img) == (0.2, 7)
     assert model.roi_heads.box_predictor.cls_score.out_features == 5
+
+
+def test_builders_models_take_the_speed_forms_with_the_same_detections():
+    from shufflenet_det.detection.speed import apply_speed_forms
+
+    torch.manual_seed(0)
+    model = fasterrcnn_shufflenet_v1_x0_5_g3_c4(num_classes=5, min_size=96, max_size=160, box_score_thresh=0.0).eval()
+    assert type(model.rpn).__name__ == "C4RegionProposalNetwork"  # built plain
+    image = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(1))
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        expected = model([image])[0]
+        apply_speed_forms(model, conv="dense", roi_align="separable", rpn_nms="batched")
+        found = model([image])[0]
+    assert type(model.rpn).__name__ == "BatchedProposalRPN" and list(model.state_dict()) == keys
+    assert len(expected["boxes"]) > 0
+    torch.testing.assert_close(found["boxes"], expected["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(found["scores"], expected["scores"], atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------- weights and preprocessing
@@ -203,7 +223,7 @@ def test_trained_detector_reloads_with_its_classes_and_preprocessing(tmp_path):
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(num_classes=1), "num_classes counts the background"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(weights_backbone=str(FIXTURE), trainable_backbone_layers=5),
      r"trainable_backbone_layers must be in \[0, 4\]"),
-    (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(rpn_nms_impl="fast"), "rpn_nms_impl must be one of"),
+    (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(rpn_nms_impl="batched"), "rpn_nms_impl was removed: .*apply_speed_forms"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(weights="missing.pth"), "weights file 'missing.pth' not found"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(weights_backbone="missing.pth"), "checkpoint not found: missing.pth"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(box_sore_thresh=0.1), "unexpected keyword argument 'box_sore_thresh'"),

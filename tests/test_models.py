@@ -194,8 +194,8 @@ def _random_norm_statistics(model: torch.nn.Module) -> None:
         ("mobilenet_v1_x0_25", None, True),
     ],
 )
-def test_conv_impls_compute_the_same_outputs_and_gradients(arch, layout, frozen):
-    from shufflenet_det.modeling import CONV_IMPLS, set_conv_impl
+def test_conv_forms_compute_the_same_outputs_and_gradients(arch, layout, frozen):
+    from shufflenet_det.modeling import CONV_IMPLS, apply_conv_form
     from shufflenet_det.modeling.layers import convert_frozen_batchnorm
 
     torch.manual_seed(0)
@@ -209,8 +209,10 @@ def test_conv_impls_compute_the_same_outputs_and_gradients(arch, layout, frozen)
         model.eval()  # trainable BN with fixed statistics: the same function under every impl
     images = torch.randn(2, 3, 64, 80)
     results = {}
+    keys = list(model.state_dict())
     for impl in CONV_IMPLS:  # "auto" is "folded" on a CPU
-        set_conv_impl(model, impl)
+        apply_conv_form(model, impl)
+        assert list(model.state_dict()) == keys
         model.zero_grad()
         output = model(images)
         output.square().sum().backward()
@@ -225,20 +227,44 @@ def test_conv_impls_compute_the_same_outputs_and_gradients(arch, layout, frozen)
         assert (gradients - reference_gradients).norm() / reference_gradients.norm() < 1e-5, impl
 
 
-def test_dense_impl_absorbs_the_shuffle_only_with_frozen_norms():
-    from shufflenet_det.modeling import set_conv_impl
+def test_dense_form_absorbs_the_shuffle_only_with_frozen_norms():
+    from shufflenet_det.modeling import apply_conv_form
     from shufflenet_det.modeling.layers import convert_frozen_batchnorm
+    from shufflenet_det.modeling.speed import FoldedConvNormAct, FoldedShuffle
 
-    model = set_conv_impl(build_model("shufflenet_v1_x0_5_g3"), "dense")
+    model = apply_conv_form(build_model("shufflenet_v1_x0_5_g3"), "dense")
     unit = model.stage3[1]
-    features = torch.randn(1, 240, 4, 4)
-    assert not unit.compress.can_reorder_outputs(features)  # trainable BN would need permuted statistics
-    with pytest.raises(ValueError, match="output_order"):
-        unit.compress(features, output_order=torch.arange(60))
-    frozen = convert_frozen_batchnorm(model)
-    assert frozen.stage3[1].compress.can_reorder_outputs(features)
-    for impl in ("folded", "auto"):  # "auto" means "folded" for CPU tensors
-        set_conv_impl(frozen, impl)
-        assert not frozen.stage3[1].compress.can_reorder_outputs(features)
-    with pytest.raises(ValueError, match="unknown conv implementation"):
-        set_conv_impl(frozen, "fast")
+    # Trainable BN would need permuted statistics: only the grouped 1x1 convs turn dense.
+    assert isinstance(unit.compress, FoldedConvNormAct) and unit.compress.dense
+    assert unit.compress.output_order is None and type(unit.shuffle).__name__ == "ChannelShuffle"
+    assert type(unit.depthwise).__name__ == "ConvNormAct"
+    frozen = apply_conv_form(convert_frozen_batchnorm(model), "dense")
+    unit = frozen.stage3[1]
+    assert isinstance(unit.shuffle, FoldedShuffle)
+    assert torch.equal(unit.compress.output_order, unit.shuffle.permutation(60))
+    assert frozen.shuffle_layout == "paper"  # still reported for checkpoint metadata
+    with pytest.raises(ValueError, match="set the layout before apply_conv_form"):
+        frozen.set_shuffle_layout("inverse")
+    for impl in ("folded", "auto"):  # "auto" means "folded" on a CPU
+        apply_conv_form(frozen, impl)
+        assert frozen.stage3[1].compress.output_order is None and not frozen.stage3[1].compress.dense
+        assert type(frozen.stage3[1].shuffle).__name__ == "ChannelShuffle"
+    apply_conv_form(frozen, "modules")
+    assert not any(isinstance(m, FoldedConvNormAct) for m in frozen.modules())
+    frozen.set_shuffle_layout("inverse")  # as built again
+    assert isinstance(apply_conv_form(frozen, "auto", "cuda").stage3[1].shuffle, FoldedShuffle)  # dense on CUDA
+    with pytest.raises(ValueError, match="unknown conv form"):
+        apply_conv_form(frozen, "fast")
+
+
+def test_forward_hooks_see_the_convs_run_once_the_forms_are_undone():
+    from shufflenet_det.analysis import count_mult_adds_while
+    from shufflenet_det.modeling import apply_conv_form
+
+    model = build_model("shufflenet_v1_x0_5_g3").eval()
+    images = torch.randn(1, 3, 64, 64)
+    plain = count_mult_adds_while(model, lambda: model(images))
+    apply_conv_form(model, "dense")
+    assert sum(count_mult_adds_while(model, lambda: model(images)).values()) < sum(plain.values())
+    apply_conv_form(model, "modules")
+    assert count_mult_adds_while(model, lambda: model(images)) == plain

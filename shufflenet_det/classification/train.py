@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config.loading import ConfigError, config_dir, load_config
 from ..detection.backbone import build_backbone
+from ..detection.speed import speed_options
 from ..engine import (
     Checkpointer,
     EngineError,
@@ -43,6 +44,7 @@ from ..engine import (
 from ..engine.trainer import amp_dtype_from_name
 from ..utils.text_table import format_table
 from ..modeling.shufflenet import _init_weights
+from ..modeling.speed import apply_conv_form
 from ..utils.distributed import broadcast, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load
 from ..utils.logger import setup_logger
@@ -92,10 +94,12 @@ def load_classification_config(name_or_path: str, overrides: Sequence[Any] = ())
 
 
 # ---------------------------------------------------------------------------- model and weights
-def build_classifier(cfg: CfgNode) -> nn.Module:
+def build_classifier(cfg: CfgNode, device: Optional[torch.device] = None) -> nn.Module:
     """The network of MODEL.BACKBONE.NAME (MODEL.SHUFFLENET.* / MODEL.MOBILENET.*, as for detection)
     with CLASSIFICATION.NUM_CLASSES outputs, and MODEL.WEIGHTS loaded through ``shufflenet_det.weights``
-    (any supported source; their metadata in ``model.weights_meta``, else ``{}``)."""
+    (any supported source; their metadata in ``model.weights_meta``, else ``{}``), on ``device`` (default
+    CPU) in the conv form SHUFFLENET_DET.CONV_IMPL gives for it."""
+    conv_form = speed_options(cfg)["conv"]
     without_weights = cfg.clone()
     without_weights.defrost()
     without_weights.MODEL.WEIGHTS = ""
@@ -104,7 +108,9 @@ def build_classifier(cfg: CfgNode) -> nn.Module:
     if model.fc.out_features != num_classes:
         replace_classifier(model, num_classes)
     model.weights_meta = load_pretrained(model, cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else {}
-    return model
+    if device is not None:
+        model = model.to(device)
+    return apply_conv_form(model, conv_form, device)
 
 
 def replace_classifier(model: nn.Module, num_classes: int) -> None:
@@ -245,7 +251,7 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
         val_set = build_dataset(cfg, options.VAL_SPLIT, build_test_transform(preprocessing))
         _check_same_classes(train_set, val_set)
 
-    model = build_classifier(cfg).to(device)
+    model = build_classifier(cfg, device)
     _, differences = preprocessing.with_metadata(model.weights_meta)
     for difference in differences:
         logger.warning(
@@ -317,7 +323,7 @@ def run_evaluation(cfg: CfgNode, args: argparse.Namespace) -> int:
             "or pass --resume to use OUTPUT_DIR's last checkpoint"
         )
     default_setup(cfg, args)
-    model = build_classifier(cfg).to(device)
+    model = build_classifier(cfg, device)
     meta = model.weights_meta
     if args.resume:
         checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
@@ -417,7 +423,7 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = ""  # speed does not depend on the weights
-    model = build_classifier(cfg).to(device)
+    model = build_classifier(cfg, device)
     batch_size, size = cfg.SOLVER.IMS_PER_BATCH, cfg.CLASSIFICATION.TRAIN_CROP_SIZE
     batch = {
         "image": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device),

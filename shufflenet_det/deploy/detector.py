@@ -32,13 +32,13 @@ import torch
 from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
 from ..config.loading import ConfigError, load_config
 from ..detection.checkpoint import warn_if_untrained
 from ..detection.detector import build_detector
 from ..detection.proposals import BatchedProposalRPN
+from ..detection.speed import PLAIN, apply_speed_forms
 from ..utils.io import PathLike, check_output_file
 from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from .nms import nms_first_k
@@ -140,12 +140,11 @@ def _export_copy(
         detector = deploy_rewrite(detector, "onnxruntime" if format == "onnx" else "torchscript", rewrite)
     else:
         detector = copy.deepcopy(detector)
+    # Traced: torchvision's proposal selection and RoIAlign map onto ONNX's NMS and RoiAlign; the speed
+    # forms (batched NMS, separable RoIAlign, RoI buckets) loop in Python or pad.
+    apply_speed_forms(detector, **PLAIN)
     # Same state, one method replaced (RoIHeads' constructor cannot take an existing head's parts).
     detector.roi_heads.__class__ = PerClassNMSRoIHeads
-    # Traced: torchvision's proposal selection and RoIAlign map onto ONNX's NMS and RoiAlign; the batched
-    # NMS and the separable RoIAlign (SHUFFLENET_DET.RPN_NMS_IMPL / ROI_ALIGN_IMPL) loop in Python.
-    detector.rpn.__class__ = RegionProposalNetwork
-    detector.roi_heads.box_roi_pool.impl = "torchvision"
     return DetectorOutputs(detector).eval()
 
 
@@ -394,7 +393,7 @@ def deploy_detector(
     ``example_size`` is the trunk's trace size (any works). The copy holds ONNX Runtime sessions: it
     cannot be deep-copied or pickled; build it again from ``detector`` instead.
     """
-    deployed = deploy_rewrite(detector, "onnxruntime")
+    deployed = apply_speed_forms(deploy_rewrite(detector, "onnxruntime"), **PLAIN)
     backbone, roi_heads = deployed.backbone, deployed.roi_heads
     height, width = example_size
     image = torch.zeros(1, 3, height, width)

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..modeling.layers import ChannelShuffle, block_diagonal_weight, fold_norm
+from ..modeling.layers import ChannelShuffle
 from ..modeling.shufflenet import ShuffleUnit
+from ..modeling.speed import apply_conv_form, block_diagonal_weight, fold_norm
 
 POINTWISE_MODES = ("grouped", "dense", "matmul")
 SHUFFLE_MODES = ("reshape", "gather", "fold")
@@ -44,8 +45,8 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)
 
 
 def deploy_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with gradients off: the starting point of every rewrite here."""
-    model = copy.deepcopy(model).eval()
+    """A deep copy in eval mode with gradients off, its convs as built: the starting point of every rewrite here."""
+    model = apply_conv_form(copy.deepcopy(model).eval(), "modules")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model

@@ -22,6 +22,7 @@ from .faster_rcnn_c4 import (
     fasterrcnn_shufflenet_v1_x2_0_g3_c4,
 )
 from .pooler import POOLER_TYPES, RoIPooler, pooler_aligned
+from .speed import apply_speed_forms, speed_options
 from .transform import DetectionTransform
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "build_detector",
     "build_mobilenet_v1_backbone",
     "build_shufflenet_v1_backbone",
+    "apply_speed_forms",
     "assemble_c4_detector",
     "check_detector_config",
     "detector_options",
@@ -47,5 +49,6 @@ __all__ = [
     "fasterrcnn_shufflenet_v1_x2_0_g3_c4",
     "pooler_aligned",
     "preprocessing_mismatches",
+    "speed_options",
     "split_c4",
 ]

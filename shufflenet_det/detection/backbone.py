@@ -13,17 +13,15 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config.loading import ConfigError
 from .checkpoint import read_detector_checkpoint
-from .pooler import DeferredRoIs
-from ..modeling import CONV_IMPLS, MODEL_REGISTRY, StagedNetwork, build_model, set_conv_impl
+from ..modeling import MODEL_REGISTRY, StagedNetwork, build_model
 from ..modeling.staged import FeatureInfo
 from ..modeling.shufflenet import width_tag
 from ..utils.registry import Registry
@@ -56,62 +54,16 @@ class C4Backbone(nn.Module):
 class C4BoxHead(nn.Sequential):
     """The network's last stage(s) on a batch of pooled RoIs [R, C, 14, 14], mean-pooled to [R, out_channels].
 
-    Takes pooled RoIs or ``DeferredRoIs`` (pooled here). In inference on ``bucket_devices`` the RoI
-    count is padded up to a multiple of ``roi_bucket`` with zero RoIs (dropped from the output;
-    eval-mode layers treat RoIs independently): cuDNN prepares an execution plan for every new input
-    shape, and without buckets nearly every image brings a new RoI count (an H100 evaluated the
-    quickstart model at 0.12 s per image, 6x its training step time).
+    Faster forms (RoI-count buckets, recomputation in backward) replace it in a built detector
+    (``detection.speed``).
     """
 
-    roi_bucket = 64
-    bucket_devices = ("cuda",)
-    # RoIs per recomputed slice: bounds the activations alive at once in backward (ShuffleNet 1x in
-    # bfloat16: about 1.1 MB per RoI, 2x about twice that).
-    recompute_chunk = 1024
-
-    def __init__(self, stages: nn.Sequential, out_channels: int, recompute: bool = False) -> None:
+    def __init__(self, stages: nn.Sequential, out_channels: int) -> None:
         super().__init__(OrderedDict(stages.named_children()))
         self.out_channels = out_channels
-        self.recompute = False
-        self.set_recompute(recompute)
 
-    def set_recompute(self, enabled: bool) -> None:
-        """In training, run the head on ``recompute_chunk`` RoIs at a time and keep none of their
-        activations for backward, which runs each slice again (with its RoIAlign, for ``DeferredRoIs``).
-        RoIs are independent in the head only with frozen norms."""
-        if enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
-            # Training-mode BatchNorm mixes RoIs and would update its running statistics twice.
-            raise ValueError("recomputing the per-RoI head needs frozen norms (FrozenBN), not BN / SyncBN")
-        self.recompute = enabled
-
-    def forward(self, rois: Union[torch.Tensor, DeferredRoIs]) -> torch.Tensor:
-        if self.recompute and self.training and torch.is_grad_enabled():
-            return self._forward_recomputed(rois)
-        roi_features = rois.pooled() if isinstance(rois, DeferredRoIs) else rois
-        count = roi_features.shape[0]
-        padding = -count % self.roi_bucket
-        if padding and not self.training and roi_features.device.type in self.bucket_devices:
-            roi_features = torch.cat([roi_features, roi_features.new_zeros((padding, *roi_features.shape[1:]))])
-        return self._pooled_head(roi_features)[:count]
-
-    def _pooled_head(self, roi_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
         return super().forward(roi_features).mean(dim=(2, 3))
-
-    def _forward_recomputed(self, rois: Union[torch.Tensor, DeferredRoIs]) -> torch.Tensor:
-        chunk = self.recompute_chunk
-        if len(rois) == 0:
-            return self._pooled_head(rois.pooled() if isinstance(rois, DeferredRoIs) else rois)
-        if isinstance(rois, DeferredRoIs):
-            outputs = [
-                checkpoint(self._pool_then_head, rois, start, start + chunk, use_reentrant=False)
-                for start in range(0, len(rois), chunk)
-            ]
-        else:
-            outputs = [checkpoint(self._pooled_head, part, use_reentrant=False) for part in rois.split(chunk)]
-        return torch.cat(outputs)
-
-    def _pool_then_head(self, rois: DeferredRoIs, start: int, stop: int) -> torch.Tensor:
-        return self._pooled_head(rois.pooled(start, stop))
 
 
 def split_c4(network: StagedNetwork, feature_name: str = "res4", stride: int = 16) -> Tuple[C4Backbone, C4BoxHead]:
@@ -169,20 +121,12 @@ def _build_network(cfg: CfgNode, arch: str, norm: str, norm_key: str, **kwargs: 
     if arch not in MODEL_REGISTRY:
         raise ConfigError(f"{norm_key.rsplit('.', 1)[0]} asks for {MODEL_REGISTRY.unknown_message(arch)}")
     network = build_model(arch, norm=norm, freeze_at=freeze_at, weights=weights or None, **kwargs)
-    apply_conv_impl(network, cfg.SHUFFLENET_DET.CONV_IMPL)
     if weights:
         for message in preprocessing_mismatches(
             getattr(network, "weights_meta", None), cfg.INPUT.FORMAT, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
         ):
             logger.warning("MODEL.WEIGHTS %s: %s", weights, message)
     return network
-
-
-def apply_conv_impl(network: nn.Module, impl: str) -> None:
-    """SHUFFLENET_DET.CONV_IMPL: how the network's conv + norm layers compute (``CONV_IMPLS``)."""
-    if impl not in CONV_IMPLS:
-        raise ConfigError(f"SHUFFLENET_DET.CONV_IMPL must be one of {', '.join(CONV_IMPLS)}, got {impl!r}")
-    set_conv_impl(network, impl)
 
 
 def names_a_file(weights: str) -> bool:

@@ -17,8 +17,9 @@ from ..modeling.layers import NORMS
 from ..weights import apply_structure, model_structure
 from .backbone import build_backbone, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
-from .faster_rcnn_c4 import C4_STRIDE, CHANNEL_ORDERS, RPN_NMS_IMPLS, FasterRCNNC4, assemble_c4_detector
-from .pooler import ROI_ALIGN_IMPLS, pooler_aligned
+from .faster_rcnn_c4 import C4_STRIDE, CHANNEL_ORDERS, FasterRCNNC4, assemble_c4_detector
+from .pooler import pooler_aligned
+from .speed import apply_speed_forms, speed_options
 
 # Settings torchvision's Faster R-CNN cannot change: (key, the only value it supports).
 _FIXED_SETTINGS = (
@@ -49,10 +50,6 @@ def build_detector(cfg: CfgNode) -> FasterRCNNC4:
         # The backbone's structure (shuffle layout, ...) is set before the detector shares its modules.
         apply_structure(network, checkpoint.get("meta") or {})
     backbone, box_head = split_c4(network, cfg.MODEL.RPN.IN_FEATURES[0], C4_STRIDE)
-    try:
-        box_head.set_recompute(cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD)
-    except ValueError as error:
-        raise ConfigError(f"SHUFFLENET_DET.RECOMPUTE_BOX_HEAD: {error}") from None
     model = assemble_c4_detector(
         backbone,
         box_head,
@@ -62,7 +59,11 @@ def build_detector(cfg: CfgNode) -> FasterRCNNC4:
     )
     if checkpoint is not None:
         load_detector_weights(model, checkpoint, f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}")
-    return model.to(torch.device(cfg.MODEL.DEVICE))
+    device, options = torch.device(cfg.MODEL.DEVICE), speed_options(cfg)
+    try:
+        return apply_speed_forms(model.to(device), **options, device=device)
+    except ValueError as error:  # a setting the model cannot run in (recomputation with trainable BN)
+        raise ConfigError(f"SHUFFLENET_DET.RECOMPUTE_BOX_HEAD: {error}") from None
 
 
 def detector_options(cfg: CfgNode) -> Dict[str, Any]:
@@ -92,11 +93,9 @@ def detector_options(cfg: CfgNode) -> Dict[str, Any]:
         rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
         rpn_positive_fraction=rpn.POSITIVE_FRACTION,
         rpn_bbox_reg_weights=tuple(rpn.BBOX_REG_WEIGHTS),
-        rpn_nms_impl=cfg.SHUFFLENET_DET.RPN_NMS_IMPL,
         box_pooler_resolution=box_head.POOLER_RESOLUTION,
         box_pooler_sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
         box_pooler_aligned=pooler_aligned(box_head.POOLER_TYPE),
-        roi_align_impl=cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL,
         box_score_thresh=roi.SCORE_THRESH_TEST,
         box_nms_thresh=roi.NMS_THRESH_TEST,
         box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
@@ -126,15 +125,7 @@ def check_detector_config(cfg: CfgNode) -> None:
         value = _get(cfg, key)
         if _normalized(value) != _normalized(supported):
             raise ConfigError(f"{key} {value!r} is not supported by the torchvision C4 detector (use {supported!r})")
-    if cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL not in ROI_ALIGN_IMPLS:
-        raise ConfigError(
-            f"SHUFFLENET_DET.ROI_ALIGN_IMPL must be one of {', '.join(ROI_ALIGN_IMPLS)}, "
-            f"got {cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL!r}"
-        )
-    if cfg.SHUFFLENET_DET.RPN_NMS_IMPL not in RPN_NMS_IMPLS:
-        raise ConfigError(
-            f"SHUFFLENET_DET.RPN_NMS_IMPL must be one of {', '.join(RPN_NMS_IMPLS)}, got {cfg.SHUFFLENET_DET.RPN_NMS_IMPL!r}"
-        )
+    speed_options(cfg)
     if cfg.INPUT.FORMAT not in CHANNEL_ORDERS:
         raise ConfigError(f"INPUT.FORMAT must be one of {', '.join(CHANNEL_ORDERS)}, got {cfg.INPUT.FORMAT!r}")
     for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):

@@ -33,7 +33,7 @@ from .anchors import ExactAnchorGenerator
 from .backbone import C4Backbone, C4BoxHead, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
 from .pooler import RoIPooler
-from .proposals import BatchedProposalRPN, C4RegionProposalNetwork
+from .proposals import C4RegionProposalNetwork
 from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 C4_STRIDE = 16
 C4_FEATURE = "res4"
 CHANNEL_ORDERS = ("BGR", "RGB")
-RPN_NMS_IMPLS = ("torchvision", "batched")
 # torchvision's detectors default to COCO's 91 category ids (background included).
 TORCHVISION_NUM_CLASSES = 91
 # Table 7's recipe freezes the stem and the first stage (detectron2's FREEZE_AT 2).
@@ -99,11 +98,9 @@ def assemble_c4_detector(
     rpn_positive_fraction: float = 0.5,
     rpn_score_thresh: float = 0.0,
     rpn_bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-    rpn_nms_impl: str = "torchvision",
     box_pooler_resolution: int = 14,
     box_pooler_sampling_ratio: int = 0,
     box_pooler_aligned: bool = True,
-    roi_align_impl: str = "auto",
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
@@ -123,16 +120,14 @@ def assemble_c4_detector(
     replace ``pixel_mean`` / ``pixel_std`` and are, as there, in the input's scale and channel order.
     ``min_size`` / ``max_size`` are torchvision's (a tuple draws a size per training image); the test
     sizes default to theirs (``min_size[-1]``). The other names are torchvision ``FasterRCNN``'s, plus
-    the anchors, the RPN's box-delta weights, RoIAlign's settings and ``rpn_nms_impl`` (``RPN_NMS_IMPLS``)
-    / ``roi_align_impl`` (``ROI_ALIGN_IMPLS``): how proposal selection and RoIAlign run, same results.
+    the anchors, the RPN's box-delta weights and RoIAlign's settings. The parts compute plainly;
+    ``detection.speed.apply_speed_forms`` rewrites the built detector into faster forms.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background class too, so it must be at least 2, got {num_classes}")
     for name, value in (("input_format", input_format), ("backbone_format", backbone_format)):
         if value not in CHANNEL_ORDERS:
             raise ValueError(f"{name} must be one of {', '.join(CHANNEL_ORDERS)}, got {value!r}")
-    if rpn_nms_impl not in RPN_NMS_IMPLS:
-        raise ValueError(f"rpn_nms_impl must be one of {', '.join(RPN_NMS_IMPLS)}, got {rpn_nms_impl!r}")
     reverse_channels = input_format != backbone_format
     if image_mean is not None:
         pixel_mean = _backbone_scale(image_mean, input_scale, reverse_channels)
@@ -154,8 +149,7 @@ def assemble_c4_detector(
     )
 
     anchor_generator = ExactAnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_aspect_ratios),))
-    rpn_class = BatchedProposalRPN if rpn_nms_impl == "batched" else C4RegionProposalNetwork
-    rpn = rpn_class(
+    rpn = C4RegionProposalNetwork(
         anchor_generator,
         RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
         rpn_fg_iou_thresh,
@@ -174,9 +168,6 @@ def assemble_c4_detector(
         spatial_scale=1.0 / backbone.stride,
         sampling_ratio=box_pooler_sampling_ratio,
         aligned=box_pooler_aligned,
-        impl=roi_align_impl,
-        # A recomputing head pools its RoIs itself, a slice at a time, so that none is kept for backward.
-        defer=box_head.recompute,
     )
     roi_heads = RoIHeads(
         pooler,
@@ -235,6 +226,12 @@ def fasterrcnn_c4(
     """
     if arch not in MODEL_REGISTRY:
         raise ValueError(MODEL_REGISTRY.unknown_message(arch))
+    removed = sorted(set(kwargs) & {"rpn_nms_impl", "roi_align_impl"})
+    if removed:
+        raise ValueError(
+            f"{', '.join(removed)} was removed: build the detector, then call "
+            "shufflenet_det.detection.speed.apply_speed_forms(model, roi_align=..., rpn_nms=..., device=...)"
+        )
     checkpoint = None
     if weights is not None:
         checkpoint = _read_detector(weights)

@@ -1,18 +1,11 @@
 """Classification networks (ShuffleNet v1, MobileNet v1) with a stage interface for detection."""
 
 from . import mobilenet, shufflenet  # noqa: F401  (registers the builders)
-from .layers import (
-    CONV_IMPLS,
-    ChannelShuffle,
-    ConvNormAct,
-    channel_shuffle,
-    convert_frozen_batchnorm,
-    get_norm,
-    set_conv_impl,
-)
+from .layers import ChannelShuffle, ConvNormAct, channel_shuffle, convert_frozen_batchnorm, get_norm
 from .mobilenet import MobileNetV1
 from .registry import MODEL_REGISTRY, build_model, list_models, model_architecture, register_model
 from .shufflenet import ShuffleNetV1, ShuffleUnit, shufflenet_v1_channels
+from .speed import CONV_IMPLS, apply_conv_form
 from .staged import FeatureInfo, StagedNetwork
 
 __all__ = [
@@ -25,6 +18,7 @@ __all__ = [
     "ShuffleNetV1",
     "ShuffleUnit",
     "StagedNetwork",
+    "apply_conv_form",
     "build_model",
     "channel_shuffle",
     "convert_frozen_batchnorm",
@@ -32,6 +26,5 @@ __all__ = [
     "list_models",
     "model_architecture",
     "register_model",
-    "set_conv_impl",
     "shufflenet_v1_channels",
 ]

@@ -105,12 +105,7 @@ class ShuffleUnit(nn.Module):
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.shuffle, ChannelShuffle) and self.compress.can_reorder_outputs(x):
-            # The shuffle becomes a reordering of the compress conv's output rows: no extra copy.
-            order = self.shuffle.permutation(self.compress.conv.out_channels, x.device)
-            mixed = self.compress(x, output_order=order)
-        else:
-            mixed = self.shuffle(self.compress(x))
+        mixed = self.shuffle(self.compress(x))
         branch = self.expand(self.depthwise(mixed))
         if self.stride == 1:
             return F.relu(x + branch)

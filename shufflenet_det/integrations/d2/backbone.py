@@ -16,7 +16,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from ...detection.backbone import apply_conv_impl
+from ...detection.speed import speed_options
+from ...modeling.speed import apply_conv_form
 from ...modeling import MODEL_REGISTRY, StagedNetwork, build_model
 from ...modeling.layers import NORMS
 from ...modeling.shufflenet import width_tag
@@ -90,7 +91,7 @@ def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
     if arch not in MODEL_REGISTRY:
         raise ValueError(f"{node} asks for {MODEL_REGISTRY.unknown_message(arch)}")
     network = build_model(arch, norm=options.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, **kwargs)
-    apply_conv_impl(network, cfg.SHUFFLENET_DET.CONV_IMPL)
+    apply_conv_form(network, speed_options(cfg)["conv"], cfg.MODEL.DEVICE)
     return network, options.OUT_FEATURES[0]
 
 

@@ -1,7 +1,8 @@
 """C4 RoI heads for ShuffleNet / MobileNet backbones, in the manner of detectron2's ``Res5ROIHeads``.
 
 Every proposal is pooled from the stride-16 feature (ROIAlignV2, 14x14, adaptive sampling) by the
-torchvision engine's ``RoIPooler`` (so ``SHUFFLENET_DET.ROI_ALIGN_IMPL`` holds here too), run through
+torchvision engine's ``RoIPooler`` (in the forms of SHUFFLENET_DET.ROI_ALIGN_IMPL and RECOMPUTE_BOX_HEAD,
+``detection.speed``), run through
 the network's last stage (its first unit has stride 2: 14x14 -> 7x7), mean-pooled and fed to
 detectron2's ``FastRCNNOutputLayers``.
 """
@@ -21,6 +22,7 @@ from torch import nn
 
 from ...detection.backbone import C4BoxHead
 from ...detection.pooler import RoIPooler, pooler_aligned
+from ...detection.speed import fast_box_head, fast_pooler, speed_options
 from .backbone import network_from_cfg, split_c4
 
 
@@ -62,18 +64,18 @@ class ShuffleNetC4ROIHeads(ROIHeads):
         network, _ = network_from_cfg(cfg)
         _, _, head_stages, head_channels = split_c4(network)
         box_head_cfg = cfg.MODEL.ROI_BOX_HEAD
-        # The torchvision engine's head: RoI-count buckets in GPU inference, SHUFFLENET_DET.RECOMPUTE_BOX_HEAD.
-        box_head = C4BoxHead(head_stages, head_channels, cfg.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD)
+        # The torchvision engine's forms: RoI-count buckets in GPU inference, recomputation, RoIAlign's form.
+        options, device = speed_options(cfg), cfg.MODEL.DEVICE
+        recompute = options["recompute_box_head"]
+        box_head = fast_box_head(C4BoxHead(head_stages, head_channels), recompute, device)
         pooler = RoIPooler(
             in_features[0],
             box_head_cfg.POOLER_RESOLUTION,
             spatial_scale=1.0 / input_shape[in_features[0]].stride,
             sampling_ratio=box_head_cfg.POOLER_SAMPLING_RATIO,
             aligned=pooler_aligned(box_head_cfg.POOLER_TYPE),
-            impl=cfg.SHUFFLENET_DET.ROI_ALIGN_IMPL,
         )
-        # A recomputing head pools its RoIs itself, a slice at a time (as in build_detector).
-        pooler.defer = box_head.recompute
+        pooler = fast_pooler(pooler, options["roi_align"], recompute, device)
         return {
             **super().from_config(cfg),
             "in_feature": in_features[0],

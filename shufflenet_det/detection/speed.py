@@ -1,0 +1,191 @@
+"""Faster forms of a built C4 detector, applied in place by ``apply_speed_forms``.
+
+The detector's modules compute plainly (conv -> norm -> act, torchvision's RoIAlign and RPN, the head
+as stages -> mean). Each form here replaces modules of a built detector by ones that compute the
+same outputs and gradients (tests compare both) and hold the same parameters and buffers under the
+same names, so checkpoints save and load alike in every form:
+
+- convs: ``modeling.speed.apply_conv_form`` (FrozenBN folded, dense grouped 1x1 convs on GPUs);
+- RoIAlign: ``SeparableRoIPooler``, two small matrix products per RoI (``roi_align.py``): a several
+  times faster backward on CPUs, slow on GPUs;
+- RPN: ``BatchedProposalRPN``, proposal selection for all images at once (``proposals.py``);
+- per-RoI head: ``FastBoxHead``, in GPU inference RoI counts padded to buckets of ``ROI_BUCKET`` (cuDNN
+  plans every new input shape anew; without buckets nearly every image brings a new RoI count: an
+  H100 evaluated the quickstart model at 0.12 s per image, 6x its training step), and with
+  ``recompute`` a training head run on ``RECOMPUTE_CHUNK`` RoIs at a time that keeps none of their
+  activations (nor pooled RoIs, with ``DeferringRoIPooler``): backward runs each slice again.
+
+``speed_options(cfg)`` reads SHUFFLENET_DET.{CONV_IMPL, ROI_ALIGN_IMPL, RPN_NMS_IMPL, RECOMPUTE_BOX_HEAD}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+from fvcore.common.config import CfgNode
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config.loading import ConfigError
+from ..modeling.speed import CONV_IMPLS, apply_conv_form
+from .backbone import C4BoxHead
+from .pooler import RoIPooler, rois_with_image_index
+from .proposals import BatchedProposalRPN, C4RegionProposalNetwork
+from .roi_align import separable_roi_align
+
+Device = Union[str, torch.device, None]
+
+# "auto": separable for CPU tensors, torchvision's kernels otherwise.
+ROI_ALIGN_IMPLS = ("auto", "torchvision", "separable")
+RPN_NMS_IMPLS = ("torchvision", "batched")
+ROI_BUCKET = 64
+# RoIs per recomputed slice: bounds the activations alive at once in backward (ShuffleNet 1x in
+# bfloat16: about 1.1 MB per RoI, 2x about twice that).
+RECOMPUTE_CHUNK = 1024
+# Every form off: the detector as built.
+PLAIN = dict(conv="modules", roi_align="torchvision", rpn_nms="torchvision", recompute_box_head=False)
+
+
+class DeferredRoIs:
+    """RoIs to be pooled later, any slice at a time: ``pooled(start, stop)`` is [stop - start, C, S, S].
+
+    ``rois`` is [R, 5]: image index, then XYXY in image pixels (torchvision's ``roi_align`` format).
+    """
+
+    def __init__(self, pool: Callable[[torch.Tensor], torch.Tensor], rois: torch.Tensor) -> None:
+        self.pool = pool
+        self.rois = rois
+
+    def __len__(self) -> int:
+        return len(self.rois)
+
+    def pooled(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        return self.pool(self.rois[start:stop])
+
+
+class SeparableRoIPooler(RoIPooler):
+    """RoIAlign as two small matrix products per RoI (``separable_roi_align``)."""
+
+    def align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
+        if not isinstance(rois, torch.Tensor):
+            rois = rois_with_image_index(rois, feature_map.device)
+        return separable_roi_align(
+            feature_map, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
+
+
+class DeferringRoIPooler(RoIPooler):
+    """``pooler``, except that training-mode calls that record gradients return ``DeferredRoIs``, for a
+    recomputing ``FastBoxHead`` to pool a slice at a time."""
+
+    def __init__(self, pooler: RoIPooler) -> None:
+        super().__init__(pooler.feature_name, pooler.output_size, pooler.spatial_scale, pooler.sampling_ratio, pooler.aligned)
+        self.pooler = pooler
+
+    def align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
+        return self.pooler.align(feature_map, rois)
+
+    def forward(self, features: Dict[str, torch.Tensor], proposals: List[torch.Tensor], image_shapes=None):
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(features, proposals)
+        feature_map = features[self.feature_name]
+        rois = rois_with_image_index(proposals, feature_map.device)
+        return DeferredRoIs(lambda chosen: self.align(feature_map, chosen), rois)
+
+
+class FastBoxHead(C4BoxHead):
+    """``C4BoxHead`` with RoI-count buckets of ``roi_bucket`` in inference (0: none; the padding RoIs are
+    zeros, dropped from the output, and eval-mode layers treat RoIs independently) and, with
+    ``recompute``, training on ``recompute_chunk`` RoIs at a time under activation checkpointing."""
+
+    recompute_chunk = RECOMPUTE_CHUNK
+
+    def __init__(self, head: C4BoxHead, roi_bucket: int = 0, recompute: bool = False) -> None:
+        if recompute and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in head.modules()):
+            # Training-mode BatchNorm mixes RoIs and would update its running statistics twice.
+            raise ValueError("recomputing the per-RoI head needs frozen norms (FrozenBN), not BN / SyncBN")
+        super().__init__(head, head.out_channels)
+        self.roi_bucket = roi_bucket
+        self.recompute = recompute
+
+    def forward(self, rois: Union[torch.Tensor, DeferredRoIs]) -> torch.Tensor:
+        if isinstance(rois, DeferredRoIs) or (self.recompute and self.training and torch.is_grad_enabled()):
+            return self._recomputed(rois)
+        count = rois.shape[0]
+        padding = -count % self.roi_bucket if self.roi_bucket and not self.training else 0
+        if padding:
+            rois = torch.cat([rois, rois.new_zeros((padding, *rois.shape[1:]))])
+        return super().forward(rois)[:count]
+
+    def _recomputed(self, rois: Union[torch.Tensor, DeferredRoIs]) -> torch.Tensor:
+        pooled = rois.pooled if isinstance(rois, DeferredRoIs) else lambda start, stop: rois[start:stop]
+        if len(rois) == 0:
+            return super().forward(pooled(0, 0))
+        chunk = self.recompute_chunk
+        return torch.cat([
+            checkpoint(lambda start: C4BoxHead.forward(self, pooled(start, start + chunk)), start, use_reentrant=False)
+            for start in range(0, len(rois), chunk)
+        ])
+
+
+def fast_box_head(head: C4BoxHead, recompute: bool = False, device: Device = None) -> C4BoxHead:
+    """The per-RoI head in its form for ``device`` (buckets on CUDA) and ``recompute``; the plain head
+    if neither applies. Shares ``head``'s modules."""
+    bucket = ROI_BUCKET if torch.device(device or "cpu").type == "cuda" else 0
+    plain = C4BoxHead(head, head.out_channels)
+    return (FastBoxHead(plain, bucket, recompute) if bucket or recompute else plain).train(head.training)
+
+
+def fast_pooler(pooler: RoIPooler, roi_align: str = "auto", defer: bool = False, device: Device = None) -> RoIPooler:
+    """The pooler with RoIAlign in form ``roi_align`` (``ROI_ALIGN_IMPLS``, "auto" by ``device``),
+    deferring in training when ``defer`` (for a recomputing head)."""
+    if roi_align not in ROI_ALIGN_IMPLS:
+        raise ValueError(f"unknown RoIAlign form '{roi_align}': expected one of {', '.join(ROI_ALIGN_IMPLS)}")
+    while isinstance(pooler, DeferringRoIPooler):
+        pooler = pooler.pooler
+    separable = roi_align == "separable" or (roi_align == "auto" and torch.device(device or "cpu").type == "cpu")
+    arguments = (pooler.feature_name, pooler.output_size, pooler.spatial_scale, pooler.sampling_ratio, pooler.aligned)
+    training = pooler.training
+    pooler = SeparableRoIPooler(*arguments) if separable else RoIPooler(*arguments)
+    return (DeferringRoIPooler(pooler) if defer else pooler).train(training)
+
+
+def apply_speed_forms(
+    model: nn.Module,
+    conv: str = "auto",
+    roi_align: str = "auto",
+    rpn_nms: str = "torchvision",
+    recompute_box_head: bool = False,
+    device: Device = None,
+) -> nn.Module:
+    """Rewrite a built C4 detector (``FasterRCNNC4``) into the given forms for running on ``device``
+    (default CPU), in place; returns it. Earlier forms are replaced, so ``**PLAIN`` restores the
+    detector as built. Apply it last, after weights are loaded and the model is on ``device``."""
+    if rpn_nms not in RPN_NMS_IMPLS:
+        raise ValueError(f"unknown RPN NMS form '{rpn_nms}': expected one of {', '.join(RPN_NMS_IMPLS)}")
+    apply_conv_form(model, conv, device)
+    roi_heads = model.roi_heads
+    roi_heads.box_roi_pool = fast_pooler(roi_heads.box_roi_pool, roi_align, recompute_box_head, device)
+    roi_heads.box_head = fast_box_head(roi_heads.box_head, recompute_box_head, device)
+    # Same state, another proposal selection (the RPN's constructor cannot take an existing RPN's parts).
+    model.rpn.__class__ = BatchedProposalRPN if rpn_nms == "batched" else C4RegionProposalNetwork
+    return model
+
+
+def speed_options(cfg: CfgNode) -> Dict[str, Any]:
+    """``apply_speed_forms``' options from SHUFFLENET_DET (ConfigError for a value it does not know)."""
+    options = cfg.SHUFFLENET_DET
+    for key, value, known in (
+        ("CONV_IMPL", options.CONV_IMPL, CONV_IMPLS),
+        ("ROI_ALIGN_IMPL", options.ROI_ALIGN_IMPL, ROI_ALIGN_IMPLS),
+        ("RPN_NMS_IMPL", options.RPN_NMS_IMPL, RPN_NMS_IMPLS),
+    ):
+        if value not in known:
+            raise ConfigError(f"SHUFFLENET_DET.{key} must be one of {', '.join(known)}, got {value!r}")
+    return dict(
+        conv=options.CONV_IMPL,
+        roi_align=options.ROI_ALIGN_IMPL,
+        rpn_nms=options.RPN_NMS_IMPL,
+        recompute_box_head=bool(options.RECOMPUTE_BOX_HEAD),
+    )

@@ -1,0 +1,144 @@
+"""Faster forms of ``ConvNormAct`` and ShuffleNet's shuffle, applied to a built model (``apply_conv_form``).
+
+The networks' modules compute the paper's maths plainly. A form rewrites a built model in place into
+modules that compute the same function and the same gradients (tests compare both) with fewer or
+better-suited kernels; the modules keep their names, parameters and buffers, so state dicts and
+checkpoints are the same in every form. Forms (``CONV_IMPLS``, the values of SHUFFLENET_DET.CONV_IMPL):
+
+- "modules": as built.
+- "folded": a FrozenBatchNorm2d is folded into its conv's weight and bias at each call: one kernel,
+  no separate norm output (float32 under autocast), and gradients still reach the conv weight.
+  Trainable BatchNorm stays a module after the conv.
+- "dense": folded, and grouped 1x1 convs run as ordinary ones with a block-diagonal weight (GPU
+  matrix units run those far better than grouped kernels; on a CPU they cost about 1.5x more). Where
+  a unit's ``compress`` then is a folded ungrouped conv, the shuffle becomes the order of its weight's
+  rows (no separate copy).
+- "auto": "dense" on CUDA devices, else "folded".
+
+Hooks on the conv modules (``analysis.count_mult_adds_while``) see them run only in "modules".
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import FrozenBatchNorm2d
+
+from .layers import ChannelShuffle, ConvNormAct
+from .shufflenet import ShuffleUnit
+
+CONV_IMPLS = ("auto", "modules", "folded", "dense")
+
+
+def block_diagonal_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped 1x1 conv weight [out, in/groups, 1, 1] as the equivalent dense weight [out, in, 1, 1]."""
+    out_channels, in_per_group = weight.shape[:2]
+    blocks = weight.reshape(groups, out_channels // groups, in_per_group).unbind(0)
+    return torch.block_diag(*blocks).reshape(out_channels, in_per_group * groups, 1, 1)
+
+
+def fold_norm(weight: torch.Tensor, bias: Optional[torch.Tensor], norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight and bias that compute ``norm(conv(x))`` in one convolution, for a FrozenBatchNorm2d
+    or an eval-mode BatchNorm (differentiable in ``weight`` and ``bias``)."""
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_mean is None:
+        raise ValueError(f"{type(norm).__name__} without running statistics cannot be folded")
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if bias is not None:
+        shift = shift + bias * scale
+    return weight * scale.reshape(-1, 1, 1, 1), shift
+
+
+class FoldedConvNormAct(ConvNormAct):
+    """A ConvNormAct computed as one convolution: FrozenBatchNorm2d folded into the weight at each call,
+    ``dense`` grouped 1x1 convs with a block-diagonal weight, output channels in ``output_order``."""
+
+    dense = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        weight, bias, groups = conv.weight, conv.bias, conv.groups
+        if self.dense:
+            weight, groups = block_diagonal_weight(weight, groups), 1
+        folded = isinstance(self.norm, FrozenBatchNorm2d)
+        if folded:
+            weight, bias = fold_norm(weight, bias, self.norm)
+        if self.output_order is not None:
+            weight, bias = weight[self.output_order], bias[self.output_order]
+        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
+        if not folded:
+            x = self.norm(x)
+        return self.act(x) if "act" in self._modules else x
+
+
+class FoldedShuffle(ChannelShuffle):
+    """A shuffle done already by the ``compress`` conv before it (its ``output_order``): passes ``x`` on.
+
+    It still reports its permutation (``ShuffleNetV1.shuffle_layout``); changing it would leave the
+    conv's order stale, so that is refused.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def inverse(self) -> bool:
+        return self.__dict__["inverse"]
+
+    @inverse.setter
+    def inverse(self, value: bool) -> None:
+        raise ValueError("the shuffle is folded into the compress conv: set the layout before apply_conv_form")
+
+
+def apply_conv_form(model: nn.Module, form: str, device: Union[str, torch.device, None] = None) -> nn.Module:
+    """Rewrite every ConvNormAct (and ShuffleNet shuffle) of ``model`` into ``form`` (``CONV_IMPLS``), in
+    place; "auto" picks by ``device`` (where the model runs; default CPU). Returns ``model``.
+
+    Any earlier form is undone first, so "modules" restores the model as built. Apply it last: after
+    weights and their structure (shuffle layout) are loaded.
+    """
+    if form not in CONV_IMPLS:
+        raise ValueError(f"unknown conv form '{form}': expected one of {', '.join(CONV_IMPLS)}")
+    if form == "auto":
+        form = "dense" if torch.device(device or "cpu").type == "cuda" else "folded"
+    for module in model.modules():
+        # Same children and state, another forward: the rewrite swaps the class.
+        if isinstance(module, FoldedConvNormAct):
+            module.__class__ = ConvNormAct
+            module.__dict__.pop("dense", None)
+            module._buffers.pop("output_order", None)
+        elif isinstance(module, FoldedShuffle):
+            module.__class__ = ChannelShuffle
+    if form == "modules":
+        return model
+    for module in model.modules():
+        if isinstance(module, ConvNormAct):
+            conv = module.conv
+            dense = form == "dense" and conv.groups > 1 and conv.kernel_size == (1, 1)
+            if dense or isinstance(module.norm, FrozenBatchNorm2d):
+                module.__class__ = FoldedConvNormAct
+                module.dense = dense
+                module.register_buffer("output_order", None, persistent=False)
+    if form == "dense":
+        for unit in model.modules():
+            if isinstance(unit, ShuffleUnit) and isinstance(unit.shuffle, ChannelShuffle):
+                _fold_shuffle(unit)
+    return model
+
+
+def _fold_shuffle(unit: ShuffleUnit) -> None:
+    compress = unit.compress
+    if not isinstance(compress, FoldedConvNormAct) or not isinstance(compress.norm, FrozenBatchNorm2d):
+        return  # a trainable BatchNorm's statistics follow the unshuffled channels
+    if compress.conv.groups > 1 and not compress.dense:
+        return
+    order = unit.shuffle.permutation(compress.conv.out_channels, compress.conv.weight.device)
+    compress.output_order = order
+    unit.shuffle.__class__ = FoldedShuffle
