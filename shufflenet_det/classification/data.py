@@ -23,6 +23,8 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from ..config.loading import ConfigError
+from ..data.box_crops import write_box_crops
+from ..data.catalog import DatasetError, UnknownDatasetError
 from ..engine.data_workers import SignalSafeDataLoader
 from ..engine.errors import EngineError, SetupError
 from ..utils.distributed import get_rank, get_world_size
@@ -283,8 +285,27 @@ def split_folder(root: Path, split: str) -> Path:
     return folder
 
 
+def ensure_box_crops(cfg: CfgNode) -> None:
+    """With CLASSIFICATION.BOX_CROPS_OF, write the detection datasets' box crops to DATASET_ROOT unless there."""
+    sources = list(cfg.CLASSIFICATION.BOX_CROPS_OF)
+    if not sources:
+        return
+    splits = [cfg.CLASSIFICATION.TRAIN_SPLIT, cfg.CLASSIFICATION.VAL_SPLIT]
+    if len(sources) != len(splits):
+        raise ConfigError(
+            f"CLASSIFICATION.BOX_CROPS_OF needs two detection datasets (for {splits[0]} and {splits[1]}), got {sources}"
+        )
+    if not cfg.CLASSIFICATION.DATASET_ROOT:
+        raise ConfigError("CLASSIFICATION.BOX_CROPS_OF needs CLASSIFICATION.DATASET_ROOT: the folder to write the crops to")
+    try:
+        write_box_crops(dict(zip(splits, sources)), dataset_root(cfg), seed=max(int(cfg.SEED), 0))
+    except (DatasetError, UnknownDatasetError) as error:
+        raise ConfigError(f"CLASSIFICATION.BOX_CROPS_OF: {error}") from None
+
+
 def build_dataset(cfg: CfgNode, split: str, transform: Callable) -> ImageFolderDataset:
     """The ``split`` folder of the configured dataset, checked against CLASSIFICATION.NUM_CLASSES."""
+    ensure_box_crops(cfg)
     folder = split_folder(dataset_root(cfg), split)
     try:
         dataset = ImageFolderDataset(folder, transform)

@@ -21,6 +21,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config.loading import ConfigError, config_dir, load_config
+from ..data import DatasetError, add_register_coco_argument, register_coco_datasets
 from ..detection.backbone import build_backbone
 from ..detection.speed import speed_options
 from ..engine import (
@@ -189,6 +190,7 @@ def argument_parser() -> argparse.ArgumentParser:
         help="measure training and inference images/s on random data (SOLVER.IMS_PER_BATCH images per step)",
     )
     parser.add_argument("--benchmark-iters", type=int, default=20, help="timed iterations of --benchmark")
+    add_register_coco_argument(parser)  # detection datasets for CLASSIFICATION.BOX_CROPS_OF
     return parser
 
 
@@ -196,13 +198,14 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of every process: ``--benchmark``, ``--eval-only`` or training. Config problems are
     reported as ``SetupError`` (one line, exit status 2)."""
     try:
+        register_coco_datasets(args.register_coco)
         cfg = load_classification_config(args.config, args.opts)
         if args.benchmark:
             return run_benchmark(cfg, args.benchmark_iters)
         if args.eval_only:
             return run_evaluation(cfg, args)
         return run_training(cfg, args)
-    except ConfigError as error:
+    except (ConfigError, DatasetError) as error:
         raise SetupError(str(error)) from None
 
 

@@ -226,6 +226,10 @@ _C.CLASSIFICATION = CN()
 # Folder holding TRAIN_SPLIT/ and VAL_SPLIT/, each with one sub-folder of images per class
 # (ImageNet's layout). Empty: the IMAGENET environment variable.
 _C.CLASSIFICATION.DATASET_ROOT = ""
+# Detection datasets (names, e.g. ("synthetic_train", "synthetic_val")) whose boxes become the classes'
+# images, one per split in the order (TRAIN_SPLIT, VAL_SPLIT), plus "background" windows: the paper's
+# ImageNet pretraining in miniature (shufflenet_det.data.box_crops). Written to DATASET_ROOT on first use.
+_C.CLASSIFICATION.BOX_CROPS_OF = ()
 _C.CLASSIFICATION.TRAIN_SPLIT = "train"
 _C.CLASSIFICATION.VAL_SPLIT = "val"
 # Must equal the number of class folders of the dataset.

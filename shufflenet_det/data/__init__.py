@@ -4,7 +4,16 @@ dataset, the dataset mapper, samplers and loaders. See docs/data.md."""
 from .build import TestLoader, TrainLoader, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from .builtin import COCO_SPLITS, SYNTHETIC_SPLITS, datasets_root, register_builtin_datasets
 from .catalog import DatasetCatalog, DatasetError, DatasetNotFoundError, Metadata, MetadataCatalog, UnknownDatasetError
-from .coco import BOX_MODE_XYWH_ABS, BOX_MODE_XYXY_ABS, COCO_CATEGORIES, COCO_THING_CLASSES, load_coco_json, register_coco_instances
+from .coco import (
+    BOX_MODE_XYWH_ABS,
+    BOX_MODE_XYXY_ABS,
+    COCO_CATEGORIES,
+    COCO_THING_CLASSES,
+    add_register_coco_argument,
+    load_coco_json,
+    register_coco_datasets,
+    register_coco_instances,
+)
 from .mapper import DatasetMapper, ImageReadError, read_image
 from .samplers import InferenceSampler, TrainingSampler, aspect_ratio_group, batch_stream
 from .synthetic import (
@@ -38,6 +47,7 @@ __all__ = [
     "TrainLoader",
     "TrainingSampler",
     "UnknownDatasetError",
+    "add_register_coco_argument",
     "aspect_ratio_group",
     "batch_stream",
     "build_detection_test_loader",
@@ -49,6 +59,7 @@ __all__ = [
     "load_coco_json",
     "read_image",
     "register_builtin_datasets",
+    "register_coco_datasets",
     "register_coco_instances",
     "verify_synthetic_dataset",
 ]

@@ -144,6 +144,25 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str] 
     return dataset_dicts
 
 
+def add_register_coco_argument(parser: Any) -> None:
+    """``--register-coco NAME JSON IMAGE_ROOT`` (repeatable) on an ``argparse`` parser; see ``register_coco_datasets``."""
+    parser.add_argument(
+        "--register-coco",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME for DATASETS.TRAIN/TEST or CLASSIFICATION.BOX_CROPS_OF (repeatable)",
+    )
+
+
+def register_coco_datasets(entries: Optional[Sequence[Sequence[str]]]) -> None:
+    """Register each ``(name, json_file, image_root)`` of ``--register-coco``; a taken name is a DatasetError."""
+    for name, json_file, image_root in entries or ():
+        if name in DatasetCatalog.list():
+            raise DatasetError(f"--register-coco: the name '{name}' is taken by another dataset: choose another NAME")
+        register_coco_instances(name, json_file, image_root)
+
+
 def register_coco_instances(name: str, json_file: str, image_root: str, metadata: Optional[dict] = None) -> None:
     """Register a COCO-format dataset: its dicts load lazily from ``json_file`` when first asked for.
 

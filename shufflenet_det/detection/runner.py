@@ -28,8 +28,9 @@ from ..data import (
     UnknownDatasetError,
     build_detection_test_loader,
     build_detection_train_loader,
+    add_register_coco_argument,
     read_image,
-    register_coco_instances,
+    register_coco_datasets,
 )
 from ..engine import (
     SetupError,
@@ -209,10 +210,7 @@ def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from ``--config`` and the trailing overrides, extra datasets, then the engine's start-up."""
     cfg = load_config(args.config, args.opts)
-    for name, json_file, image_root in args.register_coco or ():
-        if name in DatasetCatalog.list():
-            raise ConfigError(f"--register-coco: the name '{name}' is taken by another dataset: choose another NAME")
-        register_coco_instances(name, json_file, image_root)
+    register_coco_datasets(args.register_coco)
     default_setup(cfg, args)
     return cfg
 
@@ -231,13 +229,7 @@ def main(args: argparse.Namespace) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The detection-specific options of train_net.py."""
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME for DATASETS.TRAIN/TEST (repeatable)",
-    )
+    add_register_coco_argument(parser)
     parser.add_argument(
         "--engine",
         choices=("torchvision", "detectron2"),

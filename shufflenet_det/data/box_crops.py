@@ -1,0 +1,144 @@
+"""A detection dataset's boxes as a classification dataset: the paper's ImageNet pretraining in miniature.
+
+Each non-crowd box becomes one image of its class (with some context around it), and windows that
+overlap no box become the class "background". Written in the ImageNet layout that
+``tools/train_cls.py`` reads (``ROOT/<split>/<class>/<image>.jpg``), so a backbone can be trained
+as a classifier on the objects it will later detect, then loaded as the detector's MODEL.WEIGHTS.
+
+Works on any registered detection dataset (the builtin synthetic splits, ``--register-coco`` ones).
+A folder is written next to it under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
+from .mapper import read_image
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND = "background"
+# Boxes this small (in pixels, either side) carry too little to classify.
+MIN_BOX_SIDE = 6
+
+
+def _context_window(box: np.ndarray, context: float, width: int, height: int) -> Tuple[int, int, int, int]:
+    """A square window around ``box`` (XYXY), ``context`` times its longer side, clipped to the image."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half = max(box[2] - box[0], box[3] - box[1]) * context / 2
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    x1, y1 = int(min(width, np.ceil(cx + half))), int(min(height, np.ceil(cy + half)))
+    return x0, y0, x1, y1
+
+
+def _overlap_fraction(window: np.ndarray, boxes: np.ndarray) -> float:
+    """The largest share of any box's area that ``window`` (XYXY) covers."""
+    if len(boxes) == 0:
+        return 0.0
+    width = np.clip(np.minimum(window[2], boxes[:, 2]) - np.maximum(window[0], boxes[:, 0]), 0, None)
+    height = np.clip(np.minimum(window[3], boxes[:, 3]) - np.maximum(window[1], boxes[:, 1]), 0, None)
+    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
+    return float((width * height / areas).max())
+
+
+def _background_windows(
+    rng: np.random.Generator, boxes: np.ndarray, sides: Sequence[float], width: int, height: int, count: int
+) -> List[Tuple[int, int, int, int]]:
+    """Up to ``count`` square windows, sized like the image's objects, that cover under 10% of any box."""
+    windows: List[Tuple[int, int, int, int]] = []
+    for _ in range(count * 20):
+        if len(windows) == count:
+            break
+        side = float(rng.choice(sides)) if len(sides) else rng.uniform(16, 96)
+        side = min(side, width, height)
+        x0, y0 = rng.uniform(0, width - side), rng.uniform(0, height - side)
+        window = np.array([x0, y0, x0 + side, y0 + side])
+        if _overlap_fraction(window, boxes) < 0.1:
+            windows.append(tuple(int(v) for v in window.round()))
+    return windows
+
+
+def write_box_crops(
+    dataset_names: Dict[str, str],
+    root: Union[str, os.PathLike],
+    image_size: int = 64,
+    context: float = 1.3,
+    background_per_image: int = 1,
+    seed: int = 0,
+) -> Path:
+    """Write ``root/<split>/<class>/*.jpg`` for ``{split: detection dataset name}``; returns ``root``.
+
+    Every crop is resized to ``image_size`` x ``image_size``. Classes are the datasets' ``thing_classes``
+    plus "background" (``background_per_image`` windows per image). An existing ``root`` is left as it
+    is, so that a second run reuses it (delete it to regenerate).
+    """
+    root = Path(root)
+    if root.exists():
+        logger.info("Box crops already at %s (delete the folder to regenerate)", root)
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        for split, name in dataset_names.items():
+            counts = _write_split(staging / split, name, image_size, context, background_per_image, seed)
+            logger.info("Box crops of %s -> %s/%s: %s", name, root, split, ", ".join(f"{c} {n}" for c, n in counts.items()))
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
+def box_crop_classes(dataset_name: str) -> List[str]:
+    """The class folders ``write_box_crops`` makes for a dataset, in the order ImageFolder sorts them."""
+    return sorted(list(_thing_classes(dataset_name)) + [BACKGROUND])
+
+
+def _thing_classes(dataset_name: str) -> Sequence[str]:
+    DatasetCatalog.get(dataset_name)  # loading a COCO file sets its metadata
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
+    if not classes:
+        raise DatasetError(f"dataset '{dataset_name}' has no thing_classes: cannot name its box crops")
+    if BACKGROUND in classes:
+        raise DatasetError(f"dataset '{dataset_name}' has a class named '{BACKGROUND}', the name box crops give to empty windows")
+    return classes
+
+
+def _write_split(
+    folder: Path, dataset_name: str, image_size: int, context: float, background_per_image: int, seed: int
+) -> Dict[str, int]:
+    classes = _thing_classes(dataset_name)
+    rng = np.random.default_rng(seed)
+    counts = {name: 0 for name in list(classes) + [BACKGROUND]}
+    for name in counts:
+        (folder / name).mkdir(parents=True)
+    for record in DatasetCatalog.get(dataset_name):
+        image = read_image(record["file_name"], "BGR")
+        height, width = image.shape[:2]
+        annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
+        crops = []
+        for index, (annotation, box) in enumerate(zip(annotations, boxes)):
+            if min(box[2] - box[0], box[3] - box[1]) >= MIN_BOX_SIDE:
+                crops.append((classes[annotation["category_id"]], index, _context_window(box, context, width, height)))
+        sides = [max(b[2] - b[0], b[3] - b[1]) * context for b in boxes]
+        for index, window in enumerate(_background_windows(rng, boxes, sides, width, height, background_per_image)):
+            crops.append((BACKGROUND, index, window))
+        for class_name, index, (x0, y0, x1, y1) in crops:
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            crop = cv2.resize(image[y0:y1, x0:x1], (image_size, image_size), interpolation=cv2.INTER_AREA)
+            path = folder / class_name / f"{record['image_id']}_{index}.jpg"
+            cv2.imwrite(str(path), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            counts[class_name] += 1
+    return counts
