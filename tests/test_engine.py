@@ -207,7 +207,7 @@ def test_scheduler_state_round_trip_and_group_factors():
     fresh_optimizer = build_optimizer(cfg, nn.Linear(3, 2))
     fresh = build_lr_scheduler(cfg, fresh_optimizer)
     fresh.load_state_dict(scheduler.state_dict())
-    assert fresh.last_iter == 23
+    assert fresh.last_epoch == 23
     assert fresh.get_last_lr() == scheduler.get_last_lr()
 
 
