@@ -18,7 +18,7 @@ from .defaults import (
     set_deterministic,
 )
 from .errors import EngineError, NonFiniteLossError, SetupError, TrainingInterrupted
-from .events import EventStorage, HistoryBuffer
+from .events import EventStorage
 from .hooks import (
     EvalHook,
     HookBase,
@@ -49,7 +49,6 @@ __all__ = [
     "EvalHook",
     "EventStorage",
     "EventWriter",
-    "HistoryBuffer",
     "HookBase",
     "IterationTimer",
     "JSONWriter",
