@@ -359,6 +359,16 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, caplog):
         _checkpointer(tmp_path, nn.Linear(3, 2)).resume_or_load(None, resume=True)
 
 
+def test_pointer_to_a_deleted_checkpoint_falls_back(tmp_path, caplog):
+    checkpointer = _checkpointer(tmp_path, nn.Linear(3, 2))
+    for iteration in (2, 4):
+        checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
+    (tmp_path / "model_0000004.pth").unlink()
+    with caplog.at_level(logging.ERROR):
+        assert _checkpointer(tmp_path, nn.Linear(3, 2)).resume_or_load(None, resume=True)["iteration"] == 2
+    assert "checkpoint not found" in caplog.text
+
+
 def test_load_weights_only_strips_ddp_prefix_and_skips_mismatched_shapes(tmp_path, caplog):
     source = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     state = {f"module.{k}": v for k, v in source.state_dict().items()}
