@@ -133,6 +133,67 @@ def test_linear_decay_to_zero_like_the_imagenet_recipe():
     assert lrs[320] == 0.0  # clamped past MAX_ITER
 
 
+# Learning rates computed by the schedules before they were rebuilt on fvcore and LambdaLR (commit a6e5ad9):
+# a rewrite must reproduce them exactly, at every iteration index, including MAX_ITER (the rate left in
+# the optimizer after the last step, saved in model_final.pth) and past it.
+LR_TABLE = {
+    "multistep_linear_warmup": (
+        ["BASE_LR", 0.02, "MAX_ITER", 20, "STEPS", (8, 14, 20), "GAMMA", 0.1, "WARMUP_ITERS", 5, "WARMUP_FACTOR", 0.001],
+        {0: 2e-05, 1: 0.0040160000000000005, 2: 0.008012, 3: 0.012008, 4: 0.016004, 5: 0.02, 6: 0.02, 7: 0.02,
+         8: 0.002, 9: 0.002, 10: 0.002, 11: 0.002, 12: 0.002, 13: 0.002, 14: 0.00020000000000000004,
+         15: 0.00020000000000000004, 16: 0.00020000000000000004, 17: 0.00020000000000000004,
+         18: 0.00020000000000000004, 19: 0.00020000000000000004, 20: 2.0000000000000005e-05},
+    ),
+    "cosine_constant_warmup": (
+        ["LR_SCHEDULER_NAME", "WarmupCosineLR", "BASE_LR", 0.1, "BASE_LR_END", 0.001, "MAX_ITER", 20,
+         "WARMUP_ITERS", 4, "WARMUP_FACTOR", 0.25, "WARMUP_METHOD", "constant"],
+        {0: 0.025, 1: 0.024847643214864833, 2: 0.024394324389152528, 3: 0.023651205736831053,
+         4: 0.09054634122155991, 5: 0.0855017856687341, 6: 0.07959536998847742, 7: 0.07297252973710756,
+         8: 0.0657963412215599, 9: 0.05824350601949144, 10: 0.0505, 11: 0.04275649398050857,
+         12: 0.03520365877844011, 13: 0.028027470262892436, 14: 0.021404630011522586, 15: 0.015498214331265903,
+         16: 0.010453658778440107, 17: 0.006395177052675795, 18: 0.0034227024433899004, 19: 0.001609427140540686,
+         20: 0.001},
+    ),
+    "linear_to_end": (
+        ["LR_SCHEDULER_NAME", "WarmupLinearLR", "BASE_LR", 0.5, "BASE_LR_END", 0.01, "MAX_ITER", 20,
+         "WARMUP_ITERS", 3, "WARMUP_FACTOR", 0.1],
+        {0: 0.05, 1: 0.1902, 2: 0.3157, 3: 0.4265, 4: 0.402, 5: 0.3775, 6: 0.353, 7: 0.3285, 8: 0.304, 9: 0.2795,
+         10: 0.255, 11: 0.23049999999999998, 12: 0.20600000000000002, 13: 0.1815, 14: 0.15700000000000003,
+         15: 0.1325, 16: 0.10799999999999997, 17: 0.0835, 18: 0.05899999999999999, 19: 0.034500000000000024,
+         20: 0.01, 21: 0.01, 22: 0.01},
+    ),
+    "linear_to_zero": (
+        ["LR_SCHEDULER_NAME", "WarmupLinearLR", "BASE_LR", 0.5, "BASE_LR_END", 0.0, "MAX_ITER", 300000,
+         "WARMUP_ITERS", 0],
+        {0: 0.5, 1: 0.4999983333333333, 75000: 0.375, 150000: 0.25, 299999: 1.6666666666775853e-06, 300000: 0.0},
+    ),
+    "detection_1x": (
+        ["BASE_LR", 0.02, "MAX_ITER", 90000, "STEPS", (60000, 80000), "WARMUP_ITERS", 1000, "WARMUP_FACTOR", 0.001],
+        {0: 2e-05, 1: 3.998e-05, 500: 0.01001, 999: 0.01998002, 1000: 0.02, 59999: 0.02, 60000: 0.002,
+         79999: 0.002, 80000: 0.00020000000000000004, 89999: 0.00020000000000000004, 90000: 0.00020000000000000004},
+    ),
+    "long_multistep": (  # over 1e6 iterations, where a schedule of the training fraction could round a step off
+        ["BASE_LR", 0.01, "MAX_ITER", 3000000, "STEPS", (2000000, 2500000), "WARMUP_ITERS", 1000],
+        {1999999: 0.01, 2000000: 0.001, 2499999: 0.001, 2500000: 0.00010000000000000002,
+         3000000: 0.00010000000000000002},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LR_TABLE))
+def test_schedules_reproduce_the_table(name):
+    overrides, expected = LR_TABLE[name]
+    cfg = get_cfg()
+    cfg.SOLVER.merge_from_list(overrides)
+    scheduler = build_lr_scheduler(cfg, _optimizer(cfg.SOLVER.BASE_LR))
+    for iteration, lr in expected.items():
+        scheduler.set_iteration(iteration)
+        assert scheduler.get_last_lr()[0] == lr, iteration
+    if len(expected) > 20:  # stepping, as training does, gives the same rates
+        stepped = build_lr_scheduler(cfg, _optimizer(cfg.SOLVER.BASE_LR))
+        assert _lrs(stepped, set(expected)) == expected
+
+
 def test_scheduler_state_round_trip_and_group_factors():
     cfg = get_cfg()
     cfg.SOLVER.merge_from_list(
@@ -147,7 +208,7 @@ def test_scheduler_state_round_trip_and_group_factors():
     fresh_optimizer = build_optimizer(cfg, nn.Linear(3, 2))
     fresh = build_lr_scheduler(cfg, fresh_optimizer)
     fresh.load_state_dict(scheduler.state_dict())
-    assert fresh.last_iter == 23
+    assert fresh.last_epoch == 23
     assert fresh.get_last_lr() == scheduler.get_last_lr()
 
 
@@ -315,6 +376,16 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, caplog):
     (tmp_path / "model_0000002.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         _checkpointer(tmp_path, nn.Linear(3, 2)).resume_or_load(None, resume=True)
+
+
+def test_pointer_to_a_deleted_checkpoint_falls_back(tmp_path, caplog):
+    checkpointer = _checkpointer(tmp_path, nn.Linear(3, 2))
+    for iteration in (2, 4):
+        checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
+    (tmp_path / "model_0000004.pth").unlink()
+    with caplog.at_level(logging.ERROR):
+        assert _checkpointer(tmp_path, nn.Linear(3, 2)).resume_or_load(None, resume=True)["iteration"] == 2
+    assert "checkpoint not found" in caplog.text
 
 
 def test_load_weights_only_strips_ddp_prefix_and_skips_mismatched_shapes(tmp_path, caplog):

@@ -30,11 +30,12 @@ from typing import Tuple
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..modeling.layers import ChannelShuffle
 from ..modeling.shufflenet import ShuffleUnit
-from ..modeling.speed import apply_conv_form, block_diagonal_weight, fold_norm
+from ..modeling.speed import apply_conv_form, block_diagonal_weight
 
 POINTWISE_MODES = ("grouped", "dense", "matmul")
 SHUFFLE_MODES = ("reshape", "gather", "fold")
@@ -52,16 +53,6 @@ def deploy_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-@torch.no_grad()
-def fuse_conv_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    """A new convolution (with bias) computing ``norm(conv(x))`` for an eval-mode norm layer."""
-    weight, bias = fold_norm(conv.weight, conv.bias, norm)
-    fused = copy.deepcopy(conv)
-    fused.weight.copy_(weight)
-    fused.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
-    return fused
-
-
 def _fold_in_place(module: nn.Module) -> None:
     for child in module.children():
         _fold_in_place(child)
@@ -71,8 +62,9 @@ def _fold_in_place(module: nn.Module) -> None:
     names = list(module._modules)
     for previous, name in zip(names, names[1:]):
         conv, norm = module._modules[previous], module._modules[name]
-        if isinstance(conv, nn.Conv2d) and isinstance(norm, _NORMS):
-            module._modules[previous] = fuse_conv_norm(conv, norm)
+        # A BatchNorm without running statistics normalizes by each batch's: it cannot be folded.
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, _NORMS) and norm.running_mean is not None:
+            module._modules[previous] = fuse_conv_bn_eval(conv, norm)
             module._modules[name] = None
     for name in [name for name in names if module._modules[name] is None]:
         del module._modules[name]
@@ -81,8 +73,9 @@ def _fold_in_place(module: nn.Module) -> None:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every BatchNorm / FrozenBatchNorm2d folded into the conv before it.
 
-    Folding happens where a norm layer directly follows a ``Conv2d`` inside an ``nn.Sequential``
-    (ConvNormAct and torchvision's conv blocks); other norm layers are kept.
+    Folding (torch's ``fuse_conv_bn_eval``) happens where a norm layer with running statistics directly
+    follows a ``Conv2d`` inside an ``nn.Sequential`` (ConvNormAct and torchvision's conv blocks); other
+    norm layers are kept.
     """
     model = deploy_copy(model)
     _fold_in_place(model)

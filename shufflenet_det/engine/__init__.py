@@ -18,7 +18,7 @@ from .defaults import (
     set_deterministic,
 )
 from .errors import EngineError, NonFiniteLossError, SetupError, TrainingInterrupted
-from .events import EventStorage, HistoryBuffer
+from .events import EventStorage
 from .hooks import (
     EvalHook,
     HookBase,
@@ -37,13 +37,7 @@ from .launch import (
     report_error,
     started_by_torchrun,
 )
-from .lr_scheduler import (
-    WarmupCosineLR,
-    WarmupLinearLR,
-    WarmupLRScheduler,
-    WarmupMultiStepLR,
-    build_lr_scheduler,
-)
+from .lr_scheduler import WarmupLRScheduler, build_lr_scheduler
 from .optimizer import add_gradient_clipping, build_optimizer, get_param_groups
 from .trainer import Trainer, move_to_device
 from .writers import ConsoleWriter, EventWriter, JSONWriter, TensorboardWriter, default_writers, max_memory_mb
@@ -55,7 +49,6 @@ __all__ = [
     "EvalHook",
     "EventStorage",
     "EventWriter",
-    "HistoryBuffer",
     "HookBase",
     "IterationTimer",
     "JSONWriter",
@@ -68,10 +61,7 @@ __all__ = [
     "TensorboardWriter",
     "Trainer",
     "TrainingInterrupted",
-    "WarmupCosineLR",
     "WarmupLRScheduler",
-    "WarmupLinearLR",
-    "WarmupMultiStepLR",
     "WorkerSignalGuard",
     "add_gradient_clipping",
     "build_checkpointer",

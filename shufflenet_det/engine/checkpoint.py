@@ -1,4 +1,5 @@
-"""Checkpoints of the whole training state, atomic saves, rotation, and resume with fallback.
+"""Checkpoints of the whole training state on fvcore's ``Checkpointer``, with what it lacks: atomic saves,
+rotation that survives a resume, RNG states, ``weights_only`` loading, and resume with fallback.
 
 A checkpoint is a ``torch.save`` of plain containers and tensors only (loadable with
 ``weights_only=True``): ``{"model", "optimizer", "scheduler", <other checkpointables>, "iteration",
@@ -9,6 +10,7 @@ iterations, so a resumed run starts its loop at ``iteration``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
+from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 from fvcore.common.config import CfgNode
 from torch import nn
 
@@ -95,20 +98,18 @@ def set_rng_state(state: Dict[str, Any]) -> None:
             )
 
 
-def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
-    if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return state_dict
+class Checkpointer(_FvcoreCheckpointer):
+    """fvcore's ``Checkpointer`` of ``model`` and the ``checkpointables`` (optimizer, scheduler, grad_scaler,
+    ...: objects with ``state_dict`` / ``load_state_dict``) in ``save_dir``, with these changes:
 
-
-class Checkpointer:
-    """Saves and restores ``model`` and the ``checkpointables`` (objects with ``state_dict`` /
-    ``load_state_dict``: optimizer, scheduler, grad_scaler, ...) in ``save_dir``.
-
-    Only the main process writes files; ``save`` is collective under DDP (it gathers every rank's RNG
-    state), so call it on all ranks. ``keep_last`` periodic checkpoints (``model_NNNNNNN.pth``) are kept
-    (0 keeps all); other names such as ``model_final.pth`` are never deleted. ``extra_data`` (plain values)
-    goes into every checkpoint, e.g. ``{"meta": ...}`` describing the model; callers may update it.
+    - ``save`` writes atomically and only on the main process, adds the config, every rank's RNG state and
+      ``extra_data`` (plain values, e.g. ``{"meta": ...}``; callers may update it), and keeps the newest
+      ``keep_last`` periodic checkpoints (``model_NNNNNNN.pth``; 0 keeps all; other names such as
+      ``model_final.pth`` are never deleted). It is collective under DDP (it gathers the RNG states):
+      call it on all ranks.
+    - files load with ``weights_only=True`` (``safe_torch_load``) and must hold a ``"model"`` entry;
+    - ``resume_or_load`` loads the model strictly when resuming, restores this rank's RNG state, and
+      tries older checkpoints when the newest is unreadable.
     """
 
     def __init__(
@@ -123,13 +124,13 @@ class Checkpointer:
         extra_data: Optional[Mapping[str, Any]] = None,
         **checkpointables: Any,
     ) -> None:
-        self.model = unwrap_model(model)
-        self.extra_data = dict(extra_data or {})
-        self.save_dir = Path(save_dir)
         named = {"optimizer": optimizer, "scheduler": scheduler, **checkpointables}
-        self.checkpointables = {name: obj for name, obj in named.items() if obj is not None}
+        super().__init__(model, os.fspath(save_dir), **{name: obj for name, obj in named.items() if obj is not None})
+        self.logger = logger  # fvcore's messages go to our log.txt too
         self.config_yaml = config.dump() if isinstance(config, CfgNode) else config
         self.keep_last = keep_last
+        self.extra_data = dict(extra_data or {})
+        self._resuming_from: Optional[str] = None
 
     # ------------------------------------------------------------------ saving
     def save(self, name: str, **data: Any) -> Path:
@@ -138,7 +139,7 @@ class Checkpointer:
         ``data`` (e.g. ``iteration=5000``) is stored alongside; it must be plain values or tensors.
         """
         rng_states = all_gather(rng_state())
-        path = self.save_dir / f"{name}.pth"
+        path = Path(self.save_dir) / f"{name}.pth"
         if is_main_process():
             checkpoint: Dict[str, Any] = {"model": self.model.state_dict()}
             checkpoint.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
@@ -148,21 +149,25 @@ class Checkpointer:
             checkpoint.update(self.extra_data)
             checkpoint.update(data)
             atomic_torch_save(checkpoint, path, overwrite=True)
-            atomic_write(
-                self.save_dir / POINTER_FILE,
-                lambda tmp: Path(tmp).write_text(path.name + "\n"),
-                overwrite=True,
-            )
+            self.tag_last_checkpoint(path.name)
             self._delete_old_periodic()
             logger.info("Saved checkpoint %s", path)
         synchronize()  # no rank leaves (and perhaps exits) before the file is complete
         return path
 
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(
+            Path(self.save_dir) / POINTER_FILE,
+            lambda tmp: Path(tmp).write_text(last_filename_basename + "\n"),
+            overwrite=True,
+        )
+
     def periodic_checkpoints(self) -> List[Path]:
         """``model_NNNNNNN.pth`` files in ``save_dir``, oldest first."""
-        if not self.save_dir.is_dir():
+        folder = Path(self.save_dir)
+        if not folder.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := _PERIODIC_NAME.match(p.name))]
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _PERIODIC_NAME.match(p.name))]
         return [path for _, path in sorted(found)]
 
     def _delete_old_periodic(self) -> None:
@@ -173,18 +178,12 @@ class Checkpointer:
             logger.debug("Deleted old checkpoint %s", path)
 
     # ------------------------------------------------------------------ loading
-    def last_checkpoint(self) -> Optional[Path]:
-        """The file named in ``save_dir/last_checkpoint``, if that pointer exists."""
-        pointer = self.save_dir / POINTER_FILE
-        if not pointer.is_file():
-            return None
-        return self.save_dir / pointer.read_text().strip()
-
     def has_checkpoint(self) -> bool:
-        return self.last_checkpoint() is not None or bool(self.periodic_checkpoints())
+        return bool(self._resume_candidates())
 
     def _resume_candidates(self) -> List[Path]:
-        newest = self.last_checkpoint()
+        """The file ``last_checkpoint`` names, then the other periodic checkpoints, newest first."""
+        newest = Path(self.get_checkpoint_file()) if Path(self.save_dir, POINTER_FILE).is_file() else None
         older = [path for path in reversed(self.periodic_checkpoints()) if path != newest]
         return ([newest] if newest is not None else []) + older
 
@@ -194,78 +193,74 @@ class Checkpointer:
         With ``resume`` and a checkpoint in ``save_dir``: restore everything from the newest one; when it
         is unreadable (truncated, corrupt) report it and try the previous ones. Returns the checkpoint's
         remaining entries, e.g. ``{"iteration": 5000, ...}``. Otherwise load the ``"model"`` entry of
-        ``path`` (if given) and return ``{}``: the run starts at iteration 0.
+        ``path`` (if given), skipping entries whose shape does not fit, and return ``{}``: the run starts
+        at iteration 0.
         """
         if resume:
             candidates = self._resume_candidates()
             errors = []
             for candidate in candidates:
                 try:
-                    return self.load(candidate, resume=True)
+                    data = self.load(candidate)
                 except CheckpointError as error:
                     errors.append(str(error))
-                    logger.error(
-                        "Cannot resume from %s: %s. Trying the previous checkpoint.", candidate.name, error
-                    )
+                    logger.error("Cannot resume from %s: %s. Trying the previous checkpoint.", candidate.name, error)
+                    continue
+                _restore_rng(data.pop("rng", None))
+                return data
             if candidates:
-                raise CheckpointError(
-                    f"no usable checkpoint to resume from in {self.save_dir}: " + "; ".join(errors)
-                )
+                raise CheckpointError(f"no usable checkpoint to resume from in {self.save_dir}: " + "; ".join(errors))
             logger.info("No checkpoint in %s to resume from: starting a new run", self.save_dir)
         if path:
-            self.load(path, resume=False)
+            self.load(path, checkpointables=[])
         return {}
 
-    def load(self, path: PathLike, *, resume: bool = False) -> Dict[str, Any]:
-        """Load ``path``: with ``resume`` the model strictly and every checkpointable and RNG state found;
-        otherwise only the model weights, skipping (and reporting) entries whose shape does not fit.
-        Returns the entries not consumed (``iteration``, ``config``, extra data)."""
-        checkpoint = safe_torch_load(path)
+    def load(self, path: PathLike, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """fvcore's ``load`` of a local file: the model and ``checkpointables`` (default: all, which is a
+        resume and loads the model strictly). Returns the entries not consumed."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint not found: {path}")
+        # fvcore's load has no strict mode: _load_model reads which file is being resumed from here.
+        self._resuming_from = path if checkpointables is None else None
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._resuming_from = None
+
+    def _load_file(self, f: str) -> Dict[str, Any]:
+        checkpoint = safe_torch_load(f)
         if not isinstance(checkpoint, dict) or "model" not in checkpoint:
             raise CheckpointError(
-                f"{path} is not a training checkpoint (no 'model' entry); load classification weights "
+                f"{f} is not a training checkpoint (no 'model' entry); load classification weights "
                 "with shufflenet_det.weights instead"
             )
-        logger.info("%s %s", "Resuming from" if resume else "Loading model weights from", path)
-        self._load_model(checkpoint.pop("model"), strict=resume, source=path)
-        if not resume:
-            return {}
-        for name, obj in self.checkpointables.items():
-            if name in checkpoint:
-                obj.load_state_dict(checkpoint.pop(name))
-            else:
-                logger.warning("%s has no '%s' state: it starts fresh", path, name)
-        rng_states = checkpoint.pop("rng", None)
-        if rng_states:
-            rank = get_rank()
-            if rank >= len(rng_states):
-                logger.warning(
-                    "RNG states saved for %d processes; rank %d reuses rank 0's", len(rng_states), rank
-                )
-            set_rng_state(rng_states[rank if rank < len(rng_states) else 0])
         return checkpoint
 
-    def _load_model(self, state_dict: Dict[str, torch.Tensor], strict: bool, source: PathLike) -> None:
-        state_dict = _strip_prefix(state_dict)
-        if strict:
-            try:
-                self.model.load_state_dict(state_dict)
-            except RuntimeError as error:
-                reason = " ".join(str(error).split())[:300]
-                raise EngineError(f"{source} does not fit this model (another config?): {reason}") from None
-            return
-        own = self.model.state_dict()
-        mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-        for key in mismatched:
-            logger.warning(
-                "Skipping '%s': shape %s in the checkpoint, %s in the model",
-                key,
-                tuple(state_dict[key].shape),
-                tuple(own[key].shape),
-            )
-            del state_dict[key]
-        result = self.model.load_state_dict(state_dict, strict=False)
-        if result.missing_keys:
-            logger.warning("Not in the checkpoint (left as initialized): %s", ", ".join(result.missing_keys))
-        if result.unexpected_keys:
-            logger.warning("Not in the model (ignored): %s", ", ".join(result.unexpected_keys))
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        incompatible = super()._load_model(checkpoint)
+        source = self._resuming_from
+        if source is None:
+            return incompatible
+        problems = [
+            *(f"missing {key}" for key in incompatible.missing_keys),
+            *(f"unexpected {key}" for key in incompatible.unexpected_keys),
+            *(f"{key} of shape {was} (model: {now})" for key, was, now in incompatible.incorrect_shapes),
+        ]
+        if problems:
+            reason = ", ".join(problems)[:300]
+            raise EngineError(f"{source} does not fit this model (another config?): {reason}")
+        for name in self.checkpointables:
+            if name not in checkpoint:
+                logger.warning("%s has no '%s' state: it starts fresh", source, name)
+        return incompatible
+
+
+def _restore_rng(states: Optional[List[Dict[str, Any]]]) -> None:
+    """Set this rank's RNG state from a checkpoint's per-rank list (rank 0's for ranks it lacks)."""
+    if not states:
+        return
+    rank = get_rank()
+    if rank >= len(states):
+        logger.warning("RNG states saved for %d processes; rank %d reuses rank 0's", len(states), rank)
+    set_rng_state(states[rank if rank < len(states) else 0])

@@ -1,26 +1,14 @@
-"""Scalars recorded during training, with the history writers smooth over."""
+"""Scalars recorded during training, each kept in an fvcore ``HistoryBuffer`` that writers smooth over."""
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
-from typing import Deque, Dict, Tuple
+from typing import Dict, Tuple
 
+from fvcore.common.history_buffer import HistoryBuffer
 
-class HistoryBuffer:
-    """The last ``max_length`` (value, iteration) pairs of one scalar."""
-
-    def __init__(self, max_length: int = 10000) -> None:
-        self._data: Deque[Tuple[float, int]] = deque(maxlen=max_length)
-
-    def update(self, value: float, iteration: int) -> None:
-        self._data.append((value, iteration))
-
-    def latest(self) -> float:
-        return self._data[-1][0]
-
-    def median(self, window: int) -> float:
-        return statistics.median(value for value, _ in list(self._data)[-window:])
+# Values kept per scalar: writers look back one log period; fvcore's default (a million) would hold a
+# whole run's scalars in memory.
+HISTORY_LENGTH = 10000
 
 
 class EventStorage:
@@ -34,13 +22,11 @@ class EventStorage:
         self.iter = start_iter
         self._histories: Dict[str, HistoryBuffer] = {}
         self._smoothing: Dict[str, bool] = {}
-        self._latest_iter: Dict[str, int] = {}
 
     def put_scalar(self, name: str, value: float, smoothing_hint: bool = True) -> None:
         """Record ``value``; writers report the median over their window when ``smoothing_hint``."""
-        self._histories.setdefault(name, HistoryBuffer()).update(float(value), self.iter)
+        self._histories.setdefault(name, HistoryBuffer(HISTORY_LENGTH)).update(float(value), self.iter)
         self._smoothing[name] = smoothing_hint
-        self._latest_iter[name] = self.iter
 
     def put_scalars(self, *, smoothing_hint: bool = True, **scalars: float) -> None:
         for name, value in scalars.items():
@@ -56,13 +42,13 @@ class EventStorage:
     def has(self, name: str) -> bool:
         return name in self._histories
 
-    def latest(self) -> Dict[str, Tuple[float, int]]:
-        """``{name: (latest value, iteration it was put at)}``."""
-        return {name: (buf.latest(), self._latest_iter[name]) for name, buf in self._histories.items()}
-
     def latest_smoothed(self, window: int) -> Dict[str, Tuple[float, int]]:
-        """Like ``latest`` but the median over the last ``window`` values for smoothed scalars."""
-        return {
-            name: (buf.median(window) if self._smoothing[name] else buf.latest(), self._latest_iter[name])
-            for name, buf in self._histories.items()
-        }
+        """``{name: (value, iteration it was put at)}`` of each scalar's latest put: for smoothed scalars
+        the value is the median over the last ``window`` values."""
+        latest = {}
+        for name, buffer in self._histories.items():
+            value, iteration = buffer.values()[-1]
+            if self._smoothing[name]:
+                value = float(buffer.median(window))
+            latest[name] = (value, iteration)
+        return latest

@@ -99,7 +99,11 @@ class LRLogger(HookBase):
 
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_NNNNNNN.pth`` every ``period`` iterations, ``model_final.pth`` at ``max_iter`` and,
-    when training is interrupted by a signal, a checkpoint of the iteration reached."""
+    when training is interrupted by a signal, a checkpoint of the iteration reached.
+
+    Not fvcore's ``PeriodicCheckpointer``: it names files by 0-based iteration index (ours count completed
+    iterations) and rotates from a list in memory, so a resumed run would never delete the earlier run's
+    files (``Checkpointer.save`` rotates by the files on disk)."""
 
     def __init__(self, checkpointer: Checkpointer, period: int) -> None:
         self.checkpointer = checkpointer

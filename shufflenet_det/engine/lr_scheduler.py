@@ -1,59 +1,56 @@
-"""Per-iteration learning-rate schedules with warmup.
+"""Per-iteration learning-rate schedules with warmup: a torch ``LambdaLR`` whose factor comes from fvcore.
 
-The learning rate of iteration ``i`` (0-based) is a pure function of ``i``:
-``lr_group(i) = base_lr_group * warmup(i) * decay(i)``. Nothing accumulates step by step, so setting the
-iteration (resume, ``load_state_dict``) restores the schedule exactly.
+The rate of iteration ``i`` (0-based) is ``base_lr * warmup(i) * decay(i)``, a pure function of ``i``, so
+setting the iteration (resume, ``load_state_dict``) restores the schedule exactly. The cosine and linear
+decays follow fvcore ``ParamScheduler`` curves of the training fraction ``min(i, MAX_ITER) / MAX_ITER``,
+as in detectron2, from 1 down to ``BASE_LR_END / BASE_LR``. The multistep decay counts passed steps in whole iterations instead: fvcore's
+``MultiStepParamScheduler`` turns the fraction back into an iteration with a 1e-6 margin, which moves a
+step one iteration early once MAX_ITER reaches a million, and it rejects steps at or past MAX_ITER.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-import math
-from typing import Any, Dict, List, Sequence
+import warnings
+from typing import Any, Callable, Dict
 
 import torch
 from fvcore.common.config import CfgNode
+from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler
+from torch.optim.lr_scheduler import LambdaLR
 
 logger = logging.getLogger(__name__)
 
 WARMUP_METHODS = ("linear", "constant")
+SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupLinearLR")
 
 
-class WarmupLRScheduler:
-    """Base class: warmup over ``warmup_iters`` from ``warmup_factor``, then ``decay(iteration)``.
+class WarmupLRScheduler(LambdaLR):
+    """``LambdaLR`` with the factor ``warmup(i) * decay(i)``: over the first ``warmup_iters`` iterations
+    ``"linear"`` warmup ramps from ``warmup_factor`` to 1 and ``"constant"`` holds ``warmup_factor``.
 
-    Call ``step()`` once after every optimizer step. ``last_iter`` is the number of steps taken, i.e. the
-    index of the iteration whose learning rate is currently set in the optimizer.
+    Call ``step()`` once after every optimizer step; ``last_epoch`` is the index of the iteration whose
+    rate is set. The state dict is ``{"last_iter", "base_lrs"}``, as in checkpoints of earlier versions.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        max_iter: int,
+        decay: Callable[[int], float],
         warmup_factor: float = 0.001,
         warmup_iters: int = 1000,
         warmup_method: str = "linear",
-        last_iter: int = 0,
     ) -> None:
-        if max_iter <= 0:
-            raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
         if warmup_method not in WARMUP_METHODS:
             raise ValueError(
                 f"unknown SOLVER.WARMUP_METHOD '{warmup_method}': expected one of {', '.join(WARMUP_METHODS)}"
             )
-        self.optimizer = optimizer
-        self.max_iter = max_iter
+        self.decay = decay
         self.warmup_factor = warmup_factor
         self.warmup_iters = warmup_iters
         self.warmup_method = warmup_method
-        # "initial_lr" is torch's convention for the group's undecayed rate; it survives optimizer resume.
-        self.base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
-        self.set_iteration(last_iter)
-
-    def decay(self, iteration: int) -> float:
-        """Multiplier of the main schedule at ``iteration`` (1.0 at iteration 0)."""
-        raise NotImplementedError
+        super().__init__(optimizer, self.multiplier)
 
     def warmup(self, iteration: int) -> float:
         if iteration >= self.warmup_iters:
@@ -68,19 +65,18 @@ class WarmupLRScheduler:
 
     def set_iteration(self, iteration: int) -> None:
         """Jump to ``iteration`` and set the optimizer's learning rates for it."""
-        self.last_iter = iteration
-        factor = self.multiplier(iteration)
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base_lr * factor
+        self.last_epoch = iteration - 1
+        with warnings.catch_warnings():
+            # torch warns when the first step comes before optimizer.step() (a skipped bad batch, a
+            # GradScaler skipping an overflow) that a rate was skipped; here each rate belongs to its iteration.
+            warnings.simplefilter("ignore", UserWarning)
+            super().step()
 
-    def step(self) -> None:
-        self.set_iteration(self.last_iter + 1)
-
-    def get_last_lr(self) -> List[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
+    def step(self) -> None:  # type: ignore[override]
+        self.set_iteration(self.last_epoch + 1)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"last_iter": self.last_iter, "base_lrs": list(self.base_lrs)}
+        return {"last_iter": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if len(state["base_lrs"]) != len(self.optimizer.param_groups):
@@ -92,85 +88,32 @@ class WarmupLRScheduler:
         self.set_iteration(state["last_iter"])
 
 
-class WarmupMultiStepLR(WarmupLRScheduler):
-    """Multiply the rate by ``gamma`` at each of ``steps`` (from that iteration on)."""
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        max_iter: int,
-        steps: Sequence[int],
-        gamma: float = 0.1,
-        **warmup: Any,
-    ) -> None:
-        if list(steps) != sorted(steps):
-            raise ValueError(f"SOLVER.STEPS must be increasing, got {tuple(steps)}")
-        self.steps = list(steps)
-        self.gamma = gamma
-        super().__init__(optimizer, max_iter, **warmup)
-
-    def decay(self, iteration: int) -> float:
-        return self.gamma ** bisect.bisect_right(self.steps, iteration)
-
-
-class _DecayToEnd(WarmupLRScheduler):
-    """A decay from 1 at iteration 0 to ``end_factor`` at ``max_iter``, shaped by ``curve(progress)``."""
-
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, max_iter: int, end_factor: float = 0.0, **warmup: Any
-    ) -> None:
-        self.end_factor = end_factor
-        super().__init__(optimizer, max_iter, **warmup)
-
-    def decay(self, iteration: int) -> float:
-        progress = min(iteration, self.max_iter) / self.max_iter
-        return self.end_factor + (1.0 - self.end_factor) * self.curve(progress)
-
-    @staticmethod
-    def curve(progress: float) -> float:
-        raise NotImplementedError
-
-
-class WarmupCosineLR(_DecayToEnd):
-    """Half a cosine from 1 down to ``end_factor`` at ``max_iter``."""
-
-    @staticmethod
-    def curve(progress: float) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class WarmupLinearLR(_DecayToEnd):
-    """Straight line from 1 down to ``end_factor`` at ``max_iter`` (the ShuffleNet ImageNet recipe)."""
-
-    @staticmethod
-    def curve(progress: float) -> float:
-        return 1.0 - progress
-
-
-SCHEDULERS = {cls.__name__: cls for cls in (WarmupMultiStepLR, WarmupCosineLR, WarmupLinearLR)}
-
-
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> WarmupLRScheduler:
     """The schedule named by ``cfg.SOLVER.LR_SCHEDULER_NAME``, starting at iteration 0."""
     solver = cfg.SOLVER
-    name = solver.LR_SCHEDULER_NAME
+    name, max_iter = solver.LR_SCHEDULER_NAME, solver.MAX_ITER
     if name not in SCHEDULERS:
-        raise ValueError(
-            f"unknown SOLVER.LR_SCHEDULER_NAME '{name}': expected one of {', '.join(SCHEDULERS)}"
-        )
-    warmup = {
-        "warmup_factor": solver.WARMUP_FACTOR,
-        "warmup_iters": solver.WARMUP_ITERS,
-        "warmup_method": solver.WARMUP_METHOD,
-    }
+        raise ValueError(f"unknown SOLVER.LR_SCHEDULER_NAME '{name}': expected one of {', '.join(SCHEDULERS)}")
+    if max_iter <= 0:
+        raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
     if name == "WarmupMultiStepLR":
-        late_steps = [step for step in solver.STEPS if step > solver.MAX_ITER]
+        steps, gamma = list(solver.STEPS), solver.GAMMA
+        if steps != sorted(steps):
+            raise ValueError(f"SOLVER.STEPS must be increasing, got {tuple(steps)}")
+        late_steps = [step for step in steps if step > max_iter]
         if late_steps:
-            logger.warning(
-                "SOLVER.STEPS %s lie beyond SOLVER.MAX_ITER=%d and will never be reached",
-                late_steps,
-                solver.MAX_ITER,
-            )
-        return WarmupMultiStepLR(optimizer, solver.MAX_ITER, solver.STEPS, solver.GAMMA, **warmup)
-    end_factor = solver.BASE_LR_END / solver.BASE_LR if solver.BASE_LR else 0.0
-    return SCHEDULERS[name](optimizer, solver.MAX_ITER, end_factor=end_factor, **warmup)
+            logger.warning("SOLVER.STEPS %s lie beyond SOLVER.MAX_ITER=%d and will never be reached", late_steps, max_iter)
+
+        def decay(iteration: int) -> float:
+            return gamma ** bisect.bisect_right(steps, iteration)
+
+    else:
+        end_factor = solver.BASE_LR_END / solver.BASE_LR if solver.BASE_LR else 0.0
+        shape = CosineParamScheduler if name == "WarmupCosineLR" else LinearParamScheduler
+        curve = shape(start_value=1.0, end_value=0.0)
+
+        def decay(iteration: int) -> float:
+            # Scaled here, not by the curve's end_value: fvcore's linear form rounds differently.
+            return end_factor + (1.0 - end_factor) * curve(min(iteration, max_iter) / max_iter)
+
+    return WarmupLRScheduler(optimizer, decay, solver.WARMUP_FACTOR, solver.WARMUP_ITERS, solver.WARMUP_METHOD)

@@ -244,11 +244,11 @@ class Trainer:
 
     def _align_scheduler(self) -> None:
         # The schedule is a function of the iteration: make it agree with where training starts.
-        if isinstance(self.scheduler, WarmupLRScheduler) and self.scheduler.last_iter != self.start_iter:
+        if isinstance(self.scheduler, WarmupLRScheduler) and self.scheduler.last_epoch != self.start_iter:
             logger.info(
                 "Setting the LR schedule to iteration %d (it was at %d)",
                 self.start_iter,
-                self.scheduler.last_iter,
+                self.scheduler.last_epoch,
             )
             self.scheduler.set_iteration(self.start_iter)
 

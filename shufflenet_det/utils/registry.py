@@ -1,51 +1,26 @@
-"""A small name -> object registry, in the spirit of detectron2's ``Registry``."""
+"""fvcore's name -> object ``Registry``, with an error for unknown names that lists the valid ones."""
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Any, List
 
-T = TypeVar("T")
+from fvcore.common.registry import Registry as _FvcoreRegistry
 
 
-class Registry:
-    """Maps names to callables. ``@REG.register()`` registers under the function's own name."""
+class Registry(_FvcoreRegistry):
+    """``@REG.register()`` registers under the object's own name; ``get`` of an unknown name raises a
+    KeyError with ``unknown_message`` (close matches, then every valid name) instead of fvcore's."""
 
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._entries: Dict[str, Callable] = {}
-
-    def register(self, name: Optional[str] = None) -> Callable[[T], T]:
-        def decorator(obj: T) -> T:
-            key = name or obj.__name__
-            if key in self._entries:
-                raise KeyError(f"'{key}' is already registered in the {self._name} registry")
-            self._entries[key] = obj
-            return obj
-
-        return decorator
-
-    def get(self, name: str) -> Callable:
-        if name not in self._entries:
+    def get(self, name: str) -> Any:
+        if name not in self:
             raise KeyError(self.unknown_message(name))
-        return self._entries[name]
+        return super().get(name)
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self._entries.keys(), n=3)
+        close = difflib.get_close_matches(name, self.names(), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        return (
-            f"unknown {self._name} '{name}'.{hint} "
-            f"Valid names: {', '.join(sorted(self._entries))}"
-        )
+        return f"unknown {self._name} '{name}'.{hint} Valid names: {', '.join(self.names())}"
 
     def names(self) -> List[str]:
-        return sorted(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        return sorted(name for name, _ in self)
