@@ -43,7 +43,7 @@ from ..engine import (
 )
 from ..engine.trainer import amp_dtype_from_name
 from ..utils.text_table import format_table
-from ..modeling.shufflenet import _init_weights
+from ..modeling.layers import init_weights
 from ..modeling.speed import apply_conv_form
 from ..utils.distributed import broadcast, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load
@@ -117,7 +117,7 @@ def replace_classifier(model: nn.Module, num_classes: int) -> None:
     """Give a staged network a new, freshly initialized ``fc`` with ``num_classes`` outputs."""
     old = model.fc
     model.fc = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    _init_weights(model.fc)
+    init_weights(model.fc)
     model.num_classes = num_classes
 
 
