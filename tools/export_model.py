@@ -37,7 +37,7 @@ import torch
 
 from shufflenet_det.deploy.export import export_onnx, export_torchscript
 from shufflenet_det.deploy.runtime import BEST_REWRITE, deploy_rewrite
-from shufflenet_det.modeling import build_model, list_models
+from shufflenet_det import build_model, list_models
 from shufflenet_det.utils.io import OutputPathError, check_output_file
 
 logger = logging.getLogger("shufflenet_det.export")

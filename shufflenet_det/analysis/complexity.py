@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import torch
 from torch import nn
 
-from ..modeling import build_model
+from ..modeling import create_model
 from ..utils import text_table
 
 with warnings.catch_warnings():
@@ -329,7 +329,7 @@ def analyze_models(names: Iterable[str], input_size: Sequence[int] = REFERENCE_I
     size = check_input_size(input_size)
     rows = []
     for name in names:
-        model = build_model(name).eval()
+        model = create_model(name).eval()
         result = complexity(model, size)
         row: Dict[str, object] = {"arch": name, **result.to_dict()}
         row["references"] = compare_with_references(result, reference_figures(name))

@@ -20,11 +20,12 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config.loading import ConfigError
-from .checkpoint import read_detector_checkpoint
-from ..modeling import MODEL_REGISTRY, StagedNetwork, build_model
-from ..modeling.staged import FeatureInfo
+from ..modeling import MODEL_REGISTRY, StagedNetwork
 from ..modeling.shufflenet import width_tag
+from ..modeling.staged import FeatureInfo
 from ..utils.registry import Registry
+from ..weights import build_model
+from .checkpoint import read_detector_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -36,27 +36,12 @@ def model_architecture(name: str) -> Dict[str, Any]:
     return dict(_MODEL_ARGS[name])
 
 
-def build_model(
-    name: str,
-    num_classes: int = 1000,
-    norm: str = "BN",
-    freeze_at: int = 0,
-    weights: Optional[str] = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered model by name.
+def create_model(name: str, num_classes: int = 1000, norm: str = "BN", freeze_at: int = 0, **kwargs: Any) -> nn.Module:
+    """A registered network, randomly initialized (``shufflenet_det.build_model`` also loads weights).
 
     ``norm`` is "BN", "FrozenBN" or "SyncBN"; ``freeze_at`` freezes the stem and first stages
-    (detectron2's FREEZE_AT); ``weights`` is a checkpoint path or a pretrained-weight name that
-    ``shufflenet_det.weights.load_weights`` understands. Other keyword arguments go to the builder
-    (for ShuffleNet: ``channel_shuffle``).
+    (detectron2's FREEZE_AT). Other keyword arguments go to the builder (ShuffleNet: ``channel_shuffle``).
     """
     model = MODEL_REGISTRY.get(name)(num_classes=num_classes, norm=norm, **kwargs)
     model.arch = name
-    if weights:
-        from ..weights import load_weights
-
-        model.weights_meta = load_weights(model, weights)
-    if freeze_at:
-        model.freeze(freeze_at)
-    return model
+    return model.freeze(freeze_at) if freeze_at else model

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...detection.speed import speed_options
 from ...modeling.speed import apply_conv_form
-from ...modeling import MODEL_REGISTRY, StagedNetwork, build_model
+from ...modeling import MODEL_REGISTRY, StagedNetwork, create_model
 from ...modeling.layers import NORMS
 from ...modeling.shufflenet import width_tag
 
@@ -90,7 +90,7 @@ def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
         )
     if arch not in MODEL_REGISTRY:
         raise ValueError(f"{node} asks for {MODEL_REGISTRY.unknown_message(arch)}")
-    network = build_model(arch, norm=options.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, **kwargs)
+    network = create_model(arch, norm=options.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, **kwargs)
     apply_conv_form(network, speed_options(cfg)["conv"], cfg.MODEL.DEVICE)
     return network, options.OUT_FEATURES[0]
 
