@@ -23,7 +23,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from ..config.loading import ConfigError
-from ..engine.data_workers import SignalSafeDataLoader
+from ..utils.data_workers import SignalSafeDataLoader
 from ..engine.errors import EngineError, SetupError
 from ..utils.distributed import get_rank, get_world_size
 

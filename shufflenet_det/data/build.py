@@ -17,9 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..config.loading import ConfigError
-from ..engine.data_workers import SignalSafeDataLoader
-from ..engine.launch import per_device_batch_size
-from ..utils.distributed import get_rank
+from ..utils.data_workers import SignalSafeDataLoader
+from ..utils.distributed import get_rank, get_world_size
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import (
@@ -75,6 +74,17 @@ def get_detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: 
             )
         dataset_dicts = kept
     return dataset_dicts
+
+
+def per_device_batch_size(cfg: Any) -> int:
+    """``SOLVER.IMS_PER_BATCH`` (the global batch) divided by the number of processes."""
+    total, world_size = cfg.SOLVER.IMS_PER_BATCH, get_world_size()
+    if total <= 0 or total % world_size != 0:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH={total} (the global batch) must be a positive multiple of the number of "
+            f"processes ({world_size})"
+        )
+    return total // world_size
 
 
 def build_detection_train_loader(

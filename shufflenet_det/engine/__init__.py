@@ -2,8 +2,9 @@
 checkpoints with exact resume, metric writers, and distributed launch. It knows nothing about
 detection or datasets: it takes a model, an iterable of batches and (optionally) a loss function."""
 
+from ..data.build import per_device_batch_size
+from ..utils.data_workers import SignalSafeDataLoader, WorkerSignalGuard, termination_signals_blocked
 from .checkpoint import Checkpointer, periodic_checkpoint_name, rng_state, set_rng_state, unwrap_model
-from .data_workers import SignalSafeDataLoader, WorkerSignalGuard, termination_signals_blocked
 from .defaults import (
     build_checkpointer,
     build_grad_scaler,
@@ -33,7 +34,6 @@ from .launch import (
     get_local_rank,
     init_distributed_from_env,
     launch,
-    per_device_batch_size,
     report_error,
     started_by_torchrun,
 )

@@ -20,12 +20,12 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config.loading import ConfigError, resolve_config_path
+from ..data.build import per_device_batch_size
 from ..utils.distributed import get_rank, get_world_size, is_main_process
 from ..utils.io import atomic_write
 from ..utils.logger import setup_logger
 from .checkpoint import POINTER_FILE, Checkpointer
 from .errors import SetupError
-from .launch import per_device_batch_size
 from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter
 from .trainer import LossFunction, Trainer, amp_dtype_from_name
 from .writers import default_writers
@@ -228,7 +228,10 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
     logger.info("Rank %d of %d. %s", rank, get_world_size(), environment_info())
     scale_to_world_size(cfg, get_world_size())
     if training:
-        per_device_batch_size(cfg)  # the global batch must split evenly over the processes
+        try:
+            per_device_batch_size(cfg)  # the global batch must split evenly over the processes
+        except ConfigError as error:
+            raise SetupError(str(error)) from None
     if args is not None:
         logger.info("Arguments: %s", vars(args))
     if is_main_process() and keep_config_file:
