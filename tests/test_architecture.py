@@ -18,7 +18,6 @@ LAYERS = [
 LAYER = {name: index for index, layer in enumerate(LAYERS) for name in layer}
 
 KNOWN_LAYER_VIOLATIONS = {
-    ("detection", "integrations"),  # detection/runner.py hands --engine d2 to integrations.d2
     ("classification", "detection"),  # classification/train.py builds networks via detection.backbone
 }
 

@@ -1,5 +1,6 @@
 """tools/train_net.py end to end on a small, easy synthetic dataset, and its handling of bad input."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -141,6 +142,14 @@ def test_misplaced_option_and_taken_dataset_name(tmp_path, easy_dataset):
     log = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in log
     assert "--register-coco: the name 'synthetic_train' is taken" in log
+
+
+def test_detectron2_engine_without_detectron2_is_a_one_line_error(tmp_path):
+    if importlib.util.find_spec("detectron2") is not None:
+        pytest.skip("detectron2 is installed: test_d2.py runs --engine detectron2")
+    result = run("--engine", "detectron2", "--config", "quickstart.yaml", "OUTPUT_DIR", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: shufflenet_det.integrations.d2 needs detectron2")
 
 
 def test_missing_config_lists_the_available_ones(tmp_path):

@@ -7,7 +7,6 @@ detector, the data loaders and COCO evaluation, and draws a few validation image
 from __future__ import annotations
 
 import argparse
-import sys
 import logging
 import os
 from collections import OrderedDict
@@ -246,13 +245,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     return parser
 
-
-def run_detectron2(args: argparse.Namespace) -> int:
-    """``--engine detectron2``: the same config trained or evaluated by detectron2 (one process here;
-    detectron2's own ``launch`` spreads it over GPUs). Returns an exit status."""
-    try:
-        from ..integrations.d2.train import run_from_args
-    except ImportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return run_from_args(args)
