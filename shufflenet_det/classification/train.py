@@ -21,11 +21,8 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config.loading import ConfigError, config_dir, load_config
-from ..detection.backbone import build_backbone
-from ..detection.speed import speed_options
 from ..engine import (
     Checkpointer,
-    EngineError,
     HookBase,
     IterationTimer,
     SetupError,
@@ -43,11 +40,11 @@ from ..engine import (
 )
 from ..engine.trainer import amp_dtype_from_name
 from ..utils.text_table import format_table
-from ..modeling.layers import init_weights
-from ..modeling.speed import apply_conv_form
+from ..modeling import CONV_IMPLS, apply_conv_form, create_model, model_args_from_config
 from ..utils.distributed import broadcast, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load
 from ..utils.logger import setup_logger
+from ..weights import load_weights
 from .data import (
     ImageFolderDataset,
     ImagePreprocessing,
@@ -99,37 +96,15 @@ def build_classifier(cfg: CfgNode, device: Optional[torch.device] = None) -> nn.
     with CLASSIFICATION.NUM_CLASSES outputs, and MODEL.WEIGHTS loaded through ``shufflenet_det.weights``
     (any supported source; their metadata in ``model.weights_meta``, else ``{}``), on ``device`` (default
     CPU) in the conv form SHUFFLENET_DET.CONV_IMPL gives for it."""
-    conv_form = speed_options(cfg)["conv"]
-    without_weights = cfg.clone()
-    without_weights.defrost()
-    without_weights.MODEL.WEIGHTS = ""
-    model = build_backbone(without_weights)
-    num_classes = cfg.CLASSIFICATION.NUM_CLASSES
-    if model.fc.out_features != num_classes:
-        replace_classifier(model, num_classes)
-    model.weights_meta = load_pretrained(model, cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else {}
+    conv_form = cfg.SHUFFLENET_DET.CONV_IMPL
+    if conv_form not in CONV_IMPLS:
+        raise ConfigError(f"SHUFFLENET_DET.CONV_IMPL must be one of {', '.join(CONV_IMPLS)}, got {conv_form!r}")
+    arch, kwargs, _ = model_args_from_config(cfg)
+    model = create_model(arch, num_classes=cfg.CLASSIFICATION.NUM_CLASSES, **kwargs)
+    model.weights_meta = dict(load_weights(model, cfg.MODEL.WEIGHTS)) if cfg.MODEL.WEIGHTS else {}
     if device is not None:
         model = model.to(device)
     return apply_conv_form(model, conv_form, device)
-
-
-def replace_classifier(model: nn.Module, num_classes: int) -> None:
-    """Give a staged network a new, freshly initialized ``fc`` with ``num_classes`` outputs."""
-    old = model.fc
-    model.fc = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    init_weights(model.fc)
-    model.num_classes = num_classes
-
-
-def load_pretrained(model: nn.Module, weights: str) -> Dict[str, Any]:
-    """``shufflenet_det.weights.load_weights`` (checkpoint file of any supported source, or a known name)."""
-    try:
-        from ..weights import load_weights
-    except ImportError as error:
-        raise EngineError(
-            f"MODEL.WEIGHTS needs the shufflenet_det.weights package, which is missing ({error})"
-        ) from None
-    return dict(load_weights(model, weights))
 
 
 def checkpoint_meta(model: nn.Module, preprocessing: ImagePreprocessing, classes: Sequence[str]) -> Dict[str, Any]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from .layers import ConvNormAct, init_weights
-from .registry import register_model
-from .shufflenet import width_tag
+from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .layers import ChannelShuffle, ConvNormAct, init_weights, make_divisible
-from .registry import register_model
+from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 GROUPS = (1, 2, 3, 4, 8)
@@ -187,12 +187,6 @@ class ShuffleNetV1(StagedNetwork):
         for module in self.modules():
             if isinstance(module, ShuffleUnit):
                 module.shortcut_first = order == "shortcut_first"
-
-
-def width_tag(width_mult: float) -> str:
-    """torchvision's naming: 0.5 -> "x0_5", 2.0 -> "x2_0"."""
-    text = f"{width_mult:g}"
-    return "x" + (text.replace(".", "_") if "." in text else text + "_0")
 
 
 def _register_shufflenet(width_mult: float, groups: int) -> None:
