@@ -60,6 +60,7 @@ def trained_run(easy_dataset, tmp_path_factory):
     return output, result
 
 
+@pytest.mark.slow
 def test_training_learns_and_reports_pycocotools_ap(trained_run, easy_dataset):
     output, _ = trained_run
     results = json.loads((output / "inference" / "results.json").read_text())
@@ -77,6 +78,7 @@ def test_training_learns_and_reports_pycocotools_ap(trained_run, easy_dataset):
     assert box["AP50"] == pytest.approx(100 * evaluation.stats[1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_metrics_and_drawings(trained_run):
     output, _ = trained_run
     assert (output / "model_final.pth").is_file()
@@ -86,6 +88,7 @@ def test_run_writes_checkpoints_metrics_and_drawings(trained_run):
     assert len(list((output / "vis").glob("*.jpg"))) == 2
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tmp_path):
     output, _ = trained_run
     final = json.loads((output / "inference" / "results.json").read_text())
@@ -158,6 +161,7 @@ def test_missing_config_lists_the_available_ones(tmp_path):
     assert "quickstart" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_demo_draws_detections_and_reports_unreadable_inputs(trained_run, easy_dataset, tmp_path):
     import re
 
