@@ -27,6 +27,7 @@ from .samplers import (
     TrainingSampler,
     aspect_ratio_group,
     batch_stream,
+    mix_seed,
     shared_random_seed,
 )
 
@@ -282,7 +283,7 @@ class _MappedStream(IterableDataset):
         stream = itertools.chain(self.waiting, self.sampler.with_positions())
         for position, index in itertools.islice(stream, worker_id, None, num_workers):
             if seeded:
-                self.mapper.generator = torch.Generator().manual_seed(_item_seed(self.seed, position))
+                self.mapper.generator = torch.Generator().manual_seed(mix_seed(self.seed, position))
             yield _map_or_failure(self.mapper, self.dataset[index])
 
 
@@ -329,12 +330,5 @@ def _identity(item: Any) -> Any:
     return item
 
 
-def _item_seed(seed: int, position: int) -> int:
-    return int(np.random.SeedSequence([seed, position]).generate_state(2, np.uint64)[0] % 2**63)
-
-
 def _loader_generator(seed: Optional[int], rank: int) -> Optional[torch.Generator]:
-    if seed is None:
-        return None
-    state = np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+    return None if seed is None else torch.Generator().manual_seed(mix_seed(seed, rank, 1))
