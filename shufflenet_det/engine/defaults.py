@@ -52,35 +52,18 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--config", default="", metavar="NAME_OR_PATH", help="config name or YAML file")
-    parser.add_argument(
-        "--eval-only",
-        action="store_true",
-        help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
-    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="start a new run in an OUTPUT_DIR that holds one (deletes its checkpoints, metrics, events)",
     )
-    parser.add_argument(
-        "--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)"
-    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)")
     parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument(
-        "--machine-rank", type=int, default=0, help="this machine's index, 0 .. num-machines - 1"
-    )
-    parser.add_argument(
-        "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (required with several machines)"
-    )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. SOLVER.BASE_LR 0.01",
-    )
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's index, 0 .. num-machines - 1")
+    parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (required with several machines)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
     return parser
 
 

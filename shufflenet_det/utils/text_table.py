@@ -37,7 +37,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: 
 
 def first_line(error: BaseException) -> str:
     """An exception as one short line for a one-line error message (its type name when it has no text)."""
-    text = str(error).strip().strip("'\"")
+    # str() of a KeyError is the repr of its message.
+    text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip().strip("'\"")
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
