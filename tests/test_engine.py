@@ -7,7 +7,6 @@ import json
 import logging
 import math
 from collections import namedtuple
-from pathlib import Path
 
 import pytest
 import torch

@@ -36,14 +36,14 @@ from ..engine import (
     default_argument_parser,
     default_setup,
     device_from_config,
+    eval_amp_dtype,
     per_device_batch_size,
 )
-from ..engine.trainer import amp_dtype_from_name
-from ..utils.text_table import format_table
 from ..modeling import CONV_IMPLS, apply_conv_form, create_model, model_args_from_config
 from ..utils.distributed import broadcast, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load
 from ..utils.logger import setup_logger
+from ..utils.text_table import format_table
 from ..weights import load_weights
 from .data import (
     ImageFolderDataset,
@@ -181,12 +181,6 @@ def main(args: argparse.Namespace) -> int:
         raise SetupError(str(error)) from None
 
 
-def _eval_amp_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
-    return (
-        amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) if cfg.SOLVER.AMP.ENABLED and device.type == "cuda" else None
-    )
-
-
 def _data_seed(cfg: CfgNode) -> int:
     """SEED, or (SEED < 0) one drawn on rank 0 and shared: the data order must agree across processes."""
     return cfg.SEED if cfg.SEED >= 0 else broadcast(int.from_bytes(os.urandom(4), "little"))
@@ -252,7 +246,7 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     if val_set is not None:
         val_loader = build_test_loader(cfg, val_set)
         normalize = Normalizer(preprocessing, channels_last)
-        amp_dtype = _eval_amp_dtype(cfg, device)
+        amp_dtype = eval_amp_dtype(cfg, device)
 
         def eval_function() -> Dict[str, Any]:
             results.update(evaluate_classifier(model, val_loader, normalize, device, amp_dtype))
@@ -323,7 +317,7 @@ def run_evaluation(cfg: CfgNode, args: argparse.Namespace) -> int:
         build_test_loader(cfg, val_set),
         Normalizer(preprocessing, cfg.SHUFFLENET_DET.CHANNELS_LAST),
         device,
-        _eval_amp_dtype(cfg, device),
+        eval_amp_dtype(cfg, device),
     )
     if is_main_process():
         table = accuracy_table(results, meta)
@@ -425,7 +419,7 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
     trainer.train()  # every step reads its loss back, so step times include the device's work
     train_time = trainer.storage.history("time").median(iterations)
 
-    amp_dtype = _eval_amp_dtype(cfg, device)
+    amp_dtype = eval_amp_dtype(cfg, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     model.eval()
     times = []

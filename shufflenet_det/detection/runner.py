@@ -11,7 +11,7 @@ import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import cv2
 import torch
@@ -39,6 +39,7 @@ from ..engine import (
     build_trainer,
     create_ddp_model,
     default_setup,
+    eval_amp_dtype,
 )
 from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
@@ -62,11 +63,6 @@ def detection_losses(model: nn.Module, batch: Sequence[Mapping[str, Any]]) -> Di
     return model(images, targets)
 
 
-def _amp_dtype(cfg: CfgNode, model: nn.Module) -> Optional[str]:
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    return cfg.SHUFFLENET_DET.AMP_DTYPE if cfg.SOLVER.AMP.ENABLED and on_cuda else None
-
-
 def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
     """COCO box AP on every dataset of DATASETS.TEST; files under OUTPUT_DIR/inference[/NAME]."""
     results: Dict[str, Any] = OrderedDict()
@@ -76,7 +72,7 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         evaluator = COCOEvaluator.from_metadata(MetadataCatalog.get(name), output_dir)
         loader = build_detection_test_loader(cfg, name)
         check_num_classes(cfg, [name])  # after loading: a registered COCO file sets its classes then
-        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=_amp_dtype(cfg, model))
+        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=eval_amp_dtype(cfg, next(model.parameters()).device))
     return results[names[0]] if len(names) == 1 else results
 
 

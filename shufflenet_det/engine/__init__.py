@@ -15,6 +15,7 @@ from .defaults import (
     default_setup,
     device_from_config,
     environment_info,
+    eval_amp_dtype,
     seed_all,
     set_deterministic,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "device_from_config",
     "default_writers",
     "environment_info",
+    "eval_amp_dtype",
     "flatten_results",
     "get_local_rank",
     "get_param_groups",

@@ -271,6 +271,11 @@ def scale_to_world_size(cfg: CfgNode, world_size: int) -> None:
     )
 
 
+def eval_amp_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
+    """Evaluation's autocast dtype: SHUFFLENET_DET.AMP_DTYPE when SOLVER.AMP.ENABLED on CUDA, else None."""
+    return amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) if cfg.SOLVER.AMP.ENABLED and device.type == "cuda" else None
+
+
 def build_grad_scaler(cfg: CfgNode) -> Optional[torch.amp.GradScaler]:
     """A GradScaler when training in float16 on CUDA, else None (bfloat16 and float32 need none)."""
     use = (

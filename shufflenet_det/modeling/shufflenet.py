@@ -11,7 +11,7 @@ official release puts the shortcut first, pytorchcv the branch).
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn

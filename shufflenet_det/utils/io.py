@@ -6,7 +6,6 @@ import argparse
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Union
 
