@@ -30,7 +30,7 @@ from benchmarks.common import Timings, machine_info, time_interleaved, write_jso
 from shufflenet_det.deploy.export import create_ort_session, onnx_bytes
 from shufflenet_det.deploy.fuse import optimize_shufflenet
 from shufflenet_det.deploy.runtime import BACKENDS, BEST_REWRITE, Runner, create_runner, deploy_rewrite, ort_runner
-from shufflenet_det.modeling import StagedNetwork, build_model, list_models
+from shufflenet_det.modeling import StagedNetwork, create_model, list_models
 from shufflenet_det.utils.io import OutputPathError, check_output_file
 from shufflenet_det.utils.text_table import format_table
 
@@ -78,7 +78,7 @@ def build_trunk(name: str) -> nn.Module:
         return torchvision.models.alexnet(weights=None).features.eval()
     if name not in list_models():
         raise ValueError(f"unknown model '{name}'; choose from alexnet or {', '.join(list_models())}")
-    model = build_model(name)
+    model = create_model(name)
     if not isinstance(model, StagedNetwork):
         raise ValueError(f"model '{name}' has no stage interface to cut a feature trunk from")
     return nn.Sequential(OrderedDict((stage, model.stage(stage)) for stage in model.stage_names)).eval()

@@ -344,6 +344,7 @@ def test_eval_only_needs_weights(shapes_root, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- whole runs
+@pytest.mark.slow
 def test_training_learns_the_tiny_dataset(trained):
     lines = metrics(trained)
     evaluations = [line for line in lines if "val/top1" in line]
@@ -355,6 +356,7 @@ def test_training_learns_the_tiny_dataset(trained):
     assert any(line.get("skipped_images", 0) >= 1 for line in lines)  # the truncated file was met and counted
 
 
+@pytest.mark.slow
 def test_checkpoints_carry_the_weights_metadata(trained):
     final = safe_torch_load(trained / "model_final.pth")
     meta = final["meta"]
@@ -373,6 +375,7 @@ def test_checkpoints_carry_the_weights_metadata(trained):
     assert safe_torch_load(trained / "model_0000020.pth")["meta"]["arch"] == "shufflenet_v1_x0_25_g3"
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(trained, shapes_root, tmp_path):
     # As if the run had been killed after its iteration-20 checkpoint; the resumed run also uses data
     # worker processes, which must not change the data order or the augmentation.
@@ -397,6 +400,7 @@ def test_resume_reproduces_the_uninterrupted_run(trained, shapes_root, tmp_path)
     assert after_resume == uninterrupted
 
 
+@pytest.mark.slow
 def test_eval_only_uses_the_checkpoint_preprocessing(trained, shapes_root, tmp_path, capsys):
     final_top1 = [line["val/top1"] for line in metrics(trained) if "val/top1" in line][-1]
     shutil.copy(trained / "model_final.pth", tmp_path / "model_final.pth")
@@ -426,10 +430,14 @@ def test_benchmark_reports_throughput():
         logging.getLogger("shufflenet_det").handlers.clear()
         logging.getLogger("shufflenet_det").propagate = True
     assert results["arch"] == "shufflenet_v1_x0_25_g3" and results["batch_size"] == 8
-    assert results["train_images_per_s"] > 0 and results["inference_images_per_s"] > 0
+    assert results["image_size"] == cfg.CLASSIFICATION.TRAIN_CROP_SIZE
+    assert results["device"] == "cpu" and results["setting"] == "1 CPU threads"
+    # A training step is a forward, a backward and an update: several times an inference's work.
+    assert results["inference_images_per_s"] > results["train_images_per_s"]
 
 
 # ---------------------------------------------------------------------------- with shufflenet_det.weights
+@pytest.mark.slow
 def test_eval_only_of_a_training_checkpoint_as_model_weights(trained, shapes_root, tmp_path, capsys):
     argv = ["--eval-only", "--config", "tiny_shapes", "CLASSIFICATION.DATASET_ROOT", shapes_root,
             "MODEL.WEIGHTS", trained / "model_final.pth", "OUTPUT_DIR", tmp_path]  # fmt: skip
@@ -480,6 +488,7 @@ def test_megvii_weights_give_the_reference_logits(form, tmp_path):
     assert report["reported"]["top1_error"] == 42.7  # the official README's figure for 0.5x g3
 
 
+@pytest.mark.slow
 def test_training_checkpoint_loads_as_a_detection_backbone(trained):
     from shufflenet_det.config import load_config
     from shufflenet_det.detection import build_backbone, build_detector
@@ -497,6 +506,7 @@ def test_training_checkpoint_loads_as_a_detection_backbone(trained):
     assert torch.equal(trunk["stage3.0.compress.conv.weight"], checkpoint["stage3.0.compress.conv.weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_process_group_checkpoints_and_resume_is_exact(signum, trained, shapes_root, tmp_path):
     # Ctrl-C in a terminal (SIGINT) and torchrun or `kill -- -PGID` (SIGTERM) reach every process of the

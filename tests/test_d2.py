@@ -419,6 +419,19 @@ def test_checkpointer_refuses_unsafe_and_unknown_files(tmp_path):
 # ------------------------------------------------------------------------------ train and evaluate
 
 
+def _pycocotools_box_ap(annotation_file: Path, detections: list) -> float:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ground_truth = COCO(str(annotation_file))
+    evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return float(evaluation.stats[0])
+
+
+@pytest.mark.slow
 def test_train_resume_and_evaluate_on_a_tiny_coco(configs, synthetic_root, tmp_path):
     register_d2_synthetic(str(synthetic_root))
     source = _classifier_weights(tmp_path / "imagenet.pth", "shufflenet_v1_x0_5_g3")
@@ -429,8 +442,15 @@ def test_train_resume_and_evaluate_on_a_tiny_coco(configs, synthetic_root, tmp_p
     cfg = sd2.setup_d2_cfg(configs["shufflenet.yaml"], opts)
 
     results = d2_train(cfg)
-    ap = results["bbox"]["AP"]
-    assert 0.0 <= ap <= 100.0 and set(results["bbox"]) >= {"AP", "AP50", "AP-red", "AP-blue"}
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP-red", "AP-blue"}
+    # Two iterations from random weights learn nothing, so no AP floor would hold; what must hold is
+    # that the AP reported is pycocotools' on the detections written for the val images, and that those
+    # carry the annotation file's image and category ids (contiguous ids mapped back).
+    detections = json.loads((output / "inference" / "synthetic_val" / "coco_instances_results.json").read_text())
+    assert {d["image_id"] for d in detections} == {2000, 2001}
+    assert {d["category_id"] for d in detections} <= {1, 2, 3}
+    expected = 100 * _pycocotools_box_ap(synthetic_root / "annotations" / "instances_val.json", detections)
+    assert results["bbox"]["AP"] == pytest.approx(expected, abs=1e-4)
     metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
     losses = [m["total_loss"] for m in metrics if "total_loss" in m]
     assert len(losses) == 3 and all(np.isfinite(losses))
@@ -595,6 +615,7 @@ def test_torchvision_engine_checkpoints_load_into_detectron2(engines, tmp_path):
     assert all(torch.equal(value, expected[key]) for key, value in fresh.state_dict().items())
 
 
+@pytest.mark.slow
 def test_train_net_with_the_detectron2_engine(tmp_path):
     """tools/train_net.py --engine detectron2 trains and evaluates one of our configs unchanged."""
     repo = Path(__file__).resolve().parents[1]

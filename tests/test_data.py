@@ -407,11 +407,10 @@ def test_train_loader_concatenates_datasets_with_the_same_classes(shapes, catalo
 
 
 def test_batch_size_must_divide_by_world_size(shapes, catalog_names, monkeypatch):
-    from shufflenet_det.engine import SetupError
+    from shufflenet_det.config.loading import ConfigError
 
-    # the package exports the function launch(), which hides the module of the same name
-    monkeypatch.setattr(importlib.import_module("shufflenet_det.engine.launch"), "get_world_size", lambda: 3)
-    with pytest.raises(SetupError, match=r"SOLVER.IMS_PER_BATCH=4 \(the global batch\) must be a positive multiple of the number of processes \(3\)"):
+    monkeypatch.setattr(importlib.import_module("shufflenet_det.data.build"), "get_world_size", lambda: 3)
+    with pytest.raises(ConfigError, match=r"SOLVER.IMS_PER_BATCH=4 \(the global batch\) must be a positive multiple of the number of processes \(3\)"):
         build_detection_train_loader(train_cfg(["synthetic_train"], batch=4))
 
 

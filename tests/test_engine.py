@@ -7,7 +7,6 @@ import json
 import logging
 import math
 from collections import namedtuple
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +32,7 @@ from shufflenet_det.engine import (
     per_device_batch_size,
     set_deterministic,
 )
+from shufflenet_det.config.loading import ConfigError
 from shufflenet_det.engine.writers import JSONWriter
 from shufflenet_det.modeling import convert_frozen_batchnorm
 from shufflenet_det.utils.io import CheckpointError, safe_torch_load
@@ -615,15 +615,23 @@ def test_bad_process_layout_is_reported(capsys):
 
 
 def test_per_device_batch_size_must_divide(monkeypatch):
-    # the package exports the function launch(), which hides the module of the same name
-    launch_module = importlib.import_module("shufflenet_det.engine.launch")
+    build_module = importlib.import_module("shufflenet_det.data.build")
     cfg = get_cfg()
     cfg.SOLVER.IMS_PER_BATCH = 16
-    monkeypatch.setattr(launch_module, "get_world_size", lambda: 3)
-    with pytest.raises(SetupError, match="IMS_PER_BATCH=16"):
+    monkeypatch.setattr(build_module, "get_world_size", lambda: 3)
+    with pytest.raises(ConfigError, match="IMS_PER_BATCH=16"):
         per_device_batch_size(cfg)
-    monkeypatch.setattr(launch_module, "get_world_size", lambda: 4)
+    monkeypatch.setattr(build_module, "get_world_size", lambda: 4)
     assert per_device_batch_size(cfg) == 4
+
+
+def test_uneven_global_batch_is_a_setup_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("shufflenet_det.data.build"), "get_world_size", lambda: 3)
+    assert run_in_process(["OUTPUT_DIR", tmp_path / "run", "SOLVER.IMS_PER_BATCH", 8]) == 2
+    captured = capsys.readouterr()
+    assert "IMS_PER_BATCH=8 (the global batch) must be a positive multiple of the number of processes (3)" in (
+        captured.out + captured.err
+    )
 
 
 def test_toy_model_learns():

@@ -17,11 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine_toy import run_in_process
 from test_engine_resume import start_toy, wait_for_file
 from shufflenet_det.utils.io import safe_torch_load
+
+pytestmark = pytest.mark.slow  # whole training runs
 
 RUN = [
     "SOLVER.IMS_PER_BATCH",

@@ -23,6 +23,8 @@ import torch
 from engine_toy import run_in_process
 from shufflenet_det.utils.io import safe_torch_load
 
+pytestmark = pytest.mark.slow  # whole training runs
+
 TOY_SCRIPT = Path(__file__).with_name("engine_toy.py")
 # Dropout and BatchNorm make the RNG state and buffers part of what a resume must restore.
 # A log period of 1 makes every iteration's logged loss unsmoothed, so the runs' metrics compare exactly.

@@ -339,7 +339,7 @@ def test_inference_on_dataset_with_a_generator_and_autocast(gt_json):
     assert results["bbox"]["AP"] == pytest.approx(100.0)  # bfloat16 boxes are scored like float32 ones
     assert all(call["autocast"] for call in model.calls)
     assert not model.training
-    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+    with pytest.raises(ValueError, match="unknown AMP dtype 'fp8'"):
         inference_on_dataset(model, [], make_evaluator(gt_json), amp_dtype="fp8")
 
 

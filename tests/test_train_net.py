@@ -1,5 +1,6 @@
 """tools/train_net.py end to end on a small, easy synthetic dataset, and its handling of bad input."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -59,6 +60,7 @@ def trained_run(easy_dataset, tmp_path_factory):
     return output, result
 
 
+@pytest.mark.slow
 def test_training_learns_and_reports_pycocotools_ap(trained_run, easy_dataset):
     output, _ = trained_run
     results = json.loads((output / "inference" / "results.json").read_text())
@@ -76,6 +78,7 @@ def test_training_learns_and_reports_pycocotools_ap(trained_run, easy_dataset):
     assert box["AP50"] == pytest.approx(100 * evaluation.stats[1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_metrics_and_drawings(trained_run):
     output, _ = trained_run
     assert (output / "model_final.pth").is_file()
@@ -85,6 +88,7 @@ def test_run_writes_checkpoints_metrics_and_drawings(trained_run):
     assert len(list((output / "vis").glob("*.jpg"))) == 2
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tmp_path):
     output, _ = trained_run
     final = json.loads((output / "inference" / "results.json").read_text())
@@ -143,12 +147,21 @@ def test_misplaced_option_and_taken_dataset_name(tmp_path, easy_dataset):
     assert "--register-coco: the name 'synthetic_train' is taken" in log
 
 
+def test_detectron2_engine_without_detectron2_is_a_one_line_error(tmp_path):
+    if importlib.util.find_spec("detectron2") is not None:
+        pytest.skip("detectron2 is installed: test_d2.py runs --engine detectron2")
+    result = run("--engine", "detectron2", "--config", "quickstart.yaml", "OUTPUT_DIR", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: shufflenet_det.integrations.d2 needs detectron2")
+
+
 def test_missing_config_lists_the_available_ones(tmp_path):
     result = run("--config", "no_such_config.yaml", "OUTPUT_DIR", str(tmp_path))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "quickstart" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_demo_draws_detections_and_reports_unreadable_inputs(trained_run, easy_dataset, tmp_path):
     import re
 

@@ -22,6 +22,8 @@ import torch
 from shufflenet_det.data.synthetic import generate_synthetic_coco
 from shufflenet_det.utils.io import safe_torch_load
 
+pytestmark = pytest.mark.slow  # whole training runs
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
 MAX_ITER = 20

@@ -4,7 +4,6 @@ The invocations run a few at a time (each spends most of its time importing torc
 check their results.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import torch
 
 from shufflenet_det import build_model
 from shufflenet_det.weights import load_weights
+from tool_loading import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "megvii" / "megvii_shufflenetv1_0.5x_g3_random.pth.tar"
@@ -69,13 +69,6 @@ def runs(tmp_path_factory):
     return results
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("convert_weights", ROOT / "tools" / "convert_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_converts_and_reports(runs):
     code, stdout, stderr, dst = runs["success"]
     assert code == 0, stderr
@@ -86,7 +79,7 @@ def test_converts_and_reports(runs):
 
 
 def test_overwrite_flag_and_source_check_in_process(tmp_path, capsys):
-    main = load_tool().main
+    main = load_tool("convert_weights").main
     dst = tmp_path / "w.pth"
     dst.write_bytes(PRECIOUS)
     assert main([str(FIXTURE), str(dst), "--from", "timm", "--overwrite"]) == 1

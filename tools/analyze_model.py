@@ -22,6 +22,7 @@ except ImportError:  # run from a clone without installing the package
 from shufflenet_det import list_models
 from shufflenet_det.analysis import REFERENCE_INPUT_SIZE, analyze_models, format_breakdown, format_table
 from shufflenet_det.utils.io import OutputPathError, atomic_write, check_output_file
+from shufflenet_det.utils.text_table import first_line
 
 TABLE_NOTE = "\n".join(
     [
@@ -89,8 +90,7 @@ def main(argv=None) -> int:
     try:
         rows = analyze_models(names, args.input_size)
     except RuntimeError as error:  # e.g. an input too small for the network's pooling
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"error: cannot run at {args.input_size[0]}x{args.input_size[1]}: {first_line}", file=sys.stderr)
+        print(f"error: cannot run at {args.input_size[0]}x{args.input_size[1]}: {first_line(error)}", file=sys.stderr)
         return 2
 
     if args.json:

@@ -37,15 +37,11 @@ import torch
 
 from shufflenet_det.deploy.export import export_onnx, export_torchscript
 from shufflenet_det.deploy.runtime import BEST_REWRITE, deploy_rewrite
-from shufflenet_det.modeling import build_model, list_models
+from shufflenet_det import build_model, list_models
 from shufflenet_det.utils.io import OutputPathError, check_output_file
+from shufflenet_det.utils.text_table import first_line
 
 logger = logging.getLogger("shufflenet_det.export")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def export_classifier(args: argparse.Namespace, rewrite: dict) -> str:
@@ -56,7 +52,7 @@ def export_classifier(args: argparse.Namespace, rewrite: dict) -> str:
     try:
         model = build_model(args.arch, weights=args.weights).eval()
     except Exception as error:  # unreadable or mismatched checkpoint: report, never a traceback
-        raise ValueError(f"cannot load --weights {args.weights}: {_first_line(error)}") from None
+        raise ValueError(f"cannot load --weights {args.weights}: {first_line(error)}") from None
     if not args.no_optimize:
         model = deploy_rewrite(model, "onnxruntime" if args.format == "onnx" else "torchscript", rewrite)
     height, width = args.input_size
@@ -125,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         message = (export_classifier if args.arch else export_detector_from_config)(args, rewrite)
     except (ValueError, FileExistsError) as error:  # ConfigError is a ValueError
-        print(f"error: {_first_line(error)}", file=sys.stderr)
+        print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
     print(message)
     return 0

@@ -18,7 +18,7 @@ try:
 except ImportError:  # run from a clone without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shufflenet_det.detection.runner import add_arguments, main, run_detectron2  # noqa: E402
+from shufflenet_det.detection.runner import add_arguments, main  # noqa: E402
 from shufflenet_det.engine import default_argument_parser, launch  # noqa: E402
 
 
@@ -28,7 +28,12 @@ def cli() -> int:
     if not args.config:
         parser.error("--config is required (a file, or a name under configs/ such as quickstart.yaml)")
     if args.engine == "detectron2":
-        return run_detectron2(args)
+        try:  # one process here; detectron2's own launch spreads it over GPUs
+            from shufflenet_det.integrations.d2.train import run_from_args
+        except ImportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return run_from_args(args)
     return launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..modeling import build_model
+from ..modeling import create_model
 from ..utils import text_table
 
 with warnings.catch_warnings():
@@ -167,16 +166,8 @@ class Complexity:
 def count_parameters(model: nn.Module, exclude_classifier_bias: bool = False) -> int:
     """Number of parameters; optionally without the classifier bias (``model.fc.bias``)."""
     total = sum(p.numel() for p in model.parameters())
-    if exclude_classifier_bias:
-        total -= _classifier_bias_size(model)
-    return total
-
-
-def _classifier_bias_size(model: nn.Module) -> int:
-    classifier = getattr(model, "fc", None)
-    if isinstance(classifier, nn.Linear) and classifier.bias is not None:
-        return classifier.bias.numel()
-    return 0
+    bias = getattr(getattr(model, "fc", None), "bias", None)
+    return total - bias.numel() if exclude_classifier_bias and bias is not None else total
 
 
 def check_input_size(input_size: Sequence[int]) -> Tuple[int, int]:
@@ -187,21 +178,10 @@ def check_input_size(input_size: Sequence[int]) -> Tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-@contextmanager
-def num_threads(threads: Optional[int]) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), then restore the setting."""
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    previous = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _mult_add_analysis(model: nn.Module, input_size: Tuple[int, int], in_channels: int) -> FlopCountAnalysis:
+def _trace_mult_adds(
+    model: nn.Module, input_size: Tuple[int, int], in_channels: int
+) -> Tuple[int, Dict[str, int], Dict[str, int]]:
+    """(total, by module name, uncounted ops) of fvcore's traced conv + linear count."""
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
@@ -210,28 +190,25 @@ def _mult_add_analysis(model: nn.Module, input_size: Tuple[int, int], in_channel
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
-    return analysis
-
-
-def _run_analysis(model: nn.Module, analysis: FlopCountAnalysis) -> Tuple[int, Dict[str, int], Dict[str, int]]:
     # Tracing runs the model: eval mode keeps BatchNorm statistics untouched. One thread, because
     # the count does not depend on speed and several threads on a busy machine can be 10x slower.
-    was_training = model.training
+    was_training, threads = model.training, torch.get_num_threads()
     model.eval()
+    torch.set_num_threads(1)
     try:
-        with torch.no_grad(), num_threads(1):
+        with torch.no_grad():
             total = int(analysis.total())
             by_module = {name: int(count) for name, count in analysis.by_module().items()}
             uncounted = dict(analysis.unsupported_ops())
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     return total, by_module, uncounted
 
 
 def count_mult_adds(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> int:
     """Conv + linear multiply-adds of one forward pass of a batch-1 input of ``input_size`` (H, W)."""
-    size = check_input_size(input_size)
-    return _run_analysis(model, _mult_add_analysis(model, size, in_channels))[0]
+    return _trace_mult_adds(model, check_input_size(input_size), in_channels)[0]
 
 
 def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[str, int]:
@@ -266,7 +243,7 @@ def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[s
 def complexity(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> Complexity:
     """Parameters and conv + linear multiply-adds of ``model`` at ``input_size`` (H, W), with a per-stage breakdown."""
     size = check_input_size(input_size)
-    total, by_module, uncounted = _run_analysis(model, _mult_add_analysis(model, size, in_channels))
+    total, by_module, uncounted = _trace_mult_adds(model, size, in_channels)
     mult_adds_by_stage: Dict[str, int] = OrderedDict()
     params_by_stage: Dict[str, int] = OrderedDict()
     for name, child in model.named_children():
@@ -329,7 +306,7 @@ def analyze_models(names: Iterable[str], input_size: Sequence[int] = REFERENCE_I
     size = check_input_size(input_size)
     rows = []
     for name in names:
-        model = build_model(name).eval()
+        model = create_model(name).eval()
         result = complexity(model, size)
         row: Dict[str, object] = {"arch": name, **result.to_dict()}
         row["references"] = compare_with_references(result, reference_figures(name))

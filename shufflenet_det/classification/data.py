@@ -25,8 +25,9 @@ from torchvision.transforms import v2
 from ..config.loading import ConfigError
 from ..data.box_crops import write_box_crops
 from ..data.catalog import DatasetError, UnknownDatasetError
-from ..engine.data_workers import SignalSafeDataLoader
+from ..data.samplers import mix_seed
 from ..engine.errors import EngineError, SetupError
+from ..utils.data_workers import SignalSafeDataLoader
 from ..utils.distributed import get_rank, get_world_size
 
 logger = logging.getLogger(__name__)
@@ -324,17 +325,6 @@ def build_dataset(cfg: CfgNode, split: str, transform: Callable) -> ImageFolderD
 
 
 # ---------------------------------------------------------------------------- sampling and loaders
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed derived from integers: different tuples give unrelated random streams (SplitMix64)."""
-    state = 0x243F6A8885A308D3
-    for value in values:
-        state = (state ^ (value % 2**64)) + 0x9E3779B97F4A7C15
-        state = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-        state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) % 2**64
-        state ^= state >> 31
-    return state % 2**63
-
-
 _PERMUTATION, _AUGMENTATION = 1, 2  # what a derived seed is for
 
 

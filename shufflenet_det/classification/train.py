@@ -22,11 +22,8 @@ from torch import nn
 
 from ..config.loading import ConfigError, config_dir, load_config
 from ..data import DatasetError, add_register_coco_argument, register_coco_datasets
-from ..detection.backbone import build_backbone
-from ..detection.speed import speed_options
 from ..engine import (
     Checkpointer,
-    EngineError,
     HookBase,
     IterationTimer,
     SetupError,
@@ -40,15 +37,15 @@ from ..engine import (
     default_argument_parser,
     default_setup,
     device_from_config,
+    eval_amp_dtype,
     per_device_batch_size,
 )
-from ..engine.trainer import amp_dtype_from_name
-from ..utils.text_table import format_table
-from ..modeling.shufflenet import _init_weights
-from ..modeling.speed import apply_conv_form
+from ..modeling import CONV_IMPLS, apply_conv_form, create_model, model_args_from_config
 from ..utils.distributed import broadcast, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load
 from ..utils.logger import setup_logger
+from ..utils.text_table import format_table
+from ..weights import load_weights
 from .data import (
     ImageFolderDataset,
     ImagePreprocessing,
@@ -100,37 +97,15 @@ def build_classifier(cfg: CfgNode, device: Optional[torch.device] = None) -> nn.
     with CLASSIFICATION.NUM_CLASSES outputs, and MODEL.WEIGHTS loaded through ``shufflenet_det.weights``
     (any supported source; their metadata in ``model.weights_meta``, else ``{}``), on ``device`` (default
     CPU) in the conv form SHUFFLENET_DET.CONV_IMPL gives for it."""
-    conv_form = speed_options(cfg)["conv"]
-    without_weights = cfg.clone()
-    without_weights.defrost()
-    without_weights.MODEL.WEIGHTS = ""
-    model = build_backbone(without_weights)
-    num_classes = cfg.CLASSIFICATION.NUM_CLASSES
-    if model.fc.out_features != num_classes:
-        replace_classifier(model, num_classes)
-    model.weights_meta = load_pretrained(model, cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else {}
+    conv_form = cfg.SHUFFLENET_DET.CONV_IMPL
+    if conv_form not in CONV_IMPLS:
+        raise ConfigError(f"SHUFFLENET_DET.CONV_IMPL must be one of {', '.join(CONV_IMPLS)}, got {conv_form!r}")
+    arch, kwargs, _ = model_args_from_config(cfg)
+    model = create_model(arch, num_classes=cfg.CLASSIFICATION.NUM_CLASSES, **kwargs)
+    model.weights_meta = dict(load_weights(model, cfg.MODEL.WEIGHTS)) if cfg.MODEL.WEIGHTS else {}
     if device is not None:
         model = model.to(device)
     return apply_conv_form(model, conv_form, device)
-
-
-def replace_classifier(model: nn.Module, num_classes: int) -> None:
-    """Give a staged network a new, freshly initialized ``fc`` with ``num_classes`` outputs."""
-    old = model.fc
-    model.fc = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    _init_weights(model.fc)
-    model.num_classes = num_classes
-
-
-def load_pretrained(model: nn.Module, weights: str) -> Dict[str, Any]:
-    """``shufflenet_det.weights.load_weights`` (checkpoint file of any supported source, or a known name)."""
-    try:
-        from ..weights import load_weights
-    except ImportError as error:
-        raise EngineError(
-            f"MODEL.WEIGHTS needs the shufflenet_det.weights package, which is missing ({error})"
-        ) from None
-    return dict(load_weights(model, weights))
 
 
 def checkpoint_meta(model: nn.Module, preprocessing: ImagePreprocessing, classes: Sequence[str]) -> Dict[str, Any]:
@@ -209,12 +184,6 @@ def main(args: argparse.Namespace) -> int:
         raise SetupError(str(error)) from None
 
 
-def _eval_amp_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
-    return (
-        amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) if cfg.SOLVER.AMP.ENABLED and device.type == "cuda" else None
-    )
-
-
 def _data_seed(cfg: CfgNode) -> int:
     """SEED, or (SEED < 0) one drawn on rank 0 and shared: the data order must agree across processes."""
     return cfg.SEED if cfg.SEED >= 0 else broadcast(int.from_bytes(os.urandom(4), "little"))
@@ -280,7 +249,7 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     if val_set is not None:
         val_loader = build_test_loader(cfg, val_set)
         normalize = Normalizer(preprocessing, channels_last)
-        amp_dtype = _eval_amp_dtype(cfg, device)
+        amp_dtype = eval_amp_dtype(cfg, device)
 
         def eval_function() -> Dict[str, Any]:
             results.update(evaluate_classifier(model, val_loader, normalize, device, amp_dtype))
@@ -351,7 +320,7 @@ def run_evaluation(cfg: CfgNode, args: argparse.Namespace) -> int:
         build_test_loader(cfg, val_set),
         Normalizer(preprocessing, cfg.SHUFFLENET_DET.CHANNELS_LAST),
         device,
-        _eval_amp_dtype(cfg, device),
+        eval_amp_dtype(cfg, device),
     )
     if is_main_process():
         table = accuracy_table(results, meta)
@@ -453,7 +422,7 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
     trainer.train()  # every step reads its loss back, so step times include the device's work
     train_time = trainer.storage.history("time").median(iterations)
 
-    amp_dtype = _eval_amp_dtype(cfg, device)
+    amp_dtype = eval_amp_dtype(cfg, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     model.eval()
     times = []

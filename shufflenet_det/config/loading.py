@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Sequence
 
 from fvcore.common.config import CfgNode
 
+from ..utils.text_table import first_line
 from .defaults import get_cfg
 
 
@@ -75,7 +76,7 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) 
     except ConfigError:
         raise
     except Exception as error:  # yaml and fvcore raise many types for a broken file
-        raise ConfigError(f"cannot read config {path}: {_first_line(error)}{_yaml_position(error)}") from None
+        raise ConfigError(f"cannot read config {path}: {first_line(error)}{_yaml_position(error)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} is not a mapping of keys to values")
     for key in _flat_keys(loaded):
@@ -145,10 +146,4 @@ def _merge(merge: Callable[[], None], where: str) -> None:
     try:
         merge()
     except (ValueError, KeyError, AssertionError) as error:
-        raise ConfigError(f"{_first_line(error)} ({where})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().strip("'\"")
-    return text.splitlines()[0][:300] if text else type(error).__name__
-
+        raise ConfigError(f"{first_line(error)} ({where})") from None

@@ -17,9 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..config.loading import ConfigError
-from ..engine.data_workers import SignalSafeDataLoader
-from ..engine.launch import per_device_batch_size
-from ..utils.distributed import get_rank
+from ..utils.data_workers import SignalSafeDataLoader
+from ..utils.distributed import get_rank, get_world_size
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
 from .samplers import (
@@ -28,6 +27,7 @@ from .samplers import (
     TrainingSampler,
     aspect_ratio_group,
     batch_stream,
+    mix_seed,
     shared_random_seed,
 )
 
@@ -75,6 +75,17 @@ def get_detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: 
             )
         dataset_dicts = kept
     return dataset_dicts
+
+
+def per_device_batch_size(cfg: Any) -> int:
+    """``SOLVER.IMS_PER_BATCH`` (the global batch) divided by the number of processes."""
+    total, world_size = cfg.SOLVER.IMS_PER_BATCH, get_world_size()
+    if total <= 0 or total % world_size != 0:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH={total} (the global batch) must be a positive multiple of the number of "
+            f"processes ({world_size})"
+        )
+    return total // world_size
 
 
 def build_detection_train_loader(
@@ -272,7 +283,7 @@ class _MappedStream(IterableDataset):
         stream = itertools.chain(self.waiting, self.sampler.with_positions())
         for position, index in itertools.islice(stream, worker_id, None, num_workers):
             if seeded:
-                self.mapper.generator = torch.Generator().manual_seed(_item_seed(self.seed, position))
+                self.mapper.generator = torch.Generator().manual_seed(mix_seed(self.seed, position))
             yield _map_or_failure(self.mapper, self.dataset[index])
 
 
@@ -319,12 +330,5 @@ def _identity(item: Any) -> Any:
     return item
 
 
-def _item_seed(seed: int, position: int) -> int:
-    return int(np.random.SeedSequence([seed, position]).generate_state(2, np.uint64)[0] % 2**63)
-
-
 def _loader_generator(seed: Optional[int], rank: int) -> Optional[torch.Generator]:
-    if seed is None:
-        return None
-    state = np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+    return None if seed is None else torch.Generator().manual_seed(mix_seed(seed, rank, 1))

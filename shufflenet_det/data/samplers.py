@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -14,6 +15,11 @@ from ..utils.distributed import broadcast, get_rank, get_world_size
 def shared_random_seed() -> int:
     """A random seed that is the same on every rank (rank 0 draws it)."""
     return int(broadcast(int(torch.randint(2**31, ()).item())))
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed derived from non-negative integers: different tuples give unrelated random streams."""
+    return int(np.random.SeedSequence(list(values)).generate_state(2, np.uint64)[0] % 2**63)
 
 
 def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple:

@@ -40,6 +40,7 @@ from ..detection.detector import build_detector
 from ..detection.proposals import BatchedProposalRPN
 from ..detection.speed import PLAIN, apply_speed_forms
 from ..utils.io import PathLike, check_output_file
+from ..utils.text_table import first_line
 from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
 from .nms import nms_first_k
 from .roi_align import SeparableRoIAlign
@@ -84,8 +85,7 @@ def build_export_detector(
     try:
         detector = build_detector(cfg).eval()
     except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as error:  # a checkpoint torch cannot read
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {first_line}") from None
+        raise ConfigError(f"cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {first_line(error)}") from None
     warn_if_untrained(cfg.MODEL.WEIGHTS)
     return detector
 

@@ -20,11 +20,11 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config.loading import ConfigError
-from .checkpoint import read_detector_checkpoint
-from ..modeling import MODEL_REGISTRY, StagedNetwork, build_model
+from ..modeling import StagedNetwork, model_args_from_config
 from ..modeling.staged import FeatureInfo
-from ..modeling.shufflenet import width_tag
 from ..utils.registry import Registry
+from ..weights import build_model
+from .checkpoint import read_detector_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -88,21 +88,18 @@ def build_backbone(cfg: CfgNode) -> StagedNetwork:
 @BACKBONE_REGISTRY.register()
 def build_shufflenet_v1_backbone(cfg: CfgNode) -> StagedNetwork:
     """ShuffleNet v1 from MODEL.SHUFFLENET (WIDTH_MULT, GROUPS, CHANNEL_SHUFFLE, NORM)."""
-    options = cfg.MODEL.SHUFFLENET
-    arch = f"shufflenet_v1_{width_tag(options.WIDTH_MULT)}_g{options.GROUPS}"
-    return _build_network(cfg, arch, options.NORM, "MODEL.SHUFFLENET.NORM", channel_shuffle=options.CHANNEL_SHUFFLE)
+    return _build_network(cfg)
 
 
 @BACKBONE_REGISTRY.register()
 def build_mobilenet_v1_backbone(cfg: CfgNode) -> StagedNetwork:
     """MobileNet v1 from MODEL.MOBILENET (WIDTH_MULT, NORM)."""
-    options = cfg.MODEL.MOBILENET
-    return _build_network(cfg, f"mobilenet_v1_{width_tag(options.WIDTH_MULT)}", options.NORM, "MODEL.MOBILENET.NORM")
+    return _build_network(cfg)
 
 
-def _build_network(cfg: CfgNode, arch: str, norm: str, norm_key: str, **kwargs: Any) -> StagedNetwork:
-    weights = cfg.MODEL.WEIGHTS
-    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+def _build_network(cfg: CfgNode) -> StagedNetwork:
+    arch, kwargs, node = model_args_from_config(cfg)
+    weights, norm, freeze_at, norm_key = cfg.MODEL.WEIGHTS, kwargs["norm"], kwargs["freeze_at"], f"{node}.NORM"
     if weights:
         _check_weights_file(weights)
         if read_detector_checkpoint(weights) is not None:
@@ -118,9 +115,7 @@ def _build_network(cfg: CfgNode, arch: str, norm: str, norm_key: str, **kwargs: 
             freeze_at,
             norm_key,
         )
-    if arch not in MODEL_REGISTRY:
-        raise ConfigError(f"{norm_key.rsplit('.', 1)[0]} asks for {MODEL_REGISTRY.unknown_message(arch)}")
-    network = build_model(arch, norm=norm, freeze_at=freeze_at, weights=weights or None, **kwargs)
+    network = build_model(arch, weights=weights or None, **kwargs)
     if weights:
         for message in preprocessing_mismatches(
             getattr(network, "weights_meta", None), cfg.INPUT.FORMAT, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD

@@ -10,7 +10,6 @@ import logging
 import os
 from typing import Any, Dict, Mapping, Optional
 
-import torch
 from torch import nn
 
 from ..config.loading import ConfigError

@@ -26,8 +26,8 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
 
-from ..modeling import MODEL_REGISTRY, build_model
-from ..weights import apply_structure, model_structure
+from ..modeling import MODEL_REGISTRY
+from ..weights import apply_structure, build_model, model_structure
 from ..weights.catalog import MEGVII_PREPROCESSING
 from .anchors import ExactAnchorGenerator
 from .backbone import C4Backbone, C4BoxHead, split_c4

@@ -7,12 +7,11 @@ detector, the data loaders and COCO evaluation, and draws a few validation image
 from __future__ import annotations
 
 import argparse
-import sys
 import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import cv2
 import torch
@@ -42,6 +41,7 @@ from ..engine import (
     build_trainer,
     create_ddp_model,
     default_setup,
+    eval_amp_dtype,
 )
 from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
@@ -73,11 +73,6 @@ def optimizer_lr_factors(cfg: CfgNode) -> Dict[str, float]:
     return {"roi_heads.box_predictor": factor}
 
 
-def _amp_dtype(cfg: CfgNode, model: nn.Module) -> Optional[str]:
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    return cfg.SHUFFLENET_DET.AMP_DTYPE if cfg.SOLVER.AMP.ENABLED and on_cuda else None
-
-
 def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
     """COCO box AP on every dataset of DATASETS.TEST; files under OUTPUT_DIR/inference[/NAME]."""
     results: Dict[str, Any] = OrderedDict()
@@ -87,7 +82,7 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         evaluator = COCOEvaluator.from_metadata(MetadataCatalog.get(name), output_dir)
         loader = build_detection_test_loader(cfg, name)
         check_num_classes(cfg, [name])  # after loading: a registered COCO file sets its classes then
-        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=_amp_dtype(cfg, model))
+        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=eval_amp_dtype(cfg, next(model.parameters()).device))
     return results[names[0]] if len(names) == 1 else results
 
 
@@ -248,13 +243,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     return parser
 
-
-def run_detectron2(args: argparse.Namespace) -> int:
-    """``--engine detectron2``: the same config trained or evaluated by detectron2 (one process here;
-    detectron2's own ``launch`` spreads it over GPUs). Returns an exit status."""
-    try:
-        from ..integrations.d2.train import run_from_args
-    except ImportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return run_from_args(args)

@@ -2,8 +2,9 @@
 checkpoints with exact resume, metric writers, and distributed launch. It knows nothing about
 detection or datasets: it takes a model, an iterable of batches and (optionally) a loss function."""
 
+from ..data.build import per_device_batch_size
+from ..utils.data_workers import SignalSafeDataLoader, WorkerSignalGuard, termination_signals_blocked
 from .checkpoint import Checkpointer, periodic_checkpoint_name, rng_state, set_rng_state, unwrap_model
-from .data_workers import SignalSafeDataLoader, WorkerSignalGuard, termination_signals_blocked
 from .defaults import (
     build_checkpointer,
     build_grad_scaler,
@@ -14,6 +15,7 @@ from .defaults import (
     default_setup,
     device_from_config,
     environment_info,
+    eval_amp_dtype,
     seed_all,
     set_deterministic,
 )
@@ -33,7 +35,6 @@ from .launch import (
     get_local_rank,
     init_distributed_from_env,
     launch,
-    per_device_batch_size,
     report_error,
     started_by_torchrun,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "device_from_config",
     "default_writers",
     "environment_info",
+    "eval_amp_dtype",
     "flatten_results",
     "get_local_rank",
     "get_param_groups",

@@ -20,12 +20,12 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config.loading import ConfigError, resolve_config_path
+from ..data.build import per_device_batch_size
 from ..utils.distributed import get_rank, get_world_size, is_main_process
 from ..utils.io import atomic_write
 from ..utils.logger import setup_logger
 from .checkpoint import POINTER_FILE, Checkpointer
 from .errors import SetupError
-from .launch import per_device_batch_size
 from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter
 from .trainer import LossFunction, Trainer, amp_dtype_from_name
 from .writers import default_writers
@@ -52,35 +52,18 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--config", default="", metavar="NAME_OR_PATH", help="config name or YAML file")
-    parser.add_argument(
-        "--eval-only",
-        action="store_true",
-        help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
-    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="start a new run in an OUTPUT_DIR that holds one (deletes its checkpoints, metrics, events)",
     )
-    parser.add_argument(
-        "--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)"
-    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)")
     parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument(
-        "--machine-rank", type=int, default=0, help="this machine's index, 0 .. num-machines - 1"
-    )
-    parser.add_argument(
-        "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (required with several machines)"
-    )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. SOLVER.BASE_LR 0.01",
-    )
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's index, 0 .. num-machines - 1")
+    parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (required with several machines)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.BASE_LR 0.01")
     return parser
 
 
@@ -228,7 +211,10 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
     logger.info("Rank %d of %d. %s", rank, get_world_size(), environment_info())
     scale_to_world_size(cfg, get_world_size())
     if training:
-        per_device_batch_size(cfg)  # the global batch must split evenly over the processes
+        try:
+            per_device_batch_size(cfg)  # the global batch must split evenly over the processes
+        except ConfigError as error:
+            raise SetupError(str(error)) from None
     if args is not None:
         logger.info("Arguments: %s", vars(args))
     if is_main_process() and keep_config_file:
@@ -283,6 +269,11 @@ def scale_to_world_size(cfg: CfgNode, world_size: int) -> None:
         "SOLVER.REFERENCE_WORLD_SIZE %d -> %d processes: IMS_PER_BATCH %d -> %d, BASE_LR %g -> %g, MAX_ITER %d -> %d",
         reference, world_size, old[0], solver.IMS_PER_BATCH, old[1], solver.BASE_LR, old[2], solver.MAX_ITER,
     )
+
+
+def eval_amp_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
+    """Evaluation's autocast dtype: SHUFFLENET_DET.AMP_DTYPE when SOLVER.AMP.ENABLED on CUDA, else None."""
+    return amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) if cfg.SOLVER.AMP.ENABLED and device.type == "cuda" else None
 
 
 def build_grad_scaler(cfg: CfgNode) -> Optional[torch.amp.GradScaler]:

@@ -25,7 +25,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..utils.distributed import get_world_size
@@ -207,17 +206,6 @@ def report_error(error: BaseException) -> None:
         project_logger.error(message)
     else:
         print(message, file=sys.stderr)
-
-
-def per_device_batch_size(cfg: CfgNode) -> int:
-    """``SOLVER.IMS_PER_BATCH`` (the global batch) divided by the number of processes."""
-    total, world_size = cfg.SOLVER.IMS_PER_BATCH, get_world_size()
-    if total <= 0 or total % world_size != 0:
-        raise SetupError(
-            f"SOLVER.IMS_PER_BATCH={total} (the global batch) must be a positive multiple of the number of "
-            f"processes ({world_size})"
-        )
-    return total // world_size
 
 
 def create_ddp_model(

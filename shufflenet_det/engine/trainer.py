@@ -53,9 +53,7 @@ def amp_dtype_from_name(name: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     if name not in AMP_DTYPES:
-        raise ValueError(
-            f"unknown SHUFFLENET_DET.AMP_DTYPE '{name}': expected one of {', '.join(AMP_DTYPES)}"
-        )
+        raise ValueError(f"unknown AMP dtype '{name}' (SHUFFLENET_DET.AMP_DTYPE): expected one of {', '.join(AMP_DTYPES)}")
     return AMP_DTYPES[name]
 
 

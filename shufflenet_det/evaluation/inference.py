@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
+from ..engine.trainer import amp_dtype_from_name
 from ..utils import distributed as comm
 
 logger = logging.getLogger("shufflenet_det.evaluation")
@@ -54,7 +55,7 @@ def inference_on_dataset(
         num_warmup: first iterations left out of the timing (cuDNN autotuning, allocator warm-up).
     """
     device = torch.device(device) if device is not None else _model_device(model)
-    autocast_dtype = _resolve_dtype(amp_dtype)
+    autocast_dtype = None if amp_dtype is None else amp_dtype_from_name(amp_dtype)
     total = _length(data_loader)
     if total is not None:
         num_warmup = min(num_warmup, max(total - 1, 0))
@@ -138,15 +139,6 @@ def _length(data_loader: Iterable[Any]) -> Optional[int]:
         return len(data_loader)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def _resolve_dtype(amp_dtype: Union[torch.dtype, str, None]) -> Optional[torch.dtype]:
-    if amp_dtype is None or isinstance(amp_dtype, torch.dtype):
-        return amp_dtype
-    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-    if amp_dtype not in dtypes:
-        raise ValueError(f"amp_dtype must be one of {sorted(dtypes)} or None, got '{amp_dtype}'")
-    return dtypes[amp_dtype]
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:

@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from torch import nn
 
 from ..detection.faster_rcnn_c4 import DETECTION_MODELS
-from ..modeling.registry import build_model, list_models
+from ..modeling.registry import list_models
+from ..weights import build_model
 
 _OWNER_ATTRIBUTE = "_shufflenet_det_model"
 

@@ -117,3 +117,18 @@ def make_divisible(value: float, divisor: int, minimum: Optional[int] = None) ->
     """Round ``value`` to the nearest multiple of ``divisor`` (halves up), at least ``minimum``."""
     minimum = divisor if minimum is None else minimum
     return max(minimum, int(value / divisor + 0.5) * divisor)
+
+
+def init_weights(model: nn.Module) -> None:
+    """The initialization every network here starts from (as torchvision's classifiers): He-normal convs,
+    unit BatchNorm, small normal classifier."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

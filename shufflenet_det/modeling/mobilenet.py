@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import ConvNormAct
-from .registry import register_model
-from .shufflenet import _init_weights, width_tag
+from .layers import ConvNormAct, init_weights
+from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
@@ -59,7 +58,7 @@ class MobileNetV1(StagedNetwork):
             setattr(self, name, nn.Sequential(*layers))
             feature_info.append(FeatureInfo(name, in_channels, stride))
         self._finish(feature_info, num_classes)
-        _init_weights(self)
+        init_weights(self)
         self.set_activation(activation)
 
     @property

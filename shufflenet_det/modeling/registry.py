@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
+from ..config.loading import ConfigError
 from ..utils.registry import Registry
+from .layers import NORMS
 
 MODEL_REGISTRY = Registry("model")
 _MODEL_ARGS: Dict[str, Dict[str, Any]] = {}
@@ -36,27 +38,41 @@ def model_architecture(name: str) -> Dict[str, Any]:
     return dict(_MODEL_ARGS[name])
 
 
-def build_model(
-    name: str,
-    num_classes: int = 1000,
-    norm: str = "BN",
-    freeze_at: int = 0,
-    weights: Optional[str] = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered model by name.
+def create_model(name: str, num_classes: int = 1000, norm: str = "BN", freeze_at: int = 0, **kwargs: Any) -> nn.Module:
+    """A registered network, randomly initialized (``shufflenet_det.build_model`` also loads weights).
 
     ``norm`` is "BN", "FrozenBN" or "SyncBN"; ``freeze_at`` freezes the stem and first stages
-    (detectron2's FREEZE_AT); ``weights`` is a checkpoint path or a pretrained-weight name that
-    ``shufflenet_det.weights.load_weights`` understands. Other keyword arguments go to the builder
-    (for ShuffleNet: ``channel_shuffle``).
+    (detectron2's FREEZE_AT). Other keyword arguments go to the builder (ShuffleNet: ``channel_shuffle``).
     """
     model = MODEL_REGISTRY.get(name)(num_classes=num_classes, norm=norm, **kwargs)
     model.arch = name
-    if weights:
-        from ..weights import load_weights
+    return model.freeze(freeze_at) if freeze_at else model
 
-        model.weights_meta = load_weights(model, weights)
-    if freeze_at:
-        model.freeze(freeze_at)
-    return model
+
+def model_args_from_config(cfg: Any) -> Tuple[str, Dict[str, Any], str]:
+    """(registered name, ``create_model`` keyword arguments, config node) of the network that
+    MODEL.BACKBONE.NAME, MODEL.SHUFFLENET / MODEL.MOBILENET and MODEL.BACKBONE.FREEZE_AT describe:
+    the one reading of these keys that detection, classification and the detectron2 plugin share."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if name == "build_shufflenet_v1_backbone":
+        options, node = cfg.MODEL.SHUFFLENET, "MODEL.SHUFFLENET"
+        arch = f"shufflenet_v1_{width_tag(options.WIDTH_MULT)}_g{options.GROUPS}"
+        kwargs: Dict[str, Any] = {"channel_shuffle": options.CHANNEL_SHUFFLE}
+    elif name == "build_mobilenet_v1_backbone":
+        options, node = cfg.MODEL.MOBILENET, "MODEL.MOBILENET"
+        arch, kwargs = f"mobilenet_v1_{width_tag(options.WIDTH_MULT)}", {}
+    else:
+        raise ConfigError(
+            f"MODEL.BACKBONE.NAME is '{name}'; expected 'build_shufflenet_v1_backbone' or 'build_mobilenet_v1_backbone'"
+        )
+    if options.NORM not in NORMS:
+        raise ConfigError(f"{node}.NORM must be one of {', '.join(NORMS)}, got '{options.NORM}'")
+    if arch not in MODEL_REGISTRY:
+        raise ConfigError(f"{node} asks for {MODEL_REGISTRY.unknown_message(arch)}")
+    return arch, dict(kwargs, norm=options.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT), node
+
+
+def width_tag(width_mult: float) -> str:
+    """torchvision's naming: 0.5 -> "x0_5", 2.0 -> "x2_0"."""
+    text = f"{width_mult:g}"
+    return "x" + (text.replace(".", "_") if "." in text else text + "_0")

@@ -11,14 +11,14 @@ official release puts the shortcut first, pytorchcv the branch).
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import ChannelShuffle, ConvNormAct, make_divisible
-from .registry import register_model
+from .layers import ChannelShuffle, ConvNormAct, init_weights, make_divisible
+from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 GROUPS = (1, 2, 3, 4, 8)
@@ -154,7 +154,7 @@ class ShuffleNetV1(StagedNetwork):
             setattr(self, name, nn.Sequential(*blocks))
             feature_info.append(FeatureInfo(name, out_channels, 2 ** (index + 3)))
         self._finish(feature_info, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     @property
     def shuffle_layout(self) -> str:
@@ -187,25 +187,6 @@ class ShuffleNetV1(StagedNetwork):
         for module in self.modules():
             if isinstance(module, ShuffleUnit):
                 module.shortcut_first = order == "shortcut_first"
-
-
-def _init_weights(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.01)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-
-def width_tag(width_mult: float) -> str:
-    """torchvision's naming: 0.5 -> "x0_5", 2.0 -> "x2_0"."""
-    text = f"{width_mult:g}"
-    return "x" + (text.replace(".", "_") if "." in text else text + "_0")
 
 
 def _register_shufflenet(width_mult: float, groups: int) -> None:

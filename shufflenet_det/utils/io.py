@@ -6,11 +6,12 @@ import argparse
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
+
+from .text_table import first_line
 
 PathLike = Union[str, os.PathLike]
 
@@ -100,14 +101,9 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
                 "plain containers are loaded; convert it with tools/convert_weights.py on a machine "
                 "where you trust the file."
             ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(error)}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(error)}") from None
     except Exception as error:  # torch raises many types for damaged files
-        raise CheckpointError(f"{path} is truncated or not a checkpoint: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+        raise CheckpointError(f"{path} is truncated or not a checkpoint: {first_line(error)}") from None
 
 
 def _unsupported_global(message: str) -> str:

@@ -1,4 +1,4 @@
-"""Plain-text tables for logs and tool output (no dependency beyond the standard library)."""
+"""Plain text for logs, errors and tool output: tables, and short forms of long values (standard library only)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,17 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: 
         "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
     )
     return "\n".join([line(headers), separator] + [line(row) for row in cells])
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one short line for a one-line error message (its type name when it has no text)."""
+    # str() of a KeyError is the repr of its message.
+    text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip().strip("'\"")
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def first_items(items: Sequence[Any], count: int = 4) -> str:
+    """The first ``count`` items, and how many there are in all when some are left out."""
+    items = list(items)
+    shown = ", ".join(repr(item) for item in items[:count])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > count else "")

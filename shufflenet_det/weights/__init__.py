@@ -19,7 +19,7 @@ from .catalog import (
 )
 from .converters import convert_megvii, convert_pytorchcv, convert_timm
 from .formats import FORMAT_NAME, FORMAT_VERSION, SOURCES, read_checkpoint, save_weights, unpack_checkpoint
-from .loading import convert_checkpoint, load_weights, matching_archs, resolve_weights
+from .loading import build_model, convert_checkpoint, load_weights, matching_archs, resolve_weights
 from .structure import STRUCTURE_KEYS, apply_structure, model_structure
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Preprocessing",
     "PretrainedWeights",
     "apply_structure",
+    "build_model",
     "convert_checkpoint",
     "convert_megvii",
     "convert_pytorchcv",

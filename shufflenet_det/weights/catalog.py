@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..utils.io import CheckpointError
-from .formats import _first_line
+from ..utils.text_table import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def download_weights(name: str, cache_dir: Optional[Union[str, Path]] = None) ->
         ) from None
     except Exception as error:  # network and hub libraries raise many types
         raise CheckpointError(
-            f"could not download {name} from {entry.url} ({type(error).__name__}: {_first_line(error)}); "
+            f"could not download {name} from {entry.url} ({type(error).__name__}: {first_line(error)}); "
             f"without internet, download that file by hand and pass its path instead"
         ) from None
     logger.info("weights %s at %s", name, path)

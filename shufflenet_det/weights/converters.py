@@ -23,7 +23,8 @@ import torch
 from ..modeling.layers import channel_shuffle
 from ..modeling.shufflenet import UNITS_PER_STAGE
 from ..utils.io import CheckpointError
-from .formats import StateDict, _first
+from ..utils.text_table import first_items
+from .formats import StateDict
 
 Structure = Dict[str, Any]
 _BN_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
@@ -43,7 +44,7 @@ def _rename(state_dict: StateDict, rules: Sequence[Tuple[str, Callable[[re.Match
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(f"unexpected keys for a {source} checkpoint: {_first(unknown)}")
+        raise CheckpointError(f"unexpected keys for a {source} checkpoint: {first_items(unknown)}")
     return renamed
 
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Union
 import torch
 
 from ..utils.io import CheckpointError, atomic_torch_save, safe_torch_load
+from ..utils.text_table import first_items, first_line
 
 FORMAT_NAME = "shufflenet_det.weights"
 FORMAT_VERSION = 1
@@ -55,7 +56,7 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{path} is truncated or not a safetensors file: {_first_line(error)}") from None
+        raise CheckpointError(f"{path} is truncated or not a safetensors file: {first_line(error)}") from None
 
 
 def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
@@ -87,8 +88,8 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(
-            f"{label} is not a model checkpoint: entries {_first(not_tensors)} are not tensors "
-            f"(top-level keys: {_first(list(obj))})"
+            f"{label} is not a model checkpoint: entries {first_items(not_tensors)} are not tensors "
+            f"(top-level keys: {first_items(list(obj))})"
         )
     state_dict = _strip_prefix(dict(state_dict), "module.")
     for source, key in _SIGNATURE_KEYS.items():
@@ -96,7 +97,7 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
             return RawCheckpoint(source, container, state_dict, meta)
     raise CheckpointError(
         f"{label} is not a checkpoint of a known classifier (megvii ShuffleNetV1, pytorchcv ShuffleNet, "
-        f"timm mobilenetv1, shufflenet_det): first keys {_first(list(state_dict))}"
+        f"timm mobilenetv1, shufflenet_det): first keys {first_items(list(state_dict))}"
     )
 
 
@@ -141,13 +142,3 @@ def _strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
     if all(key.startswith(prefix) for key in state_dict):
         return {key[len(prefix) :]: value for key, value in state_dict.items()}
     return state_dict
-
-
-def _first(items: list, count: int = 4) -> str:
-    shown = ", ".join(repr(item) for item in items[:count])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > count else "")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..modeling.registry import MODEL_REGISTRY, build_model, list_models
+from ..modeling.registry import MODEL_REGISTRY, create_model, list_models
 from ..utils.io import CheckpointError
 from .catalog import SOURCE_PREPROCESSING, download_weights, find_pretrained, list_pretrained
 from .converters import CONVERTERS
@@ -62,6 +62,22 @@ def convert_checkpoint(
             )
         arch = candidates[0]
     return state_dict, _finish_meta(meta, arch, num_classes)
+
+
+def build_model(
+    name: str,
+    num_classes: int = 1000,
+    norm: str = "BN",
+    freeze_at: int = 0,
+    weights: Optional[CheckpointLike] = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``modeling.create_model`` with ``weights`` (anything ``load_weights`` takes) loaded before freezing;
+    their metadata in ``model.weights_meta``."""
+    model = create_model(name, num_classes=num_classes, norm=norm, **kwargs)
+    if weights:
+        model.weights_meta = load_weights(model, weights)
+    return model.freeze(freeze_at) if freeze_at else model
 
 
 def load_weights(model: nn.Module, source: CheckpointLike, strict: bool = True) -> Dict[str, Any]:
@@ -165,7 +181,7 @@ def _finish_meta(meta: Dict[str, Any], arch: Optional[str], num_classes: Optiona
 @functools.lru_cache(maxsize=None)
 def _reference_shapes(arch: str, num_classes: int) -> Shapes:
     with torch.device("meta"):  # shapes only: no memory, no initialization cost
-        model = build_model(arch, num_classes=num_classes)
+        model = create_model(arch, num_classes=num_classes)
     return _shapes(model.state_dict())
 
 

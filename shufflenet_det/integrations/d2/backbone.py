@@ -17,10 +17,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from ...detection.speed import speed_options
+from ...modeling import StagedNetwork, create_model, model_args_from_config
 from ...modeling.speed import apply_conv_form
-from ...modeling import MODEL_REGISTRY, StagedNetwork, build_model
-from ...modeling.layers import NORMS
-from ...modeling.shufflenet import width_tag
 
 C4_STRIDE = 16
 # Our torchvision engine pads batches to a multiple of 32 (GeneralizedRCNNTransform); padding the
@@ -69,30 +67,15 @@ def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
 
     No weights are loaded here: in detectron2, MODEL.WEIGHTS goes through the checkpointer.
     """
-    name = cfg.MODEL.BACKBONE.NAME
-    if name == "build_shufflenet_v1_backbone":
-        options, node = cfg.MODEL.SHUFFLENET, "MODEL.SHUFFLENET"
-        arch = f"shufflenet_v1_{width_tag(options.WIDTH_MULT)}_g{options.GROUPS}"
-        kwargs = {"channel_shuffle": options.CHANNEL_SHUFFLE}
-    elif name == "build_mobilenet_v1_backbone":
-        options, node = cfg.MODEL.MOBILENET, "MODEL.MOBILENET"
-        arch, kwargs = f"mobilenet_v1_{width_tag(options.WIDTH_MULT)}", {}
-    else:
+    arch, kwargs, node = model_args_from_config(cfg)
+    out_features = cfg.MODEL.SHUFFLENET.OUT_FEATURES if node == "MODEL.SHUFFLENET" else cfg.MODEL.MOBILENET.OUT_FEATURES
+    if len(out_features) != 1:
         raise ValueError(
-            f"MODEL.BACKBONE.NAME is '{name}'; the ShuffleNet C4 model needs 'build_shufflenet_v1_backbone' "
-            "or 'build_mobilenet_v1_backbone'"
+            f"{node}.OUT_FEATURES must name the one stride-16 C4 feature, e.g. ['res4'], got {list(out_features)}"
         )
-    if options.NORM not in NORMS:
-        raise ValueError(f"{node}.NORM must be one of {', '.join(NORMS)}, got '{options.NORM}'")
-    if len(options.OUT_FEATURES) != 1:
-        raise ValueError(
-            f"{node}.OUT_FEATURES must name the one stride-16 C4 feature, e.g. ['res4'], got {list(options.OUT_FEATURES)}"
-        )
-    if arch not in MODEL_REGISTRY:
-        raise ValueError(f"{node} asks for {MODEL_REGISTRY.unknown_message(arch)}")
-    network = build_model(arch, norm=options.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, **kwargs)
+    network = create_model(arch, **kwargs)
     apply_conv_form(network, speed_options(cfg)["conv"], cfg.MODEL.DEVICE)
-    return network, options.OUT_FEATURES[0]
+    return network, out_features[0]
 
 
 def split_c4(network: StagedNetwork) -> Tuple[nn.Sequential, int, nn.Sequential, int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -26,6 +26,7 @@ from detectron2.config import CfgNode
 from torch import nn
 
 from ...utils.io import CheckpointError, safe_torch_load
+from ...utils.text_table import first_items
 
 WEIGHTS_FORMAT = "shufflenet_det.weights"
 WEIGHTS_FORMAT_VERSION = 1
@@ -196,10 +197,6 @@ def _check_overlap(state_dict: Mapping, model_keys: Iterable[str]) -> None:
     model_keys = set(model_keys)
     if state_dict and not model_keys.intersection(state_dict):
         raise CheckpointError(
-            f"none of the checkpoint's {len(state_dict)} keys (first: {_first(state_dict)}) fits the model "
-            f"(first: {_first(sorted(model_keys))}); convert other weights with tools/convert_weights.py"
+            f"none of the checkpoint's {len(state_dict)} keys (first: {first_items(state_dict, 3)}) fits the model "
+            f"(first: {first_items(sorted(model_keys), 3)}); convert other weights with tools/convert_weights.py"
         )
-
-
-def _first(keys: Sequence[str] | Mapping, count: int = 3) -> str:
-    return ", ".join(list(keys)[:count])

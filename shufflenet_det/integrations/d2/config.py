@@ -12,6 +12,7 @@ from fvcore.common.config import CfgNode as AnyCfgNode  # ours and detectron2's 
 
 from ...config.defaults import add_shufflenet_config
 from ...config.defaults import get_cfg as get_our_cfg
+from ...utils.text_table import first_line
 
 def get_shufflenet_d2_cfg() -> CfgNode:
     """detectron2's defaults overlaid with ours, so one YAML file gives the same model in both engines.
@@ -50,5 +51,4 @@ def _merge(merge: Callable[[], None], where: str) -> None:
     try:
         merge()
     except (KeyError, ValueError, AssertionError, yaml.YAMLError) as error:
-        text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()
-        raise ValueError(f"{text.splitlines()[0] if text else type(error).__name__} (in {where})") from None
+        raise ValueError(f"{first_line(error)} (in {where})") from None
