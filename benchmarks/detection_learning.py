@@ -40,8 +40,8 @@ from shufflenet_det.data import (  # noqa: E402
     build_detection_train_loader,
 )
 from shufflenet_det.detection.detector import build_detector  # noqa: E402
-from shufflenet_det.detection.runner import detection_losses, optimizer_lr_factors  # noqa: E402
-from shufflenet_det.engine import build_optimizer, scale_module_lr  # noqa: E402
+from shufflenet_det.detection.runner import detection_losses  # noqa: E402
+from shufflenet_det.engine import build_optimizer  # noqa: E402
 from shufflenet_det.evaluation import COCOEvaluator, inference_on_dataset  # noqa: E402
 
 MODELS = ("ours", "torchvision")
@@ -108,10 +108,7 @@ def lr_factor(cfg: Any, iteration: int) -> float:
 
 def train(cfg: Any, model: nn.Module, iterations: int, log_period: int) -> float:
     """Train ``model`` in place on the config's loader; returns seconds per iteration."""
-    # The predictor's rate factor is part of our detector's recipe; torchvision's model trains as it is.
     optimizer = build_optimizer(cfg, model)
-    if not isinstance(model, RGBUnitInput):
-        scale_module_lr(optimizer, model, optimizer_lr_factors(cfg))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it))
     loader = build_detection_train_loader(cfg)
     model.train()

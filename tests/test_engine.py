@@ -26,7 +26,6 @@ from shufflenet_det.engine import (
     default_setup,
     flatten_results,
     get_param_groups,
-    scale_module_lr,
     launch,
     move_to_device,
     per_device_batch_size,
@@ -270,26 +269,6 @@ def test_param_groups_decay_and_membership():
     groups = get_param_groups(model, 0.1, 1e-4, weight_decay_norm=0.0, weight_decay_bias=None)
     decay = {p: g["weight_decay"] for g in groups for p in g["params"]}
     assert decay[model.conv.bias] == 1e-4 and decay[model.bn.bias] == 0.0
-
-
-def test_scale_module_lr_moves_a_module_into_groups_of_its_own():
-    cfg = get_cfg()
-    cfg.SOLVER.merge_from_list(["BASE_LR", 0.1, "BIAS_LR_FACTOR", 2.0])
-    model = _NetWithNorms()
-    optimizer = build_optimizer(cfg, model)
-    scale_module_lr(optimizer, model, {"head": 0.1, "conv": 1.0})
-    lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
-    assert lr[id(model.head.weight)] == pytest.approx(0.01) and lr[id(model.head.bias)] == pytest.approx(0.02)
-    assert lr[id(model.conv.weight)] == 0.1 and lr[id(model.conv.bias)] == 0.2 and lr[id(model.bn.weight)] == 0.1
-    assert len(lr) == sum(len(g["params"]) for g in optimizer.param_groups)  # each parameter once
-    assert all(g["params"] for g in optimizer.param_groups)
-    # The scheduler scales every group from its own starting rate.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.5)
-    head_groups = [g for g in optimizer.param_groups if any(p is model.head.weight for p in g["params"])]
-    assert [g["lr"] for g in head_groups] == [pytest.approx(0.005)]
-    del scheduler
-    with pytest.raises(ValueError, match="does not have: nothing"):
-        scale_module_lr(optimizer, model, {"nothing": 0.5})
 
 
 def test_build_optimizer_reads_solver():

@@ -218,11 +218,6 @@ _C.SHUFFLENET_DET.ROI_ALIGN_IMPL = "auto"
 _C.SHUFFLENET_DET.RPN_NMS_IMPL = "torchvision"
 # DistributedDataParallel's find_unused_parameters: needed when some parameters get no gradient.
 _C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False
-# Learning-rate factor of the box predictor (class scores and box deltas). Its input, the per-RoI
-# stage's mean-pooled post-ReLU features, is large (norm about 30 for ShuffleNet 0.5x), so at the
-# rate that suits the rest of a detector trained from scratch its steps are far too big and it stays
-# at "everything is background" (benchmarks/detection_learning.py; docs/detection.md). 1.0 is detectron2's.
-_C.SHUFFLENET_DET.BOX_PREDICTOR_LR_FACTOR = 1.0
 
 # ImageNet-style classification (tools/train_cls.py, shufflenet_det.classification). Everything else
 # it reads is a detectron2 key: MODEL.WEIGHTS, MODEL.PIXEL_MEAN/STD, INPUT.FORMAT, INPUT.RANDOM_FLIP,

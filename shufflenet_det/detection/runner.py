@@ -37,7 +37,6 @@ from ..engine import (
     build_grad_scaler,
     build_lr_scheduler,
     build_optimizer,
-    scale_module_lr,
     build_trainer,
     create_ddp_model,
     default_setup,
@@ -63,14 +62,6 @@ def detection_losses(model: nn.Module, batch: Sequence[Mapping[str, Any]]) -> Di
         {"boxes": item["instances"]["boxes"], "labels": item["instances"]["labels"] + 1} for item in batch
     ]
     return model(images, targets)
-
-
-def optimizer_lr_factors(cfg: CfgNode) -> Dict[str, float]:
-    """Per-module learning-rate factors of the detector (for ``engine.scale_module_lr``)."""
-    factor = cfg.SHUFFLENET_DET.BOX_PREDICTOR_LR_FACTOR
-    if not factor > 0:
-        raise ConfigError(f"SHUFFLENET_DET.BOX_PREDICTOR_LR_FACTOR must be positive, got {factor}")
-    return {"roi_heads.box_predictor": factor}
 
 
 def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
@@ -142,7 +133,6 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     """Train the detector ``cfg`` describes; returns the final evaluation results (main process)."""
     model = build_detector(cfg)
     optimizer = build_optimizer(cfg, model)
-    scale_module_lr(optimizer, model, optimizer_lr_factors(cfg))
     scheduler = build_lr_scheduler(cfg, optimizer)
     grad_scaler = build_grad_scaler(cfg)
     checkpointer = build_checkpointer(

@@ -39,7 +39,7 @@ from .launch import (
     started_by_torchrun,
 )
 from .lr_scheduler import WarmupLRScheduler, build_lr_scheduler
-from .optimizer import add_gradient_clipping, build_optimizer, get_param_groups, scale_module_lr
+from .optimizer import add_gradient_clipping, build_optimizer, get_param_groups
 from .trainer import Trainer, move_to_device
 from .writers import ConsoleWriter, EventWriter, JSONWriter, TensorboardWriter, default_writers, max_memory_mb
 
@@ -70,7 +70,6 @@ __all__ = [
     "build_hooks",
     "build_lr_scheduler",
     "build_optimizer",
-    "scale_module_lr",
     "build_trainer",
     "check_output_dir",
     "create_ddp_model",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
@@ -52,30 +52,6 @@ def get_param_groups(
                 decay = weight_decay_norm
             groups.setdefault((lr, decay), []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
-
-
-def scale_module_lr(optimizer: torch.optim.Optimizer, model: nn.Module, factors: Mapping[str, float]) -> None:
-    """Multiply the learning rate of each named module's parameters (children included) by its factor.
-
-    ``factors`` maps module names to factors, e.g. ``{"roi_heads.box_predictor": 0.1}``. Those parameters
-    move out of their groups into new ones (same settings, scaled ``lr``), appended in a fixed order so
-    that a resumed run rebuilds the same groups. Call it before the LR scheduler is created.
-    """
-    modules = dict(model.named_modules())
-    unknown = sorted(set(factors) - set(modules))
-    if unknown:
-        raise ValueError(f"learning-rate factors name modules the model does not have: {', '.join(unknown)}")
-    for name, factor in factors.items():
-        if factor == 1.0:
-            continue
-        chosen = {id(p) for p in modules[name].parameters()}
-        for group in list(optimizer.param_groups):
-            moved = [p for p in group["params"] if id(p) in chosen]
-            if not moved:
-                continue
-            group["params"] = [p for p in group["params"] if id(p) not in chosen]
-            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": group["lr"] * factor})
-        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
 
 
 def add_gradient_clipping(

@@ -25,8 +25,6 @@ from ...config.loading import resolve_config_path
 from ...data.builtin import SYNTHETIC_DIRNAME, SYNTHETIC_SPLITS, datasets_root
 from ...data.catalog import DatasetError
 from ...data.synthetic import ensure_synthetic_dataset
-from ...detection.runner import optimizer_lr_factors
-from ...engine.optimizer import scale_module_lr
 from ...utils.io import CheckpointError, atomic_write
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout
 from .config import setup_d2_cfg
@@ -61,13 +59,6 @@ class ShuffleNetTrainer(DefaultTrainer):
             hooks.PeriodicWriter(self.build_writers(), period=period) if isinstance(hook, hooks.PeriodicWriter) else hook
             for hook in super().build_hooks()
         ]
-
-    @classmethod
-    def build_optimizer(cls, cfg: CfgNode, model: Any) -> Any:
-        optimizer = super().build_optimizer(cfg, model)
-        # The built-in engine's per-module rates (SHUFFLENET_DET.BOX_PREDICTOR_LR_FACTOR), so one YAML trains alike.
-        scale_module_lr(optimizer, model, optimizer_lr_factors(cfg))
-        return optimizer
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
