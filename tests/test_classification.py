@@ -128,7 +128,7 @@ def trained(shapes_root, tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------------------- recipe and configs
 def test_shipped_configs_are_listed():
-    assert list_classification_configs() == sorted(["Base-Classification", "tiny_shapes", *IMAGENET_CONFIGS])
+    assert list_classification_configs() == sorted(["Base-Classification", "quickstart_crops", "tiny_shapes", *IMAGENET_CONFIGS])
 
 
 @pytest.mark.parametrize("name", IMAGENET_CONFIGS)

@@ -319,68 +319,24 @@ def _backbone_preprocessing(meta: Mapping[str, Any], source: Optional[str]) -> D
     }
 
 
-def fasterrcnn_shufflenet_v1_x0_5_g3_c4(
-    *,
-    weights: Optional[str] = None,
-    weights_backbone: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    trainable_backbone_layers: Optional[int] = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> FasterRCNNC4:
+def fasterrcnn_shufflenet_v1_x0_5_g3_c4(**kwargs: Any) -> FasterRCNNC4:
     """The quickstart's ShuffleNet 0.5x (g=3) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
-    return fasterrcnn_c4(
-        "shufflenet_v1_x0_5_g3", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
-        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
-    )
+    return fasterrcnn_c4("shufflenet_v1_x0_5_g3", **kwargs)
 
 
-def fasterrcnn_shufflenet_v1_x1_0_g3_c4(
-    *,
-    weights: Optional[str] = None,
-    weights_backbone: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    trainable_backbone_layers: Optional[int] = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> FasterRCNNC4:
+def fasterrcnn_shufflenet_v1_x1_0_g3_c4(**kwargs: Any) -> FasterRCNNC4:
     """Table 7's ShuffleNet 1x (g=3) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
-    return fasterrcnn_c4(
-        "shufflenet_v1_x1_0_g3", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
-        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
-    )
+    return fasterrcnn_c4("shufflenet_v1_x1_0_g3", **kwargs)
 
 
-def fasterrcnn_shufflenet_v1_x2_0_g3_c4(
-    *,
-    weights: Optional[str] = None,
-    weights_backbone: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    trainable_backbone_layers: Optional[int] = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> FasterRCNNC4:
+def fasterrcnn_shufflenet_v1_x2_0_g3_c4(**kwargs: Any) -> FasterRCNNC4:
     """Table 7's ShuffleNet 2x (g=3) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
-    return fasterrcnn_c4(
-        "shufflenet_v1_x2_0_g3", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
-        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
-    )
+    return fasterrcnn_c4("shufflenet_v1_x2_0_g3", **kwargs)
 
 
-def fasterrcnn_mobilenet_v1_x1_0_c4(
-    *,
-    weights: Optional[str] = None,
-    weights_backbone: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    trainable_backbone_layers: Optional[int] = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> FasterRCNNC4:
+def fasterrcnn_mobilenet_v1_x1_0_c4(**kwargs: Any) -> FasterRCNNC4:
     """Table 7's MobileNet v1 (1.0) C4 Faster R-CNN; arguments as ``fasterrcnn_c4``."""
-    return fasterrcnn_c4(
-        "mobilenet_v1_x1_0", weights=weights, weights_backbone=weights_backbone, num_classes=num_classes,
-        trainable_backbone_layers=trainable_backbone_layers, progress=progress, **kwargs,
-    )
+    return fasterrcnn_c4("mobilenet_v1_x1_0", **kwargs)
 
 
 # The builders registered with torchvision by name (``register_torchvision_models``).
