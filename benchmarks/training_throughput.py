@@ -316,11 +316,12 @@ def _benchmark_one(
         model=name,
         variant=str(variant),
         batch=batch,
-        train_images_per_s=round(1000 * batch / train_ms, 1),
-        train_ms_per_iter=round(train_ms, 1),
-        train_peak_gib=round(peak, 2),
-        infer_images_per_s=None if batch_ms is None else round(1000 * batch / batch_ms, 1),
-        infer_batch1_ms=None if single_ms is None else round(single_ms, 1),
+        # Unrounded, so that derived figures (images/s from ms, ratios) agree; tables round.
+        train_images_per_s=1000 * batch / train_ms,
+        train_ms_per_iter=train_ms,
+        train_peak_gib=peak,
+        infer_images_per_s=None if batch_ms is None else 1000 * batch / batch_ms,
+        infer_batch1_ms=None if single_ms is None else single_ms,
     )
 
 
@@ -431,9 +432,9 @@ def main(argv=None) -> int:
             args.models, variants, device, batch=args.batch, iterations=args.iters, warmup=args.warmup,
             amp_dtype=amp_dtype, overrides=args.opts, inference=not args.skip_inference,
             cpu_peak_memory=args.cpu_peak_memory,
-            report=lambda r: print(f"  {r.model} {r.variant}: train {r.train_images_per_s} img/s, "
-                                   f"{r.train_peak_gib} GiB" + ("" if r.infer_images_per_s is None else
-                                   f"; inference {r.infer_images_per_s} img/s"), flush=True),
+            report=lambda r: print(f"  {r.model} {r.variant}: train {r.train_images_per_s:.1f} img/s, "
+                                   f"{r.train_peak_gib:.2f} GiB" + ("" if r.infer_images_per_s is None else
+                                   f"; inference {r.infer_images_per_s:.1f} img/s"), flush=True),
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
