@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ from shufflenet_det.data import (  # noqa: E402
 )
 from shufflenet_det.detection.detector import build_detector  # noqa: E402
 from shufflenet_det.detection.runner import detection_losses  # noqa: E402
-from shufflenet_det.engine import build_optimizer  # noqa: E402
+from shufflenet_det.engine import build_lr_scheduler, build_optimizer  # noqa: E402
 from shufflenet_det.evaluation import COCOEvaluator, inference_on_dataset  # noqa: E402
 
 MODELS = ("ours", "torchvision")
@@ -84,10 +84,6 @@ def build_peer(cfg: Any) -> nn.Module:
     return RGBUnitInput(peer, cfg.INPUT.FORMAT)
 
 
-def detector_of(model: nn.Module) -> nn.Module:
-    return model.detector if isinstance(model, RGBUnitInput) else model
-
-
 def set_test_size(model: nn.Module, cfg: Any, training: bool) -> None:
     """torchvision's transform uses its last training size in eval mode: give the peer the test size."""
     if isinstance(model, RGBUnitInput):
@@ -96,20 +92,10 @@ def set_test_size(model: nn.Module, cfg: Any, training: bool) -> None:
         transform.max_size = cfg.INPUT.MAX_SIZE_TRAIN if training else cfg.INPUT.MAX_SIZE_TEST
 
 
-def lr_factor(cfg: Any, iteration: int) -> float:
-    """The config's warmup (linear) and step schedule as a multiplier of BASE_LR."""
-    solver = cfg.SOLVER
-    factor = solver.GAMMA ** sum(iteration >= step for step in solver.STEPS)
-    if iteration < solver.WARMUP_ITERS:
-        alpha = iteration / solver.WARMUP_ITERS
-        factor *= solver.WARMUP_FACTOR * (1 - alpha) + alpha
-    return factor
-
-
 def train(cfg: Any, model: nn.Module, iterations: int, log_period: int) -> float:
     """Train ``model`` in place on the config's loader; returns seconds per iteration."""
     optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it))
+    scheduler = build_lr_scheduler(cfg, optimizer)
     loader = build_detection_train_loader(cfg)
     model.train()
     set_test_size(model, cfg, training=True)
@@ -133,17 +119,17 @@ def train(cfg: Any, model: nn.Module, iterations: int, log_period: int) -> float
 def diagnose(cfg: Any, model: nn.Module, dataset_name: str) -> Dict[str, float]:
     """RPN recall of the ground truth among the first 100 / 300 proposals, and the box head's accuracy
     on the ground-truth boxes, over the dataset's images."""
-    detector = detector_of(model)
+    detector = model.detector if isinstance(model, RGBUnitInput) else model
+    ground_truth = _ground_truth(dataset_name)
     model.eval()
     set_test_size(model, cfg, training=False)
     found = {(k, t): 0 for k in (100, 300) for t in (0.5, 0.7)}
     num_gt = correct = 0
     for batch in build_detection_test_loader(cfg, dataset_name):
         item = batch[0]
-        gt = _ground_truth(dataset_name, item["image_id"])
-        if gt is None:
+        if item["image_id"] not in ground_truth:
             continue
-        boxes, labels = gt
+        boxes, labels = ground_truth[item["image_id"]]
         image = item["image"]
         if isinstance(model, RGBUnitInput):
             image = model.convert(image)
@@ -166,22 +152,16 @@ def diagnose(cfg: Any, model: nn.Module, dataset_name: str) -> Dict[str, float]:
     return result
 
 
-_GT_CACHE: Dict[str, Dict[Any, Any]] = {}
-
-
-def _ground_truth(dataset_name: str, image_id: Any):
-    if dataset_name not in _GT_CACHE:
-        table = {}
-        for record in DatasetCatalog.get(dataset_name):
-            kept = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
-            if not kept:
-                continue
+def _ground_truth(dataset_name: str) -> Dict[Any, Tuple[torch.Tensor, torch.Tensor]]:
+    """image id -> (XYXY boxes, contiguous labels) of its non-crowd objects, for images that have any."""
+    table = {}
+    for record in DatasetCatalog.get(dataset_name):
+        kept = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        if kept:
             boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)
             boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
-            labels = torch.tensor([a["category_id"] for a in kept], dtype=torch.int64)
-            table[record["image_id"]] = (boxes, labels)
-        _GT_CACHE[dataset_name] = table
-    return _GT_CACHE[dataset_name].get(image_id)
+            table[record["image_id"]] = (boxes, torch.tensor([a["category_id"] for a in kept], dtype=torch.int64))
+    return table
 
 
 def evaluate(cfg: Any, model: nn.Module, output_dir: Path) -> Dict[str, float]:
