@@ -98,13 +98,8 @@ def write_box_crops(
     return root
 
 
-def box_crop_classes(dataset_name: str) -> List[str]:
-    """The class folders ``write_box_crops`` makes for a dataset, in the order ImageFolder sorts them."""
-    return sorted(list(_thing_classes(dataset_name)) + [BACKGROUND])
-
-
 def _thing_classes(dataset_name: str) -> Sequence[str]:
-    DatasetCatalog.get(dataset_name)  # loading a COCO file sets its metadata
+    """The dataset's class names (call after loading its dicts: loading a COCO file sets them)."""
     classes = MetadataCatalog.get(dataset_name).get("thing_classes")
     if not classes:
         raise DatasetError(f"dataset '{dataset_name}' has no thing_classes: cannot name its box crops")
@@ -116,12 +111,13 @@ def _thing_classes(dataset_name: str) -> Sequence[str]:
 def _write_split(
     folder: Path, dataset_name: str, image_size: int, context: float, background_per_image: int, seed: int
 ) -> Dict[str, int]:
+    records = DatasetCatalog.get(dataset_name)
     classes = _thing_classes(dataset_name)
     rng = np.random.default_rng(seed)
     counts = {name: 0 for name in list(classes) + [BACKGROUND]}
     for name in counts:
         (folder / name).mkdir(parents=True)
-    for record in DatasetCatalog.get(dataset_name):
+    for record in records:
         image = read_image(record["file_name"], "BGR")
         height, width = image.shape[:2]
         annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]

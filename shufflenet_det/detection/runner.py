@@ -25,9 +25,9 @@ from ..data import (
     DatasetError,
     MetadataCatalog,
     UnknownDatasetError,
+    add_register_coco_argument,
     build_detection_test_loader,
     build_detection_train_loader,
-    add_register_coco_argument,
     read_image,
     register_coco_datasets,
 )
