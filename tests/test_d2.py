@@ -36,6 +36,7 @@ from shufflenet_det import build_model  # noqa: E402
 from shufflenet_det.config import get_cfg as get_our_cfg  # noqa: E402
 from shufflenet_det.integrations.d2 import parity  # noqa: E402
 from shufflenet_det.integrations.d2.train import (  # noqa: E402
+    ShuffleNetTrainer,
     d2_evaluate,
     d2_train,
     register_d2_coco,
@@ -361,6 +362,20 @@ def test_our_defaults_carry_over_to_detectron2():
     assert cfg.MODEL.ROI_HEADS.NAME == "ShuffleNetC4ROIHeads"
     assert list(cfg.MODEL.PIXEL_MEAN) == [0.0, 0.0, 0.0] and cfg.INPUT.MIN_SIZE_TEST == 600
     assert cfg.MODEL.KEYPOINT_ON is False  # detectron2's own keys stay
+
+
+def test_solver_optimizer_is_honoured_by_detectron2s_trainer():
+    # quickstart.yaml trains with AdamW: the same file must not silently train with SGD in detectron2
+    cfg = sd2.setup_d2_cfg(str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"))
+    assert cfg.SOLVER.OPTIMIZER == "AdamW"
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    optimizer = ShuffleNetTrainer.build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decay = {p: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decay[model[0].weight] == cfg.SOLVER.WEIGHT_DECAY and decay[model[1].weight] == 0.0
+    cfg.defrost()
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    assert isinstance(ShuffleNetTrainer.build_optimizer(cfg, model), torch.optim.SGD)
 
 
 # ------------------------------------------------------------------------------------- checkpoints

@@ -283,6 +283,26 @@ def test_build_optimizer_reads_solver():
         build_optimizer(cfg, frozen)
 
 
+def test_build_optimizer_adamw_keeps_param_groups():
+    cfg = get_cfg()
+    cfg.SOLVER.merge_from_list(["OPTIMIZER", "AdamW", "BASE_LR", 1e-3, "WEIGHT_DECAY", 0.05])
+    model = _NetWithNorms()
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decay = {p: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    # decoupled decay on conv weights only; norms and biases keep theirs (0)
+    assert decay[model.conv.weight] == 0.05 and decay[model.bn.weight] == 0.0 and decay[model.conv.bias] == 0.0
+    # first AdamW step moves every weight by about lr whatever its gradient's scale
+    model.conv.weight.grad = torch.full_like(model.conv.weight, 1e3)
+    before = model.conv.weight.detach().clone()
+    optimizer.step()
+    step = (before * (1 - 1e-3 * 0.05) - model.conv.weight.detach()).abs()
+    assert torch.allclose(step, torch.full_like(step, 1e-3), rtol=1e-3)
+    cfg.SOLVER.OPTIMIZER = "Adam"
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER 'Adam'.*SGD, AdamW"):
+        build_optimizer(cfg, model)
+
+
 # Gradients: weight [30, 40] (norm 50), bias [0.5] (norm 0.5); total norm about 50.0025.
 @pytest.mark.parametrize(
     "clip_type, expected_weight, expected_bias",

@@ -1,4 +1,4 @@
-"""SGD with per-parameter-kind weight decay and learning rate, and optional gradient clipping."""
+"""SGD or AdamW with per-parameter-kind weight decay and learning rate, and optional gradient clipping."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ NORM_MODULE_TYPES: Tuple[type, ...] = (
 )
 
 CLIP_TYPES = ("value", "norm", "full_model")
+OPTIMIZERS = ("SGD", "AdamW")
 
 
 def get_param_groups(
@@ -86,9 +87,12 @@ def add_gradient_clipping(
     return optimizer.register_step_pre_hook(clip_before_step)
 
 
-def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
-    """SGD from ``cfg.SOLVER`` over the trainable parameters of ``model`` (see ``get_param_groups``)."""
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """SOLVER.OPTIMIZER ("SGD" with SOLVER.MOMENTUM / NESTEROV, or "AdamW") from ``cfg.SOLVER`` over the
+    trainable parameters of ``model`` (see ``get_param_groups``)."""
     solver = cfg.SOLVER
+    if solver.OPTIMIZER not in OPTIMIZERS:
+        raise ValueError(f"unknown SOLVER.OPTIMIZER '{solver.OPTIMIZER}': expected one of {', '.join(OPTIMIZERS)}")
     param_groups = get_param_groups(
         model,
         base_lr=solver.BASE_LR,
@@ -99,13 +103,17 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
     )
     if not param_groups:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
-    optimizer = torch.optim.SGD(
-        param_groups,
-        lr=solver.BASE_LR,
-        momentum=solver.MOMENTUM,
-        nesterov=solver.NESTEROV,
-        weight_decay=solver.WEIGHT_DECAY,
-    )
+    optimizer: torch.optim.Optimizer
+    if solver.OPTIMIZER == "AdamW":
+        optimizer = torch.optim.AdamW(param_groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
+    else:
+        optimizer = torch.optim.SGD(
+            param_groups,
+            lr=solver.BASE_LR,
+            momentum=solver.MOMENTUM,
+            nesterov=solver.NESTEROV,
+            weight_decay=solver.WEIGHT_DECAY,
+        )
     if solver.CLIP_GRADIENTS.ENABLED:
         clip = solver.CLIP_GRADIENTS
         add_gradient_clipping(optimizer, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE)

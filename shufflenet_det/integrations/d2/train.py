@@ -14,11 +14,14 @@ import sys
 import weakref
 from typing import Any, Dict, List, Optional
 
+import torch
+
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
 from ...config.loading import resolve_config_path
@@ -59,6 +62,24 @@ class ShuffleNetTrainer(DefaultTrainer):
             hooks.PeriodicWriter(self.build_writers(), period=period) if isinstance(hook, hooks.PeriodicWriter) else hook
             for hook in super().build_hooks()
         ]
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: Any) -> Any:
+        """detectron2's SGD, or AdamW over the same parameter groups when SOLVER.OPTIMIZER asks for it
+        (a key of ours: detectron2's yacs config has SGD only)."""
+        if cfg.SOLVER.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        if cfg.SOLVER.OPTIMIZER != "AdamW":
+            raise ValueError(f"unknown SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}': expected SGD or AdamW")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        adamw = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+        return adamw(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
