@@ -65,10 +65,10 @@ def test_training_learns_and_reports_pycocotools_ap(trained_run, easy_dataset):
     output, _ = trained_run
     results = json.loads((output / "inference" / "results.json").read_text())
     box = results["bbox"] if "bbox" in results else results["metrics"]["bbox"]
-    # An untrained detector scores AP50 ~0.001 here. 80 iterations reach 1.2-3.6 depending on SEED and
-    # float rounding (seeds 0-2, NCHW and channels_last, measured 2026-11-28): a bound far above the
-    # untrained score that those variations do not cross.
-    assert box["AP50"] > 0.5, box
+    # An untrained detector scores AP50 ~0.001 here. 80 iterations of the quickstart recipe (AdamW)
+    # reached AP50 4.5, 6.8 and 7.1 with SEED 0, 1, 2 (measured 2026-12-04; SGD's recipe before it
+    # reached 1.2-3.6): a bound far above the untrained score, below the spread over seeds.
+    assert box["AP50"] > 2.0, box
     # The reported AP is pycocotools' own on the detections file the run wrote.
     gt = COCO(str(easy_dataset / "annotations/instances_val.json"))
     detections = gt.loadRes(str(output / "inference" / "coco_instances_results.json"))

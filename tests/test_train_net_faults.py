@@ -132,8 +132,12 @@ def test_sigterm_to_the_process_group_checkpoints_and_resume_is_exact(dataset, u
     assert any(key.endswith("running_mean") for key in final["model"])  # trainable BN: buffers compared too
     for key, value in expected["model"].items():
         assert torch.equal(value, final["model"][key]), key
+    # Every optimizer state tensor (SGD's momentum, AdamW's moments and step count) agrees too.
+    assert expected["optimizer"]["state"], "the optimizer saved no state"
     for index, state in expected["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], final["optimizer"]["state"][index]["momentum_buffer"])
+        assert state.keys() == final["optimizer"]["state"][index].keys()
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(final["optimizer"]["state"][index][name])), name
     # Every iteration's logged losses agree, and each appears once.
     logged = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     reference = [json.loads(line) for line in (uninterrupted / "metrics.json").read_text().splitlines()]
