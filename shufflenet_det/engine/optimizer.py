@@ -10,6 +10,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..config.loading import ConfigError
+
 # _NormBase covers BatchNorm*, SyncBatchNorm and InstanceNorm*.
 NORM_MODULE_TYPES: Tuple[type, ...] = (
     nn.modules.batchnorm._NormBase,
@@ -92,7 +94,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     trainable parameters of ``model`` (see ``get_param_groups``)."""
     solver = cfg.SOLVER
     if solver.OPTIMIZER not in OPTIMIZERS:
-        raise ValueError(f"unknown SOLVER.OPTIMIZER '{solver.OPTIMIZER}': expected one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown SOLVER.OPTIMIZER '{solver.OPTIMIZER}': expected one of {', '.join(OPTIMIZERS)}")
     param_groups = get_param_groups(
         model,
         base_lr=solver.BASE_LR,

@@ -28,6 +28,7 @@ from ...config.loading import resolve_config_path
 from ...data.builtin import SYNTHETIC_DIRNAME, SYNTHETIC_SPLITS, datasets_root
 from ...data.catalog import DatasetError
 from ...data.synthetic import ensure_synthetic_dataset
+from ...engine.optimizer import OPTIMIZERS
 from ...utils.io import CheckpointError, atomic_write
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout
 from .config import setup_d2_cfg
@@ -69,8 +70,8 @@ class ShuffleNetTrainer(DefaultTrainer):
         (a key of ours: detectron2's yacs config has SGD only)."""
         if cfg.SOLVER.OPTIMIZER == "SGD":
             return super().build_optimizer(cfg, model)
-        if cfg.SOLVER.OPTIMIZER != "AdamW":
-            raise ValueError(f"unknown SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}': expected SGD or AdamW")
+        if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
+            raise ValueError(f"unknown SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}': expected one of {', '.join(OPTIMIZERS)}")
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
