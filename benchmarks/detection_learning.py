@@ -44,7 +44,7 @@ from shufflenet_det.data import (  # noqa: E402
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from shufflenet_det.detection.detector import build_detector  # noqa: E402
+from shufflenet_det.detection.detector import build_detector, detector_options  # noqa: E402
 from shufflenet_det.detection.runner import detection_losses  # noqa: E402
 from shufflenet_det.engine import build_lr_scheduler, build_optimizer  # noqa: E402
 from shufflenet_det.evaluation import COCOEvaluator, inference_on_dataset  # noqa: E402
@@ -68,23 +68,25 @@ class RGBUnitInput(nn.Module):
         return self.detector([self.convert(image) for image in images], targets)
 
 
+# ``detector_options`` keys that torchvision's FasterRCNN takes under the same names and meanings.
+PEER_OPTIONS = (
+    "min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
+    "rpn_post_nms_top_n_test", "rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh",
+    "rpn_batch_size_per_image", "rpn_positive_fraction", "box_score_thresh", "box_nms_thresh",
+    "box_detections_per_img", "box_fg_iou_thresh", "box_bg_iou_thresh", "box_batch_size_per_image",
+    "box_positive_fraction", "bbox_reg_weights",
+)
+
+
 def build_peer(cfg: Any) -> nn.Module:
-    """torchvision's MobileNet v3 FPN detector with the config's sizes and sampling, trainable BN."""
-    rpn, roi = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS
+    """torchvision's MobileNet v3 FPN detector with the config's sizes, sampling and thresholds (read as
+    for our detector, by ``detector_options``), trainable BN."""
+    options = detector_options(cfg)
     peer = fasterrcnn_mobilenet_v3_large_fpn(
         weights=None,
         weights_backbone=None,
-        num_classes=roi.NUM_CLASSES + 1,
-        min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
-        max_size=cfg.INPUT.MAX_SIZE_TRAIN,
-        rpn_pre_nms_top_n_train=rpn.PRE_NMS_TOPK_TRAIN,
-        rpn_pre_nms_top_n_test=rpn.PRE_NMS_TOPK_TEST,
-        rpn_post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN,
-        rpn_post_nms_top_n_test=rpn.POST_NMS_TOPK_TEST,
-        rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
-        box_batch_size_per_image=roi.BATCH_SIZE_PER_IMAGE,
-        box_score_thresh=roi.SCORE_THRESH_TEST,
-        box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
+        num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
+        **{name: options[name] for name in PEER_OPTIONS},
     )
     return RGBUnitInput(peer, cfg.INPUT.FORMAT)
 
