@@ -1,11 +1,5 @@
-"""Checkpoints of the whole training state on fvcore's ``Checkpointer``, with what it lacks: atomic saves,
-rotation that survives a resume, RNG states, ``weights_only`` loading, and resume with fallback.
-
-A checkpoint is a ``torch.save`` of plain containers and tensors only (loadable with
-``weights_only=True``): ``{"model", "optimizer", "scheduler", <other checkpointables>, "iteration",
-"config" (YAML text), "rng" (one entry per rank), ...}``. ``iteration`` is the number of completed
-iterations, so a resumed run starts its loop at ``iteration``.
-"""
+"""Checkpoints of the whole training state on fvcore's ``Checkpointer``, plus what it lacks: atomic saves,
+rotation that survives a resume, RNG states, ``weights_only`` loading, and resume with fallback."""
 
 from __future__ import annotations
 
@@ -51,18 +45,9 @@ def rng_state() -> Dict[str, Any]:
     py_version, py_state, py_gauss = random.getstate()
     state: Dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "python": {
-            "version": py_version,
-            "state": torch.tensor(py_state, dtype=torch.int64),
-            "gauss_next": py_gauss,
-        },
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -72,45 +57,26 @@ def rng_state() -> Dict[str, Any]:
 def set_rng_state(state: Dict[str, Any]) -> None:
     """Restore what ``rng_state`` returned."""
     torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["name"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    python_state = state["python"]
-    random.setstate(
-        (python_state["version"], tuple(python_state["state"].tolist()), python_state["gauss_next"])
-    )
+    numpy, python = state["numpy"], state["python"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["name"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
     cuda_states = state.get("cuda")
     if cuda_states is not None and torch.cuda.is_available():
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
         else:
             logger.warning(
-                "CUDA RNG state saved for %d devices, %d visible: not restored",
-                len(cuda_states),
-                torch.cuda.device_count(),
+                "CUDA RNG state saved for %d devices, %d visible: not restored", len(cuda_states), torch.cuda.device_count()
             )
 
 
 class Checkpointer(_FvcoreCheckpointer):
-    """fvcore's ``Checkpointer`` of ``model`` and the ``checkpointables`` (optimizer, scheduler, grad_scaler,
-    ...: objects with ``state_dict`` / ``load_state_dict``) in ``save_dir``, with these changes:
-
-    - ``save`` writes atomically and only on the main process, adds the config, every rank's RNG state and
-      ``extra_data`` (plain values, e.g. ``{"meta": ...}``; callers may update it), and keeps the newest
-      ``keep_last`` periodic checkpoints (``model_NNNNNNN.pth``; 0 keeps all; other names such as
-      ``model_final.pth`` are never deleted). It is collective under DDP (it gathers the RNG states):
-      call it on all ranks.
-    - files load with ``weights_only=True`` (``safe_torch_load``) and must hold a ``"model"`` entry;
-    - ``resume_or_load`` loads the model strictly when resuming, restores this rank's RNG state, and
-      tries older checkpoints when the newest is unreadable.
-    """
+    """fvcore's ``Checkpointer`` of ``model`` and the ``checkpointables`` (optimizer, scheduler, grad_scaler...)
+    in ``save_dir``. ``save`` is atomic, main-process only but collective under DDP (it gathers every
+    rank's RNG state), stores the config and ``extra_data`` too, and keeps the newest ``keep_last``
+    ``model_NNNNNNN.pth`` files (0: all). Files load with ``weights_only=True`` and need a ``"model"``
+    entry; ``resume_or_load`` falls back past unreadable checkpoints."""
 
     def __init__(
         self,
@@ -129,15 +95,12 @@ class Checkpointer(_FvcoreCheckpointer):
         self.logger = logger  # fvcore's messages go to our log.txt too
         self.config_yaml = config.dump() if isinstance(config, CfgNode) else config
         self.keep_last = keep_last
-        self.extra_data = dict(extra_data or {})
+        self.extra_data = dict(extra_data or {})  # callers may update it
         self._resuming_from: Optional[str] = None
 
-    # ------------------------------------------------------------------ saving
     def save(self, name: str, **data: Any) -> Path:
-        """Write ``save_dir/name.pth`` (atomically) and point ``last_checkpoint`` at it.
-
-        ``data`` (e.g. ``iteration=5000``) is stored alongside; it must be plain values or tensors.
-        """
+        """Write ``save_dir/name.pth`` with ``data`` (plain values, e.g. ``iteration=5000``) and point
+        ``last_checkpoint`` at it."""
         rng_states = all_gather(rng_state())
         path = Path(self.save_dir) / f"{name}.pth"
         if is_main_process():
@@ -150,17 +113,16 @@ class Checkpointer(_FvcoreCheckpointer):
             checkpoint.update(data)
             atomic_torch_save(checkpoint, path, overwrite=True)
             self.tag_last_checkpoint(path.name)
-            self._delete_old_periodic()
+            if self.keep_last > 0:
+                for old in self.periodic_checkpoints()[: -self.keep_last]:
+                    old.unlink(missing_ok=True)
             logger.info("Saved checkpoint %s", path)
         synchronize()  # no rank leaves (and perhaps exits) before the file is complete
         return path
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write(
-            Path(self.save_dir) / POINTER_FILE,
-            lambda tmp: Path(tmp).write_text(last_filename_basename + "\n"),
-            overwrite=True,
-        )
+        text = last_filename_basename + "\n"
+        atomic_write(Path(self.save_dir) / POINTER_FILE, lambda tmp: Path(tmp).write_text(text), overwrite=True)
 
     def periodic_checkpoints(self) -> List[Path]:
         """``model_NNNNNNN.pth`` files in ``save_dir``, oldest first."""
@@ -170,32 +132,18 @@ class Checkpointer(_FvcoreCheckpointer):
         found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _PERIODIC_NAME.match(p.name))]
         return [path for _, path in sorted(found)]
 
-    def _delete_old_periodic(self) -> None:
-        if self.keep_last <= 0:
-            return
-        for path in self.periodic_checkpoints()[: -self.keep_last]:
-            path.unlink(missing_ok=True)
-            logger.debug("Deleted old checkpoint %s", path)
-
-    # ------------------------------------------------------------------ loading
     def has_checkpoint(self) -> bool:
         return bool(self._resume_candidates())
 
     def _resume_candidates(self) -> List[Path]:
         """The file ``last_checkpoint`` names, then the other periodic checkpoints, newest first."""
-        newest = Path(self.get_checkpoint_file()) if Path(self.save_dir, POINTER_FILE).is_file() else None
-        older = [path for path in reversed(self.periodic_checkpoints()) if path != newest]
-        return ([newest] if newest is not None else []) + older
+        newest = [Path(self.get_checkpoint_file())] if Path(self.save_dir, POINTER_FILE).is_file() else []
+        return newest + [path for path in reversed(self.periodic_checkpoints()) if path not in newest]
 
     def resume_or_load(self, path: Optional[PathLike], *, resume: bool = True) -> Dict[str, Any]:
-        """Resume the full training state, or load model weights only.
-
-        With ``resume`` and a checkpoint in ``save_dir``: restore everything from the newest one; when it
-        is unreadable (truncated, corrupt) report it and try the previous ones. Returns the checkpoint's
-        remaining entries, e.g. ``{"iteration": 5000, ...}``. Otherwise load the ``"model"`` entry of
-        ``path`` (if given), skipping entries whose shape does not fit, and return ``{}``: the run starts
-        at iteration 0.
-        """
+        """With ``resume`` and a checkpoint in ``save_dir``: restore everything (model strictly, this rank's
+        RNG) from the newest readable one and return its other entries (``{"iteration": n, ...}``).
+        Otherwise load the ``"model"`` of ``path`` (if given), skipping entries of another shape: ``{}``."""
         if resume:
             candidates = self._resume_candidates()
             errors = []
@@ -206,7 +154,12 @@ class Checkpointer(_FvcoreCheckpointer):
                     errors.append(str(error))
                     logger.error("Cannot resume from %s: %s. Trying the previous checkpoint.", candidate.name, error)
                     continue
-                _restore_rng(data.pop("rng", None))
+                states = data.pop("rng", None)
+                if states:
+                    rank = get_rank()
+                    if rank >= len(states):
+                        logger.warning("RNG states saved for %d processes; rank %d reuses rank 0's", len(states), rank)
+                    set_rng_state(states[rank if rank < len(states) else 0])
                 return data
             if candidates:
                 raise CheckpointError(f"no usable checkpoint to resume from in {self.save_dir}: " + "; ".join(errors))
@@ -248,19 +201,8 @@ class Checkpointer(_FvcoreCheckpointer):
             *(f"{key} of shape {was} (model: {now})" for key, was, now in incompatible.incorrect_shapes),
         ]
         if problems:
-            reason = ", ".join(problems)[:300]
-            raise EngineError(f"{source} does not fit this model (another config?): {reason}")
+            raise EngineError(f"{source} does not fit this model (another config?): {', '.join(problems)[:300]}")
         for name in self.checkpointables:
             if name not in checkpoint:
                 logger.warning("%s has no '%s' state: it starts fresh", source, name)
         return incompatible
-
-
-def _restore_rng(states: Optional[List[Dict[str, Any]]]) -> None:
-    """Set this rank's RNG state from a checkpoint's per-rank list (rank 0's for ranks it lacks)."""
-    if not states:
-        return
-    rank = get_rank()
-    if rank >= len(states):
-        logger.warning("RNG states saved for %d processes; rank %d reuses rank 0's", len(states), rank)
-    set_rng_state(states[rank if rank < len(states) else 0])

@@ -1,5 +1,5 @@
-"""What every training tool does the same way: command-line arguments, output directory checks, logging,
-seeding, and assembling the trainer with its standard hooks from a config."""
+"""What every training tool does the same way: arguments, start-up checks, logging, seeding, and the
+trainer with its standard hooks built from a config."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from .writers import default_writers
 
 logger = logging.getLogger(__name__)
 
-# Files a training run writes into OUTPUT_DIR that --overwrite removes before a new run.
+# Files of a training run in OUTPUT_DIR, which --overwrite removes before a new run.
 _RUN_FILES = re.compile(
     r"^(model_\d{7,}\.pth|model_final\.pth|last_checkpoint|metrics\.json|events\.out\.tfevents\..*)$"
 )
@@ -68,8 +68,8 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
 
 
 def check_output_dir(output_dir: str, min_free_gb: float) -> None:
-    """Create ``output_dir`` and make sure a file can be written there and the disk has ``min_free_gb`` GiB
-    free, so that a problem shows at start-up, not at the first checkpoint hours later."""
+    """Create ``output_dir`` and check that it is writable and has ``min_free_gb`` GiB free: a problem
+    shows at start-up, not at the first checkpoint hours later."""
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -116,24 +116,21 @@ def check_run_settings(cfg: CfgNode, training: bool = True) -> None:
         raise SetupError(f"SOLVER.IMS_PER_BATCH (the global batch) must be positive, got {cfg.SOLVER.IMS_PER_BATCH}")
 
 
-def _prepare_run_files(output_dir: str, resume: bool, overwrite: bool) -> None:
+def _prepare_run_files(output_dir: str, overwrite: bool) -> None:
+    """Refuse to start a new run over a checkpoint pointer, or metrics / events without one (a run stopped
+    before its first checkpoint, or someone's files), unless ``overwrite`` (then delete them)."""
     path = Path(output_dir)
-    if resume:
-        return
-    # A checkpoint pointer, or metrics / events without one (a run stopped before its first checkpoint,
-    # or someone's files): a new run would append to them or replace them.
     found = sorted(p.name for p in path.iterdir() if p.name == POINTER_FILE or _RUN_FILES.match(p.name))
-    if not found:
-        return
-    if not overwrite:
+    if found and not overwrite:
         raise SetupError(
             f"OUTPUT_DIR '{output_dir}' holds a training run already ({', '.join(found[:3])}): pass --resume "
             "to continue it, --overwrite to replace it, or choose another OUTPUT_DIR"
         )
-    removed = [p for p in path.iterdir() if _RUN_FILES.match(p.name)]
-    for file in removed:
-        file.unlink()
-    logger.info("--overwrite: removed %d file(s) of the previous run in %s", len(removed), output_dir)
+    if found:
+        removed = [p for p in path.iterdir() if _RUN_FILES.match(p.name)]
+        for file in removed:
+            file.unlink()
+        logger.info("--overwrite: removed %d file(s) of the previous run in %s", len(removed), output_dir)
 
 
 def seed_all(seed: int) -> None:
@@ -144,11 +141,8 @@ def seed_all(seed: int) -> None:
 
 
 def set_deterministic(seed: int = 0) -> None:
-    """Seed everything and make cuDNN pick deterministic kernels (for tests and exact comparisons).
-
-    Full CUDA determinism also needs ``torch.use_deterministic_algorithms(True)`` and the environment
-    variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; CPU runs are deterministic for a fixed thread count.
-    """
+    """Seed everything and ask cuDNN for deterministic kernels (tests). Full CUDA determinism also needs
+    ``torch.use_deterministic_algorithms(True)`` and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``."""
     seed_all(seed)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
@@ -169,45 +163,37 @@ def environment_info() -> str:
     )
 
 
-def _is_config_file(args: Optional[argparse.Namespace], path: Path) -> bool:
-    given = getattr(args, "config", "")
-    if not given or not path.is_file():
-        return False
-    try:
-        return resolve_config_path(given).samefile(path)
-    except (ConfigError, OSError):
-        return False
-
-
 def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> int:
-    """Start-up shared by the tools. Returns the random seed used on this process.
+    """Start-up shared by the tools; returns this process's random seed.
 
-    Checks OUTPUT_DIR (created, writable, enough free disk; refuses to start a new run over an old one
-    without ``--overwrite``), sets up logging (console, and ``OUTPUT_DIR/log.txt`` on the main process),
-    scales the solver to the world size (``scale_to_world_size``),
-    logs the environment, arguments and config, writes ``OUTPUT_DIR/config.yaml`` (``config_eval.yaml``
-    with ``--eval-only``; a new run refuses an OUTPUT_DIR whose config.yaml is its ``--config``), seeds the random
-    generators (``SEED`` >= 0: ``SEED + rank``; < 0: a random seed, logged), sets cuDNN benchmarking and
-    the number of CPU threads (SHUFFLENET_DET.TORCH_THREADS).
+    Checks the settings and OUTPUT_DIR (created, writable, free disk; no new run over an old one without
+    ``--overwrite``), sets up logging (``OUTPUT_DIR/log.txt`` on the main process), scales the solver
+    (``scale_to_world_size``), writes ``config.yaml`` (``config_eval.yaml`` with ``--eval-only``), seeds
+    (``SEED + rank``; ``SEED < 0``: random), sets cuDNN benchmarking and SHUFFLENET_DET.TORCH_THREADS.
     """
-    rank = get_rank()
+    rank, main = get_rank(), is_main_process()
     output_dir = cfg.OUTPUT_DIR
     training = not getattr(args, "eval_only", False)
     check_run_settings(cfg, training)
     resume = bool(getattr(args, "resume", False)) or not training
     # An evaluation keeps the training run's config.yaml and writes its own beside it.
     config_path = Path(output_dir) / ("config.yaml" if training else "config_eval.yaml")
-    keep_config_file = _is_config_file(args, config_path)
+    keep_config_file = False
+    if getattr(args, "config", "") and config_path.is_file():
+        try:
+            keep_config_file = resolve_config_path(args.config).samefile(config_path)
+        except (ConfigError, OSError):
+            pass
     if keep_config_file and training and not resume:
         raise SetupError(
             f"--config is {config_path}, which a new run in OUTPUT_DIR '{output_dir}' writes: pass --resume "
             "to continue that run, or copy the file elsewhere or choose another OUTPUT_DIR"
         )
-    if is_main_process():
+    if main:
         check_output_dir(output_dir, cfg.SHUFFLENET_DET.MIN_FREE_DISK_GB)
-    setup_logger(output_dir if is_main_process() else None, distributed_rank=rank)
-    if is_main_process():
-        _prepare_run_files(output_dir, resume, bool(getattr(args, "overwrite", False)))
+    setup_logger(output_dir if main else None, distributed_rank=rank)
+    if main and not resume:
+        _prepare_run_files(output_dir, bool(getattr(args, "overwrite", False)))
     logger.info("Rank %d of %d. %s", rank, get_world_size(), environment_info())
     scale_to_world_size(cfg, get_world_size())
     if training:
@@ -217,9 +203,9 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
             raise SetupError(str(error)) from None
     if args is not None:
         logger.info("Arguments: %s", vars(args))
-    if is_main_process() and keep_config_file:
+    if main and keep_config_file:
         logger.info("Config file %s is the --config file: left as it is", config_path)
-    elif is_main_process():
+    elif main:
         text = cfg.dump()
         atomic_write(config_path, lambda tmp: Path(tmp).write_text(text), overwrite=True)
         logger.info("Config written to %s", config_path)
@@ -236,11 +222,10 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
 
 
 def scale_to_world_size(cfg: CfgNode, world_size: int) -> None:
-    """detectron2's SOLVER.REFERENCE_WORLD_SIZE, in place: a config written for that many processes
-    runs on ``world_size`` with the batch and learning rate scaled by world_size / reference, and the
-    iteration counts (MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD, TEST.EVAL_PERIOD) by the
-    inverse, so each process keeps its batch and the run its epochs. REFERENCE_WORLD_SIZE becomes
-    ``world_size``, so a config saved after scaling is not scaled again. 0 turns this off."""
+    """detectron2's SOLVER.REFERENCE_WORLD_SIZE, in place: a config for that many processes runs on
+    ``world_size`` with batch and learning rate scaled by world_size / reference and the iteration counts
+    (MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD, TEST.EVAL_PERIOD) by the inverse. It then becomes
+    ``world_size``, so a saved config is not scaled again. 0 turns this off."""
     reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
     if reference == 0 or reference == world_size:
         return
@@ -278,12 +263,8 @@ def eval_amp_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
 
 def build_grad_scaler(cfg: CfgNode) -> Optional[torch.amp.GradScaler]:
     """A GradScaler when training in float16 on CUDA, else None (bfloat16 and float32 need none)."""
-    use = (
-        cfg.SOLVER.AMP.ENABLED
-        and amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) == torch.float16
-        and torch.cuda.is_available()
-    )
-    return torch.amp.GradScaler("cuda") if use else None
+    float16 = amp_dtype_from_name(cfg.SHUFFLENET_DET.AMP_DTYPE) == torch.float16
+    return torch.amp.GradScaler("cuda") if cfg.SOLVER.AMP.ENABLED and float16 and torch.cuda.is_available() else None
 
 
 def build_checkpointer(
@@ -294,18 +275,11 @@ def build_checkpointer(
     grad_scaler: Optional[torch.amp.GradScaler] = None,
     extra_data: Optional[Mapping[str, Any]] = None,
 ) -> Checkpointer:
-    """A Checkpointer over OUTPUT_DIR that also stores the config, ``extra_data`` and (when given) the grad
-    scaler."""
+    """A Checkpointer over OUTPUT_DIR that also stores the config, ``extra_data`` and the grad scaler."""
     extra = {"grad_scaler": grad_scaler} if grad_scaler is not None else {}
+    keep_last = cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP
     return Checkpointer(
-        model,
-        cfg.OUTPUT_DIR,
-        optimizer,
-        scheduler,
-        config=cfg,
-        keep_last=cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP,
-        extra_data=extra_data,
-        **extra,
+        model, cfg.OUTPUT_DIR, optimizer, scheduler, config=cfg, keep_last=keep_last, extra_data=extra_data, **extra
     )
 
 
@@ -314,19 +288,14 @@ def build_hooks(
     checkpointer: Checkpointer,
     eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
 ) -> List[HookBase]:
-    """Timer, LR logging, periodic checkpoints, evaluation (when ``eval_function``) and metric writers
+    """Timer, LR logging, periodic checkpoints, evaluation (with ``eval_function``) and metric writers
     (console, metrics.json, TensorBoard on the main process), in the order they must run."""
-    period = cfg.SHUFFLENET_DET.LOG_PERIOD
-    hooks: List[HookBase] = [
-        IterationTimer(),
-        LRLogger(),
-        PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
-    ]
+    hooks: List[HookBase] = [IterationTimer(), LRLogger(), PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
     if eval_function is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
+    period = cfg.SHUFFLENET_DET.LOG_PERIOD
     writers = default_writers(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, window=period) if is_main_process() else []
-    hooks.append(PeriodicWriter(writers, period))
-    return hooks
+    return hooks + [PeriodicWriter(writers, period)]
 
 
 def build_trainer(
@@ -343,8 +312,8 @@ def build_trainer(
     grad_scaler: Optional[torch.amp.GradScaler] = None,
     extra_hooks: Iterable[HookBase] = (),
 ) -> Trainer:
-    """A Trainer with ``build_hooks``' hooks (``extra_hooks`` run before the writers) and the AMP, bad-batch
-    and channels_last settings of ``cfg``."""
+    """A Trainer with ``build_hooks``' hooks (``extra_hooks`` run before the writers) and the AMP,
+    bad-batch and channels_last settings of ``cfg``."""
     hooks = build_hooks(cfg, checkpointer, eval_function)
     hooks[-1:-1] = list(extra_hooks)
     return Trainer(

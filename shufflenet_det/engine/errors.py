@@ -1,5 +1,4 @@
-"""Failures the user can act on. Entry points report them as one line (no traceback) and exit with
-``exit_code``."""
+"""Failures the user can act on: entry points report them as one line and exit with ``exit_code``."""
 
 from __future__ import annotations
 

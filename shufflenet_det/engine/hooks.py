@@ -1,6 +1,5 @@
-"""Hooks run by the ``Trainer`` around each iteration: timing, learning rate, checkpoints, evaluation,
-metric writers. A hook sees the trainer as ``self.trainer``; ``trainer.iter`` is the number of completed
-iterations (in ``after_step`` it includes the step that just ran)."""
+"""Hooks the ``Trainer`` runs around each iteration. A hook sees the trainer as ``self.trainer``;
+``trainer.iter`` counts completed iterations (in ``after_step`` including the step that just ran)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 class HookBase:
-    """Override any of the four methods. ``after_train`` also runs when training fails or is
-    interrupted: check ``self.trainer.status`` ("finished", "interrupted" or "failed")."""
+    """``after_train`` also runs when training fails or is interrupted: see ``self.trainer.status``
+    ("finished", "interrupted" or "failed")."""
 
     trainer: "Trainer"
 
@@ -44,14 +43,11 @@ class HookBase:
 
 
 class IterationTimer(HookBase):
-    """Records the duration of each step as ``time`` (hooks after it excluded when it comes first), and
-    at the end logs the share of step time spent waiting for the data loader (``data_time``)."""
+    """Records each step's duration as ``time`` (hooks after it excluded when it comes first), and at the
+    end logs the share of step time spent waiting for data (``data_time``)."""
 
     def __init__(self) -> None:
-        self._step_start = 0.0
-        self._train_start = 0.0
-        self._step_seconds = 0.0
-        self._data_seconds = 0.0
+        self._train_start = self._step_start = self._step_seconds = self._data_seconds = 0.0
 
     def before_train(self) -> None:
         self._train_start = time.perf_counter()
@@ -74,36 +70,28 @@ class IterationTimer(HookBase):
         if done > 0:
             logger.info(
                 "Ran %d iterations in %s (%.4f s/it including hooks); waiting for data: %.1f%% of step time",
-                done,
-                datetime.timedelta(seconds=int(elapsed)),
-                elapsed / done,
+                done, datetime.timedelta(seconds=int(elapsed)), elapsed / done,
                 100 * self._data_seconds / max(self._step_seconds, 1e-9),
             )
 
 
 class LRLogger(HookBase):
-    """Records the learning rate of the iteration about to run as ``lr`` (the largest parameter group's,
-    so that bias or norm groups with their own factors do not hide the main rate)."""
-
-    def __init__(self) -> None:
-        self._group = 0
+    """Records the learning rate of the coming iteration as ``lr``: the largest parameter group's, so bias
+    or norm groups with their own factors do not hide the main rate."""
 
     def before_train(self) -> None:
         sizes = [sum(p.numel() for p in group["params"]) for group in self.trainer.optimizer.param_groups]
         self._group = sizes.index(max(sizes))
 
     def before_step(self) -> None:
-        lr = self.trainer.optimizer.param_groups[self._group]["lr"]
-        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+        self.trainer.storage.put_scalar("lr", self.trainer.optimizer.param_groups[self._group]["lr"], smoothing_hint=False)
 
 
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_NNNNNNN.pth`` every ``period`` iterations, ``model_final.pth`` at ``max_iter`` and,
-    when training is interrupted by a signal, a checkpoint of the iteration reached.
-
-    Not fvcore's ``PeriodicCheckpointer``: it names files by 0-based iteration index (ours count completed
-    iterations) and rotates from a list in memory, so a resumed run would never delete the earlier run's
-    files (``Checkpointer.save`` rotates by the files on disk)."""
+    when a signal interrupts training, a checkpoint of the iteration reached. Not fvcore's: that names
+    files by 0-based index (ours count completed iterations) and rotates from a list in memory, which a
+    resumed run lacks (``Checkpointer.save`` rotates by the files on disk)."""
 
     def __init__(self, checkpointer: Checkpointer, period: int) -> None:
         self.checkpointer = checkpointer
@@ -145,9 +133,8 @@ def flatten_results(results: Mapping[str, Any], prefix: str = "") -> Dict[str, f
 
 
 class EvalHook(HookBase):
-    """Calls ``eval_function() -> dict`` every ``period`` iterations (0: never) and after the last one;
-    numeric results are logged and recorded as scalars (``bbox/AP``...). Runs on every rank, so the
-    function may do distributed inference; only the main process's results need to be complete."""
+    """Calls ``eval_function() -> dict`` every ``period`` iterations (0: never) and after the last one, on
+    every rank (only the main process's results need be complete); logs and records numeric results."""
 
     def __init__(self, period: int, eval_function: Callable[[], Optional[Mapping[str, Any]]]) -> None:
         self.period = period
@@ -156,22 +143,18 @@ class EvalHook(HookBase):
     def after_step(self) -> None:
         iteration = self.trainer.iter
         if iteration >= self.trainer.max_iter or (self.period > 0 and iteration % self.period == 0):
-            self._evaluate()
-
-    def _evaluate(self) -> None:
-        results = self.eval_function() or {}
-        self.trainer.model.train()
-        flat = flatten_results(results)
-        if flat:
-            self.trainer.storage.put_scalars(smoothing_hint=False, **flat)
-            summary = ", ".join(f"{name}={value:.4g}" for name, value in flat.items())
-            logger.info("Evaluation after iteration %d: %s", self.trainer.iter, summary)
-        synchronize()
+            flat = flatten_results(self.eval_function() or {})
+            self.trainer.model.train()
+            if flat:
+                self.trainer.storage.put_scalars(smoothing_hint=False, **flat)
+                summary = ", ".join(f"{name}={value:.4g}" for name, value in flat.items())
+                logger.info("Evaluation after iteration %d: %s", iteration, summary)
+            synchronize()
 
 
 class PeriodicWriter(HookBase):
-    """Runs the ``writers`` every ``period`` iterations and at the end, adding ``eta_seconds`` and
-    ``max_mem_mb`` (peak CUDA memory, or peak RSS on CPU) first. Closes them after training."""
+    """Runs the ``writers`` every ``period`` iterations and at the end, after adding ``eta_seconds`` and
+    ``max_mem_mb``; closes them after training."""
 
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         if period <= 0:
@@ -185,8 +168,7 @@ class PeriodicWriter(HookBase):
             writer.start(self.trainer.start_iter)
 
     def after_step(self) -> None:
-        iteration = self.trainer.iter
-        if iteration % self.period == 0 or iteration >= self.trainer.max_iter:
+        if self.trainer.iter % self.period == 0 or self.trainer.iter >= self.trainer.max_iter:
             self._write()
 
     def after_train(self) -> None:
@@ -199,14 +181,13 @@ class PeriodicWriter(HookBase):
                 writer.close()
 
     def _write(self) -> None:
-        self._written_iter = self.trainer.storage.iter
+        storage = self.trainer.storage
+        self._written_iter = storage.iter
         if not self.writers:
             return
-        storage = self.trainer.storage
         if storage.has("time"):
-            seconds_per_iter = storage.history("time").median(self.period)
             remaining = self.trainer.max_iter - self.trainer.iter
-            storage.put_scalar("eta_seconds", seconds_per_iter * remaining, smoothing_hint=False)
+            storage.put_scalar("eta_seconds", storage.history("time").median(self.period) * remaining, smoothing_hint=False)
         memory = max_memory_mb()
         if memory is not None and math.isfinite(memory):
             storage.put_scalar("max_mem_mb", memory, smoothing_hint=False)
