@@ -1,99 +1,29 @@
-"""Task-agnostic training engine: optimizer and LR schedules, the training loop and its hooks,
-checkpoints with exact resume, metric writers, and distributed launch. It knows nothing about
-detection or datasets: it takes a model, an iterable of batches and (optionally) a loss function."""
+"""Task-agnostic training engine: optimizer and LR schedules, the training loop and its hooks, checkpoints
+with exact resume, metric writers, distributed launch. It takes a model, batches and a loss function."""
 
 from ..data.build import per_device_batch_size
 from ..utils.data_workers import SignalSafeDataLoader, WorkerSignalGuard, termination_signals_blocked
 from .checkpoint import Checkpointer, periodic_checkpoint_name, rng_state, set_rng_state, unwrap_model
 from .defaults import (
-    build_checkpointer,
-    build_grad_scaler,
-    build_hooks,
-    build_trainer,
-    check_output_dir,
-    default_argument_parser,
-    default_setup,
-    device_from_config,
-    environment_info,
-    eval_amp_dtype,
-    seed_all,
-    set_deterministic,
+    build_checkpointer, build_grad_scaler, build_hooks, build_trainer, check_output_dir, default_argument_parser,
+    default_setup, device_from_config, environment_info, eval_amp_dtype, seed_all, set_deterministic,
 )
 from .errors import EngineError, NonFiniteLossError, SetupError, TrainingInterrupted
-from .events import EventStorage
-from .hooks import (
-    EvalHook,
-    HookBase,
-    IterationTimer,
-    LRLogger,
-    PeriodicCheckpointer,
-    PeriodicWriter,
-    flatten_results,
-)
-from .launch import (
-    create_ddp_model,
-    get_local_rank,
-    init_distributed_from_env,
-    launch,
-    report_error,
-    started_by_torchrun,
-)
-from .lr_scheduler import WarmupLRScheduler, build_lr_scheduler
-from .optimizer import add_gradient_clipping, build_optimizer, get_param_groups
+from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter, flatten_results
+from .launch import create_ddp_model, get_local_rank, init_distributed_from_env, launch, report_error, started_by_torchrun
+from .optimizer import WarmupLRScheduler, add_gradient_clipping, build_lr_scheduler, build_optimizer, get_param_groups
 from .trainer import Trainer, move_to_device
-from .writers import ConsoleWriter, EventWriter, JSONWriter, TensorboardWriter, default_writers, max_memory_mb
+from .writers import ConsoleWriter, EventStorage, EventWriter, JSONWriter, TensorboardWriter, default_writers, max_memory_mb
 
 __all__ = [
-    "Checkpointer",
-    "ConsoleWriter",
-    "EngineError",
-    "EvalHook",
-    "EventStorage",
-    "EventWriter",
-    "HookBase",
-    "IterationTimer",
-    "JSONWriter",
-    "LRLogger",
-    "NonFiniteLossError",
-    "PeriodicCheckpointer",
-    "PeriodicWriter",
-    "SetupError",
-    "SignalSafeDataLoader",
-    "TensorboardWriter",
-    "Trainer",
-    "TrainingInterrupted",
-    "WarmupLRScheduler",
-    "WorkerSignalGuard",
-    "add_gradient_clipping",
-    "build_checkpointer",
-    "build_grad_scaler",
-    "build_hooks",
-    "build_lr_scheduler",
-    "build_optimizer",
-    "build_trainer",
-    "check_output_dir",
-    "create_ddp_model",
-    "default_argument_parser",
-    "default_setup",
-    "device_from_config",
-    "default_writers",
-    "environment_info",
-    "eval_amp_dtype",
-    "flatten_results",
-    "get_local_rank",
-    "get_param_groups",
-    "init_distributed_from_env",
-    "launch",
-    "max_memory_mb",
-    "move_to_device",
-    "per_device_batch_size",
-    "periodic_checkpoint_name",
-    "report_error",
-    "rng_state",
-    "seed_all",
-    "set_deterministic",
-    "set_rng_state",
-    "started_by_torchrun",
-    "termination_signals_blocked",
-    "unwrap_model",
+    "Checkpointer", "ConsoleWriter", "EngineError", "EvalHook", "EventStorage", "EventWriter", "HookBase",
+    "IterationTimer", "JSONWriter", "LRLogger", "NonFiniteLossError", "PeriodicCheckpointer", "PeriodicWriter",
+    "SetupError", "SignalSafeDataLoader", "TensorboardWriter", "Trainer", "TrainingInterrupted",
+    "WarmupLRScheduler", "WorkerSignalGuard", "add_gradient_clipping", "build_checkpointer", "build_grad_scaler",
+    "build_hooks", "build_lr_scheduler", "build_optimizer", "build_trainer", "check_output_dir", "create_ddp_model",
+    "default_argument_parser", "default_setup", "device_from_config", "default_writers", "environment_info",
+    "eval_amp_dtype", "flatten_results", "get_local_rank", "get_param_groups", "init_distributed_from_env", "launch",
+    "max_memory_mb", "move_to_device", "per_device_batch_size", "periodic_checkpoint_name", "report_error",
+    "rng_state", "seed_all", "set_deterministic", "set_rng_state", "started_by_torchrun",
+    "termination_signals_blocked", "unwrap_model",
 ]

@@ -1,28 +1,33 @@
-"""SGD or AdamW with per-parameter-kind weight decay and learning rate, and optional gradient clipping."""
+"""SGD or AdamW with per-parameter-kind weight decay and learning rate, gradient clipping, and the
+per-iteration warmup schedules (a torch ``LambdaLR`` whose decay curves come from fvcore)."""
 
 from __future__ import annotations
 
+import bisect
+import logging
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
+from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.hooks import RemovableHandle
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..config.loading import ConfigError
 
-# _NormBase covers BatchNorm*, SyncBatchNorm and InstanceNorm*.
-NORM_MODULE_TYPES: Tuple[type, ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-    FrozenBatchNorm2d,
-)
+logger = logging.getLogger(__name__)
 
+# _NormBase covers BatchNorm*, SyncBatchNorm and InstanceNorm*.
+NORM_MODULE_TYPES = (
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, FrozenBatchNorm2d
+)
 CLIP_TYPES = ("value", "norm", "full_model")
 OPTIMIZERS = ("SGD", "AdamW")
+WARMUP_METHODS = ("linear", "constant")
+SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupLinearLR")
 
 
 def get_param_groups(
@@ -33,16 +38,12 @@ def get_param_groups(
     weight_decay_bias: Optional[float] = 0.0,
     bias_lr_factor: float = 1.0,
 ) -> List[Dict[str, Any]]:
-    """Optimizer parameter groups: trainable parameters only, each once, grouped by (lr, weight decay).
-
-    Parameters of normalization layers get ``weight_decay_norm``; other biases get ``weight_decay_bias``
-    (``None``: same as ``weight_decay``); every bias gets ``base_lr * bias_lr_factor``. Groups keep the
-    order in which their first parameter appears in the model, so they match across runs (resume).
-    """
+    """Trainable parameters, each once, grouped by (lr, weight decay): norm layers' parameters get
+    ``weight_decay_norm``, other biases ``weight_decay_bias`` (None: ``weight_decay``), every bias
+    ``base_lr * bias_lr_factor``. Groups keep model order, so they match across runs (resume)."""
     groups: Dict[Tuple[float, float], List[nn.Parameter]] = {}
     seen = set()
     for module in model.modules():
-        is_norm = isinstance(module, NORM_MODULE_TYPES)
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or param in seen:
                 continue
@@ -51,7 +52,7 @@ def get_param_groups(
             if name == "bias":
                 lr = base_lr * bias_lr_factor
                 decay = weight_decay if weight_decay_bias is None else weight_decay_bias
-            if is_norm:
+            if isinstance(module, NORM_MODULE_TYPES):
                 decay = weight_decay_norm
             groups.setdefault((lr, decay), []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
@@ -60,13 +61,9 @@ def get_param_groups(
 def add_gradient_clipping(
     optimizer: torch.optim.Optimizer, clip_type: str, clip_value: float, norm_type: float = 2.0
 ) -> RemovableHandle:
-    """Clip gradients right before every ``optimizer.step()``, with detectron2's meaning of each type.
-
-    ``"value"`` clamps each gradient element to [-clip_value, clip_value]; ``"norm"`` scales each
-    parameter's gradient on its own to a ``norm_type``-norm of at most ``clip_value``; ``"full_model"``
-    scales all gradients together so their total norm is at most ``clip_value``. Running as a step
-    pre-hook means a ``GradScaler`` has already unscaled the gradients when clipping happens.
-    """
+    """Clip gradients before every ``optimizer.step()`` as detectron2 does: ``"value"`` clamps elements,
+    ``"norm"`` each parameter's gradient norm on its own, ``"full_model"`` their total norm. As a step
+    pre-hook it runs after a ``GradScaler`` has unscaled the gradients."""
     clip: Callable[[List[torch.Tensor]], Any]
     if clip_type == "value":
         clip = lambda params: nn.utils.clip_grad_value_(params, clip_value)  # noqa: E731
@@ -90,18 +87,13 @@ def add_gradient_clipping(
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """SOLVER.OPTIMIZER ("SGD" with SOLVER.MOMENTUM / NESTEROV, or "AdamW") from ``cfg.SOLVER`` over the
-    trainable parameters of ``model`` (see ``get_param_groups``)."""
+    """SOLVER.OPTIMIZER (SGD with MOMENTUM / NESTEROV, or AdamW) over ``get_param_groups`` of ``model``."""
     solver = cfg.SOLVER
     if solver.OPTIMIZER not in OPTIMIZERS:
         raise ConfigError(f"unknown SOLVER.OPTIMIZER '{solver.OPTIMIZER}': expected one of {', '.join(OPTIMIZERS)}")
     param_groups = get_param_groups(
-        model,
-        base_lr=solver.BASE_LR,
-        weight_decay=solver.WEIGHT_DECAY,
-        weight_decay_norm=solver.WEIGHT_DECAY_NORM,
-        weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
-        bias_lr_factor=solver.BIAS_LR_FACTOR,
+        model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.WEIGHT_DECAY_NORM, solver.WEIGHT_DECAY_BIAS,
+        solver.BIAS_LR_FACTOR,
     )
     if not param_groups:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
@@ -110,13 +102,102 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         optimizer = torch.optim.AdamW(param_groups, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
     else:
         optimizer = torch.optim.SGD(
-            param_groups,
-            lr=solver.BASE_LR,
-            momentum=solver.MOMENTUM,
-            nesterov=solver.NESTEROV,
+            param_groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM, nesterov=solver.NESTEROV,
             weight_decay=solver.WEIGHT_DECAY,
         )
     if solver.CLIP_GRADIENTS.ENABLED:
         clip = solver.CLIP_GRADIENTS
         add_gradient_clipping(optimizer, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE)
     return optimizer
+
+
+class WarmupLRScheduler(LambdaLR):
+    """``LambdaLR`` with the factor ``warmup(i) * decay(i)`` of iteration index ``i``: a pure function of
+    ``i``, so setting the iteration (resume) restores it exactly. Over ``warmup_iters`` iterations
+    ``"linear"`` ramps from ``warmup_factor`` to 1, ``"constant"`` holds it. Step once per iteration; the
+    state dict is ``{"last_iter", "base_lrs"}``, as in checkpoints of earlier versions."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        decay: Callable[[int], float],
+        warmup_factor: float = 0.001,
+        warmup_iters: int = 1000,
+        warmup_method: str = "linear",
+    ) -> None:
+        if warmup_method not in WARMUP_METHODS:
+            raise ValueError(
+                f"unknown SOLVER.WARMUP_METHOD '{warmup_method}': expected one of {', '.join(WARMUP_METHODS)}"
+            )
+        self.decay = decay
+        self.warmup_factor = warmup_factor
+        self.warmup_iters = warmup_iters
+        self.warmup_method = warmup_method
+        super().__init__(optimizer, self.multiplier)
+
+    def warmup(self, iteration: int) -> float:
+        if iteration >= self.warmup_iters:
+            return 1.0
+        if self.warmup_method == "constant":
+            return self.warmup_factor
+        alpha = iteration / self.warmup_iters
+        return self.warmup_factor * (1.0 - alpha) + alpha
+
+    def multiplier(self, iteration: int) -> float:
+        return self.warmup(iteration) * self.decay(iteration)
+
+    def set_iteration(self, iteration: int) -> None:
+        """Jump to ``iteration`` and set the optimizer's learning rates for it."""
+        self.last_epoch = iteration - 1
+        with warnings.catch_warnings():
+            # torch warns of a skipped rate when this steps before optimizer.step() (a skipped bad batch or
+            # GradScaler overflow); here each rate belongs to its iteration.
+            warnings.simplefilter("ignore", UserWarning)
+            super().step()
+
+    def step(self) -> None:  # type: ignore[override]
+        self.set_iteration(self.last_epoch + 1)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"last_iter": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if len(state["base_lrs"]) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"scheduler state has {len(state['base_lrs'])} parameter groups, the optimizer "
+                f"{len(self.optimizer.param_groups)}"
+            )
+        self.base_lrs = list(state["base_lrs"])
+        self.set_iteration(state["last_iter"])
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> WarmupLRScheduler:
+    """SOLVER.LR_SCHEDULER_NAME at iteration 0. Cosine and linear decay along fvcore curves of
+    ``min(i, MAX_ITER) / MAX_ITER`` to BASE_LR_END / BASE_LR. Multistep counts whole iterations:
+    fvcore's ``MultiStepParamScheduler`` moves steps one early once MAX_ITER reaches 10^6."""
+    solver = cfg.SOLVER
+    name, max_iter = solver.LR_SCHEDULER_NAME, solver.MAX_ITER
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown SOLVER.LR_SCHEDULER_NAME '{name}': expected one of {', '.join(SCHEDULERS)}")
+    if max_iter <= 0:
+        raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
+    if name == "WarmupMultiStepLR":
+        steps, gamma = list(solver.STEPS), solver.GAMMA
+        if steps != sorted(steps):
+            raise ValueError(f"SOLVER.STEPS must be increasing, got {tuple(steps)}")
+        late_steps = [step for step in steps if step > max_iter]
+        if late_steps:
+            logger.warning("SOLVER.STEPS %s lie beyond SOLVER.MAX_ITER=%d and will never be reached", late_steps, max_iter)
+
+        def decay(iteration: int) -> float:
+            return gamma ** bisect.bisect_right(steps, iteration)
+
+    else:
+        end_factor = solver.BASE_LR_END / solver.BASE_LR if solver.BASE_LR else 0.0
+        curve = (CosineParamScheduler if name == "WarmupCosineLR" else LinearParamScheduler)(1.0, 0.0)
+
+        def decay(iteration: int) -> float:
+            # Scaled here, not by the curve's end_value: fvcore's linear form rounds differently.
+            return end_factor + (1.0 - end_factor) * curve(min(iteration, max_iter) / max_iter)
+
+    return WarmupLRScheduler(optimizer, decay, solver.WARMUP_FACTOR, solver.WARMUP_ITERS, solver.WARMUP_METHOD)

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 import weakref
 from pathlib import Path
@@ -18,9 +17,10 @@ from torch import nn
 
 from ..utils.distributed import get_world_size
 from .errors import EngineError, NonFiniteLossError, TrainingInterrupted
-from .events import EventStorage
 from .hooks import HookBase
-from .lr_scheduler import WarmupLRScheduler
+from .launch import stop_on_signals
+from .optimizer import WarmupLRScheduler
+from .writers import EventStorage
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,8 @@ LossFunction = Callable[[nn.Module, Any], Union[Mapping[str, torch.Tensor], torc
 
 
 def move_to_device(batch: Any, device: Union[str, torch.device], channels_last: bool = False) -> Any:
-    """``batch`` with every tensor inside (dicts, lists, tuples, nested) moved to ``device``; mappings
-    come back as plain dicts, other objects unchanged.
-
-    Copies are ``non_blocking``: from pinned memory (``DataLoader(pin_memory=True)``) they overlap with
-    compute. With ``channels_last``, 4-D floating-point tensors also change memory format.
-    """
+    """``batch`` with every tensor in it (nested dicts, lists, tuples) moved ``non_blocking`` to ``device``
+    (4-D float tensors also to channels_last when asked); mappings come back as dicts."""
     if isinstance(batch, torch.Tensor):
         moved = batch.to(device, non_blocking=True)
         if channels_last and moved.dim() == 4 and moved.is_floating_point():
@@ -57,60 +53,23 @@ def amp_dtype_from_name(name: Union[str, torch.dtype]) -> torch.dtype:
     return AMP_DTYPES[name]
 
 
-class _StopRequest:
-    """While active, SIGTERM and SIGINT only record a request to stop after the current iteration
-    (the trainer then checkpoints and exits); a second SIGINT (Ctrl-C twice) aborts at once."""
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.signum = signum
-        name = signal.Signals(signum).name
-        # os.write, not logging: the handler may run while the main thread is inside a logging call.
-        os.write(
-            2,
-            f"\n{name} received: stopping after this iteration and saving a checkpoint "
-            "(Ctrl-C again aborts without one)\n".encode(),
-        )
+def _announce_stop(signum: int) -> None:
+    # os.write, not logging: the handler may run while the main thread is inside a logging call.
+    message = "stopping after this iteration and saving a checkpoint (Ctrl-C again aborts without one)"
+    os.write(2, f"\n{signal.Signals(signum).name} received: {message}\n".encode())
 
 
 class Trainer:
-    """A plain SGD training loop for any model whose training forward yields a dict of scalar losses.
+    """A plain training loop for any model whose training forward yields a dict of scalar losses.
 
-    Each iteration: take a batch from ``data_loader`` (recording ``data_time``), move it to the model's
-    device, compute the losses with ``loss_fn(model, batch)`` (default: ``model(batch)``) under autocast
-    when AMP is on, sum them, back-propagate, all-reduce the loss values and the stop flag across
-    processes, then step the optimizer unless a loss is NaN/inf, and step the scheduler.
-
-    ``data_loader`` must yield the batches of iterations ``start_iter, start_iter + 1, ...`` (for an
-    exact resume, build it positioned at ``start_iter``); when it runs out a new iterator is started.
-    ``loss_fn`` must return the same loss names on every process (they are all-reduced in sorted order).
-    A NaN/inf loss skips the step up to ``max_bad_batches`` times in a row, then raises
-    ``NonFiniteLossError`` without saving anything. SIGTERM/SIGINT finish the iteration, run the hooks'
-    ``after_train`` (the checkpoint hook saves) and raise ``TrainingInterrupted``.
-
-    ``channels_last`` converts the model and 4-D floating-point inputs to that memory format (faster
-    convolutions on recent GPUs). AMP (``amp_enabled``) runs on CUDA only; on another device it is
-    ignored with a warning.
-    ``amp_dtype="float16"`` uses ``grad_scaler`` (a ``torch.amp.GradScaler`` is created when not given;
-    pass the same object to the ``Checkpointer`` so its state is saved).
+    Each iteration takes a batch from ``data_loader`` (restarted when it runs out; for an exact resume it
+    must yield the batches of iterations ``start_iter, start_iter + 1, ...``), moves it to the device,
+    computes ``loss_fn(model, batch)`` (default ``model(batch)``) under autocast when AMP is on (CUDA only),
+    back-propagates the sum, all-reduces the loss values and the stop flag, steps the optimizer unless a
+    loss is NaN/inf, and steps the scheduler. Up to ``max_bad_batches`` non-finite losses in a row are
+    skipped, then ``NonFiniteLossError``. SIGTERM/SIGINT finish the iteration, run the hooks' ``after_train``
+    (the checkpoint hook saves) and raise ``TrainingInterrupted``. float16 AMP uses ``grad_scaler`` (made
+    when not given; pass the same one to the ``Checkpointer``).
     """
 
     def __init__(
@@ -137,18 +96,17 @@ class Trainer:
         self.scheduler = scheduler
         self.loss_fn = loss_fn
         self.max_iter = max_iter
-        self.start_iter = start_iter
-        self.iter = start_iter
+        self.start_iter = self.iter = start_iter
         self.max_bad_batches = max_bad_batches
         self.channels_last = channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        if device is None:
+            device = next((p.device for p in model.parameters()), "cpu")
+        self.device = torch.device(device)
         self.amp_dtype = amp_dtype_from_name(amp_dtype)
         if amp_enabled and self.device.type != "cuda":
-            logger.warning(
-                "AMP runs on CUDA only: training on %s in float32 (SOLVER.AMP.ENABLED ignored)", self.device
-            )
+            logger.warning("AMP runs on CUDA only: training on %s in float32 (SOLVER.AMP.ENABLED ignored)", self.device)
             amp_enabled = False
         self.amp_enabled = amp_enabled
         if amp_enabled and self.amp_dtype == torch.float16 and grad_scaler is None:
@@ -161,26 +119,27 @@ class Trainer:
         self._hooks: List[HookBase] = []
         self._data_iter: Optional[Iterator[Any]] = None
         self._bad_in_row = 0
-        self._stop_request = _StopRequest()
+        self._stop_signals: List[int] = []
         self.register_hooks(hooks)
 
     def register_hooks(self, hooks: Sequence[HookBase]) -> None:
         """Append ``hooks``; they run in registration order."""
         for hook in hooks:
-            # A proxy: hooks stored on the trainer must not keep it alive through a reference cycle.
-            hook.trainer = weakref.proxy(self)  # type: ignore[assignment]
+            hook.trainer = weakref.proxy(self)  # type: ignore[assignment]  # no reference cycle
             self._hooks.append(hook)
 
-    # ------------------------------------------------------------------ the loop
     def train(self) -> None:
         """Run iterations ``start_iter`` .. ``max_iter - 1``."""
         logger.info("Starting training: iterations %d -> %d", self.start_iter, self.max_iter)
         self.iter = self.start_iter
         self.storage = EventStorage(self.start_iter)
-        self._align_scheduler()
+        # The schedule is a function of the iteration: make it agree with where training starts.
+        if isinstance(self.scheduler, WarmupLRScheduler) and self.scheduler.last_epoch != self.start_iter:
+            logger.info("Setting the LR schedule to iteration %d (it was at %d)", self.start_iter, self.scheduler.last_epoch)
+            self.scheduler.set_iteration(self.start_iter)
         self.model.train()
         self.status = "running"
-        with _StopRequest() as self._stop_request:
+        with stop_on_signals(_announce_stop) as self._stop_signals:
             try:
                 self._call_hooks("before_train")
                 while self.iter < self.max_iter:
@@ -200,7 +159,15 @@ class Trainer:
             finally:
                 self._call_hooks("after_train")
         if self.status == "interrupted":
-            raise self._interrupted_error()
+            signum = self._stop_signals[0] if self._stop_signals else None
+            cause = signal.Signals(signum).name if signum is not None else "a signal to another process"
+            where = (
+                f"checkpoint {self.interrupt_checkpoint} written"
+                if self.interrupt_checkpoint is not None
+                else "no checkpoint hook: nothing saved"
+            )
+            message = f"training stopped by {cause} after iteration {self.iter}; {where}. Continue with --resume."
+            raise TrainingInterrupted(message, signum if signum is not None else signal.SIGTERM)
 
     def run_step(self) -> bool:
         """One iteration. Returns True when a process (any rank) was asked to stop."""
@@ -213,10 +180,7 @@ class Trainer:
         total = torch.stack([loss.float() for loss in loss_dict.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         # Backward runs even on a bad loss so that DDP's gradient all-reduce stays in step on all ranks.
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
-        else:
-            total.backward()
+        (self.grad_scaler.scale(total) if self.grad_scaler is not None else total).backward()
         values, stop = self._reduce_losses(loss_dict, total)
 
         self.storage.put_scalar("data_time", data_time)
@@ -235,20 +199,9 @@ class Trainer:
             self.scheduler.step()
         return stop
 
-    # ------------------------------------------------------------------ pieces
     def _call_hooks(self, stage: str) -> None:
         for hook in self._hooks:
             getattr(hook, stage)()
-
-    def _align_scheduler(self) -> None:
-        # The schedule is a function of the iteration: make it agree with where training starts.
-        if isinstance(self.scheduler, WarmupLRScheduler) and self.scheduler.last_epoch != self.start_iter:
-            logger.info(
-                "Setting the LR schedule to iteration %d (it was at %d)",
-                self.start_iter,
-                self.scheduler.last_epoch,
-            )
-            self.scheduler.set_iteration(self.start_iter)
 
     def _next_batch(self) -> Any:
         if self._data_iter is None:
@@ -269,34 +222,31 @@ class Trainer:
             losses = {"loss": losses}
         if not isinstance(losses, Mapping) or not losses:
             raise TypeError(
-                "the training forward must return a non-empty dict of scalar loss tensors, "
-                f"got {type(losses).__name__}"
+                f"the training forward must return a non-empty dict of scalar loss tensors, got {type(losses).__name__}"
             )
         for name, loss in losses.items():
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                 raise TypeError(f"loss '{name}' must be a scalar tensor, got {shape}")
-        return {name: losses[name] for name in sorted(losses)}
+        return {name: losses[name] for name in sorted(losses)}  # all ranks all-reduce them in one order
 
     def _reduce_losses(
         self, loss_dict: Dict[str, torch.Tensor], total: torch.Tensor
     ) -> Tuple[Dict[str, float], bool]:
-        """Loss values averaged over processes (one transfer, one all-reduce) and the global stop flag."""
-        local = torch.stack(
-            [total.detach()] + [loss.detach().float().reshape(()) for loss in loss_dict.values()]
-        )
-        requested = self._stop_request.signum is not None
+        """Loss values averaged over processes and the global stop flag, in one all-reduce."""
+        local = torch.stack([total.detach()] + [loss.detach().float().reshape(()) for loss in loss_dict.values()])
+        requested = bool(self._stop_signals)
         world_size = get_world_size()
         if world_size > 1:
-            packed = torch.cat([local, local.new_tensor([float(requested)])]).to(_communication_device())
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            packed = torch.cat([local, local.new_tensor([float(requested)])]).to(device)
             dist.all_reduce(packed)
             packed = packed.cpu()
             numbers = (packed[:-1] / world_size).tolist()
             requested = bool(packed[-1].item() > 0)
         else:
             numbers = local.cpu().tolist()
-        names = ["total_loss"] + list(loss_dict)
-        return dict(zip(names, numbers)), requested
+        return dict(zip(["total_loss"] + list(loss_dict), numbers)), requested
 
     def _skip_bad_batch(self, values: Dict[str, float]) -> None:
         self._bad_in_row += 1
@@ -311,31 +261,5 @@ class Trainer:
             )
         logger.warning(
             "Skipping iteration %d: non-finite loss (%s); bad batch %d of at most %d in a row",
-            iteration,
-            detail,
-            self._bad_in_row,
-            self.max_bad_batches,
+            iteration, detail, self._bad_in_row, self.max_bad_batches,
         )
-
-    def _interrupted_error(self) -> TrainingInterrupted:
-        signum = self._stop_request.signum
-        cause = signal.Signals(signum).name if signum is not None else "a signal to another process"
-        where = (
-            f"checkpoint {self.interrupt_checkpoint} written"
-            if self.interrupt_checkpoint is not None
-            else "no checkpoint hook: nothing saved"
-        )
-        message = f"training stopped by {cause} after iteration {self.iter}; {where}. Continue with --resume."
-        return TrainingInterrupted(message, signum if signum is not None else signal.SIGTERM)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _communication_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -1,8 +1,5 @@
-"""Metric writers: console line, ``metrics.json`` (JSON lines) and TensorBoard events.
-
-Writers are created on the main process only. Every scalar carries the iteration it was recorded at
-(the number of completed iterations, as in checkpoint names).
-"""
+"""Scalars recorded during training (``EventStorage``, on fvcore ``HistoryBuffer``) and their writers:
+console line, ``metrics.json`` (JSON lines), TensorBoard. Writers exist on the main process only."""
 
 from __future__ import annotations
 
@@ -12,14 +9,62 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from fvcore.common.history_buffer import HistoryBuffer
 
 from ..utils.io import PathLike, atomic_write
-from .events import EventStorage
 
 logger = logging.getLogger(__name__)
+
+# Values kept per scalar: writers look back one log period; fvcore's default (a million) would hold a
+# whole run's scalars in memory.
+HISTORY_LENGTH = 10000
+
+
+class EventStorage:
+    """Scalars put by the trainer and hooks, stamped with ``iter``: the 1-based number of the iteration in
+    progress (the number completed once it ends), as in checkpoint names and metrics files."""
+
+    def __init__(self, start_iter: int = 0) -> None:
+        self.iter = start_iter
+        self._histories: Dict[str, HistoryBuffer] = {}
+        self._smoothing: Dict[str, bool] = {}
+
+    def put_scalar(self, name: str, value: float, smoothing_hint: bool = True) -> None:
+        """Record ``value``; writers report the median over their window when ``smoothing_hint``."""
+        self._histories.setdefault(name, HistoryBuffer(HISTORY_LENGTH)).update(float(value), self.iter)
+        self._smoothing[name] = smoothing_hint
+
+    def put_scalars(self, *, smoothing_hint: bool = True, **scalars: float) -> None:
+        for name, value in scalars.items():
+            self.put_scalar(name, value, smoothing_hint)
+
+    def history(self, name: str) -> HistoryBuffer:
+        if name not in self._histories:
+            raise KeyError(f"no scalar named '{name}' recorded yet (have: {', '.join(sorted(self._histories))})")
+        return self._histories[name]
+
+    def has(self, name: str) -> bool:
+        return name in self._histories
+
+    def latest_smoothed(self, window: int) -> Dict[str, Tuple[float, int]]:
+        """``{name: (value, iteration it was put at)}`` of each scalar's latest put, smoothed ones as the
+        median over the last ``window`` values."""
+        latest = {}
+        for name, buffer in self._histories.items():
+            value, iteration = buffer.values()[-1]
+            latest[name] = (float(buffer.median(window)) if self._smoothing[name] else value, iteration)
+        return latest
+
+    def new_scalars(self, window: int, after_iter: int) -> Dict[int, Dict[str, float]]:
+        """Scalars put after ``after_iter``, smoothed over ``window``, grouped by iteration (ascending)."""
+        by_iter: Dict[int, Dict[str, float]] = {}
+        for name, (value, iteration) in sorted(self.latest_smoothed(window).items()):
+            if iteration > after_iter:
+                by_iter.setdefault(iteration, {})[name] = value
+        return dict(sorted(by_iter.items()))
 
 
 def max_memory_mb() -> Optional[float]:
@@ -47,15 +92,6 @@ class EventWriter:
         """Flush and release files."""
 
 
-def _new_scalars(storage: EventStorage, window: int, after_iter: int) -> Dict[int, Dict[str, float]]:
-    """Scalars recorded after ``after_iter``, smoothed over ``window``, grouped by their iteration."""
-    by_iter: Dict[int, Dict[str, float]] = {}
-    for name, (value, iteration) in sorted(storage.latest_smoothed(window).items()):
-        if iteration > after_iter:
-            by_iter.setdefault(iteration, {})[name] = value
-    return dict(sorted(by_iter.items()))
-
-
 class ConsoleWriter(EventWriter):
     """One log line: iteration, ETA, losses (median over ``window``), time, data time, lr, memory."""
 
@@ -65,38 +101,23 @@ class ConsoleWriter(EventWriter):
 
     def write(self, storage: EventStorage) -> None:
         iteration = storage.iter
-        latest = storage.latest_smoothed(self.window)
-
-        def current(name: str) -> Optional[float]:
-            value, at = latest.get(name, (None, -1))
-            return value if at == iteration else None
-
+        current = {name: value for name, (value, at) in storage.latest_smoothed(self.window).items() if at == iteration}
         parts = [f"iter: {iteration}/{self.max_iter}"]
-        eta = current("eta_seconds")
-        if eta is not None:
-            parts.append(f"eta: {datetime.timedelta(seconds=int(eta))}")
-        losses = sorted(
-            (name for name, (_, at) in latest.items() if "loss" in name and at == iteration),
-            key=lambda n: (n != "total_loss", n),
-        )
-        parts += [f"{name}: {latest[name][0]:.4g}" for name in losses]
+        if "eta_seconds" in current:
+            parts.append(f"eta: {datetime.timedelta(seconds=int(current['eta_seconds']))}")
+        losses = sorted((name for name in current if "loss" in name), key=lambda n: (n != "total_loss", n))
+        parts += [f"{name}: {current[name]:.4g}" for name in losses]
         for name, fmt in (("time", "{:.4f}"), ("data_time", "{:.4f}"), ("lr", "{:.5g}")):
-            value = current(name)
-            if value is not None:
-                parts.append(f"{name}: {fmt.format(value)}")
-        memory = current("max_mem_mb")
-        if memory is not None:
-            parts.append(f"max_mem: {memory:.0f}M")
+            if name in current:
+                parts.append(f"{name}: {fmt.format(current[name])}")
+        if "max_mem_mb" in current:
+            parts.append(f"max_mem: {current['max_mem_mb']:.0f}M")
         logger.info("  ".join(parts))
 
 
 class JSONWriter(EventWriter):
-    """Appends one JSON object per iteration, ``{"iteration": n, name: value, ...}``, to ``path``.
-
-    On ``start(k)`` lines of iterations after ``k`` (written by a run that died after its last
-    checkpoint) are removed, so a resumed run does not duplicate them; unreadable lines (a write cut
-    short by a crash) are dropped with a warning.
-    """
+    """Appends ``{"iteration": n, name: value, ...}`` lines to ``path``. ``start(k)`` first removes lines
+    after iteration ``k`` (from a run that died after its last checkpoint) and unreadable ones."""
 
     def __init__(self, path: PathLike, window: int = 20) -> None:
         self.path = Path(path)
@@ -118,7 +139,7 @@ class JSONWriter(EventWriter):
                 continue
             try:
                 iteration = json.loads(line)["iteration"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # a write cut short by a crash
                 unreadable += 1
                 continue
             if iteration <= start_iter:
@@ -130,19 +151,14 @@ class JSONWriter(EventWriter):
         if dropped or unreadable:
             text = "".join(line + "\n" for line in kept)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
-            if dropped:
-                logger.info(
-                    "%s: removed %d line(s) after iteration %d (resuming from there)",
-                    self.path,
-                    dropped,
-                    start_iter,
-                )
+        if dropped:
+            logger.info("%s: removed %d line(s) after iteration %d (resuming from there)", self.path, dropped, start_iter)
 
     def write(self, storage: EventStorage) -> None:
         if self._handle is None:
             raise RuntimeError("JSONWriter.write() before start()")
-        for iteration, scalars in _new_scalars(storage, self.window, self._last_written).items():
-            self._handle.write(json.dumps({"iteration": iteration, **scalars}, sort_keys=False) + "\n")
+        for iteration, scalars in storage.new_scalars(self.window, self._last_written).items():
+            self._handle.write(json.dumps({"iteration": iteration, **scalars}) + "\n")
             self._last_written = iteration
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -166,14 +182,13 @@ class TensorboardWriter(EventWriter):
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: slow, only when used
 
         self._last_written = start_iter
-        # Events at steps >= purge_step written earlier to this directory are hidden by TensorBoard.
-        purge_step = start_iter + 1 if start_iter > 0 else None
-        self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step, flush_secs=30)
+        # TensorBoard hides events at steps >= purge_step written earlier to this directory.
+        self._writer = SummaryWriter(str(self.log_dir), purge_step=start_iter + 1 if start_iter > 0 else None, flush_secs=30)
 
     def write(self, storage: EventStorage) -> None:
         if self._writer is None:
             raise RuntimeError("TensorboardWriter.write() before start()")
-        for iteration, scalars in _new_scalars(storage, self.window, self._last_written).items():
+        for iteration, scalars in storage.new_scalars(self.window, self._last_written).items():
             for name, value in scalars.items():
                 self._writer.add_scalar(name, value, iteration)
             self._last_written = iteration
