@@ -10,10 +10,12 @@ from .defaults import (
 )
 from .errors import EngineError, NonFiniteLossError, SetupError, TrainingInterrupted
 from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter, flatten_results
-from .launch import create_ddp_model, get_local_rank, init_distributed_from_env, launch, report_error, started_by_torchrun
+from .launch import create_ddp_model, launch, report_error
 from .optimizer import WarmupLRScheduler, add_gradient_clipping, build_lr_scheduler, build_optimizer, get_param_groups
 from .trainer import Trainer, move_to_device
-from .writers import ConsoleWriter, EventStorage, EventWriter, JSONWriter, TensorboardWriter, default_writers, max_memory_mb
+from .writers import (
+    ConsoleWriter, EventStorage, EventWriter, JSONWriter, TensorboardWriter, default_writers, max_memory_mb
+)
 
 __all__ = [
     "Checkpointer", "ConsoleWriter", "EngineError", "EvalHook", "EventStorage", "EventWriter", "HookBase",
@@ -22,8 +24,7 @@ __all__ = [
     "WarmupLRScheduler", "WorkerSignalGuard", "add_gradient_clipping", "build_checkpointer", "build_grad_scaler",
     "build_hooks", "build_lr_scheduler", "build_optimizer", "build_trainer", "check_output_dir", "create_ddp_model",
     "default_argument_parser", "default_setup", "device_from_config", "default_writers", "environment_info",
-    "eval_amp_dtype", "flatten_results", "get_local_rank", "get_param_groups", "init_distributed_from_env", "launch",
-    "max_memory_mb", "move_to_device", "per_device_batch_size", "periodic_checkpoint_name", "report_error",
-    "rng_state", "seed_all", "set_deterministic", "set_rng_state", "started_by_torchrun",
-    "termination_signals_blocked", "unwrap_model",
+    "eval_amp_dtype", "flatten_results", "get_param_groups", "launch", "max_memory_mb", "move_to_device",
+    "per_device_batch_size", "periodic_checkpoint_name", "report_error", "rng_state", "seed_all",
+    "set_deterministic", "set_rng_state", "termination_signals_blocked", "unwrap_model",
 ]

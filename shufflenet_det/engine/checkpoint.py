@@ -66,9 +66,8 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
         else:
-            logger.warning(
-                "CUDA RNG state saved for %d devices, %d visible: not restored", len(cuda_states), torch.cuda.device_count()
-            )
+            count = torch.cuda.device_count()
+            logger.warning("CUDA RNG state saved for %d devices, %d visible: not restored", len(cuda_states), count)
 
 
 class Checkpointer(_FvcoreCheckpointer):
@@ -79,16 +78,9 @@ class Checkpointer(_FvcoreCheckpointer):
     entry; ``resume_or_load`` falls back past unreadable checkpoints."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        save_dir: PathLike,
-        optimizer: Optional[torch.optim.Optimizer] = None,
-        scheduler: Optional[Any] = None,
-        *,
-        config: Union[CfgNode, str, None] = None,
-        keep_last: int = 3,
-        extra_data: Optional[Mapping[str, Any]] = None,
-        **checkpointables: Any,
+        self, model: nn.Module, save_dir: PathLike, optimizer: Optional[torch.optim.Optimizer] = None,
+        scheduler: Optional[Any] = None, *, config: Union[CfgNode, str, None] = None, keep_last: int = 3,
+        extra_data: Optional[Mapping[str, Any]] = None, **checkpointables: Any,
     ) -> None:
         named = {"optimizer": optimizer, "scheduler": scheduler, **checkpointables}
         super().__init__(model, os.fspath(save_dir), **{name: obj for name, obj in named.items() if obj is not None})

@@ -55,8 +55,7 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
     parser.add_argument(
-        "--overwrite",
-        action="store_true",
+        "--overwrite", action="store_true",
         help="start a new run in an OUTPUT_DIR that holds one (deletes its checkpoints, metrics, events)",
     )
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (CPU processes without CUDA)")
@@ -164,13 +163,9 @@ def environment_info() -> str:
 
 
 def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> int:
-    """Start-up shared by the tools; returns this process's random seed.
-
-    Checks the settings and OUTPUT_DIR (created, writable, free disk; no new run over an old one without
-    ``--overwrite``), sets up logging (``OUTPUT_DIR/log.txt`` on the main process), scales the solver
-    (``scale_to_world_size``), writes ``config.yaml`` (``config_eval.yaml`` with ``--eval-only``), seeds
-    (``SEED + rank``; ``SEED < 0``: random), sets cuDNN benchmarking and SHUFFLENET_DET.TORCH_THREADS.
-    """
+    """Start-up shared by the tools (docs/engine.md "Start-up checks"): checks, logging (``log.txt``),
+    ``scale_to_world_size``, ``config.yaml`` (``config_eval.yaml`` with ``--eval-only``), seeds (``SEED +
+    rank``; ``SEED < 0``: random), cuDNN benchmarking, CPU threads. Returns this process's seed."""
     rank, main = get_rank(), is_main_process()
     output_dir = cfg.OUTPUT_DIR
     training = not getattr(args, "eval_only", False)
@@ -268,12 +263,8 @@ def build_grad_scaler(cfg: CfgNode) -> Optional[torch.amp.GradScaler]:
 
 
 def build_checkpointer(
-    cfg: CfgNode,
-    model: nn.Module,
-    optimizer: Optional[torch.optim.Optimizer] = None,
-    scheduler: Optional[Any] = None,
-    grad_scaler: Optional[torch.amp.GradScaler] = None,
-    extra_data: Optional[Mapping[str, Any]] = None,
+    cfg: CfgNode, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Optional[Any] = None,
+    grad_scaler: Optional[torch.amp.GradScaler] = None, extra_data: Optional[Mapping[str, Any]] = None,
 ) -> Checkpointer:
     """A Checkpointer over OUTPUT_DIR that also stores the config, ``extra_data`` and the grad scaler."""
     extra = {"grad_scaler": grad_scaler} if grad_scaler is not None else {}
@@ -284,13 +275,12 @@ def build_checkpointer(
 
 
 def build_hooks(
-    cfg: CfgNode,
-    checkpointer: Checkpointer,
-    eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
+    cfg: CfgNode, checkpointer: Checkpointer, eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None
 ) -> List[HookBase]:
     """Timer, LR logging, periodic checkpoints, evaluation (with ``eval_function``) and metric writers
     (console, metrics.json, TensorBoard on the main process), in the order they must run."""
-    hooks: List[HookBase] = [IterationTimer(), LRLogger(), PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
+    checkpoints = PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)
+    hooks: List[HookBase] = [IterationTimer(), LRLogger(), checkpoints]
     if eval_function is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
     period = cfg.SHUFFLENET_DET.LOG_PERIOD
@@ -299,35 +289,17 @@ def build_hooks(
 
 
 def build_trainer(
-    cfg: CfgNode,
-    model: nn.Module,
-    data_loader: Iterable[Any],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Optional[Any],
-    checkpointer: Checkpointer,
-    *,
-    start_iter: int = 0,
-    loss_fn: Optional[LossFunction] = None,
-    eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
-    grad_scaler: Optional[torch.amp.GradScaler] = None,
-    extra_hooks: Iterable[HookBase] = (),
+    cfg: CfgNode, model: nn.Module, data_loader: Iterable[Any], optimizer: torch.optim.Optimizer,
+    scheduler: Optional[Any], checkpointer: Checkpointer, *, start_iter: int = 0,
+    loss_fn: Optional[LossFunction] = None, eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
+    grad_scaler: Optional[torch.amp.GradScaler] = None, extra_hooks: Iterable[HookBase] = (),
 ) -> Trainer:
     """A Trainer with ``build_hooks``' hooks (``extra_hooks`` run before the writers) and the AMP,
     bad-batch and channels_last settings of ``cfg``."""
     hooks = build_hooks(cfg, checkpointer, eval_function)
     hooks[-1:-1] = list(extra_hooks)
     return Trainer(
-        model,
-        data_loader,
-        optimizer,
-        scheduler,
-        loss_fn=loss_fn,
-        max_iter=cfg.SOLVER.MAX_ITER,
-        start_iter=start_iter,
-        hooks=hooks,
-        amp_enabled=cfg.SOLVER.AMP.ENABLED,
-        amp_dtype=cfg.SHUFFLENET_DET.AMP_DTYPE,
-        grad_scaler=grad_scaler,
-        max_bad_batches=cfg.SHUFFLENET_DET.MAX_BAD_BATCHES,
-        channels_last=cfg.SHUFFLENET_DET.CHANNELS_LAST,
+        model, data_loader, optimizer, scheduler, loss_fn=loss_fn, max_iter=cfg.SOLVER.MAX_ITER, start_iter=start_iter,
+        hooks=hooks, amp_enabled=cfg.SOLVER.AMP.ENABLED, amp_dtype=cfg.SHUFFLENET_DET.AMP_DTYPE, grad_scaler=grad_scaler,
+        max_bad_batches=cfg.SHUFFLENET_DET.MAX_BAD_BATCHES, channels_last=cfg.SHUFFLENET_DET.CHANNELS_LAST,
     )

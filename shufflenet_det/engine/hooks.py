@@ -84,7 +84,8 @@ class LRLogger(HookBase):
         self._group = sizes.index(max(sizes))
 
     def before_step(self) -> None:
-        self.trainer.storage.put_scalar("lr", self.trainer.optimizer.param_groups[self._group]["lr"], smoothing_hint=False)
+        lr = self.trainer.optimizer.param_groups[self._group]["lr"]
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
 
 
 class PeriodicCheckpointer(HookBase):
@@ -187,7 +188,8 @@ class PeriodicWriter(HookBase):
             return
         if storage.has("time"):
             remaining = self.trainer.max_iter - self.trainer.iter
-            storage.put_scalar("eta_seconds", storage.history("time").median(self.period) * remaining, smoothing_hint=False)
+            eta = storage.history("time").median(self.period) * remaining
+            storage.put_scalar("eta_seconds", eta, smoothing_hint=False)
         memory = max_memory_mb()
         if memory is not None and math.isfinite(memory):
             storage.put_scalar("max_mem_mb", memory, smoothing_hint=False)

@@ -28,17 +28,6 @@ logger = logging.getLogger(__name__)
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
 
-_local_rank = 0
-
-
-def get_local_rank() -> int:
-    """Index of this process on its machine (its GPU index)."""
-    return _local_rank
-
-
-def started_by_torchrun() -> bool:
-    return all(name in os.environ for name in TORCHRUN_VARIABLES)
-
 
 @contextlib.contextmanager
 def stop_on_signals(on_first: Callable[[int], None]) -> Iterator[List[int]]:
@@ -63,36 +52,24 @@ def stop_on_signals(on_first: Callable[[int], None]) -> Iterator[List[int]]:
             signal.signal(signum, handler)
 
 
-def init_distributed_from_env(timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> None:
-    """Join the process group described by torchrun's environment variables (nccl with CUDA, else gloo)."""
-    _init_process_group(int(os.environ["LOCAL_RANK"]), init_method="env://", timeout=timeout)
-
-
 def _init_process_group(local_rank: int, **kwargs: Any) -> None:
-    global _local_rank
-    _local_rank = local_rank
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **kwargs)
 
 
 def launch(
-    main_func: Callable[..., Any],
-    num_gpus_per_machine: int,
-    num_machines: int = 1,
-    machine_rank: int = 0,
-    dist_url: str = "auto",
-    args: Sequence[Any] = (),
-    timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+    main_func: Callable[..., Any], num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
+    dist_url: str = "auto", args: Sequence[Any] = (), timeout: datetime.timedelta = DEFAULT_TIMEOUT,
 ) -> int:
     """Run ``main_func(*args)`` in every training process and return an exit status for ``sys.exit``.
 
     ``EngineError`` and ``CheckpointError`` are reported as one line and give their exit status (143
     after SIGTERM); other exceptions propagate. Several machines share ``dist_url`` (machine 0's)."""
-    if started_by_torchrun():
+    if all(name in os.environ for name in TORCHRUN_VARIABLES):
         if num_gpus_per_machine > 1 or num_machines > 1:
             logger.warning("Started by torchrun: --num-gpus/--num-machines are ignored (torchrun decides)")
-        init_distributed_from_env(timeout)
+        _init_process_group(int(os.environ["LOCAL_RANK"]), init_method="env://", timeout=timeout)
         try:
             return _run_reporting_errors(main_func, args)
         finally:
@@ -109,7 +86,7 @@ def launch(
         logger.warning("No CUDA: starting %d CPU processes with the gloo backend", num_gpus_per_machine)
     context = mp.start_processes(
         _worker,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout),
+        args=(main_func, world_size, machine_rank * num_gpus_per_machine, dist_url, tuple(args), timeout),
         nprocs=num_gpus_per_machine,
         join=False,
         start_method="spawn",
@@ -151,16 +128,10 @@ def _check_layout(num_gpus_per_machine: int, num_machines: int, machine_rank: in
 
 
 def _worker(
-    local_rank: int,
-    main_func: Callable[..., Any],
-    world_size: int,
-    num_gpus_per_machine: int,
-    machine_rank: int,
-    dist_url: str,
-    args: Sequence[Any],
-    timeout: datetime.timedelta,
+    local_rank: int, main_func: Callable[..., Any], world_size: int, first_rank: int, dist_url: str,
+    args: Sequence[Any], timeout: datetime.timedelta,
 ) -> None:
-    rank = machine_rank * num_gpus_per_machine + local_rank
+    rank = first_rank + local_rank
     _init_process_group(local_rank, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
     try:
         code = _run_reporting_errors(main_func, args)
@@ -197,11 +168,14 @@ def create_ddp_model(
         return model
     if broadcast_buffers is None:
         broadcast_buffers = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+            and m.track_running_stats
             for m in model.modules()
         )
     device = next(model.parameters()).device
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    device_ids = None
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
     # torch >= 2.13 renamed broadcast_buffers (runtime syncing) to forward_sync_buffers.
     renamed = "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
     sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": broadcast_buffers}

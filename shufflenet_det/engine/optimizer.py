@@ -31,12 +31,8 @@ SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupLinearLR")
 
 
 def get_param_groups(
-    model: nn.Module,
-    base_lr: float,
-    weight_decay: float,
-    weight_decay_norm: float = 0.0,
-    weight_decay_bias: Optional[float] = 0.0,
-    bias_lr_factor: float = 1.0,
+    model: nn.Module, base_lr: float, weight_decay: float, weight_decay_norm: float = 0.0,
+    weight_decay_bias: Optional[float] = 0.0, bias_lr_factor: float = 1.0,
 ) -> List[Dict[str, Any]]:
     """Trainable parameters, each once, grouped by (lr, weight decay): norm layers' parameters get
     ``weight_decay_norm``, other biases ``weight_decay_bias`` (None: ``weight_decay``), every bias
@@ -64,14 +60,7 @@ def add_gradient_clipping(
     """Clip gradients before every ``optimizer.step()`` as detectron2 does: ``"value"`` clamps elements,
     ``"norm"`` each parameter's gradient norm on its own, ``"full_model"`` their total norm. As a step
     pre-hook it runs after a ``GradScaler`` has unscaled the gradients."""
-    clip: Callable[[List[torch.Tensor]], Any]
-    if clip_type == "value":
-        clip = lambda params: nn.utils.clip_grad_value_(params, clip_value)  # noqa: E731
-    elif clip_type == "norm":
-        clip = lambda params: [nn.utils.clip_grad_norm_(p, clip_value, norm_type) for p in params]  # noqa: E731
-    elif clip_type == "full_model":
-        clip = lambda params: nn.utils.clip_grad_norm_(params, clip_value, norm_type)  # noqa: E731
-    else:
+    if clip_type not in CLIP_TYPES:
         raise ValueError(
             f"unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE '{clip_type}': expected one of {', '.join(CLIP_TYPES)}"
         )
@@ -80,8 +69,15 @@ def add_gradient_clipping(
 
     def clip_before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        if params:
-            clip(params)
+        if not params:
+            return
+        if clip_type == "value":
+            nn.utils.clip_grad_value_(params, clip_value)
+        elif clip_type == "norm":
+            for param in params:
+                nn.utils.clip_grad_norm_(param, clip_value, norm_type)
+        else:
+            nn.utils.clip_grad_norm_(params, clip_value, norm_type)
 
     return optimizer.register_step_pre_hook(clip_before_step)
 
@@ -118,12 +114,8 @@ class WarmupLRScheduler(LambdaLR):
     state dict is ``{"last_iter", "base_lrs"}``, as in checkpoints of earlier versions."""
 
     def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        decay: Callable[[int], float],
-        warmup_factor: float = 0.001,
-        warmup_iters: int = 1000,
-        warmup_method: str = "linear",
+        self, optimizer: torch.optim.Optimizer, decay: Callable[[int], float], warmup_factor: float = 0.001,
+        warmup_iters: int = 1000, warmup_method: str = "linear",
     ) -> None:
         if warmup_method not in WARMUP_METHODS:
             raise ValueError(
@@ -135,16 +127,15 @@ class WarmupLRScheduler(LambdaLR):
         self.warmup_method = warmup_method
         super().__init__(optimizer, self.multiplier)
 
-    def warmup(self, iteration: int) -> float:
-        if iteration >= self.warmup_iters:
-            return 1.0
-        if self.warmup_method == "constant":
-            return self.warmup_factor
-        alpha = iteration / self.warmup_iters
-        return self.warmup_factor * (1.0 - alpha) + alpha
-
     def multiplier(self, iteration: int) -> float:
-        return self.warmup(iteration) * self.decay(iteration)
+        if iteration >= self.warmup_iters:
+            warmup = 1.0
+        elif self.warmup_method == "constant":
+            warmup = self.warmup_factor
+        else:
+            alpha = iteration / self.warmup_iters
+            warmup = self.warmup_factor * (1.0 - alpha) + alpha
+        return warmup * self.decay(iteration)
 
     def set_iteration(self, iteration: int) -> None:
         """Jump to ``iteration`` and set the optimizer's learning rates for it."""

@@ -60,35 +60,18 @@ def _announce_stop(signum: int) -> None:
 
 
 class Trainer:
-    """A plain training loop for any model whose training forward yields a dict of scalar losses.
-
-    Each iteration takes a batch from ``data_loader`` (restarted when it runs out; for an exact resume it
-    must yield the batches of iterations ``start_iter, start_iter + 1, ...``), moves it to the device,
-    computes ``loss_fn(model, batch)`` (default ``model(batch)``) under autocast when AMP is on (CUDA only),
-    back-propagates the sum, all-reduces the loss values and the stop flag, steps the optimizer unless a
-    loss is NaN/inf, and steps the scheduler. Up to ``max_bad_batches`` non-finite losses in a row are
-    skipped, then ``NonFiniteLossError``. SIGTERM/SIGINT finish the iteration, run the hooks' ``after_train``
-    (the checkpoint hook saves) and raise ``TrainingInterrupted``. float16 AMP uses ``grad_scaler`` (made
-    when not given; pass the same one to the ``Checkpointer``).
-    """
+    """A training loop for any model whose training forward (or ``loss_fn(model, batch)``) yields scalar
+    losses. For an exact resume ``data_loader`` must yield the batches of iterations ``start_iter, ...``.
+    Up to ``max_bad_batches`` non-finite losses in a row are skipped; SIGTERM/SIGINT finish the iteration,
+    run the hooks' ``after_train`` (the checkpoint hook saves) and raise ``TrainingInterrupted``. float16
+    AMP needs ``grad_scaler`` (made when not given; pass the same one to the ``Checkpointer``)."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        data_loader: Iterable[Any],
-        optimizer: torch.optim.Optimizer,
-        scheduler: Optional[Any] = None,
-        *,
-        loss_fn: Optional[LossFunction] = None,
-        max_iter: int,
-        start_iter: int = 0,
-        hooks: Sequence[HookBase] = (),
-        amp_enabled: bool = False,
-        amp_dtype: Union[str, torch.dtype] = "bfloat16",
-        grad_scaler: Optional[torch.amp.GradScaler] = None,
-        max_bad_batches: int = 0,
-        device: Union[str, torch.device, None] = None,
-        channels_last: bool = False,
+        self, model: nn.Module, data_loader: Iterable[Any], optimizer: torch.optim.Optimizer,
+        scheduler: Optional[Any] = None, *, loss_fn: Optional[LossFunction] = None, max_iter: int,
+        start_iter: int = 0, hooks: Sequence[HookBase] = (), amp_enabled: bool = False,
+        amp_dtype: Union[str, torch.dtype] = "bfloat16", grad_scaler: Optional[torch.amp.GradScaler] = None,
+        max_bad_batches: int = 0, device: Union[str, torch.device, None] = None, channels_last: bool = False,
     ) -> None:
         self.model = model
         self.data_loader = data_loader
@@ -159,15 +142,12 @@ class Trainer:
             finally:
                 self._call_hooks("after_train")
         if self.status == "interrupted":
-            signum = self._stop_signals[0] if self._stop_signals else None
-            cause = signal.Signals(signum).name if signum is not None else "a signal to another process"
-            where = (
-                f"checkpoint {self.interrupt_checkpoint} written"
-                if self.interrupt_checkpoint is not None
-                else "no checkpoint hook: nothing saved"
-            )
+            signum = self._stop_signals[0] if self._stop_signals else signal.SIGTERM
+            cause = signal.Signals(signum).name if self._stop_signals else "a signal to another process"
+            saved = self.interrupt_checkpoint
+            where = f"checkpoint {saved} written" if saved is not None else "no checkpoint hook: nothing saved"
             message = f"training stopped by {cause} after iteration {self.iter}; {where}. Continue with --resume."
-            raise TrainingInterrupted(message, signum if signum is not None else signal.SIGTERM)
+            raise TrainingInterrupted(message, signum)
 
     def run_step(self) -> bool:
         """One iteration. Returns True when a process (any rank) was asked to stop."""
@@ -204,17 +184,16 @@ class Trainer:
             getattr(hook, stage)()
 
     def _next_batch(self) -> Any:
-        if self._data_iter is None:
-            self._data_iter = iter(self.data_loader)
-        try:
-            return next(self._data_iter)
-        except StopIteration:
-            logger.info("Data loader exhausted at iteration %d: starting it again", self.iter)
-            self._data_iter = iter(self.data_loader)
+        for attempt in range(2):
+            if self._data_iter is None:
+                self._data_iter = iter(self.data_loader)
             try:
                 return next(self._data_iter)
             except StopIteration:
-                raise EngineError("the training data loader yields no batches") from None
+                self._data_iter = None
+                if attempt == 0:
+                    logger.info("Data loader exhausted at iteration %d: starting it again", self.iter)
+        raise EngineError("the training data loader yields no batches")
 
     def _compute_losses(self, batch: Any) -> Dict[str, torch.Tensor]:
         losses = self.loss_fn(self.model, batch) if self.loss_fn is not None else self.model(batch)

@@ -155,8 +155,6 @@ class JSONWriter(EventWriter):
             logger.info("%s: removed %d line(s) after iteration %d (resuming from there)", self.path, dropped, start_iter)
 
     def write(self, storage: EventStorage) -> None:
-        if self._handle is None:
-            raise RuntimeError("JSONWriter.write() before start()")
         for iteration, scalars in storage.new_scalars(self.window, self._last_written).items():
             self._handle.write(json.dumps({"iteration": iteration, **scalars}) + "\n")
             self._last_written = iteration
@@ -183,11 +181,10 @@ class TensorboardWriter(EventWriter):
 
         self._last_written = start_iter
         # TensorBoard hides events at steps >= purge_step written earlier to this directory.
-        self._writer = SummaryWriter(str(self.log_dir), purge_step=start_iter + 1 if start_iter > 0 else None, flush_secs=30)
+        purge_step = start_iter + 1 if start_iter > 0 else None
+        self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step, flush_secs=30)
 
     def write(self, storage: EventStorage) -> None:
-        if self._writer is None:
-            raise RuntimeError("TensorboardWriter.write() before start()")
         for iteration, scalars in storage.new_scalars(self.window, self._last_written).items():
             for name, value in scalars.items():
                 self._writer.add_scalar(name, value, iteration)
@@ -201,8 +198,5 @@ class TensorboardWriter(EventWriter):
 
 def default_writers(output_dir: PathLike, max_iter: int, window: int = 20) -> List[EventWriter]:
     """Console, ``output_dir/metrics.json`` and TensorBoard events in ``output_dir``."""
-    return [
-        ConsoleWriter(max_iter, window),
-        JSONWriter(Path(output_dir) / "metrics.json", window),
-        TensorboardWriter(output_dir, window),
-    ]
+    metrics = Path(output_dir) / "metrics.json"
+    return [ConsoleWriter(max_iter, window), JSONWriter(metrics, window), TensorboardWriter(output_dir, window)]
