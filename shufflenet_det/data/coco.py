@@ -34,14 +34,6 @@ COCO_THING_CLASSES: Tuple[str, ...] = tuple(name for _, name in COCO_CATEGORIES)
 _MAX_LISTED = 5
 
 
-def coco_class_metadata() -> Dict[str, Any]:
-    """``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` of COCO's 80 classes (no JSON needed)."""
-    return {
-        "thing_classes": list(COCO_THING_CLASSES),
-        "thing_dataset_id_to_contiguous_id": {cat_id: i for i, (cat_id, _) in enumerate(COCO_CATEGORIES)},
-    }
-
-
 def load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str] = None) -> List[dict]:
     """Read a COCO instances JSON into detectron2-format dataset dicts (docs/data.md), in image id order.
 
