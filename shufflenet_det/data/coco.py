@@ -148,13 +148,9 @@ def _read_coco_file(json_file: str) -> Dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path} is not a COCO instances file: it is not valid JSON ({error})") from None
     not_coco = f"{path} is not a COCO instances file"
-    if isinstance(data, list):
-        raise DatasetError(
-            f"{not_coco}: it holds a JSON list (a detection results file?); expected an object with "
-            "'images', 'annotations' and 'categories'"
-        )
     if not isinstance(data, dict):
-        raise DatasetError(f"{not_coco}: it holds a JSON {type(data).__name__}, expected an object")
+        kind = "list (a detection results file?)" if isinstance(data, list) else type(data).__name__
+        raise DatasetError(f"{not_coco}: it holds a JSON {kind}; expected an object with 'images', 'annotations' and 'categories'")
     missing = [key for key in ("images", "categories") if key not in data]
     if missing:
         raise DatasetError(f"{not_coco}: missing key(s) {missing} (found: {sorted(data)})")
