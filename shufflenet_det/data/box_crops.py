@@ -60,14 +60,8 @@ def _background_windows(
     return windows
 
 
-def write_box_crops(
-    dataset_names: Dict[str, str],
-    root: Union[str, os.PathLike],
-    image_size: int = 64,
-    context: float = 1.3,
-    background_per_image: int = 1,
-    seed: int = 0,
-) -> Path:
+def write_box_crops(dataset_names: Dict[str, str], root: Union[str, os.PathLike], image_size: int = 64,
+                    context: float = 1.3, background_per_image: int = 1, seed: int = 0) -> Path:
     """Write ``root/<split>/<class>/*.jpg`` (``image_size`` squares) for ``{split: detection dataset name}``
     and return ``root``; built under a temporary name and renamed when complete. An existing ``root`` is
     reused as it is (delete it to regenerate)."""

@@ -80,9 +80,7 @@ def per_device_batch_size(cfg: Any) -> int:
     return total // world_size
 
 
-def build_detection_train_loader(
-    cfg: Any, mapper: Optional[Callable[[dict], dict]] = None, start_iter: int = 0
-) -> "TrainLoader":
+def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dict]] = None, start_iter: int = 0) -> "TrainLoader":
     """An endless iterable of training batches (lists of ``cfg.SOLVER.IMS_PER_BATCH // world size`` dicts).
 
     With SEED >= 0 the sample order and flips repeat exactly: each image's flip is drawn from a generator
@@ -111,13 +109,8 @@ def build_detection_train_loader(
     return TrainLoader(loader, batch_size=batch_size, group_key=group_key, num_images=len(dataset_dicts))
 
 
-def resume_position(
-    dataset_dicts: Sequence[dict],
-    seed: int,
-    batch_size: int,
-    group_key: Optional[Callable[[dict], int]],
-    start_iter: int,
-) -> Tuple[int, List[Tuple[int, int]]]:
+def resume_position(dataset_dicts: Sequence[dict], seed: int, batch_size: int, group_key: Optional[Callable[[dict], int]],
+                    start_iter: int) -> Tuple[int, List[Tuple[int, int]]]:
     """This rank's position after ``start_iter`` batches: the number of items the batcher has taken from
     its share of the sample stream, and the ``(position, index)`` of those still waiting in its buckets.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from collections import UserDict
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, List
 
 
 class DatasetError(RuntimeError):
@@ -76,9 +76,6 @@ class Metadata:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.__dict__.get(key, default)
-
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "thing_dataset_id_to_contiguous_id")

@@ -48,15 +48,8 @@ class DatasetMapper:
     from ``generator`` when set (the loaders set one per image), else from torch's global RNG.
     """
 
-    def __init__(
-        self,
-        cfg: Any = None,
-        is_train: bool = True,
-        *,
-        image_format: Optional[str] = None,
-        random_flip: Optional[str] = None,
-        flip_prob: float = 0.5,
-    ) -> None:
+    def __init__(self, cfg: Any = None, is_train: bool = True, *, image_format: Optional[str] = None,
+                 random_flip: Optional[str] = None, flip_prob: float = 0.5) -> None:
         if image_format is None:
             image_format = cfg.INPUT.FORMAT if cfg is not None else "BGR"
         if random_flip is None:
