@@ -12,8 +12,7 @@ try:
 except ImportError:  # run from a clone without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shufflenet_det.data.builtin import COCO_SPLITS, datasets_root  # noqa: E402
-from shufflenet_det.data.check import check_coco  # noqa: E402
+from shufflenet_det.data.builtin import COCO_SPLITS, check_coco, datasets_root  # noqa: E402
 
 
 def main(argv=None) -> int:

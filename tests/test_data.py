@@ -414,19 +414,20 @@ def test_batch_size_must_divide_by_world_size(shapes, catalog_names, monkeypatch
         build_detection_train_loader(train_cfg(["synthetic_train"], batch=4))
 
 
-def test_corrupt_images_are_skipped_counted_and_logged(tmp_path, catalog_names, caplog):
+@pytest.mark.parametrize("workers", [0, 2])  # with workers, the failure travels to the main process
+def test_corrupt_images_are_skipped_counted_and_logged(tmp_path, catalog_names, caplog, workers):
     path = write_coco(tmp_path, [image(1), image(2), image(3)], [ann(i, i, [0, 0, 5, 5]) for i in (1, 2, 3)])
     (tmp_path / "images" / "2.png").write_bytes(b"\x89PNG garbage")
     register_coco_instances("corrupt_ds", str(path), str(tmp_path / "images"))
     catalog_names.append("corrupt_ds")
-    loader = build_detection_train_loader(train_cfg(["corrupt_ds"], batch=2, grouping=False))
+    loader = build_detection_train_loader(train_cfg(["corrupt_ds"], batch=2, grouping=False, workers=workers))
     with caplog.at_level(logging.WARNING, logger="shufflenet_det.data"):
         batches = [b for b, _ in zip(loader, range(4))]
     assert all(len(b) == 2 for b in batches)
     assert all(item["image_id"] != 2 for b in batches for item in b)
     assert loader.num_failed >= 1 and "skipping unreadable image" in caplog.text and "2.png" in caplog.text
 
-    test_loader = build_detection_test_loader(train_cfg([]), "corrupt_ds")
+    test_loader = build_detection_test_loader(train_cfg([], workers=workers), "corrupt_ds")
     assert len(test_loader) == 3
     assert [[item["image_id"] for item in b] for b in test_loader] == [[1], [3]]
     assert test_loader.num_failed == 1

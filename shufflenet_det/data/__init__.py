@@ -1,65 +1,13 @@
 """Detection data: dataset catalog (COCO names and layout), COCO loading with validation, a synthetic
-dataset, the dataset mapper, samplers and loaders. See docs/data.md."""
+dataset, the dataset mapper, samplers and loaders. See docs/data.md. The names imported here are the API."""
 
 from .build import TestLoader, TrainLoader, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from .builtin import COCO_SPLITS, SYNTHETIC_SPLITS, datasets_root, register_builtin_datasets
 from .catalog import DatasetCatalog, DatasetError, DatasetNotFoundError, Metadata, MetadataCatalog, UnknownDatasetError
-from .coco import (
-    BOX_MODE_XYWH_ABS,
-    BOX_MODE_XYXY_ABS,
-    COCO_CATEGORIES,
-    COCO_THING_CLASSES,
-    add_register_coco_argument,
-    load_coco_json,
-    register_coco_datasets,
-    register_coco_instances,
-)
+from .coco import (BOX_MODE_XYWH_ABS, BOX_MODE_XYXY_ABS, COCO_CATEGORIES, COCO_THING_CLASSES, add_register_coco_argument,
+                   load_coco_json, register_coco_datasets, register_coco_instances)
 from .mapper import DatasetMapper, ImageReadError, read_image
 from .samplers import InferenceSampler, TrainingSampler, aspect_ratio_group, batch_stream
-from .synthetic import (
-    SYNTHETIC_CLASSES,
-    SyntheticParams,
-    ensure_synthetic_dataset,
-    generate_synthetic_coco,
-    verify_synthetic_dataset,
-)
+from .synthetic import SYNTHETIC_CLASSES, SyntheticParams, ensure_synthetic_dataset, generate_synthetic_coco, verify_synthetic_dataset
 
 register_builtin_datasets()
-
-__all__ = [
-    "BOX_MODE_XYWH_ABS",
-    "BOX_MODE_XYXY_ABS",
-    "COCO_CATEGORIES",
-    "COCO_SPLITS",
-    "COCO_THING_CLASSES",
-    "DatasetCatalog",
-    "DatasetError",
-    "DatasetMapper",
-    "DatasetNotFoundError",
-    "ImageReadError",
-    "InferenceSampler",
-    "Metadata",
-    "MetadataCatalog",
-    "SYNTHETIC_CLASSES",
-    "SYNTHETIC_SPLITS",
-    "SyntheticParams",
-    "TestLoader",
-    "TrainLoader",
-    "TrainingSampler",
-    "UnknownDatasetError",
-    "add_register_coco_argument",
-    "aspect_ratio_group",
-    "batch_stream",
-    "build_detection_test_loader",
-    "build_detection_train_loader",
-    "datasets_root",
-    "ensure_synthetic_dataset",
-    "generate_synthetic_coco",
-    "get_detection_dataset_dicts",
-    "load_coco_json",
-    "read_image",
-    "register_builtin_datasets",
-    "register_coco_datasets",
-    "register_coco_instances",
-    "verify_synthetic_dataset",
-]

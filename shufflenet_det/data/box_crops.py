@@ -1,13 +1,6 @@
-"""A detection dataset's boxes as a classification dataset: the paper's ImageNet pretraining in miniature.
-
-Each non-crowd box becomes one image of its class (with some context around it), and windows that
-overlap no box become the class "background". Written in the ImageNet layout that
-``tools/train_cls.py`` reads (``ROOT/<split>/<class>/<image>.jpg``), so a backbone can be trained
-as a classifier on the objects it will later detect, then loaded as the detector's MODEL.WEIGHTS.
-
-Works on any registered detection dataset (the builtin synthetic splits, ``--register-coco`` ones).
-A folder is written next to it under a temporary name and renamed when complete.
-"""
+"""A detection dataset's boxes as a classification dataset (the paper's ImageNet pretraining in miniature):
+each non-crowd box, with some context, becomes an image of its class, and windows that overlap no box
+become "background", in the class-folder layout ``tools/train_cls.py`` reads (``ROOT/<split>/<class>/*.jpg``)."""
 
 from __future__ import annotations
 
@@ -67,20 +60,11 @@ def _background_windows(
     return windows
 
 
-def write_box_crops(
-    dataset_names: Dict[str, str],
-    root: Union[str, os.PathLike],
-    image_size: int = 64,
-    context: float = 1.3,
-    background_per_image: int = 1,
-    seed: int = 0,
-) -> Path:
-    """Write ``root/<split>/<class>/*.jpg`` for ``{split: detection dataset name}``; returns ``root``.
-
-    Every crop is resized to ``image_size`` x ``image_size``. Classes are the datasets' ``thing_classes``
-    plus "background" (``background_per_image`` windows per image). An existing ``root`` is left as it
-    is, so that a second run reuses it (delete it to regenerate).
-    """
+def write_box_crops(dataset_names: Dict[str, str], root: Union[str, os.PathLike], image_size: int = 64,
+                    context: float = 1.3, background_per_image: int = 1, seed: int = 0) -> Path:
+    """Write ``root/<split>/<class>/*.jpg`` (``image_size`` squares) for ``{split: detection dataset name}``
+    and return ``root``; built under a temporary name and renamed when complete. An existing ``root`` is
+    reused as it is (delete it to regenerate)."""
     root = Path(root)
     if root.exists():
         logger.info("Box crops already at %s (delete the folder to regenerate)", root)
@@ -98,21 +82,15 @@ def write_box_crops(
     return root
 
 
-def _thing_classes(dataset_name: str) -> Sequence[str]:
-    """The dataset's class names (call after loading its dicts: loading a COCO file sets them)."""
-    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
-    if not classes:
-        raise DatasetError(f"dataset '{dataset_name}' has no thing_classes: cannot name its box crops")
-    if BACKGROUND in classes:
-        raise DatasetError(f"dataset '{dataset_name}' has a class named '{BACKGROUND}', the name box crops give to empty windows")
-    return classes
-
-
 def _write_split(
     folder: Path, dataset_name: str, image_size: int, context: float, background_per_image: int, seed: int
 ) -> Dict[str, int]:
     records = DatasetCatalog.get(dataset_name)
-    classes = _thing_classes(dataset_name)
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes")  # set by loading the records
+    if not classes:
+        raise DatasetError(f"dataset '{dataset_name}' has no thing_classes: cannot name its box crops")
+    if BACKGROUND in classes:
+        raise DatasetError(f"dataset '{dataset_name}' has a class named '{BACKGROUND}', the name box crops give to empty windows")
     rng = np.random.default_rng(seed)
     counts = {name: 0 for name in list(classes) + [BACKGROUND]}
     for name in counts:

@@ -1,9 +1,5 @@
-"""Detection data loaders: datasets from the catalog -> mapped dicts -> batches (lists of dicts).
-
-Unreadable images: the mapper raises :class:`ImageReadError`, the worker turns it into a marker, and
-the main process logs the path, counts it (``loader.num_failed``, one number over all workers) and
-leaves the image out. A training batch is filled from the next images, so it keeps its size.
-"""
+"""Detection data loaders: datasets from the catalog -> mapped dicts -> batches (lists of dicts). Unreadable
+images are logged, counted in ``loader.num_failed`` and left out; a training batch keeps its size."""
 
 from __future__ import annotations
 
@@ -38,28 +34,24 @@ _FAILURE_LOG_PERIOD = 1000
 
 
 def get_detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = True) -> List[dict]:
-    """The dicts of one or more registered datasets, concatenated.
-
-    Several datasets must have the same ``thing_classes``. ``filter_empty`` drops images without
-    non-crowd annotations (for training); an empty result is an error naming the datasets.
-    """
+    """The dicts of one or more registered datasets (with equal ``thing_classes``), concatenated.
+    ``filter_empty`` drops images without non-crowd annotations; nothing left is an error."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise DatasetError("no dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
     dataset_dicts: List[dict] = []
-    classes = None
+    first = None  # (name, thing_classes) of the first dataset with classes
     for name in names:
         dicts = DatasetCatalog.get(name)
         if not dicts:
             raise DatasetError(f"dataset '{name}' has no images")
-        name_classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and name_classes is not None and name_classes != classes[1]:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and first is None:
+            first = (name, classes)
+        if classes is not None and classes != first[1]:
             raise DatasetError(
-                f"datasets '{classes[0]}' and '{name}' have different classes and cannot be combined: "
-                f"{classes[1]} vs {name_classes}"
+                f"datasets '{first[0]}' and '{name}' have different classes and cannot be combined: {first[1]} vs {classes}"
             )
-        if name_classes is not None and classes is None:
-            classes = (name, name_classes)
         dataset_dicts.extend(dicts)
     if filter_empty:
         kept = [d for d in dataset_dicts if any(not ann.get("iscrowd", 0) for ann in d.get("annotations", []))]
@@ -88,19 +80,12 @@ def per_device_batch_size(cfg: Any) -> int:
     return total // world_size
 
 
-def build_detection_train_loader(
-    cfg: Any, mapper: Optional[Callable[[dict], dict]] = None, start_iter: int = 0
-) -> "TrainLoader":
+def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dict]] = None, start_iter: int = 0) -> "TrainLoader":
     """An endless iterable of training batches (lists of ``cfg.SOLVER.IMS_PER_BATCH // world size`` dicts).
 
-    ``start_iter`` positions the loader after that many iterations: with SEED >= 0 it yields exactly the
-    batches, flips included, that an uninterrupted run yields from there on (see :func:`resume_position`),
-    so a resumed run neither sees the first images again nor trains on other batches.
-
-    Reads DATASETS.TRAIN, DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING, FILTER_EMPTY_ANNOTATIONS,
-    SAMPLER_TRAIN}, SOLVER.IMS_PER_BATCH and SEED (>= 0: the sample order and the flips repeat exactly;
-    each image's flip is drawn from a generator seeded with (SEED, its position in the sample stream),
-    so it does not depend on the number of workers or processes, nor on where a run was resumed).
+    With SEED >= 0 the sample order and flips repeat exactly: each image's flip is drawn from a generator
+    seeded with (SEED, its position in the sample stream), whatever the number of workers or processes.
+    ``start_iter`` resumes after that many iterations with the very batches an uninterrupted run yields.
     """
     batch_size = per_device_batch_size(cfg)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
@@ -113,32 +98,24 @@ def build_detection_train_loader(
     group_key = aspect_ratio_group if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     start, waiting = resume_position(dataset_dicts, sampler_seed, batch_size, group_key, start_iter)
     sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=sampler_seed, start=start)
-    stream = _MappedStream(_SerializedList(dataset_dicts), waiting, sampler, mapper, seed)
     loader = SignalSafeDataLoader(
-        stream,
+        _MappedStream(_MappedList(dataset_dicts, mapper), waiting, sampler, seed),
         batch_size=None,  # items travel one by one; the main process groups them into batches
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_identity,
         pin_memory=torch.cuda.is_available(),
-        generator=_loader_generator(seed, get_rank()),
+        generator=None if seed is None else torch.Generator().manual_seed(mix_seed(seed, get_rank(), 1)),
     )
     return TrainLoader(loader, batch_size=batch_size, group_key=group_key, num_images=len(dataset_dicts))
 
 
-def resume_position(
-    dataset_dicts: Sequence[dict],
-    seed: int,
-    batch_size: int,
-    group_key: Optional[Callable[[dict], int]],
-    start_iter: int,
-) -> Tuple[int, List[Tuple[int, int]]]:
-    """Where this rank's share of the sample stream stands after ``start_iter`` batches.
+def resume_position(dataset_dicts: Sequence[dict], seed: int, batch_size: int, group_key: Optional[Callable[[dict], int]],
+                    start_iter: int) -> Tuple[int, List[Tuple[int, int]]]:
+    """This rank's position after ``start_iter`` batches: the number of items the batcher has taken from
+    its share of the sample stream, and the ``(position, index)`` of those still waiting in its buckets.
 
-    Returns the number of items the batcher has taken from the share and the ``(position, index)`` of
-    those still waiting in its buckets, oldest first. Without grouping that is ``start_iter *
-    batch_size`` items and none waiting. With aspect-ratio grouping the batcher is replayed on the dicts'
-    width and height (no image is read; about a second per million items). The replay assumes every
-    image was readable: a run that skipped unreadable images resumes correctly but not bit for bit.
+    With aspect-ratio grouping the batcher is replayed on the dicts' width and height (no image is read).
+    The replay assumes every image was readable: a run that skipped some resumes correctly, not bit for bit.
     """
     if start_iter <= 0 or group_key is None:
         return start_iter * batch_size, []
@@ -165,7 +142,7 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     mapper = DatasetMapper(cfg, is_train=False) if mapper is None else mapper
     sampler = InferenceSampler(len(dataset_dicts))
     loader = SignalSafeDataLoader(
-        _MappedDataset(_SerializedList(dataset_dicts), mapper),
+        _MappedList(dataset_dicts, mapper),
         batch_size=1,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -175,160 +152,110 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     return TestLoader(loader, len(sampler))
 
 
-class _ReadFailure:
-    """Stands for an image the mapper could not read, on its way from a worker to the main process."""
+class _SkippingLoader:
+    """Counts the images the mapper could not read (``num_failed``) and logs them without flooding the log."""
 
-    def __init__(self, file_name: str, reason: str) -> None:
-        self.file_name = file_name
-        self.reason = reason
+    def __init__(self, loader: DataLoader, num_images: int) -> None:
+        self.loader = loader
+        self.num_images = num_images
+        self.num_failed = 0
 
-
-class _FailureLog:
-    """Counts unreadable images in the main process and logs them without flooding the log."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.consecutive = 0
-
-    def record(self, failure: _ReadFailure) -> None:
-        self.count += 1
-        self.consecutive += 1
-        if self.count <= _LOGGED_FAILURES or self.count % _FAILURE_LOG_PERIOD == 0:
+    def _record(self, failure: ImageReadError) -> None:
+        self.num_failed += 1
+        if self.num_failed <= _LOGGED_FAILURES or self.num_failed % _FAILURE_LOG_PERIOD == 0:
             logger.warning(
-                "skipping unreadable image %s: %s (%d skipped so far%s)", failure.file_name, failure.reason,
-                self.count, "; further ones are only counted, see num_failed" if self.count == _LOGGED_FAILURES else "",
+                "skipping unreadable image %s: %s (%d skipped so far%s)", failure.file_name, failure.reason, self.num_failed,
+                "; further ones are only counted, see num_failed" if self.num_failed == _LOGGED_FAILURES else "",
             )
 
 
-class TrainLoader:
+class TrainLoader(_SkippingLoader):
     """Endless iterable of batches; ``num_failed`` counts the images skipped as unreadable."""
 
     def __init__(self, loader: DataLoader, batch_size: int, group_key: Optional[Callable[[dict], int]], num_images: int) -> None:
-        self.loader = loader
+        super().__init__(loader, num_images)
         self.batch_size = batch_size
-        self.num_images = num_images
         self._group_key = group_key
-        self._failures = _FailureLog()
         # Consecutive failures that mean "nothing is readable" rather than "a few bad files".
         self._give_up_after = min(max(2 * num_images, 20), 1000)
-
-    @property
-    def num_failed(self) -> int:
-        return self._failures.count
 
     def __iter__(self) -> Iterator[List[dict]]:
         return batch_stream(self._readable(), self.batch_size, self._group_key)
 
     def _readable(self) -> Iterator[dict]:
+        consecutive = 0
         for item in self.loader:
-            if isinstance(item, _ReadFailure):
-                self._failures.record(item)
-                if self._failures.consecutive >= self._give_up_after:
-                    raise DatasetError(
-                        f"the last {self._failures.consecutive} training images could not be read "
-                        f"(e.g. {item.file_name}: {item.reason}); check the dataset's image folder"
-                    )
+            if not isinstance(item, ImageReadError):
+                consecutive = 0
+                yield item
                 continue
-            self._failures.consecutive = 0
-            yield item
+            self._record(item)
+            consecutive += 1
+            if consecutive >= self._give_up_after:
+                raise DatasetError(
+                    f"the last {consecutive} training images could not be read "
+                    f"(e.g. {item.file_name}: {item.reason}); check the dataset's image folder"
+                )
 
 
-class TestLoader:
+class TestLoader(_SkippingLoader):
     """Finite iterable of one-image batches; unreadable images are left out and counted in ``num_failed``."""
-
-    def __init__(self, loader: DataLoader, num_images: int) -> None:
-        self.loader = loader
-        self.num_images = num_images
-        self._failures = _FailureLog()
-
-    @property
-    def num_failed(self) -> int:
-        return self._failures.count
 
     def __len__(self) -> int:
         return self.num_images
 
     def __iter__(self) -> Iterator[List[dict]]:
-        for batch in self.loader:
-            readable = []
-            for item in batch:
-                if isinstance(item, _ReadFailure):
-                    self._failures.record(item)
-                else:
-                    readable.append(item)
-            if readable:
-                yield readable
+        for (item,) in self.loader:
+            if isinstance(item, ImageReadError):
+                self._record(item)
+            else:
+                yield [item]
 
 
 class _MappedStream(IterableDataset):
-    """This rank's endless sample stream, split over the loader's workers, mapped item by item.
+    """This rank's endless sample stream, ``waiting`` (a resumed run's half-filled buckets) then the sampler's
+    ``(position, index)`` pairs, mapped item by item. Each worker takes every ``num_workers``-th item; the
+    DataLoader reads the workers in turn, so items arrive in stream order."""
 
-    The stream is ``waiting`` (``(position, index)`` pairs of a resumed run's half-filled buckets)
-    followed by the sampler's pairs. Each worker takes every ``num_workers``-th item; the DataLoader
-    reads the workers in turn, so items arrive in stream order.
-    """
-
-    def __init__(self, dataset: "_SerializedList", waiting: Sequence[Tuple[int, int]], sampler: TrainingSampler,
-                 mapper: Callable[[dict], dict], seed: Optional[int]) -> None:
+    def __init__(self, dataset: "_MappedList", waiting: Sequence[Tuple[int, int]], sampler: TrainingSampler,
+                 seed: Optional[int]) -> None:
         self.dataset = dataset
         self.waiting = list(waiting)
         self.sampler = sampler
-        self.mapper = mapper
         self.seed = seed
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        seeded = self.seed is not None and hasattr(self.mapper, "generator")
+        seeded = self.seed is not None and hasattr(self.dataset.mapper, "generator")
         stream = itertools.chain(self.waiting, self.sampler.with_positions())
         for position, index in itertools.islice(stream, worker_id, None, num_workers):
             if seeded:
-                self.mapper.generator = torch.Generator().manual_seed(mix_seed(self.seed, position))
-            yield _map_or_failure(self.mapper, self.dataset[index])
+                self.dataset.mapper.generator = torch.Generator().manual_seed(mix_seed(self.seed, position))
+            yield self.dataset[index]
 
 
-class _MappedDataset(Dataset):
-    def __init__(self, dataset: "_SerializedList", mapper: Callable[[dict], dict]) -> None:
-        self.dataset = dataset
-        self.mapper = mapper
+class _MappedList(Dataset):
+    """Dicts kept as one pickled byte buffer, mapped on access; an unreadable image gives its ImageReadError.
+    Workers read the buffer without touching Python object refcounts, so forked workers share its pages
+    instead of copying a list of 100k+ dicts each."""
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        return _map_or_failure(self.mapper, self.dataset[index])
-
-
-def _map_or_failure(mapper: Callable[[dict], dict], dataset_dict: dict) -> Any:
-    try:
-        return mapper(dataset_dict)
-    except ImageReadError as error:
-        return _ReadFailure(error.file_name, error.reason)
-
-
-class _SerializedList:
-    """A list of dicts kept as one pickled byte buffer.
-
-    Workers read it without touching Python object refcounts, so forked workers share its pages
-    instead of copying a list of 100k+ dicts each.
-    """
-
-    def __init__(self, items: List[dict]) -> None:
+    def __init__(self, items: List[dict], mapper: Callable[[dict], dict]) -> None:
         blobs = [np.frombuffer(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for item in items]
         self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
         self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
+        self.mapper = mapper
 
     def __len__(self) -> int:
         return len(self._ends)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Any:
         begin = int(self._ends[index - 1]) if index > 0 else 0
-        return pickle.loads(self._buffer[begin : int(self._ends[index])].tobytes())
+        try:
+            return self.mapper(pickle.loads(self._buffer[begin : int(self._ends[index])].tobytes()))
+        except ImageReadError as error:
+            return error.with_traceback(None)  # the loader counts and skips it in the main process
 
 
 def _identity(item: Any) -> Any:
     return item
-
-
-def _loader_generator(seed: Optional[int], rank: int) -> Optional[torch.Generator]:
-    return None if seed is None else torch.Generator().manual_seed(mix_seed(seed, rank, 1))

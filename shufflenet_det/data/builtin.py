@@ -1,19 +1,20 @@
-"""Builtin dataset names, laid out under ``$DETECTRON2_DATASETS`` (default ``./datasets``) as in detectron2.
-
-``register_builtin_datasets()`` runs when ``shufflenet_det.data`` is imported. It reads the
-environment variable at that moment; call it again (it replaces the builtin entries) after changing
-``DETECTRON2_DATASETS`` in a running process. Registering touches no file.
-"""
+"""Builtin dataset names under ``$DETECTRON2_DATASETS`` (default ``./datasets``) in detectron2's layout, and
+the COCO install check of ``datasets/check_coco.py``. ``register_builtin_datasets()`` runs on import of
+``shufflenet_det.data``; call it again after changing ``DETECTRON2_DATASETS``. Registering touches no file."""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import cv2
+
 from .catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
-from .coco import coco_class_metadata, load_coco_json
-from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic_dataset, synthetic_categories
+from .coco import COCO_CATEGORIES, COCO_THING_CLASSES, load_coco_json
+from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic_dataset
 
 COCO_DOWNLOAD_PAGE = "https://cocodataset.org/#download"
 _IMAGES_URL = "http://images.cocodataset.org/zips/"
@@ -24,23 +25,17 @@ MINIVAL_2014_URL = "https://dl.fbaipublicfiles.com/detectron/coco/coco_annotatio
 
 @dataclass(frozen=True)
 class CocoSplit:
-    """One builtin COCO split: paths relative to the datasets root and the archives that provide them."""
+    """One builtin COCO split: paths relative to the datasets root and the URLs of the archives holding them."""
 
     name: str
     image_dir: str
     json_file: str
-    image_archive: str  # URL of the zip that unpacks to image_dir
-    annotation_archive: str  # URL of the archive that unpacks to json_file
+    image_archive: str
+    annotation_archive: str
 
 
 def _split(name: str, images: str, json_name: str, annotation_archive: str) -> CocoSplit:
-    return CocoSplit(
-        name=name,
-        image_dir=f"coco/{images}",
-        json_file=f"coco/annotations/{json_name}",
-        image_archive=_IMAGES_URL + images + ".zip",
-        annotation_archive=annotation_archive,
-    )
+    return CocoSplit(name, f"coco/{images}", f"coco/annotations/{json_name}", f"{_IMAGES_URL}{images}.zip", annotation_archive)
 
 
 _TRAINVAL_2017 = _ANNOTATIONS_URL + "annotations_trainval2017.zip"
@@ -102,14 +97,10 @@ def _load_synthetic(name: str, root: str) -> List[dict]:
     return load_coco_json(os.path.join(synthetic_root, json_file), os.path.join(synthetic_root, image_dir), name)
 
 
-def builtin_dataset_names() -> List[str]:
-    return sorted(COCO_SPLITS) + sorted(SYNTHETIC_SPLITS)
-
-
 def register_builtin_datasets(root: Optional[str] = None) -> None:
     """(Re-)register the builtin COCO and synthetic names under ``root`` (default :func:`datasets_root`)."""
     root = datasets_root() if root is None else os.path.expanduser(root)
-    for name in builtin_dataset_names():
+    for name in list(COCO_SPLITS) + list(SYNTHETIC_SPLITS):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     for split in COCO_SPLITS.values():
@@ -118,7 +109,8 @@ def register_builtin_datasets(root: Optional[str] = None) -> None:
             json_file=os.path.join(root, split.json_file),
             image_root=os.path.join(root, split.image_dir),
             evaluator_type="coco",
-            **coco_class_metadata(),
+            thing_classes=list(COCO_THING_CLASSES),
+            thing_dataset_id_to_contiguous_id={cat_id: i for i, (cat_id, _) in enumerate(COCO_CATEGORIES)},
         )
     for name, (image_dir, json_file) in SYNTHETIC_SPLITS.items():
         DatasetCatalog.register(name, lambda name=name: _load_synthetic(name, root))
@@ -127,5 +119,75 @@ def register_builtin_datasets(root: Optional[str] = None) -> None:
             image_root=os.path.join(root, SYNTHETIC_DIRNAME, image_dir),
             evaluator_type="coco",
             thing_classes=list(SYNTHETIC_CLASSES),
-            thing_dataset_id_to_contiguous_id={cat["id"]: i for i, cat in enumerate(synthetic_categories())},
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
         )
+
+
+@dataclass
+class SplitReport:
+    name: str
+    ok: bool = True
+    lines: List[str] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        self.ok = False
+        self.lines.append(text)
+
+
+def check_coco(root: str, splits: List[str], num_samples: int = 5) -> List[SplitReport]:
+    """Reports for the named builtin splits; raises ValueError for unknown names."""
+    unknown = [name for name in splits if name not in COCO_SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(COCO_SPLITS)}")
+    return [check_coco_split(COCO_SPLITS[name], root, num_samples) for name in splits]
+
+
+def check_coco_split(split: CocoSplit, root: str, num_samples: int = 5, seed: int = 0) -> SplitReport:
+    """Check that the split's JSON parses, its image folder holds every listed file and sampled images decode
+    at their annotated size. Missing pieces come with the archive that provides them."""
+    report = SplitReport(split.name)
+    json_path = os.path.abspath(os.path.join(root, split.json_file))
+    image_dir = os.path.abspath(os.path.join(root, split.image_dir))
+    coco_dir = os.path.abspath(os.path.join(root, "coco"))
+    if not os.path.isfile(json_path):
+        report.problem(f"missing annotations {json_path}: download {split.annotation_archive} and unpack it in {coco_dir}")
+    if not os.path.isdir(image_dir):
+        report.problem(f"missing images {image_dir}/: download {split.image_archive} and unzip it in {coco_dir}")
+    if not os.path.isfile(json_path):
+        return report
+    try:
+        with open(json_path, "r", encoding="utf-8") as handle:
+            data = json.load(handle)
+        images = data["images"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        report.problem(f"{json_path} is not a readable COCO file ({type(error).__name__}: {error}); download it again")
+        return report
+    report.lines.append(
+        f"{json_path}: {len(images)} images, {len(data.get('annotations') or [])} annotations, "
+        f"{len(data.get('categories') or [])} categories"
+    )
+    if not os.path.isdir(image_dir):
+        return report
+    on_disk = set(os.listdir(image_dir))
+    present = [image for image in images if image["file_name"] in on_disk]
+    missing = [image["file_name"] for image in images if image["file_name"] not in on_disk]
+    if missing:
+        report.problem(
+            f"{len(missing)} of {len(images)} image files are missing from {image_dir}/ (e.g. {', '.join(missing[:3])}); "
+            f"unzip {split.image_archive} there again"
+        )
+    else:
+        report.lines.append(f"{image_dir}/: all {len(images)} image files present")
+    samples = random.Random(seed).sample(present, min(num_samples, len(present)))
+    bad = []
+    for image in samples:
+        pixels = cv2.imread(os.path.join(image_dir, image["file_name"]), cv2.IMREAD_COLOR)
+        if pixels is None:
+            bad.append(f"{image['file_name']} does not decode")
+        elif pixels.shape[:2] != (image["height"], image["width"]):
+            bad.append(f"{image['file_name']} is {pixels.shape[1]}x{pixels.shape[0]}, annotated {image['width']}x{image['height']}")
+    if bad:
+        report.problem(f"{len(bad)} of {len(samples)} sampled images are broken: {'; '.join(bad)}")
+    elif samples:
+        report.lines.append(f"{len(samples)} sampled images decode at their annotated size")
+    return report

@@ -1,15 +1,11 @@
-"""Dataset and metadata catalogs with detectron2's names and behaviour, without depending on detectron2.
-
-``DatasetCatalog`` maps a dataset name to a function that returns its list of dataset dicts; the
-function runs only when the dataset is asked for, so registering never touches the disk.
-``MetadataCatalog.get(name)`` returns the name's ``Metadata`` (class names, file locations, ...),
-created empty on first use.
-"""
+"""Dataset and metadata catalogs with detectron2's names and behaviour, without depending on detectron2:
+a dataset name maps to a function returning its dataset dicts, run only when asked for."""
 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Dict, List
+from collections import UserDict
+from typing import Any, Callable, List
 
 
 class DatasetError(RuntimeError):
@@ -27,49 +23,35 @@ class UnknownDatasetError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def _unknown_name_message(kind: str, name: str, registered: List[str]) -> str:
-    close = difflib.get_close_matches(name, registered, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    listed = ", ".join(sorted(registered)) or "(none)"
-    return f"{kind} '{name}' is not registered.{hint} Registered names: {listed}"
-
-
-class _DatasetCatalog:
+class _DatasetCatalog(UserDict):
     """Name -> function returning ``List[dict]`` (detectron2's standard dataset dicts)."""
-
-    def __init__(self) -> None:
-        self._loaders: Dict[str, Callable[[], List[dict]]] = {}
 
     def register(self, name: str, func: Callable[[], List[dict]]) -> None:
         if not callable(func):
             raise TypeError(f"DatasetCatalog.register('{name}', ...) needs a function, got {type(func).__name__}")
-        if name in self._loaders:
+        if name in self:
             raise KeyError(f"dataset '{name}' is already registered; DatasetCatalog.remove('{name}') first")
-        self._loaders[name] = func
+        self[name] = func
 
     def get(self, name: str) -> List[dict]:
         """Load and return the dataset dicts of ``name`` (runs its loading function every call)."""
-        if name not in self._loaders:
-            raise UnknownDatasetError(_unknown_name_message("dataset", name, list(self._loaders)))
-        return self._loaders[name]()
+        if name not in self:
+            close = difflib.get_close_matches(name, list(self), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            listed = ", ".join(self.list()) or "(none)"
+            raise UnknownDatasetError(f"dataset '{name}' is not registered.{hint} Registered names: {listed}")
+        return self[name]()
 
     def list(self) -> List[str]:
-        return sorted(self._loaders)
+        return sorted(self)
 
     def remove(self, name: str) -> None:
-        self._loaders.pop(name, None)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._loaders
+        self.pop(name, None)
 
 
 class Metadata:
-    """Attributes of one dataset. Known keys: ``name``, ``thing_classes``,
-    ``thing_dataset_id_to_contiguous_id``, ``json_file``, ``image_root``, ``evaluator_type``.
-
-    A key, once set, may only be set again to an equal value: two sources that disagree about a
-    dataset's classes are an error, not a silent overwrite.
-    """
+    """Attributes of one dataset (``thing_classes``, ``json_file``, ...). A key, once set, may only be set
+    again to an equal value: two sources that disagree about a dataset's classes are an error."""
 
     def __init__(self, name: str) -> None:
         self.__dict__["name"] = name
@@ -95,29 +77,21 @@ class Metadata:
     def get(self, key: str, default: Any = None) -> Any:
         return self.__dict__.get(key, default)
 
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
-
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "thing_dataset_id_to_contiguous_id")
         return f"Metadata({items})"
 
 
-class _MetadataCatalog:
-    def __init__(self) -> None:
-        self._metadata: Dict[str, Metadata] = {}
-
+class _MetadataCatalog(UserDict):
     def get(self, name: str) -> Metadata:
         """The metadata of ``name``, created empty if it does not exist yet (detectron2 behaviour)."""
-        if name not in self._metadata:
-            self._metadata[name] = Metadata(name)
-        return self._metadata[name]
+        return self.setdefault(name, Metadata(name))
 
     def list(self) -> List[str]:
-        return sorted(self._metadata)
+        return sorted(self)
 
     def remove(self, name: str) -> None:
-        self._metadata.pop(name, None)
+        self.pop(name, None)
 
 
 DatasetCatalog = _DatasetCatalog()

@@ -19,9 +19,12 @@ class ImageReadError(RuntimeError):
     """An image file that cannot be used: missing, not decodable, or not the size the dataset says."""
 
     def __init__(self, file_name: str, reason: str) -> None:
-        super().__init__(f"cannot use image {file_name}: {reason}")
+        super().__init__(file_name, reason)  # the arguments, so that it pickles (loader workers send it)
         self.file_name = file_name
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot use image {self.file_name}: {self.reason}"
 
 
 def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
@@ -38,28 +41,15 @@ def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
 
 
 class DatasetMapper:
-    """Map one detectron2 dataset dict to the batch dict of docs/ARCHITECTURE.md.
+    """Map one dataset dict to the batch dict of docs/data.md: the image as uint8 [3, H, W] at the file's own
+    size, plus in training ``"instances"`` (XYXY boxes, contiguous labels; crowd boxes left out).
 
-    Output: ``{"image": uint8 [3, H, W] in ``image_format`` order at the file's own size, "height",
-    "width", "image_id", "file_name"}``, plus in training ``"instances": {"boxes": float32 [N, 4]
-    XYXY absolute, "labels": int64 [N] contiguous 0..K-1}`` without crowd annotations. No resizing:
-    the model resizes.
-
-    ``DatasetMapper(cfg, is_train)`` reads ``INPUT.FORMAT`` and ``INPUT.RANDOM_FLIP``; the keyword
-    arguments override them (and work without a config). Flips draw from ``generator`` when it is
-    set (the loaders set one per worker for reproducible runs), else from torch's global RNG.
-    An unreadable image raises :class:`ImageReadError`; the loaders catch it, count it and skip it.
+    Reads ``INPUT.FORMAT`` and ``INPUT.RANDOM_FLIP`` unless the keyword arguments say otherwise. Flips draw
+    from ``generator`` when set (the loaders set one per image), else from torch's global RNG.
     """
 
-    def __init__(
-        self,
-        cfg: Any = None,
-        is_train: bool = True,
-        *,
-        image_format: Optional[str] = None,
-        random_flip: Optional[str] = None,
-        flip_prob: float = 0.5,
-    ) -> None:
+    def __init__(self, cfg: Any = None, is_train: bool = True, *, image_format: Optional[str] = None,
+                 random_flip: Optional[str] = None, flip_prob: float = 0.5) -> None:
         if image_format is None:
             image_format = cfg.INPUT.FORMAT if cfg is not None else "BGR"
         if random_flip is None:

@@ -31,13 +31,9 @@ def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple:
 
 
 class TrainingSampler(Sampler[int]):
-    """An endless stream of indices in ``range(size)``: one (seeded) permutation after another.
-
-    Rank r of w takes elements r, r + w, r + 2w, ... of that stream, so ranks see disjoint indices
-    within each stretch of the stream. All ranks must use the same seed; ``seed=None`` draws one on
-    rank 0 and shares it. ``start`` skips the first ``start`` indices of this rank's share (a resumed
-    run continues the order where it stopped).
-    """
+    """An endless stream of indices in ``range(size)``, one seeded permutation after another; rank r of w
+    takes elements r, r + w, ... ``seed=None`` draws one seed on rank 0 and shares it. ``start`` skips the
+    first ``start`` indices of this rank's share (a resumed run continues where it stopped)."""
 
     def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None,
                  rank: Optional[int] = None, world_size: Optional[int] = None, start: int = 0) -> None:
@@ -53,8 +49,7 @@ class TrainingSampler(Sampler[int]):
         return itertools.islice(self._infinite_indices(), self._first_position(), None, self._world_size)
 
     def with_positions(self) -> Iterator[Tuple[int, int]]:
-        """``(position, index)`` pairs: this rank's indices, as ``iter(self)``, each with its position
-        in the stream that all ranks share (a per-item key that no other item of the run has)."""
+        """This rank's indices, each with its position in the stream all ranks share (unique in the run)."""
         return zip(itertools.count(self._first_position(), self._world_size), iter(self))
 
     def _first_position(self) -> int:
@@ -92,8 +87,7 @@ def aspect_ratio_group(item: dict) -> int:
 
 
 class GroupedBatcher:
-    """Fills one bucket per group (``group_key(item)``; one bucket for all when ``None``) and hands out
-    a bucket as a batch when it holds ``batch_size`` items. ``buckets`` holds the items still waiting."""
+    """One bucket per ``group_key(item)`` (one for all when ``None``), handed out as a batch when full."""
 
     def __init__(self, batch_size: int, group_key: Optional[Callable[[dict], int]] = aspect_ratio_group) -> None:
         if batch_size <= 0:
@@ -115,11 +109,8 @@ class GroupedBatcher:
 
 def batch_stream(items: Iterable[dict], batch_size: int,
                  group_key: Optional[Callable[[dict], int]] = aspect_ratio_group) -> Iterator[List[dict]]:
-    """Batches of ``batch_size`` from a stream of mapped dicts (a :class:`GroupedBatcher` at work).
-
-    With ``group_key`` (default: aspect-ratio grouping), a batch only holds items of one group: each
-    group fills its own bucket and a full bucket is emitted. ``group_key=None`` batches in order.
-    """
+    """Batches of ``batch_size`` from a stream of dicts, each of one group (default: aspect-ratio grouping);
+    ``group_key=None`` batches in order."""
     batcher = GroupedBatcher(batch_size, group_key)
     for item in items:
         batch = batcher.add(item)

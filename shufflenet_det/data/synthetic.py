@@ -1,21 +1,7 @@
-"""A small, deterministic, learnable COCO-format detection dataset of drawn shapes.
-
-Five categories, each a distinctive filled shape (circle, rectangle, triangle, cross, ring) with a
-random color and texture (solid, striped or grainy), on backgrounds with gradients, smooth blotches,
-pixel noise and distractors that are not objects (thin lines, thin arcs, soft blobs). Objects cover
-COCO's three size ranges by area (small < 32^2, medium, large > 96^2 pixels) in every split, overlap
-partially, and are sometimes cut by the image border; a few images hold no object and a few hold a
-crowd region (a cluster of tiny shapes annotated once with ``iscrowd=1``).
-
-Layout of a generated dataset (``root`` is ``$DETECTRON2_DATASETS/synthetic`` for the builtin names)::
-
-    root/MANIFEST.json                 parameters, statistics, size and sha256 of every file (written last)
-    root/annotations/instances_{train,val}.json
-    root/{train,val}/<image id>.jpg
-
-The same parameters give byte-identical files. A dataset is written to a temporary sibling folder and
-renamed into place, so a folder is either absent or one complete generation.
-"""
+"""A small, deterministic, learnable COCO-format detection dataset of drawn shapes (docs/data.md):
+``root/annotations/instances_{train,val}.json``, ``root/{train,val}/<image id>.jpg`` and ``root/MANIFEST.json``
+(parameters, statistics, size and sha256 of every file; written last). The same parameters give
+byte-identical files; a dataset is written to a temporary sibling folder and renamed into place."""
 
 from __future__ import annotations
 
@@ -28,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -57,11 +43,8 @@ PathLike = Union[str, os.PathLike]
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    """Everything that determines a generated dataset. ``difficulty`` and ``clutter`` lie in [0, 1].
-
-    difficulty: lower minimum color contrast, more textured objects, more rotation and occlusion.
-    clutter: more distractors, stronger background blotches and pixel noise.
-    """
+    """Everything that determines a generated dataset. ``difficulty`` (in [0, 1]) lowers the color contrast and
+    raises texture, rotation and occlusion; ``clutter`` (in [0, 1]) raises distractors, blotches and noise."""
 
     num_train: int = 240
     num_val: int = 60
@@ -96,59 +79,36 @@ class SyntheticParams:
     def to_json(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "SyntheticParams":
-        return cls(**data)
-
-
-def synthetic_categories() -> List[dict]:
-    return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SYNTHETIC_CLASSES)]
-
 
 def size_range(area: float) -> str:
     """COCO's size range of an object of ``area`` pixels: "small", "medium" or "large"."""
     return "small" if area < 32**2 else ("medium" if area < 96**2 else "large")
 
 
-# ----------------------------------------------------------------------------- public entry points
-
-
-def generate_synthetic_coco(
-    root: PathLike,
-    num_train: int = 240,
-    num_val: int = 60,
-    seed: int = 0,
-    *,
-    overwrite: bool = False,
-    **options: Any,
-) -> Dict[str, Any]:
-    """Generate the dataset into ``root`` and return its manifest (parameters, statistics, files).
-
-    ``options`` are the other fields of :class:`SyntheticParams` (``difficulty``, ``clutter``,
-    ``max_objects``, ``empty_fraction``, ...). An existing ``root`` is only replaced with
-    ``overwrite``, and only when it is empty or a synthetic dataset (has a manifest of ours): a
-    mistyped path never deletes unrelated files.
-    """
+def generate_synthetic_coco(root: PathLike, num_train: int = 240, num_val: int = 60, seed: int = 0, *,
+                            overwrite: bool = False, **options: Any) -> Dict[str, Any]:
+    """Generate the dataset into ``root`` and return its manifest; ``options`` are the other fields of
+    :class:`SyntheticParams`. An existing ``root`` is only replaced with ``overwrite``, and only when it is a
+    synthetic dataset (has our manifest): a mistyped path never deletes unrelated files."""
     params = SyntheticParams(num_train=num_train, num_val=num_val, seed=seed, **options)
     return _generate(Path(root), params, overwrite=overwrite)
 
 
 def ensure_synthetic_dataset(root: PathLike, params: Optional[SyntheticParams] = None) -> Dict[str, Any]:
-    """Make sure a complete synthetic dataset is in ``root`` and return its manifest.
-
-    Missing (or an empty folder): generate it with ``params`` (default :class:`SyntheticParams`).
-    Present: verify every file against the manifest; with ``params`` given, they must also match the
-    existing generation's. Raises :class:`DatasetError` for an incomplete, damaged or foreign folder.
-    """
+    """The manifest of the synthetic dataset in ``root``, generated with ``params`` (default
+    :class:`SyntheticParams`) when missing, else verified file by file (and its parameters against
+    ``params`` when given). An incomplete, damaged or foreign folder is a :class:`DatasetError`."""
     root = Path(root)
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         logger.info("generating the synthetic dataset in %s", root.resolve())
         return _generate(root, params or SyntheticParams(), overwrite=False, race_ok=True)
     manifest = verify_synthetic_dataset(root)
-    existing = SyntheticParams.from_json(manifest["params"])
+    existing = SyntheticParams(**manifest["params"])
     if params is not None and existing != params:
+        old, new = existing.to_json(), params.to_json()
+        diff = ", ".join(f"{key}: {old[key]} vs {new[key]}" for key in old if old[key] != new[key])
         raise DatasetError(
-            f"{root.resolve()} holds a synthetic dataset generated with other parameters ({_diff(existing, params)}); "
+            f"{root.resolve()} holds a synthetic dataset generated with other parameters ({diff}); "
             f"regenerate it with `python datasets/make_synthetic.py --root {root} --overwrite` plus your options"
         )
     return manifest
@@ -176,9 +136,6 @@ def verify_synthetic_dataset(root: PathLike) -> Dict[str, Any]:
     return manifest
 
 
-# ----------------------------------------------------------------------------- generation and files
-
-
 def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: bool = False) -> Dict[str, Any]:
     params.validate()
     if root.exists() and not root.is_dir():
@@ -194,7 +151,20 @@ def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: boo
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset should be readable like any folder
     try:
         manifest = _write_dataset(tmp, params)
-        _install(tmp, root, replace=overwrite, race_ok=race_ok)
+        if overwrite and root.exists() and any(root.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, old / root.name)
+            os.rename(tmp, root)
+            shutil.rmtree(old)
+        else:
+            try:
+                os.rename(tmp, root)  # also replaces an empty folder
+            except OSError:
+                # Another process (e.g. a second training rank) installed it first; same parameters give
+                # the same bytes, so use theirs after checking it.
+                if not (race_ok and root.is_dir()):
+                    raise
+                verify_synthetic_dataset(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -205,23 +175,6 @@ def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: boo
         stats["train"]["annotations"], stats["val"]["annotations"], time.perf_counter() - start,
     )
     return _read_manifest(root) or manifest
-
-
-def _install(tmp: Path, root: Path, replace: bool, race_ok: bool) -> None:
-    if root.exists() and replace and any(root.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.replace(root, old / root.name)
-        os.rename(tmp, root)
-        shutil.rmtree(old)
-        return
-    try:
-        os.rename(tmp, root)  # also replaces an empty folder
-    except OSError:
-        # Another process (e.g. a second training rank) installed it first; same parameters give
-        # the same bytes, so use theirs after checking it.
-        if not (race_ok and root.is_dir()):
-            raise
-        verify_synthetic_dataset(root)
 
 
 def _read_manifest(root: Path) -> Optional[Dict[str, Any]]:
@@ -281,11 +234,6 @@ def _split_stats(coco: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _diff(a: SyntheticParams, b: SyntheticParams) -> str:
-    da, db = a.to_json(), b.to_json()
-    return ", ".join(f"{k}: {da[k]} vs {db[k]}" for k in da if da[k] != db[k])
-
-
 def _every_nth(index: int, fraction: float) -> bool:
     """True for floor(n * fraction) of the first n indices, evenly spread."""
     return math.floor((index + 1) * fraction) > math.floor(index * fraction)
@@ -311,21 +259,13 @@ def _generate_split(params: SyntheticParams, split_index: int, num_images: int) 
         images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
         for obj in objects:
             annotations.append(
-                {
-                    "id": len(annotations) + 1 + id_offset,
-                    "image_id": image_id,
-                    "category_id": obj.category + 1,
-                    "bbox": [float(v) for v in obj.bbox],
-                    "area": float(obj.area),
-                    "iscrowd": int(obj.crowd),
-                }
+                {"id": len(annotations) + 1 + id_offset, "image_id": image_id, "category_id": obj.category + 1,
+                 "bbox": [float(v) for v in obj.bbox], "area": float(obj.area), "iscrowd": int(obj.crowd)}
             )
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SYNTHETIC_CLASSES)]
     info = {"description": _FORMAT, "version": str(_GENERATOR_VERSION), "params": params.to_json()}
-    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": synthetic_categories()}
+    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
     return coco, encoded
-
-
-# ----------------------------------------------------------------------------- drawing
 
 
 @dataclass
@@ -335,14 +275,15 @@ class _Object:
     bbox: Tuple[int, int, int, int] = (0, 0, 0, 0)
     crowd: bool = False
     drawn_area: int = 0
-    pixels: Optional[np.ndarray] = field(default=None, repr=False)
 
 
 def _render_image(
     rng: np.random.Generator, params: SyntheticParams, empty: bool, crowd: bool, forced_sizes: Optional[Tuple[str, ...]]
 ) -> Tuple[np.ndarray, List[_Object]]:
     """One image (uint8 HxWx3) and its objects with visible-pixel boxes and areas."""
-    height, width = _image_size(rng, params)
+    short = int(rng.integers(params.short_side[0], params.short_side[1] + 1))
+    aspect = float(math.exp(rng.uniform(math.log(params.aspect_ratio[0]), math.log(params.aspect_ratio[1]))))
+    height, width = (short, int(round(short * aspect))) if aspect >= 1.0 else (int(round(short / aspect)), short)
     image = _background(rng, height, width, params.clutter)
     _draw_distractors(rng, image, params.clutter)
     owner = np.full((height, width), -1, dtype=np.int16)  # which object each pixel shows
@@ -375,15 +316,6 @@ def _render_image(
         obj.bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
         kept.append(obj)
     return image, kept
-
-
-def _image_size(rng: np.random.Generator, params: SyntheticParams) -> Tuple[int, int]:
-    short = int(rng.integers(params.short_side[0], params.short_side[1] + 1))
-    low, high = params.aspect_ratio
-    aspect = float(math.exp(rng.uniform(math.log(low), math.log(high))))
-    if aspect >= 1.0:
-        return short, int(round(short * aspect))
-    return int(round(short / aspect)), short
 
 
 def _random_color(rng: np.random.Generator) -> np.ndarray:
@@ -471,13 +403,13 @@ def _shape_mask(rng: np.random.Generator, category: int, area: float, center: Tu
 
 
 def _place_object(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray, objects: List[_Object],
-                  params: SyntheticParams, category: int, area: float, strict: bool, crowd: bool = False) -> bool:
-    """Try positions until the shape fits the occlusion and border rules; paint it and return True."""
+                  params: SyntheticParams, category: int, area: float, strict: bool) -> None:
+    """Try positions until the shape fits the occlusion and border rules, then paint it (else give up)."""
     height, width = owner.shape
-    max_occlusion = 0.0 if strict or crowd else 0.15 + 0.25 * params.difficulty
+    max_occlusion = 0.0 if strict else 0.15 + 0.25 * params.difficulty
     margin = math.sqrt(area) * 0.8
     for _ in range(60 if strict else 25):
-        inside = strict or crowd or rng.random() > 0.12
+        inside = strict or rng.random() > 0.12
         if inside and min(width, height) > 2 * margin:
             center = (rng.uniform(margin, width - margin), rng.uniform(margin, height - margin))
         else:
@@ -487,21 +419,13 @@ def _place_object(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray
         if drawn < (0.97 if strict else 0.55) * area or drawn < 8:
             continue  # mostly outside the image
         covered = owner[mask]
-        if not _occlusion_ok(covered, objects, max_occlusion):
+        hidden = np.bincount(covered[covered >= 0], minlength=len(objects))  # pixels of each object it would hide
+        if any(pixels and (obj.crowd or pixels > max_occlusion * obj.drawn_area) for obj, pixels in zip(objects, hidden)):
             continue
         _paint(rng, image, mask, params.difficulty)
         owner[mask] = len(objects)
-        objects.append(_Object(category=category, crowd=crowd, drawn_area=drawn))
-        return True
-    return False
-
-
-def _occlusion_ok(covered: np.ndarray, objects: List[_Object], max_occlusion: float) -> bool:
-    hidden = np.bincount(covered[covered >= 0], minlength=len(objects))
-    for obj, pixels in zip(objects, hidden):
-        if pixels and (obj.crowd or pixels > max_occlusion * obj.drawn_area):
-            return False
-    return True
+        objects.append(_Object(category=category, drawn_area=drawn))
+        return
 
 
 def _place_crowd(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray, objects: List[_Object],
