@@ -1,6 +1,6 @@
 """Model analysis: parameter and multiply-add counts against the published figures."""
 
-from .complexity import (
+from .complexity import (  # noqa: F401
     REFERENCE_INPUT_SIZE,
     REFERENCES,
     Complexity,
@@ -15,19 +15,3 @@ from .complexity import (
     format_table,
     reference_figures,
 )
-
-__all__ = [
-    "REFERENCES",
-    "REFERENCE_INPUT_SIZE",
-    "Complexity",
-    "ReferenceFigures",
-    "analyze_models",
-    "compare_with_references",
-    "complexity",
-    "count_mult_adds",
-    "count_mult_adds_while",
-    "count_parameters",
-    "format_breakdown",
-    "format_table",
-    "reference_figures",
-]
