@@ -1,29 +1,10 @@
 """ImageNet classification with the paper's recipe: what ``tools/train_cls.py`` runs. Checkpoints carry
 ``"meta"`` (architecture, input format, mean/std) and load as MODEL.WEIGHTS of the detection configs."""
 
-from .data import (  # noqa: F401
-    CorruptDatasetError,
-    DatasetMissingError,
-    ImageFolderDataset,
-    ImagePreprocessing,
-    Normalizer,
-    ResumableSampler,
-    build_dataset,
-    build_test_loader,
-    build_test_transform,
-    build_train_loader,
-    build_train_transform,
-    dataset_root,
-)
+from .data import CorruptDatasetError, DatasetMissingError, ImageFolderDataset, ImagePreprocessing  # noqa: F401
+from .data import Normalizer, ResumableSampler, build_dataset, build_test_loader, build_test_transform  # noqa: F401
+from .data import build_train_loader, build_train_transform, dataset_root  # noqa: F401
 from .evaluation import evaluate_classifier, label_smoothing_cross_entropy, topk_correct  # noqa: F401
-from .train import (  # noqa: F401
-    ClassificationLoss,
-    accuracy_table,
-    argument_parser,
-    benchmark_classifier,
-    build_classifier,
-    checkpoint_meta,
-    list_classification_configs,
-    load_classification_config,
-    main,
-)
+from .train import ClassificationLoss, accuracy_table, argument_parser, benchmark_classifier  # noqa: F401
+from .train import build_classifier, checkpoint_meta, list_classification_configs, main  # noqa: F401
+from .train import load_classification_config  # noqa: F401

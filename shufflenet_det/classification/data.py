@@ -125,15 +125,10 @@ def _to_uint8(input_format: str) -> List[Callable]:
     return [v2.PILToTensor()] + ([v2.Lambda(_rgb_to_bgr)] if input_format == "BGR" else [])
 
 
-def build_train_transform(
-    crop_size: int = 224,
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    color_jitter: Sequence[float] = (0.4, 0.4, 0.4),
-    flip: str = "horizontal",
-    input_format: str = "BGR",
-    interpolation: str = "bilinear",
-) -> v2.Compose:
+def build_train_transform(crop_size: int = 224, scale: Sequence[float] = (0.08, 1.0),
+                          ratio: Sequence[float] = (3 / 4, 4 / 3), color_jitter: Sequence[float] = (0.4, 0.4, 0.4),
+                          flip: str = "horizontal", input_format: str = "BGR",
+                          interpolation: str = "bilinear") -> v2.Compose:
     """The official ShuffleNet training augmentation: RandomResizedCrop, ColorJitter (brightness, contrast,
     saturation), a random flip ("horizontal", "vertical" or "none"), to uint8 in ``input_format``."""
     if flip not in ("horizontal", "vertical", "none"):
@@ -300,24 +295,15 @@ def build_train_loader(cfg: CfgNode, dataset: Dataset, batch_size: int, seed: in
     sampler = ResumableSampler(len(dataset), cfg.SOLVER.IMS_PER_BATCH, seed, start_iter, get_rank(), get_world_size())
     workers = cfg.DATALOADER.NUM_WORKERS
     return SignalSafeDataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=True,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
+        drop_last=True, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+    )  # fmt: skip
 
 
 def build_test_loader(cfg: CfgNode, dataset: Dataset) -> DataLoader:
     """This process's share of ``dataset`` (every world_size-th image, none twice), in order."""
     world_size = get_world_size()
-    return SignalSafeDataLoader(
-        Subset(dataset, range(get_rank(), len(dataset), world_size)),
-        batch_size=max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // world_size),
-        shuffle=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        pin_memory=torch.cuda.is_available(),
-    )
+    shard = Subset(dataset, range(get_rank(), len(dataset), world_size))
+    batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // world_size)
+    return SignalSafeDataLoader(shard, batch_size, shuffle=False, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                pin_memory=torch.cuda.is_available())

@@ -36,14 +36,9 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
 
 
 @torch.no_grad()
-def evaluate_classifier(
-    model: nn.Module,
-    data_loader: Iterable[Mapping[str, torch.Tensor]],
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device,
-    amp_dtype: Optional[torch.dtype] = None,
-    log_period_s: float = 10.0,
-) -> Dict[str, float]:
+def evaluate_classifier(model: nn.Module, data_loader: Iterable[Mapping[str, torch.Tensor]],
+                        normalize: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                        amp_dtype: Optional[torch.dtype] = None, log_period_s: float = 10.0) -> Dict[str, float]:
     """``{"top1", "top5", "top1_error", "top5_error" (%), "num_images", "skipped_images"}`` of ``model`` over
     every process's part of the data: batches of uint8 ``"image"``s that ``normalize`` makes model input on
     ``device``, ``"label"``s and ``"skipped"`` counts. The model's mode is restored."""
@@ -75,11 +70,5 @@ def evaluate_classifier(
     top1, top5 = 100.0 * correct1 / count, 100.0 * correct5 / count
     seconds = time.perf_counter() - start
     logger.info("Evaluated %d images in %.1f s: top-1 %.2f%%, top-5 %.2f%%", count, seconds, top1, top5)
-    return {
-        "top1": top1,
-        "top5": top5,
-        "top1_error": 100.0 - top1,
-        "top5_error": 100.0 - top5,
-        "num_images": count,
-        "skipped_images": skipped,
-    }
+    return {"top1": top1, "top5": top5, "top1_error": 100.0 - top1, "top5_error": 100.0 - top5,
+            "num_images": count, "skipped_images": skipped}

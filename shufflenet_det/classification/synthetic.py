@@ -55,15 +55,9 @@ def draw_shape_image(shape: str, size: int, rng: np.random.Generator) -> Image.I
     return image
 
 
-def make_shapes_dataset(
-    root: Union[str, Path],
-    num_classes: int = 4,
-    train_per_class: int = 40,
-    val_per_class: int = 10,
-    image_size: int = 64,
-    seed: int = 0,
-    splits: Optional[Sequence[str]] = None,
-) -> Path:
+def make_shapes_dataset(root: Union[str, Path], num_classes: int = 4, train_per_class: int = 40,
+                        val_per_class: int = 10, image_size: int = 64, seed: int = 0,
+                        splits: Optional[Sequence[str]] = None) -> Path:
     """Write the first ``num_classes`` shapes' ``train/`` and ``val/`` JPEGs under ``root`` (the same
     arguments always write the same images) and return ``root``. Refuses a non-empty split folder."""
     if not 1 <= num_classes <= len(SHAPES):

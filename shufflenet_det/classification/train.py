@@ -19,39 +19,17 @@ from torch import nn
 
 from ..config.loading import ConfigError, config_dir, load_config
 from ..data import DatasetError, add_register_coco_argument, register_coco_datasets
-from ..engine import (
-    Checkpointer,
-    HookBase,
-    IterationTimer,
-    SetupError,
-    Trainer,
-    build_checkpointer,
-    build_grad_scaler,
-    build_lr_scheduler,
-    build_optimizer,
-    build_trainer,
-    create_ddp_model,
-    default_argument_parser,
-    default_setup,
-    device_from_config,
-    eval_amp_dtype,
-    per_device_batch_size,
-)
+from ..engine import Checkpointer, HookBase, IterationTimer, SetupError, Trainer, build_checkpointer, build_grad_scaler
+from ..engine import build_lr_scheduler, build_optimizer, build_trainer, create_ddp_model, default_argument_parser
+from ..engine import default_setup, device_from_config, eval_amp_dtype, per_device_batch_size
 from ..modeling import CONV_IMPLS, apply_conv_form, create_model, model_args_from_config
 from ..utils.distributed import broadcast, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load
 from ..utils.logger import setup_logger
 from ..utils.text_table import format_table
 from ..weights import load_weights
-from .data import (
-    ImagePreprocessing,
-    Normalizer,
-    build_dataset,
-    build_test_loader,
-    build_test_transform,
-    build_train_loader,
-    build_train_transform,
-)
+from .data import ImagePreprocessing, Normalizer, build_dataset, build_test_loader, build_test_transform
+from .data import build_train_loader, build_train_transform
 from .evaluation import evaluate_classifier, label_smoothing_cross_entropy
 
 logger = logging.getLogger(__name__)
@@ -108,22 +86,18 @@ class ClassificationLoss(HookBase):
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"CLASSIFICATION.LABEL_SMOOTHING must be in [0, 1), got {label_smoothing}")
         self.normalize, self.label_smoothing, self.period = normalize, label_smoothing, period
-        self._skipped: Optional[torch.Tensor] = None  # on the device: reading it every step would sync
+        self.skipped: Any = 0  # becomes a tensor on the device: reading it every step would sync
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        skipped = batch["skipped"].sum()
-        self._skipped = skipped if self._skipped is None else self._skipped + skipped
+        self.skipped = self.skipped + batch["skipped"].sum()
         logits = model(self.normalize(batch["image"]))
         return {"loss_cls": label_smoothing_cross_entropy(logits, batch["label"], self.label_smoothing)}
 
-    @property
-    def skipped_images(self) -> int:
-        return int(self._skipped) if self._skipped is not None else 0
-
     def after_step(self) -> None:
         if self.trainer.iter % self.period == 0 or self.trainer.iter >= self.trainer.max_iter:
-            if self.skipped_images:
-                self.trainer.storage.put_scalar("skipped_images", self.skipped_images, smoothing_hint=False)
+            count = int(self.skipped)
+            if count:
+                self.trainer.storage.put_scalar("skipped_images", count, smoothing_hint=False)
 
 
 def argument_parser() -> argparse.ArgumentParser:
