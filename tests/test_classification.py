@@ -273,10 +273,10 @@ def test_unreadable_images_are_skipped_and_counted(shapes_root, tmp_path, caplog
     dataset = ImageFolderDataset(
         shapes_root / "train", build_test_transform(ImagePreprocessing(resize_size=64, crop_size=56))
     )
-    index = next(i for i, (path, _) in enumerate(dataset.folder.samples) if path.endswith("zz_truncated.JPEG"))
+    index = next(i for i, (path, _) in enumerate(dataset.samples) if path.endswith("zz_truncated.JPEG"))
     with caplog.at_level(logging.WARNING, logger="shufflenet_det"):
         item = dataset[index]
-    assert item["skipped"] == 1 and item["label"] == dataset.folder.samples[index + 1][1]
+    assert item["skipped"] == 1 and item["label"] == dataset.samples[index + 1][1]
     assert "Skipping unreadable image" in caplog.text and "zz_truncated.JPEG" in caplog.text
     broken = tmp_path / "broken" / "only"
     broken.mkdir(parents=True)

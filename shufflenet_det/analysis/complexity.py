@@ -1,14 +1,13 @@
 """Parameter and multiply-add counts, and the published figures they are checked against.
 
-Multiply-adds are counted with fvcore's tracer, restricted to convolutions and linear layers (one
-count per multiply-add, biases free), which is how the ShuffleNet and MobileNet papers count
-"FLOPs". Batch norm, activations, pooling, additions and concatenations are not counted.
+Multiply-adds are fvcore's traced count restricted to convolutions and linear layers (one per multiply-add,
+biases free): how the ShuffleNet and MobileNet papers count "FLOPs". BN, activations, pooling, additions
+and concatenations are not counted.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -18,21 +17,14 @@ from torch import nn
 from ..modeling import create_model
 from ..utils import text_table
 
-with warnings.catch_warnings():
-    # Importing fvcore.nn scripts a loss function with torch.jit.script, which recent torch flags.
+with warnings.catch_warnings():  # importing fvcore.nn scripts a function with torch.jit.script, which torch flags
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
 
-# Traced ops that are counted. nn.Linear traces to aten::linear (aten::addmm in older torch).
-MULT_ADD_HANDLES = {
-    "aten::_convolution": conv_flop_jit,
-    "aten::linear": linear_flop_jit,
-    "aten::addmm": addmm_flop_jit,
-}
-
-# The input size the published figures refer to.
-REFERENCE_INPUT_SIZE = (224, 224)
+# The counted ops; nn.Linear traces to aten::linear (aten::addmm in older torch).
+MULT_ADD_HANDLES = {"aten::_convolution": conv_flop_jit, "aten::linear": linear_flop_jit, "aten::addmm": addmm_flop_jit}
+REFERENCE_INPUT_SIZE = (224, 224)  # the input size of the published figures
 
 PAPER = "Zhang et al., ShuffleNet, CVPR 2018 (arXiv 1707.01083v2)"
 MOBILENET_PAPER = "Howard et al., MobileNets, arXiv 1704.04861"
@@ -41,11 +33,7 @@ OFFICIAL = "megvii-model/ShuffleNet-Series, ShuffleNetV1"
 
 @dataclass(frozen=True)
 class ReferenceFigures:
-    """Published figures for one model from one source; ``None`` where the source gives none.
-
-    ``classifier_bias`` says whether ``params`` counts a classifier bias, which decides which of our
-    counts it is compared with.
-    """
+    """One source's figures for one model (``None``: not given); ``classifier_bias``: whether ``params`` counts it."""
 
     source: str
     citation: str
@@ -55,10 +43,8 @@ class ReferenceFigures:
     classifier_bias: bool = True
 
 
-# The paper's figures: MFLOPs (= millions of multiply-adds at 224x224) and ImageNet top-1 error (%).
-# Table 1 gives the 1x complexity per group count; Table 2's 0.5x and 0.25x rows state one nominal
-# complexity (38 / 13 MFLOPs) for all group counts. Table 5 rounds 1x g8 to 140 MFLOPs; Table 1's
-# 137 is used here.
+# The paper's MFLOPs (millions of multiply-adds at 224x224) and top-1 error (%). Table 2's 0.5x and 0.25x
+# rows state one nominal figure (38 / 13) for all group counts; for 1x g8 Table 1's 137 is used (Table 5: 140).
 _PAPER_FIGURES = (
     # name, MFLOPs, top-1 error, where
     ("shufflenet_v1_x1_0_g1", 143, 33.6, "Table 1; Table 2"),
@@ -79,9 +65,8 @@ _PAPER_FIGURES = (
     ("shufflenet_v1_x1_5_g3", 292, 28.5, "Table 5"),
     ("shufflenet_v1_x2_0_g3", 524, 26.3, "Table 5"),
 )
-
-# MobileNet v1: MFLOPs and top-1 error from the ShuffleNet paper's Table 5 (which quotes the
-# MobileNet paper); parameters, rounded to 0.1M there, from the MobileNet paper's Table 6.
+# MobileNet v1: MFLOPs and top-1 error from the ShuffleNet paper's Table 5; parameters (rounded to 0.1M)
+# from the MobileNet paper's Table 6.
 _MOBILENET_FIGURES = (
     # name, MFLOPs, millions of parameters, top-1 error
     ("mobilenet_v1_x1_0", 569, 4.2, 29.4),
@@ -89,10 +74,8 @@ _MOBILENET_FIGURES = (
     ("mobilenet_v1_x0_5", 149, 1.3, 36.3),
     ("mobilenet_v1_x0_25", 41, 0.5, 49.4),
 )
-
-# The official release: exact parameter counts of its models (its classifier has no bias), the
-# conv+linear multiply-adds of its model code at 224x224 (its README rounds them, e.g. 1.0x g3 138M),
-# and the top-1 errors of its README. Collected in docs/reference.md, section 2.
+# The official release (docs/reference.md section 2): exact parameter counts (its classifier has no bias),
+# conv + linear multiply-adds of its model code at 224x224, top-1 errors of its README.
 _OFFICIAL_FIGURES = (
     # name, parameters, multiply-adds, top-1 error
     ("shufflenet_v1_x0_5_g3", 717_324, 37.6e6, 42.7),
@@ -105,7 +88,6 @@ _OFFICIAL_FIGURES = (
     ("shufflenet_v1_x2_0_g8", 6_521_232, 521.9e6, 27.1),
 )
 
-
 def _collect_references() -> Dict[str, Dict[str, ReferenceFigures]]:
     references: Dict[str, Dict[str, ReferenceFigures]] = {}
     for name, mflops, error, where in _PAPER_FIGURES:
@@ -114,40 +96,29 @@ def _collect_references() -> Dict[str, Dict[str, ReferenceFigures]]:
         )
     for name, mflops, mparams, error in _MOBILENET_FIGURES:
         references.setdefault(name, {})["paper"] = ReferenceFigures(
-            "paper",
-            f"{PAPER}, Table 5 (multiply-adds, error); {MOBILENET_PAPER}, Table 6 (parameters)",
-            mult_adds=int(mflops * 1e6),
-            params=int(mparams * 1e6),
-            top1_error=error,
-        )
+            "paper", f"{PAPER}, Table 5 (multiply-adds, error); {MOBILENET_PAPER}, Table 6 (parameters)",
+            mult_adds=int(mflops * 1e6), params=int(mparams * 1e6), top1_error=error,
+        )  # fmt: skip
     for name, params, mult_adds, error in _OFFICIAL_FIGURES:
         references.setdefault(name, {})["official"] = ReferenceFigures(
-            "official",
-            f"{OFFICIAL}: parameters and multiply-adds of its model code, top-1 error of its README",
-            mult_adds=int(mult_adds),
-            params=params,
-            top1_error=error,
-            classifier_bias=False,
-        )
+            "official", f"{OFFICIAL}: parameters and multiply-adds of its model code, top-1 error of its README",
+            mult_adds=int(mult_adds), params=params, top1_error=error, classifier_bias=False,
+        )  # fmt: skip
     return references
 
 
-REFERENCES: Dict[str, Dict[str, ReferenceFigures]] = _collect_references()
+REFERENCES = _collect_references()  # model name -> source ("paper", "official") -> figures
 
 
 def reference_figures(name: str) -> Dict[str, ReferenceFigures]:
-    """The published figures for a registered model name, by source ("paper", "official"); may be empty."""
+    """The published figures for a registered model name, by source; may be empty."""
     return dict(REFERENCES.get(name, {}))
 
 
 @dataclass
 class Complexity:
-    """Size and cost of a model at one input size.
-
-    ``params_without_classifier_bias`` is the count comparable with the official release, whose
-    classifier has no bias. The ``*_by_stage`` dicts follow the model's direct children (stem, stages,
-    pool, fc); ``uncounted_ops`` lists the traced ops that were seen but not counted.
-    """
+    """Size and cost of a model at one input size. ``params_without_classifier_bias`` compares with the
+    official release (its classifier has no bias); the ``*_by_stage`` dicts follow the model's children."""
 
     input_size: Tuple[int, int]
     params: int
@@ -155,12 +126,7 @@ class Complexity:
     mult_adds: int
     mult_adds_by_stage: Dict[str, int] = field(default_factory=dict)
     params_by_stage: Dict[str, int] = field(default_factory=dict)
-    uncounted_ops: Dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> Dict[str, object]:
-        result = asdict(self)
-        result["input_size"] = list(self.input_size)
-        return result
+    uncounted_ops: Dict[str, int] = field(default_factory=dict)  # traced ops seen but not counted
 
 
 def count_parameters(model: nn.Module, exclude_classifier_bias: bool = False) -> int:
@@ -170,53 +136,51 @@ def count_parameters(model: nn.Module, exclude_classifier_bias: bool = False) ->
     return total - bias.numel() if exclude_classifier_bias and bias is not None else total
 
 
-def check_input_size(input_size: Sequence[int]) -> Tuple[int, int]:
-    """``(height, width)`` as two positive ints, or a ValueError that says what is wrong."""
+def complexity(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> Complexity:
+    """Parameters and conv + linear multiply-adds of one batch-1 forward at ``input_size`` (H, W), by stage."""
     size = tuple(input_size)
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
         raise ValueError(f"input size must be two positive integers (height, width), got {input_size!r}")
-    return size  # type: ignore[return-value]
-
-
-def _trace_mult_adds(
-    model: nn.Module, input_size: Tuple[int, int], in_channels: int
-) -> Tuple[int, Dict[str, int], Dict[str, int]]:
-    """(total, by module name, uncounted ops) of fvcore's traced conv + linear count."""
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    inputs = torch.zeros(1, in_channels, *input_size, device=device, dtype=dtype)
-    analysis = FlopCountAnalysis(model, inputs).clear_op_handles().set_op_handle(**MULT_ADD_HANDLES)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    analysis.tracer_warnings("none")
-    # Tracing runs the model: eval mode keeps BatchNorm statistics untouched. One thread, because
-    # the count does not depend on speed and several threads on a busy machine can be 10x slower.
+    analysis = FlopCountAnalysis(model, torch.zeros(1, in_channels, *size, device=device, dtype=dtype))
+    analysis.clear_op_handles().set_op_handle(**MULT_ADD_HANDLES)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    # Eval mode keeps the BN statistics as they were; one thread, since several on a busy machine can be 10x slower.
     was_training, threads = model.training, torch.get_num_threads()
     model.eval()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            total = int(analysis.total())
-            by_module = {name: int(count) for name, count in analysis.by_module().items()}
-            uncounted = dict(analysis.unsupported_ops())
+            total, by_module, uncounted = int(analysis.total()), analysis.by_module(), analysis.unsupported_ops()
     finally:
         model.train(was_training)
         torch.set_num_threads(threads)
-    return total, by_module, uncounted
+    by_stage = {name: int(by_module.get(name, 0)) for name, _ in model.named_children()}
+    if total != sum(by_stage.values()):  # ops called from the model's own forward
+        by_stage["(other)"] = total - sum(by_stage.values())
+    return Complexity(
+        input_size=size,
+        params=count_parameters(model),
+        params_without_classifier_bias=count_parameters(model, exclude_classifier_bias=True),
+        mult_adds=total,
+        mult_adds_by_stage=by_stage,
+        params_by_stage={name: count_parameters(child) for name, child in model.named_children()},
+        uncounted_ops=dict(uncounted),
+    )
 
 
 def count_mult_adds(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> int:
     """Conv + linear multiply-adds of one forward pass of a batch-1 input of ``input_size`` (H, W)."""
-    return _trace_mult_adds(model, check_input_size(input_size), in_channels)[0]
+    return complexity(model, input_size, in_channels).mult_adds
 
 
 def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[str, int]:
     """Conv + linear multiply-adds that ``run()`` makes ``model``'s layers do, by layer name.
 
-    Counted from forward hooks on each ``nn.Conv2d`` / ``nn.Linear`` (the same rule as the traced count:
-    one per multiply-add, biases free, a grouped conv as built), so it also covers models that a tracer
-    cannot follow, such as detectors whose RoI counts depend on the data.
+    Forward hooks on each ``nn.Conv2d`` / ``nn.Linear`` (the traced count's rule), so it also covers models
+    a tracer cannot follow, such as detectors whose RoI counts depend on the data.
     """
     counts: Dict[str, int] = {}
 
@@ -240,77 +204,39 @@ def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[s
     return counts
 
 
-def complexity(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPUT_SIZE, in_channels: int = 3) -> Complexity:
-    """Parameters and conv + linear multiply-adds of ``model`` at ``input_size`` (H, W), with a per-stage breakdown."""
-    size = check_input_size(input_size)
-    total, by_module, uncounted = _trace_mult_adds(model, size, in_channels)
-    mult_adds_by_stage: Dict[str, int] = OrderedDict()
-    params_by_stage: Dict[str, int] = OrderedDict()
-    for name, child in model.named_children():
-        mult_adds_by_stage[name] = by_module.get(name, 0)
-        params_by_stage[name] = count_parameters(child)
-    # Ops called from the model's own forward rather than inside a child module.
-    outside_children = total - sum(mult_adds_by_stage.values())
-    if outside_children:
-        mult_adds_by_stage["(other)"] = outside_children
-    return Complexity(
-        input_size=size,
-        params=count_parameters(model),
-        params_without_classifier_bias=count_parameters(model, exclude_classifier_bias=True),
-        mult_adds=total,
-        mult_adds_by_stage=dict(mult_adds_by_stage),
-        params_by_stage=dict(params_by_stage),
-        uncounted_ops=uncounted,
-    )
+def _relative(value: float, reference: Optional[float]) -> Optional[float]:
+    return None if not reference else (value - reference) / reference
 
 
-def relative_difference(value: float, reference: Optional[float]) -> Optional[float]:
-    """``(value - reference) / reference``, or None without a reference."""
-    if reference is None or reference == 0:
-        return None
-    return (value - reference) / reference
-
-
-def compare_with_references(
-    result: Complexity, references: Mapping[str, ReferenceFigures]
-) -> Dict[str, Dict[str, object]]:
-    """Each source's figures beside the relative difference of ours from them.
-
-    Published figures are for 224x224 inputs, so at any other size only the parameter counts are
-    compared. Parameters are compared with our total or our count without the classifier bias,
-    as the source counts them.
-    """
+def compare_with_references(result: Complexity, references: Mapping[str, ReferenceFigures]) -> Dict[str, Dict]:
+    """Each source's figures beside our relative difference from them. Multiply-adds are compared at
+    224x224 only (the published size); parameters with our count with or without the classifier bias,
+    as the source counts them."""
     at_reference_size = tuple(result.input_size) == REFERENCE_INPUT_SIZE
-    comparison: Dict[str, Dict[str, object]] = {}
+    comparison = {}
     for source, figures in references.items():
-        ours_params = result.params if figures.classifier_bias else result.params_without_classifier_bias
+        params = result.params if figures.classifier_bias else result.params_without_classifier_bias
         mult_adds = figures.mult_adds if at_reference_size else None
         comparison[source] = {
             "citation": figures.citation,
             "params": figures.params,
-            "params_diff": relative_difference(ours_params, figures.params),
+            "params_diff": _relative(params, figures.params),
             "params_counts_classifier_bias": figures.classifier_bias,
             "mult_adds": mult_adds,
-            "mult_adds_diff": relative_difference(result.mult_adds, mult_adds),
+            "mult_adds_diff": _relative(result.mult_adds, mult_adds),
             "top1_error": figures.top1_error,
         }
     return comparison
 
 
-def analyze_models(names: Iterable[str], input_size: Sequence[int] = REFERENCE_INPUT_SIZE) -> List[Dict[str, object]]:
-    """Complexity of registered models, beside the published figures.
-
-    Returns one JSON-ready dict per model: ``arch``, the fields of :class:`Complexity` and
-    ``references`` (see :func:`compare_with_references`).
-    """
-    size = check_input_size(input_size)
+def analyze_models(names: Iterable[str], input_size: Sequence[int] = REFERENCE_INPUT_SIZE) -> List[Dict]:
+    """One JSON-ready dict per registered model: ``arch``, the fields of ``Complexity`` and ``references``
+    (``compare_with_references``)."""
     rows = []
     for name in names:
-        model = create_model(name).eval()
-        result = complexity(model, size)
-        row: Dict[str, object] = {"arch": name, **result.to_dict()}
-        row["references"] = compare_with_references(result, reference_figures(name))
-        rows.append(row)
+        result = complexity(create_model(name).eval(), input_size)
+        references = compare_with_references(result, reference_figures(name))
+        rows.append({"arch": name, **asdict(result), "input_size": list(result.input_size), "references": references})
     return rows
 
 
@@ -319,61 +245,54 @@ def _millions(value: Optional[float], digits: int = 1) -> str:
 
 
 def _percent(value: Optional[float]) -> str:
-    if value is None:
-        return ""
-    return "exact" if value == 0 else f"{100 * value:+.2f}%"
+    return "" if value is None else "exact" if value == 0 else f"{100 * value:+.2f}%"
 
 
-def _number(value: Optional[object], digits: int = 1) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+def format_table(rows: Sequence[Mapping]) -> str:
+    """The rows of ``analyze_models`` as a table (multiply-adds and params in millions)."""
 
+    def ref(source: str, key: str, show: Callable[[Optional[float]], str]) -> Callable[[Mapping], str]:
+        return lambda row: show(row["references"].get(source, {}).get(key))
 
-def _reference(row: Mapping[str, object], source: str) -> Mapping[str, object]:
-    return row["references"].get(source, {})  # type: ignore[union-attr]
-
-
-def format_table(rows: Sequence[Mapping[str, object]]) -> str:
-    """The rows of :func:`analyze_models` as a table (multiply-adds and params in millions)."""
     columns = [
         ("model", lambda r: str(r["arch"])),
         ("params", lambda r: _millions(r["params"], 3)),
         ("params-nb", lambda r: _millions(r["params_without_classifier_bias"], 3)),
         ("MAdds", lambda r: _millions(r["mult_adds"])),
-        ("paper MAdds", lambda r: _millions(_reference(r, "paper").get("mult_adds"), 0)),
-        ("diff", lambda r: _percent(_reference(r, "paper").get("mult_adds_diff"))),
-        ("paper params", lambda r: _millions(_reference(r, "paper").get("params"))),
-        ("diff", lambda r: _percent(_reference(r, "paper").get("params_diff"))),
-        ("off. params", lambda r: _millions(_reference(r, "official").get("params"), 3)),
-        ("diff", lambda r: _percent(_reference(r, "official").get("params_diff"))),
-        ("off. MAdds", lambda r: _millions(_reference(r, "official").get("mult_adds"))),
-        ("diff", lambda r: _percent(_reference(r, "official").get("mult_adds_diff"))),
-        ("paper err", lambda r: _number(_reference(r, "paper").get("top1_error"))),
-        ("off. err", lambda r: _number(_reference(r, "official").get("top1_error"))),
+        ("paper MAdds", ref("paper", "mult_adds", lambda v: _millions(v, 0))),
+        ("diff", ref("paper", "mult_adds_diff", _percent)),
+        ("paper params", ref("paper", "params", _millions)),
+        ("diff", ref("paper", "params_diff", _percent)),
+        ("off. params", ref("official", "params", lambda v: _millions(v, 3))),
+        ("diff", ref("official", "params_diff", _percent)),
+        ("off. MAdds", ref("official", "mult_adds", _millions)),
+        ("diff", ref("official", "mult_adds_diff", _percent)),
+        ("paper err", ref("paper", "top1_error", lambda v: "" if v is None else f"{v:.1f}")),
+        ("off. err", ref("official", "top1_error", lambda v: "" if v is None else f"{v:.1f}")),
     ]
     return text_table.format_table([header for header, _ in columns], [[cell(r) for _, cell in columns] for r in rows])
 
 
-def format_breakdown(row: Mapping[str, object]) -> str:
+def format_breakdown(row: Mapping) -> str:
     """One model's per-stage parameters and multiply-adds, then its published figures."""
-    height, width = row["input_size"]  # type: ignore[misc]
-    total = row["mult_adds"]
+    height, width = row["input_size"]
+    total, stages = row["mult_adds"], row["mult_adds_by_stage"]
     lines = [
         f"{row['arch']} at {height}x{width}: {row['params']:,} parameters "
         f"({row['params_without_classifier_bias']:,} without the classifier bias), "
         f"{total:,} multiply-adds ({_millions(total)}M)"
     ]
-    stage_width = max(len(name) for name in row["mult_adds_by_stage"]) if row["mult_adds_by_stage"] else 5
+    stage_width = max(map(len, stages), default=5)
     lines.append(f"  {'stage'.ljust(stage_width)}  {'params':>10}  {'MAdds':>13}  {'share':>6}")
-    params_by_stage: Mapping[str, int] = row["params_by_stage"]  # type: ignore[assignment]
-    for name, count in row["mult_adds_by_stage"].items():  # type: ignore[union-attr]
+    for name, count in stages.items():
         share = f"{100 * count / total:.1f}%" if total else ""
-        params = params_by_stage.get(name)
+        params = row["params_by_stage"].get(name)
         lines.append(
             f"  {name.ljust(stage_width)}  {'' if params is None else f'{params:,}':>10}  {count:>13,}  {share:>6}"
         )
     if row["references"] and (height, width) != REFERENCE_INPUT_SIZE:
         lines.append(f"  (published multiply-adds are for 224x224, so they are not compared at {height}x{width})")
-    for source, figures in row["references"].items():  # type: ignore[union-attr]
+    for source, figures in row["references"].items():
         parts = []
         if figures["mult_adds"] is not None:
             parts.append(f"{_millions(figures['mult_adds'])}M multiply-adds ({_percent(figures['mult_adds_diff'])})")

@@ -1,62 +1,10 @@
-"""ImageNet classification with the paper's recipe: class-folder data and transforms, label smoothing,
-top-1/top-5 evaluation, a tiny synthetic dataset (``synthetic.make_shapes_dataset``), and the
-training / evaluation / benchmark modes of ``tools/train_cls.py``.
+"""ImageNet classification with the paper's recipe: what ``tools/train_cls.py`` runs. Checkpoints carry
+``"meta"`` (architecture, input format, mean/std) and load as MODEL.WEIGHTS of the detection configs."""
 
-Checkpoints written here carry ``"meta"`` (architecture, input format, mean/std) and load directly as
-MODEL.WEIGHTS of the detection configs.
-"""
-
-from .data import (
-    CorruptDatasetError,
-    DatasetMissingError,
-    ImageFolderDataset,
-    ImagePreprocessing,
-    Normalizer,
-    ResumableSampler,
-    build_dataset,
-    build_test_loader,
-    build_test_transform,
-    build_train_loader,
-    build_train_transform,
-    dataset_root,
-)
-from .evaluation import evaluate_classifier, topk_correct
-from .loss import label_smoothing_cross_entropy
-from .train import (
-    ClassificationLoss,
-    accuracy_table,
-    argument_parser,
-    benchmark_classifier,
-    build_classifier,
-    checkpoint_meta,
-    list_classification_configs,
-    load_classification_config,
-    main,
-)
-
-__all__ = [
-    "ClassificationLoss",
-    "CorruptDatasetError",
-    "DatasetMissingError",
-    "ImageFolderDataset",
-    "ImagePreprocessing",
-    "Normalizer",
-    "ResumableSampler",
-    "accuracy_table",
-    "argument_parser",
-    "benchmark_classifier",
-    "build_classifier",
-    "build_dataset",
-    "build_test_loader",
-    "build_test_transform",
-    "build_train_loader",
-    "build_train_transform",
-    "checkpoint_meta",
-    "dataset_root",
-    "evaluate_classifier",
-    "label_smoothing_cross_entropy",
-    "list_classification_configs",
-    "load_classification_config",
-    "main",
-    "topk_correct",
-]
+from .data import CorruptDatasetError, DatasetMissingError, ImageFolderDataset, ImagePreprocessing  # noqa: F401
+from .data import Normalizer, ResumableSampler, build_dataset, build_test_loader, build_test_transform  # noqa: F401
+from .data import build_train_loader, build_train_transform, dataset_root  # noqa: F401
+from .evaluation import evaluate_classifier, label_smoothing_cross_entropy, topk_correct  # noqa: F401
+from .train import ClassificationLoss, accuracy_table, argument_parser, benchmark_classifier  # noqa: F401
+from .train import build_classifier, checkpoint_meta, list_classification_configs, main  # noqa: F401
+from .train import load_classification_config  # noqa: F401

@@ -1,17 +1,15 @@
 """ImageNet-style data: class-folder datasets, the paper's transforms, a resumable sampler, loaders.
 
-Images reach the model in two steps. In the loader (worker processes): decode, augment or resize/crop
-with torchvision.transforms.v2, convert to a uint8 tensor and, for ``input_format="BGR"``, flip the
-channel order. On the model's device: ``Normalizer`` turns the uint8 batch into floats
-``(x - pixel_mean) / pixel_std`` on the 0-255 scale (detectron2's convention). Sending uint8 keeps
-host-to-device copies four times smaller than float32.
+Workers decode and augment (torchvision.transforms.v2) into uint8 tensors in the model's channel order;
+``Normalizer`` computes ``(x - pixel_mean) / pixel_std`` (0-255 scale) on the device, so host-to-device
+copies are a quarter of float32's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -34,16 +32,13 @@ logger = logging.getLogger(__name__)
 
 INPUT_FORMATS = ("RGB", "BGR")
 INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
-FLIPS = {"horizontal": v2.RandomHorizontalFlip, "vertical": v2.RandomVerticalFlip}
 IMAGENET_HELP = (
     "get ImageNet-1k (ILSVRC2012, https://image-net.org/download-images.php, free registration), extract "
     "its train and val archives into ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (val sorted into "
     "class folders), then set CLASSIFICATION.DATASET_ROOT ROOT or IMAGENET=ROOT"
 )
-# A run of unreadable files this long means a broken dataset, not a few damaged images.
-MAX_CORRUPT_IN_A_ROW = 16
-# PIL's errors for unreadable, truncated or implausible image files.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+MAX_CORRUPT_IN_A_ROW = 16  # more unreadable files in a row mean a broken dataset, not a few damaged images
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # PIL's, for bad files
 
 
 class DatasetMissingError(SetupError):
@@ -54,8 +49,7 @@ class CorruptDatasetError(EngineError):
     """Too many unreadable images in a row."""
 
     def __init__(self, message: str) -> None:
-        # Re-raised by the DataLoader from a worker process, the message holds the worker's traceback:
-        # keep the original one-line message, its last line.
+        # Re-raised by the DataLoader from a worker, the message holds the worker's traceback: keep its last line.
         marker = f"{type(self).__name__}: "
         if "\n" in message and marker in message:
             message = message.rsplit(marker, 1)[1].strip()
@@ -64,11 +58,8 @@ class CorruptDatasetError(EngineError):
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """How pixels reach the model: channel order, 0-255 mean/std, and the evaluation resize and crop.
-
-    The fields are those of ``shufflenet_det.weights`` metadata, so weights can say how they want
-    their input (``with_metadata``).
-    """
+    """How pixels reach the model: channel order, 0-255 mean/std, evaluation resize and crop. The fields are
+    those of ``shufflenet_det.weights`` metadata, so weights can say how they want their input."""
 
     input_format: str = "BGR"
     pixel_mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -102,100 +93,62 @@ class ImagePreprocessing:
         )
 
     def with_metadata(self, meta: Optional[Mapping[str, Any]]) -> Tuple["ImagePreprocessing", List[str]]:
-        """These settings with those that weights metadata states replacing them, and one message per
-        setting that changed ("pixel_mean: config [0, 0, 0], weights [123.675, ...]")."""
-        if not meta:
-            return self, []
+        """These settings, those that weights metadata states replacing them, and one message per changed
+        setting ("pixel_mean: config [0.0, 0.0, 0.0], weights [123.675, ...]")."""
         changes: Dict[str, Any] = {}
-        for name in ("input_format", "pixel_mean", "pixel_std", "interpolation", "resize_size", "crop_size"):
-            wanted = meta.get(name)
+        messages = []
+        for name, current in self.meta().items():
+            wanted = (meta or {}).get(name)
             if wanted is None:
                 continue
-            current = getattr(self, name)
-            if isinstance(current, tuple):
-                wanted = tuple(float(v) for v in wanted)
+            if isinstance(current, list):
+                wanted = [float(v) for v in wanted]
                 differs = len(wanted) != len(current) or any(abs(a - b) > 1e-3 for a, b in zip(wanted, current))
             else:
                 wanted = type(current)(wanted.upper() if name == "input_format" else wanted)
                 differs = wanted != current
             if differs:
-                changes[name] = wanted
-        messages = [
-            f"{name}: config {_plain(getattr(self, name))}, weights {_plain(value)}" for name, value in changes.items()
-        ]
+                changes[name] = tuple(wanted) if isinstance(wanted, list) else wanted
+                messages.append(f"{name}: config {current}, weights {wanted}")
         return replace(self, **changes), messages
 
     def meta(self) -> Dict[str, Any]:
         """Plain-type metadata for checkpoints."""
-        return {
-            "input_format": self.input_format,
-            "pixel_mean": list(self.pixel_mean),
-            "pixel_std": list(self.pixel_std),
-            "interpolation": self.interpolation,
-            "resize_size": self.resize_size,
-            "crop_size": self.crop_size,
-        }
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def _rgb_to_bgr(image: torch.Tensor) -> torch.Tensor:
+    return image.flip(0)
 
 
-# ---------------------------------------------------------------------------- transforms
-class ChannelOrder(torch.nn.Module):
-    """uint8 RGB [3, H, W] -> the model's channel order."""
-
-    def __init__(self, input_format: str) -> None:
-        super().__init__()
-        self.flip = input_format == "BGR"
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image.flip(0) if self.flip else image
+def _to_uint8(input_format: str) -> List[Callable]:
+    return [v2.PILToTensor()] + ([v2.Lambda(_rgb_to_bgr)] if input_format == "BGR" else [])
 
 
-def build_train_transform(
-    crop_size: int = 224,
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    color_jitter: Sequence[float] = (0.4, 0.4, 0.4),
-    flip: str = "horizontal",
-    input_format: str = "BGR",
-    interpolation: str = "bilinear",
-) -> v2.Compose:
-    """The official ShuffleNet training augmentation: RandomResizedCrop, ColorJitter (brightness,
-    contrast, saturation), a random flip ("horizontal", "vertical" or "none"), to uint8 in ``input_format``."""
-    if flip not in FLIPS and flip != "none":
+def build_train_transform(crop_size: int = 224, scale: Sequence[float] = (0.08, 1.0),
+                          ratio: Sequence[float] = (3 / 4, 4 / 3), color_jitter: Sequence[float] = (0.4, 0.4, 0.4),
+                          flip: str = "horizontal", input_format: str = "BGR",
+                          interpolation: str = "bilinear") -> v2.Compose:
+    """The official ShuffleNet training augmentation: RandomResizedCrop, ColorJitter (brightness, contrast,
+    saturation), a random flip ("horizontal", "vertical" or "none"), to uint8 in ``input_format``."""
+    if flip not in ("horizontal", "vertical", "none"):
         raise ConfigError(f"INPUT.RANDOM_FLIP must be one of horizontal, vertical, none; got '{flip}'")
-    steps: List[Callable] = [
-        v2.RandomResizedCrop(
-            crop_size,
-            scale=tuple(scale),
-            ratio=tuple(ratio),
-            interpolation=INTERPOLATIONS[interpolation],
-            antialias=True,
-        )
-    ]
+    mode = INTERPOLATIONS[interpolation]
+    crop = v2.RandomResizedCrop(crop_size, scale=tuple(scale), ratio=tuple(ratio), interpolation=mode, antialias=True)
+    steps = [crop]
     if any(color_jitter):
         brightness, contrast, saturation = color_jitter
         steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation))
     if flip != "none":
-        steps.append(FLIPS[flip](0.5))
-    steps += [v2.PILToTensor(), ChannelOrder(input_format)]
-    return v2.Compose(steps)
+        steps.append(v2.RandomHorizontalFlip(0.5) if flip == "horizontal" else v2.RandomVerticalFlip(0.5))
+    return v2.Compose(steps + _to_uint8(input_format))
 
 
 def build_test_transform(preprocessing: ImagePreprocessing) -> v2.Compose:
     """Resize the shorter side to ``resize_size``, center crop ``crop_size``, to uint8 in the input format."""
-    return v2.Compose(
-        [
-            v2.Resize(
-                preprocessing.resize_size, interpolation=INTERPOLATIONS[preprocessing.interpolation], antialias=True
-            ),
-            v2.CenterCrop(preprocessing.crop_size),
-            v2.PILToTensor(),
-            ChannelOrder(preprocessing.input_format),
-        ]
-    )
+    mode = INTERPOLATIONS[preprocessing.interpolation]
+    resize = v2.Resize(preprocessing.resize_size, interpolation=mode, antialias=True)
+    return v2.Compose([resize, v2.CenterCrop(preprocessing.crop_size)] + _to_uint8(preprocessing.input_format))
 
 
 class Normalizer:
@@ -210,60 +163,40 @@ class Normalizer:
         if self.mean.device != images.device:
             self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
         images = (images.float() - self.mean) / self.std
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
-# ---------------------------------------------------------------------------- dataset
-class ImageFolderDataset(Dataset):
-    """A class-folder dataset (``ROOT/<class>/<image>``, torchvision's ImageFolder) returning
+class ImageFolderDataset(datasets.ImageFolder):
+    """``ROOT/<class>/<image>`` (empty class folders allowed: a subset of ImageNet keeps all 1000 labels) as
     ``{"image": transformed, "label": int, "skipped": int}``.
 
-    An image that cannot be decoded is logged and replaced by the next readable one in file order;
-    ``"skipped"`` counts the files passed over, so the training loop can report them. Items are
-    indexed by ``int`` or by ``(index, seed)``: with a seed, the random transform is drawn from a
-    generator seeded with it, which makes augmentation independent of worker processes and resumes.
+    An unreadable image is logged and replaced by the next readable one; ``"skipped"`` counts the files
+    passed over. Items are indexed by ``int`` or ``(index, seed)``: with a seed, the augmentation is drawn
+    from a generator seeded with it, independent of worker processes and resumes.
     """
 
     def __init__(self, root: Union[str, os.PathLike], transform: Callable) -> None:
-        # Empty class folders are allowed: a subset of ImageNet keeps all 1000 labels.
-        self.folder = datasets.ImageFolder(str(root), allow_empty=True)
-        self.transform = transform
-        self.root = Path(root)
-
-    @property
-    def classes(self) -> List[str]:
-        return self.folder.classes
-
-    def __len__(self) -> int:
-        return len(self.folder.samples)
+        super().__init__(str(root), transform=transform, allow_empty=True)
 
     def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
         index, seed = item if isinstance(item, tuple) else (item, None)
-        image, label, skipped = self._read(index)
-        if seed is None:
-            output = self.transform(image)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                output = self.transform(image)
-        return {"image": output, "label": label, "skipped": skipped}
-
-    def _read(self, index: int) -> Tuple[Image.Image, int, int]:
         for skipped in range(MAX_CORRUPT_IN_A_ROW):
-            path, label = self.folder.samples[(index + skipped) % len(self)]
+            path, label = self.samples[(index + skipped) % len(self)]
             try:
                 with open(path, "rb") as handle:
-                    image = Image.open(handle)
-                    image = image.convert("RGB")  # decodes now, inside the try
-                return image, label, skipped
+                    image = Image.open(handle).convert("RGB")  # decodes now, inside the try
+                break
             except _DECODE_ERRORS as error:
                 logger.warning("Skipping unreadable image %s: %s", path, " ".join(str(error).split())[:200])
-        raise CorruptDatasetError(
-            f"{MAX_CORRUPT_IN_A_ROW} unreadable images in a row from {self.folder.samples[index][0]} on: "
-            f"is the dataset at {self.root} damaged?"
-        )
+        else:
+            raise CorruptDatasetError(
+                f"{MAX_CORRUPT_IN_A_ROW} unreadable images in a row from {self.samples[index][0]} on: "
+                f"is the dataset at {self.root} damaged?"
+            )
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return {"image": self.transform(image), "label": label, "skipped": skipped}
 
 
 def dataset_root(cfg: CfgNode) -> Path:
@@ -276,28 +209,20 @@ def dataset_root(cfg: CfgNode) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(configured)))
 
 
-def split_folder(root: Path, split: str) -> Path:
-    """``root/split``, checked to hold class folders (``DatasetMissingError`` saying where it looked)."""
-    folder = root / split
-    if not folder.is_dir():
-        raise DatasetMissingError(f"dataset split not found: {folder} does not exist; {IMAGENET_HELP}")
-    if not any(entry.is_dir() for entry in folder.iterdir()):
-        raise DatasetMissingError(f"dataset split {folder} has no class folders; {IMAGENET_HELP}")
-    return folder
-
-
 def ensure_box_crops(cfg: CfgNode) -> None:
     """With CLASSIFICATION.BOX_CROPS_OF, write the detection datasets' box crops to DATASET_ROOT unless there."""
-    sources = list(cfg.CLASSIFICATION.BOX_CROPS_OF)
+    options = cfg.CLASSIFICATION
+    sources, splits = list(options.BOX_CROPS_OF), [options.TRAIN_SPLIT, options.VAL_SPLIT]
     if not sources:
         return
-    splits = [cfg.CLASSIFICATION.TRAIN_SPLIT, cfg.CLASSIFICATION.VAL_SPLIT]
     if len(sources) != len(splits):
         raise ConfigError(
             f"CLASSIFICATION.BOX_CROPS_OF needs two detection datasets (for {splits[0]} and {splits[1]}), got {sources}"
         )
-    if not cfg.CLASSIFICATION.DATASET_ROOT:
-        raise ConfigError("CLASSIFICATION.BOX_CROPS_OF needs CLASSIFICATION.DATASET_ROOT: the folder to write the crops to")
+    if not options.DATASET_ROOT:
+        raise ConfigError(
+            "CLASSIFICATION.BOX_CROPS_OF needs CLASSIFICATION.DATASET_ROOT: the folder to write the crops to"
+        )
     try:
         write_box_crops(dict(zip(splits, sources)), dataset_root(cfg), seed=max(int(cfg.SEED), 0))
     except (DatasetError, UnknownDatasetError) as error:
@@ -307,35 +232,37 @@ def ensure_box_crops(cfg: CfgNode) -> None:
 def build_dataset(cfg: CfgNode, split: str, transform: Callable) -> ImageFolderDataset:
     """The ``split`` folder of the configured dataset, checked against CLASSIFICATION.NUM_CLASSES."""
     ensure_box_crops(cfg)
-    folder = split_folder(dataset_root(cfg), split)
+    folder = dataset_root(cfg) / split
+    if not folder.is_dir():
+        raise DatasetMissingError(f"dataset split not found: {folder} does not exist; {IMAGENET_HELP}")
+    if not any(entry.is_dir() for entry in folder.iterdir()):
+        raise DatasetMissingError(f"dataset split {folder} has no class folders; {IMAGENET_HELP}")
     try:
         dataset = ImageFolderDataset(folder, transform)
     except OSError as error:  # e.g. a folder without read permission
         raise DatasetMissingError(f"cannot read dataset split {folder}: {' '.join(str(error).split())[:200]}") from None
     if len(dataset) == 0:
         raise DatasetMissingError(f"dataset split {folder} has class folders but no images in them; {IMAGENET_HELP}")
-    expected = cfg.CLASSIFICATION.NUM_CLASSES
-    if len(dataset.classes) != expected:
+    if len(dataset.classes) != cfg.CLASSIFICATION.NUM_CLASSES:
         raise SetupError(
-            f"{folder} has {len(dataset.classes)} class folders but CLASSIFICATION.NUM_CLASSES is {expected}: "
-            f"set CLASSIFICATION.NUM_CLASSES {len(dataset.classes)} (or point CLASSIFICATION.DATASET_ROOT elsewhere)"
+            f"{folder} has {len(dataset.classes)} class folders but CLASSIFICATION.NUM_CLASSES is "
+            f"{cfg.CLASSIFICATION.NUM_CLASSES}: set CLASSIFICATION.NUM_CLASSES {len(dataset.classes)} "
+            "(or point CLASSIFICATION.DATASET_ROOT elsewhere)"
         )
     logger.info("Dataset %s: %d images, %d classes", folder, len(dataset), len(dataset.classes))
     return dataset
 
 
-# ---------------------------------------------------------------------------- sampling and loaders
 _PERMUTATION, _AUGMENTATION = 1, 2  # what a derived seed is for
 
 
 class ResumableSampler(Sampler):
-    """An endless stream of ``(index, augmentation seed)`` for one process, positioned at ``start_iter``.
+    """An endless stream of ``(index, augmentation seed)`` for one process, from iteration ``start_iter``.
 
-    The stream is the concatenation of per-epoch permutations of ``range(size)``, each seeded by
-    ``(seed, epoch)``. Global batch ``i`` is stream positions ``i*B .. i*B+B-1`` (B = ``global_batch``);
-    rank ``r`` takes its contiguous ``B / world_size`` slice. Every item's augmentation seed is derived
-    from ``(seed, position)``. So batch ``i`` and its augmentation are a pure function of ``i``: a
-    resumed run reads exactly what an uninterrupted one would have, at any number of processes.
+    The stream concatenates per-epoch permutations of ``range(size)`` seeded by ``(seed, epoch)``; global batch
+    ``i`` is stream positions ``i*B .. i*B+B-1``, of which rank ``r`` takes its contiguous ``B / world_size``
+    slice, and each position's augmentation seed comes from ``(seed, position)``. So a batch is a function of
+    its iteration: a resumed run reads what an uninterrupted one would have, at any number of processes.
     """
 
     def __init__(
@@ -345,47 +272,32 @@ class ResumableSampler(Sampler):
             raise ValueError("cannot sample from an empty dataset")
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} does not split over {world_size} processes")
-        self.size = size
-        self.global_batch = global_batch
-        self.per_rank = global_batch // world_size
-        self.seed = seed
-        self.start_iter = start_iter
-        self.rank = rank
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, _PERMUTATION, epoch))
-        return torch.randperm(self.size, generator=generator)
+        self.size, self.global_batch, self.per_rank = size, global_batch, global_batch // world_size
+        self.seed, self.start_iter, self.rank = seed, start_iter, rank
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        iteration = self.start_iter
-        epoch, permutation = -1, torch.empty(0, dtype=torch.int64)
+        iteration, epoch = self.start_iter, -1
         while True:
             first = iteration * self.global_batch + self.rank * self.per_rank
             for position in range(first, first + self.per_rank):
                 position_epoch, offset = divmod(position, self.size)
                 if position_epoch != epoch:
-                    epoch, permutation = position_epoch, self._permutation(position_epoch)
+                    epoch = position_epoch
+                    generator = torch.Generator().manual_seed(mix_seed(self.seed, _PERMUTATION, epoch))
+                    permutation = torch.randperm(self.size, generator=generator)
                 yield int(permutation[offset]), mix_seed(self.seed, _AUGMENTATION, position)
             iteration += 1
 
 
 def build_train_loader(cfg: CfgNode, dataset: Dataset, batch_size: int, seed: int, start_iter: int = 0) -> DataLoader:
-    """Batches of ``batch_size`` (this process's share of SOLVER.IMS_PER_BATCH) for iterations
-    ``start_iter, start_iter + 1, ...``, from a ``ResumableSampler``; endless."""
-    sampler = ResumableSampler(
-        len(dataset), cfg.SOLVER.IMS_PER_BATCH, seed, start_iter, rank=get_rank(), world_size=get_world_size()
-    )
+    """Endless batches of ``batch_size`` (this process's share of SOLVER.IMS_PER_BATCH) for iterations
+    ``start_iter, start_iter + 1, ...``, from a ``ResumableSampler``."""
+    sampler = ResumableSampler(len(dataset), cfg.SOLVER.IMS_PER_BATCH, seed, start_iter, get_rank(), get_world_size())
     workers = cfg.DATALOADER.NUM_WORKERS
     return SignalSafeDataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=True,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
+        drop_last=True, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+    )  # fmt: skip
 
 
 def build_test_loader(cfg: CfgNode, dataset: Dataset) -> DataLoader:
@@ -393,10 +305,5 @@ def build_test_loader(cfg: CfgNode, dataset: Dataset) -> DataLoader:
     world_size = get_world_size()
     shard = Subset(dataset, range(get_rank(), len(dataset), world_size))
     batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // world_size)
-    return SignalSafeDataLoader(
-        shard,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        pin_memory=torch.cuda.is_available(),
-    )
+    return SignalSafeDataLoader(shard, batch_size, shuffle=False, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                pin_memory=torch.cuda.is_available())
