@@ -47,14 +47,20 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def _zero_conv(in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, groups=1) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups).requires_grad_(False)
+    conv.weight.zero_()
+    conv.bias.zero_()
+    return conv
+
+
 @torch.no_grad()
 def dense_pointwise(conv: nn.Conv2d) -> nn.Conv2d:
-    """A grouped 1x1 convolution as an ordinary one with a block-diagonal weight (same outputs)."""
-    dense = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride, bias=conv.bias is not None)
+    """A folded grouped 1x1 convolution as an ordinary one with a block-diagonal weight (same outputs)."""
+    dense = _zero_conv(conv.in_channels, conv.out_channels, 1, conv.stride)
     dense.weight.copy_(block_diagonal_weight(conv.weight, conv.groups))
-    if conv.bias is not None:
-        dense.bias.copy_(conv.bias)
-    return dense.requires_grad_(False)
+    dense.bias.copy_(conv.bias)
+    return dense
 
 
 class GatherShuffle(nn.Module):
@@ -69,21 +75,18 @@ class GatherShuffle(nn.Module):
 
 
 class GroupedMatmul(nn.Module):
-    """A grouped 1x1 convolution (stride 1) as one batched matrix product: (g, out/g, in/g) @ (g, in/g, H*W)."""
+    """A folded grouped 1x1 convolution (stride 1) as one batched matrix product: (g, out/g, in/g) @ (g, in/g, H*W)."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.groups = groups = conv.groups
         self.register_buffer("weight", conv.weight.detach().reshape(groups, conv.out_channels // groups, -1).clone())
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().reshape(1, -1, 1).clone())
+        self.register_buffer("bias", conv.bias.detach().reshape(1, -1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         y = torch.matmul(self.weight, x.reshape(batch, self.groups, channels // self.groups, height * width))
-        y = y.reshape(batch, -1, height * width)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(batch, -1, height, width)
+        return (y.reshape(batch, -1, height * width) + self.bias).reshape(batch, -1, height, width)
 
 
 class ChannelSlice(nn.Module):
@@ -107,21 +110,10 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _zero_conv(in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, groups: int = 1) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups).requires_grad_(False)
-    conv.weight.zero_()
-    conv.bias.zero_()
-    return conv
-
-
 def _real_positions(channels: int, groups: int, block: int) -> torch.Tensor:
     """Where real channel r sits when each group's channels start a block of ``block`` positions."""
     index = torch.arange(channels)
     return (index // (channels // groups)) * block + index % (channels // groups)
-
-
-def _bias(conv: nn.Conv2d) -> torch.Tensor:
-    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
 
 
 def _aligned_blocks(unit: ShuffleUnit, multiple: int) -> Tuple[int, int]:
@@ -172,15 +164,15 @@ def _gather_unit(unit: ShuffleUnit, multiple: int = 0) -> None:
 
     wide_compress = _zero_conv(compress.in_channels, padded_c, groups=groups_c)
     wide_compress.weight[source] = compress.weight[rows]
-    wide_compress.bias[source] = _bias(compress)[rows]
+    wide_compress.bias[source] = compress.bias[rows]
     channels = padded_c if after_depthwise else depthwise_channels
     wide_depthwise = _zero_conv(channels, channels, depthwise.kernel_size, depthwise.stride, depthwise.padding,
                                 channels)
     wide_depthwise.weight[depthwise_positions] = depthwise.weight
-    wide_depthwise.bias[depthwise_positions] = _bias(depthwise)
+    wide_depthwise.bias[depthwise_positions] = depthwise.bias
     wide_expand = _zero_conv(padded_e, expand.out_channels, groups=groups_e)
     wide_expand.weight[:, : mid // groups_e] = expand.weight
-    wide_expand.bias.copy_(_bias(expand))
+    wide_expand.bias.copy_(expand.bias)
     unit.compress.conv, unit.depthwise.conv, unit.expand.conv = wide_compress, wide_depthwise, wide_expand
 
     gather = torch.zeros(depthwise_channels, dtype=torch.long)  # padding reads channel 0; nothing uses it
