@@ -1,11 +1,6 @@
-"""Deploying the C4 Faster R-CNN: whole-detector ONNX / TorchScript export and a fast CPU inference copy.
-
-``export_detector`` writes one file from preprocessing to postprocessing (image [3, H, W] in, any H and W;
-``boxes``, ``labels``, ``scores`` out), traced so that sizes stay dynamic (``torch.jit.script`` cannot
-compile ``DetectionTransform`` and ``C4BoxHead``, which call ``super()`` methods). ``deploy_detector`` is a
-drop-in copy whose conv parts run in ONNX Runtime, RoIAlign as matrix products a few RoIs at a time with the
-box head (``PooledBoxHead``), and the RPN's NMS stops at the proposals it keeps (docs/speed.md, detector section).
-"""
+"""Deploying the C4 Faster R-CNN (docs/speed.md): ``export_detector`` writes it whole, preprocessing to
+postprocessing, as one ONNX file or TorchScript trace (``torch.jit.script`` cannot compile its ``super()``
+calls); ``deploy_detector`` is a faster drop-in CPU copy with its conv parts in ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -56,9 +51,7 @@ def example_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
 
 
-def build_export_detector(
-    config: str, overrides: Sequence[Any] = (), weights: Optional[str] = None
-) -> GeneralizedRCNN:
+def build_export_detector(config: str, overrides: Sequence[Any] = (), weights: Optional[str] = None) -> GeneralizedRCNN:
     """The detector of a config (name or path) plus ``KEY VALUE`` overrides and ``weights`` (MODEL.WEIGHTS),
     on the CPU in eval mode. Bad configs and missing or unreadable weights raise a one-line ``ConfigError``."""
     overrides = list(overrides) + (["MODEL.WEIGHTS", weights] if weights else []) + ["MODEL.DEVICE", "cpu"]
@@ -72,17 +65,11 @@ def build_export_detector(
 
 
 class PerClassNMSRoIHeads(RoIHeads):
-    """torchvision's RoI heads with the same postprocessing written as one NMS per class, for export.
-
-    Traced, torchvision's version becomes one NMS over every class's boxes shifted apart (24000 boxes for
-    80 classes x 300 RoIs: 215 ms of 596 in ONNX Runtime for ShuffleNet 1x).
-    """
+    """torchvision's RoI heads with the same postprocessing as one NMS per class, for export (traced,
+    torchvision's is one NMS over all classes' boxes: 215 ms of 596 in ONNX Runtime for ShuffleNet 1x)."""
 
     def postprocess_detections(
-        self,
-        class_logits: torch.Tensor,
-        box_regression: torch.Tensor,
-        proposals: List[torch.Tensor],
+        self, class_logits: torch.Tensor, box_regression: torch.Tensor, proposals: List[torch.Tensor],
         image_shapes: List[Tuple[int, int]],
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
         rois_per_image = [boxes.shape[0] for boxes in proposals]  # traced as sizes, not constants
@@ -140,20 +127,12 @@ def detector_onnx_bytes(
 
 
 def export_detector(
-    detector: GeneralizedRCNN,
-    path: PathLike,
-    format: str = "onnx",
-    input_size: Tuple[int, int] = (480, 640),
-    opset: int = MIN_OPSET,
-    optimize: bool = True,
-    rewrite: Optional[Dict[str, Any]] = None,
-    overwrite: bool = False,
+    detector: GeneralizedRCNN, path: PathLike, format: str = "onnx", input_size: Tuple[int, int] = (480, 640),
+    opset: int = MIN_OPSET, optimize: bool = True, rewrite: Optional[Dict[str, Any]] = None, overwrite: bool = False,
 ) -> Path:
-    """Write the whole detector (preprocessing .. postprocessing) as ONNX or TorchScript; returns the path.
-
-    The file takes any image size (``input_size``, height and width, is the trace's). ``optimize`` exports the
-    deploy copy (BatchNorm folded, ShuffleNet in the runtime's fastest form, ``rewrite``: see ``deploy_rewrite``).
-    """
+    """Write the whole detector as ONNX or TorchScript; returns the path. Input ``image`` [3, H, W] (any H, W;
+    ``input_size`` is the trace's), outputs ``boxes``, ``labels``, ``scores``. ``optimize`` exports the deploy
+    copy (BatchNorm folded, ShuffleNet in the runtime's fastest form or ``rewrite``: ``deploy_rewrite``)."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got '{format}'")
     path = check_output_file(path, overwrite)
@@ -168,11 +147,8 @@ def export_detector(
 
 
 class OrtModule(nn.Module):
-    """A module whose forward runs an ONNX model in ONNX Runtime: tensors in, tensor or tuple out.
-
-    Idle worker threads sleep instead of spinning: the box head's session runs 75 times per image, and with
-    spinning workers beside other processes 2-thread runs of ShuffleNet 1x took 2.6-4.5 s instead of 0.8-1.4.
-    """
+    """An ONNX model run in ONNX Runtime: tensors in, tensor or tuple out. Idle workers sleep, not spin: the box
+    head runs 75 times per image; spinning workers beside other processes made 2-thread runs 2.6-4.5 s, not 0.8-1.4."""
 
     def __init__(self, onnx_model: Union[PathLike, bytes], threads: int = 1) -> None:
         super().__init__()
@@ -296,10 +272,7 @@ def _per_level(head: nn.Module, features: List[torch.Tensor]) -> Tuple[List[torc
 
 
 def deploy_detector(
-    detector: GeneralizedRCNN,
-    threads: int = 1,
-    roi_chunk: int = 4,
-    example_size: Tuple[int, int] = (320, 320),
+    detector: GeneralizedRCNN, threads: int = 1, roi_chunk: int = 4, example_size: Tuple[int, int] = (320, 320),
     opset: int = MIN_OPSET,
 ) -> GeneralizedRCNN:
     """A copy of ``detector`` (eval mode, same call and outputs) for fast CPU inference.
