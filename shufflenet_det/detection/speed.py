@@ -1,13 +1,7 @@
-"""Faster forms of a built C4 detector, applied in place by ``apply_speed_forms``.
-
-Each form computes the same outputs and gradients (tests compare both) with the same parameters and
-buffers under the same names, so checkpoints load alike in every form: convs (``apply_conv_form``),
-RoIAlign as two small matrix products per RoI (``SeparableRoIPooler``: a several times faster backward
-on CPUs, slow on GPUs), the RPN's proposal selection for all images at once (``BatchedProposalRPN``),
-and the per-RoI head (``FastBoxHead``): in GPU inference RoI counts padded to buckets of ``ROI_BUCKET``
-(cuDNN plans every new input shape anew: an H100 evaluated the quickstart model at 0.12 s per image
-without buckets), and with ``recompute`` a training head run ``RECOMPUTE_CHUNK`` RoIs at a time that
-keeps none of their activations (nor pooled RoIs, with ``DeferringRoIPooler``).
+"""Faster forms of a built C4 detector, applied in place by ``apply_speed_forms``: the same outputs and gradients
+(tests compare both) from the same parameters and buffers under the same names, so checkpoints load alike in
+every form. Convs: ``apply_conv_form``; RoIAlign: ``SeparableRoIPooler`` (a several times faster backward on
+CPUs, slow on GPUs); RPN: ``BatchedProposalRPN`` (all images at once); per-RoI head: ``FastBoxHead``.
 """
 
 from __future__ import annotations
@@ -30,6 +24,8 @@ Device = Union[str, torch.device, None]
 
 ROI_ALIGN_IMPLS = ("auto", "torchvision", "separable")  # "auto": separable for CPU tensors
 RPN_NMS_IMPLS = ("torchvision", "batched")
+# GPU inference pads RoI counts to multiples of ROI_BUCKET: cuDNN plans every new input shape anew (without
+# buckets an H100 evaluated the quickstart model at 0.12 s per image, 6x its training step).
 ROI_BUCKET = 64
 # RoIs per recomputed slice: bounds the activations alive at once in backward (ShuffleNet 1x in
 # bfloat16: about 1.1 MB per RoI, 2x about twice that).
@@ -84,7 +80,8 @@ class DeferringRoIPooler(RoIPooler):
 class FastBoxHead(C4BoxHead):
     """``C4BoxHead`` with RoI-count buckets of ``roi_bucket`` in inference (0: none; the padding RoIs are
     zeros, dropped from the output; eval-mode layers treat RoIs independently) and, with ``recompute``,
-    training on ``recompute_chunk`` RoIs at a time under activation checkpointing."""
+    training on ``recompute_chunk`` RoIs at a time under activation checkpointing, keeping none of their
+    activations (nor pooled RoIs, with ``DeferringRoIPooler``): backward runs each slice again."""
 
     recompute_chunk = RECOMPUTE_CHUNK
 
