@@ -16,6 +16,8 @@ from torch import nn
 from ..utils.io import PathLike, atomic_write, check_output_file
 
 MIN_OPSET = 17
+ORT_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}  # ONNX Runtime's graph optimization levels by name
 # One tensor or a tuple of positional arguments (tensors, or e.g. a list of images for a detector).
 Inputs = Union[torch.Tensor, Tuple[object, ...]]
 
@@ -117,18 +119,12 @@ def create_ort_session(
     """
     import onnxruntime as ort
 
-    levels = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if optimization not in levels:
-        raise ValueError(f"optimization must be one of {sorted(levels)}, got '{optimization}'")
+    if optimization not in ORT_LEVELS:
+        raise ValueError(f"optimization must be one of {sorted(ORT_LEVELS)}, got '{optimization}'")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     options = ort.SessionOptions()
-    options.graph_optimization_level = levels[optimization]
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

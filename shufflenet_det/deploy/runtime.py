@@ -55,14 +55,6 @@ def deploy_rewrite(model: nn.Module, backend: str, rewrite: Optional[Dict[str, A
     return optimize_shufflenet(model, **(BEST_REWRITE[backend] if rewrite is None else rewrite))
 
 
-def _inference(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return module(x)
-
-    return run
-
-
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -85,18 +77,18 @@ def create_runner(
         raise ValueError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     torch.set_num_threads(threads)
     if backend == "eager":
-        return Runner(backend, lambda x: x.contiguous(), _inference(model.eval()))
+        return Runner(backend, lambda x: x.contiguous(), torch.inference_mode()(model.eval()))
     deployed = deploy_rewrite(model, backend, rewrite)
     if backend in CHANNELS_LAST:
         deployed = deployed.to(memory_format=torch.channels_last)
         example_input = _channels_last(example_input)
     if backend == "eager_optimized":
-        return Runner(backend, _channels_last, _inference(deployed))
+        return Runner(backend, _channels_last, torch.inference_mode()(deployed))
     if backend == "torchscript":
-        return Runner(backend, _channels_last, _inference(torchscript_module(deployed, example_input)))
+        return Runner(backend, _channels_last, torch.inference_mode()(torchscript_module(deployed, example_input)))
     if backend == "compile":
         compiled = torch.compile(deployed, mode="max-autotune-no-cudagraphs", dynamic=not static_shape)
-        return Runner(backend, lambda x: x.contiguous(), _inference(compiled))
+        return Runner(backend, lambda x: x.contiguous(), torch.inference_mode()(compiled))
     return ort_runner(onnx_bytes(deployed, example_input, dynamic=not static_shape), threads=threads)
 
 
