@@ -30,17 +30,13 @@ def block_diagonal_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.block_diag(*blocks).reshape(out_channels, in_per_group * groups, 1, 1)
 
 
-def fold_norm(weight: torch.Tensor, bias: Optional[torch.Tensor], norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Conv weight and bias computing ``norm(conv(x))`` (FrozenBatchNorm2d or eval-mode BatchNorm);
-    differentiable in both, unlike torch's ``fuse_conv_bn_weights``, which returns new leaf Parameters."""
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_mean is None:
-        raise ValueError(f"{type(norm).__name__} without running statistics cannot be folded")
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
+def fold_norm(
+    weight: torch.Tensor, bias: Optional[torch.Tensor], norm: FrozenBatchNorm2d
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight and bias computing ``norm(conv(x))``; differentiable in both, unlike torch's
+    ``fuse_conv_bn_weights``, which returns new leaf Parameters."""
+    scale = torch.rsqrt(norm.running_var + norm.eps) * norm.weight
+    shift = -norm.running_mean * scale + norm.bias
     if bias is not None:
         shift = shift + bias * scale
     return weight * scale.reshape(-1, 1, 1, 1), shift
