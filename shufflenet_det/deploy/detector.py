@@ -290,13 +290,13 @@ def deploy_detector(
         feature = backbone(image)[name]
     trunk = OrtModule(onnx_bytes(backbone.body, image, opset=opset), threads)
     deployed.backbone = _Adapter(lambda body, images: {name: body(images)}, trunk)
-    rpn_head = _Adapter(lambda head, feature: tuple(outputs[0] for outputs in head([feature])), deployed.rpn.head)
+    rpn_head = _Adapter(lambda head, x: tuple(per_level[0] for per_level in head([x])), deployed.rpn.head)
     deployed.rpn.head = _Adapter(_per_level, OrtModule(onnx_bytes(rpn_head, feature, opset=opset), threads))
     deployed.rpn.__class__ = EarlyStopRPN  # same state, one method replaced
 
     pool = roi_heads.box_roi_pool
     rois = torch.zeros(roi_chunk, pool.output_size, pool.output_size, feature.shape[1])
-    head = _Adapter(lambda head, rois: head(rois.permute(0, 3, 1, 2)), roi_heads.box_head)
+    head = _Adapter(lambda box_head, x: box_head(x.permute(0, 3, 1, 2)), roi_heads.box_head)  # channels last in
     head = OrtModule(onnx_bytes(head, rois, dynamic=False, opset=opset), threads)
     # The box head pools the RoIs chunk by chunk ([300, 480, 14, 14] pooled RoIs are 113 MB, far beyond
     # cache): box_roi_pool only hands it the feature map and the proposals.
