@@ -124,7 +124,7 @@ def test_onnx_runtime_deployment_copy_matches_eager(detector_checkpoint, proposa
     model.rpn._post_nms_top_n["testing"] = proposals
     deployed = deploy_detector(model, threads=2)
     assert not any(isinstance(module, nn.BatchNorm2d) for module in deployed.modules())
-    options = deployed.backbone.trunk.session.get_session_options()
+    options = deployed.backbone.module.session.get_session_options()
     assert options.intra_op_num_threads == 2
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     for seed, (height, width) in enumerate(SIZES):
@@ -168,26 +168,28 @@ def test_export_tool_errors_are_one_line_and_keep_files(detector_checkpoint, tmp
 
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_separable_roi_align_equals_torchvision(aligned, sampling_ratio):
+def test_chunked_roi_align_equals_torchvision(aligned, sampling_ratio):
     from torchvision.ops import roi_align
 
-    from shufflenet_det.deploy.roi_align import SeparableRoIAlign
+    from shufflenet_det.deploy.detector import PooledBoxHead
+    from shufflenet_det.detection.pooler import RoIPooler
 
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(2, 5, 13, 17, generator=generator)  # stride 8: images of 104 x 136 px
     corner = torch.rand(40, 2, generator=generator) * torch.tensor([180.0, 140.0]) - 20
     boxes = torch.cat([corner, corner + torch.rand(40, 2, generator=generator) * 150], dim=1)
     boxes[0] = torch.tensor([10.0, 10.0, 10.0, 10.0])  # empty
-    boxes[1] = torch.tensor([-60.0, -50.0, -20.0, -20.0])  # entirely outside: zeros
+    boxes[7] = torch.tensor([-60.0, -50.0, -20.0, -20.0])  # entirely outside: zeros (not the last chunk's rows)
     boxes[2] = torch.tensor([0.0, 0.0, 136.0, 104.0])  # the whole map
     boxes[3] = torch.tensor([130.0, 100.0, 300.0, 200.0])  # over the bottom-right border
     proposals = [boxes[:15], boxes[15:]]
     expected = roi_align(features, proposals, 7, 1 / 8, sampling_ratio, aligned)
-    pooler = SeparableRoIAlign("res4", 7, 1 / 8, sampling_ratio, aligned)
-    got = pooler({"res4": features}, proposals)
+    # An identity head returns the pooled RoIs; 40 RoIs in chunks of 6 end with a partial chunk.
+    pooled_rois = PooledBoxHead(RoIPooler("res4", 7, 1 / 8, sampling_ratio, aligned), torch.clone, chunk=6)
+    got = pooled_rois((features, proposals))
     assert got.shape == (40, 7, 7, 5)
     torch.testing.assert_close(got.permute(0, 3, 1, 2), expected, atol=1e-5, rtol=1e-5)
-    assert got[1].abs().max() == 0 and got[2].abs().max() > 0
+    assert got[7].abs().max() == 0 and got[2].abs().max() > 0
 
 
 @pytest.mark.parametrize("aligned", [True, False])
@@ -237,7 +239,7 @@ def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
     from torchvision.ops import roi_align
 
     from shufflenet_det.deploy.detector import PooledBoxHead
-    from shufflenet_det.deploy.roi_align import SeparableRoIAlign
+    from shufflenet_det.detection.pooler import RoIPooler
 
     generator = torch.Generator().manual_seed(count)
     feature_map = torch.randn(1, 6, 10, 12, generator=generator)
@@ -245,7 +247,7 @@ def test_pooled_box_head_runs_chunks_like_the_whole_batch(count):
     boxes = torch.cat([corner, corner + 10 + torch.rand(count, 2, generator=generator) * 60], dim=1)
     head = nn.Sequential(nn.Conv2d(6, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     channels_last_head = lambda rois: head(rois.permute(0, 3, 1, 2))  # noqa: E731
-    pooled_head = PooledBoxHead(SeparableRoIAlign("res4", 14, 1 / 16, 0, True), channels_last_head, chunk=8)
+    pooled_head = PooledBoxHead(RoIPooler("res4", 14, 1 / 16, 0, True), channels_last_head, chunk=8)
     with torch.no_grad():
         got = pooled_head((feature_map, [boxes]))
         expected = head(roi_align(feature_map, [boxes], 14, 1 / 16, 0, True))
@@ -270,7 +272,7 @@ def random_boxes(count, seed, ties=False):
 def test_nms_first_k_equals_torchvision_nms_cut_at_k(count, threshold, ties):
     from torchvision.ops import nms
 
-    from shufflenet_det.deploy.nms import nms_first_k
+    from shufflenet_det.deploy.detector import nms_first_k
 
     boxes, scores = random_boxes(count, seed=count, ties=ties)
     expected = nms(boxes, scores, threshold)

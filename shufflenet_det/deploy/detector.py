@@ -1,23 +1,6 @@
-"""Deploying the C4 Faster R-CNN: whole-detector ONNX / TorchScript export and a fast CPU inference copy.
-
-Two deployment forms of a detector built by ``build_detector(cfg)`` or a ``fasterrcnn_*_c4`` builder:
-
-- ``export_detector``: one file holding preprocessing (resize + normalize), the trunk, the RPN (anchors,
-  decoding, NMS), RoIAlign, the per-RoI head and postprocessing (per-class NMS, boxes scaled back to the
-  input image). Input: one float image [3, H, W] as the detector takes it (``build_detector``'s: 0-255,
-  INPUT.FORMAT channel order; the builders': RGB in 0-1), any H and W;
-  outputs ``boxes`` [N, 4] (XYXY, input image coordinates), ``labels`` [N] (1..NUM_CLASSES), ``scores``
-  [N]. ONNX goes through the TorchScript-based exporter, which follows torchvision's tracing code paths
-  (sizes computed as tensors), so height and width stay dynamic. TorchScript is a trace of the same
-  graph (also size-independent); ``torch.jit.script`` does not work on this detector because
-  ``DetectionTransform`` and ``C4BoxHead`` call ``super()`` methods, which TorchScript cannot compile.
-- ``deploy_detector``: a drop-in copy of the detector (same call, same outputs) whose convolutional
-  parts (trunk, RPN head, per-RoI head) run in ONNX Runtime with BatchNorm folded and ShuffleNet's
-  ONNX Runtime form (``deploy_rewrite``); RoIAlign runs as matrix products (``SeparableRoIAlign``)
-  with the head on a few RoIs at a time, the RPN's NMS stops at the proposals it keeps
-  (``EarlyStopRPN``), the rest stays torchvision's. This is the fast CPU path (docs/speed.md, detector
-  section): ONNX Runtime's RoiAlign is several times slower, and its NMS cannot stop early.
-"""
+"""Deploying the C4 Faster R-CNN (docs/speed.md): ``export_detector`` writes it whole, preprocessing to
+postprocessing, as one ONNX file or TorchScript trace (``torch.jit.script`` cannot compile its ``super()``
+calls); ``deploy_detector`` is a faster drop-in CPU copy with its conv parts in ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -37,13 +20,13 @@ from torchvision.ops import boxes as box_ops
 from ..config.loading import ConfigError, load_config
 from ..detection.checkpoint import warn_if_untrained
 from ..detection.detector import build_detector
-from ..detection.proposals import BatchedProposalRPN
+from ..detection.pooler import RoIPooler
+from ..detection.proposals import BatchedProposalRPN, greedy_nms_first_k
+from ..detection.roi_align import pool_window, roi_windows
 from ..detection.speed import PLAIN, apply_speed_forms
 from ..utils.io import PathLike, check_output_file
 from ..utils.text_table import first_line
 from .export import MIN_OPSET, create_ort_session, export_onnx, export_torchscript, onnx_bytes
-from .nms import nms_first_k
-from .roi_align import SeparableRoIAlign
 from .runtime import deploy_rewrite
 
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -51,11 +34,7 @@ OUTPUT_NAMES = ("boxes", "labels", "scores")
 
 
 class DetectorOutputs(nn.Module):
-    """One image in, three tensors out: the export interface of a torchvision-style detector.
-
-    ``forward(image [3, H, W]) -> (boxes [N, 4], labels [N], scores [N])``; runtimes other than
-    PyTorch take neither lists of images nor dictionaries.
-    """
+    """The export interface of a torchvision-style detector: ``image [3, H, W] -> (boxes, labels, scores)``."""
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
@@ -72,14 +51,9 @@ def example_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
 
 
-def build_export_detector(
-    config: str, overrides: Sequence[Any] = (), weights: Optional[str] = None
-) -> GeneralizedRCNN:
-    """The detector of a config (name or path) plus ``KEY VALUE`` overrides, on the CPU in eval mode.
-
-    ``weights`` (a file) sets MODEL.WEIGHTS. Bad configs, missing or unreadable weights raise a
-    one-line ``ValueError`` (``ConfigError``).
-    """
+def build_export_detector(config: str, overrides: Sequence[Any] = (), weights: Optional[str] = None) -> GeneralizedRCNN:
+    """The detector of a config (name or path) plus ``KEY VALUE`` overrides and ``weights`` (MODEL.WEIGHTS),
+    on the CPU in eval mode. Bad configs and missing or unreadable weights raise a one-line ``ConfigError``."""
     overrides = list(overrides) + (["MODEL.WEIGHTS", weights] if weights else []) + ["MODEL.DEVICE", "cpu"]
     cfg = load_config(config, overrides)
     try:
@@ -91,20 +65,11 @@ def build_export_detector(
 
 
 class PerClassNMSRoIHeads(RoIHeads):
-    """torchvision's RoI heads with postprocessing written as one NMS per class, for export.
-
-    Same detections as torchvision's ``postprocess_detections`` (decode, clip, softmax, drop the
-    background, score threshold, drop empty boxes, NMS within each class, the best
-    DETECTIONS_PER_IMAGE by score). Traced, torchvision's version becomes one NMS over every class's
-    boxes shifted apart (24000 boxes for 80 classes x 300 RoIs: 215 ms of 596 in ONNX Runtime for
-    ShuffleNet 1x); here each class gets its own small NMS node.
-    """
+    """torchvision's RoI heads with the same postprocessing as one NMS per class, for export (traced,
+    torchvision's is one NMS over all classes' boxes: 215 ms of 596 in ONNX Runtime for ShuffleNet 1x)."""
 
     def postprocess_detections(
-        self,
-        class_logits: torch.Tensor,
-        box_regression: torch.Tensor,
-        proposals: List[torch.Tensor],
+        self, class_logits: torch.Tensor, box_regression: torch.Tensor, proposals: List[torch.Tensor],
         image_shapes: List[Tuple[int, int]],
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
         rois_per_image = [boxes.shape[0] for boxes in proposals]  # traced as sizes, not constants
@@ -140,55 +105,34 @@ def _export_copy(
         detector = deploy_rewrite(detector, "onnxruntime" if format == "onnx" else "torchscript", rewrite)
     else:
         detector = copy.deepcopy(detector)
-    # Traced: torchvision's proposal selection and RoIAlign map onto ONNX's NMS and RoiAlign; the speed
-    # forms (batched NMS, separable RoIAlign, RoI buckets) loop in Python or pad.
+    # Traced, torchvision's proposal selection and RoIAlign map onto ONNX's NMS and RoiAlign; the speed
+    # forms loop in Python or pad.
     apply_speed_forms(detector, **PLAIN)
-    # Same state, one method replaced (RoIHeads' constructor cannot take an existing head's parts).
-    detector.roi_heads.__class__ = PerClassNMSRoIHeads
+    detector.roi_heads.__class__ = PerClassNMSRoIHeads  # same state, one method replaced
     return DetectorOutputs(detector).eval()
-
-
-def detector_onnx_bytes(
-    detector: GeneralizedRCNN,
-    example: torch.Tensor,
-    opset: int = MIN_OPSET,
-    optimize: bool = True,
-    rewrite: Optional[Dict[str, Any]] = None,
-) -> bytes:
-    """The whole detector as ONNX (see the module docstring); ``example`` is one [3, H, W] image.
-
-    ``optimize`` exports the deploy copy (``deploy_rewrite``; ``rewrite`` overrides its ShuffleNet form).
-    """
-    return onnx_bytes(_export_copy(detector, "onnx", optimize, rewrite), (example,), **_onnx_interface(opset))
 
 
 def _onnx_interface(opset: int) -> dict:
     detections = {name: {0: "detections"} for name in OUTPUT_NAMES}
-    return dict(
-        input_names=["image"],
-        output_names=list(OUTPUT_NAMES),
-        dynamic=False,
-        dynamic_axes={"image": {1: "height", 2: "width"}, **detections},
-        opset=opset,
-    )
+    return dict(input_names=["image"], output_names=list(OUTPUT_NAMES), dynamic=False,
+                dynamic_axes={"image": {1: "height", 2: "width"}, **detections}, opset=opset)
+
+
+def detector_onnx_bytes(
+    detector: GeneralizedRCNN, example: torch.Tensor, opset: int = MIN_OPSET, optimize: bool = True,
+    rewrite: Optional[Dict[str, Any]] = None,
+) -> bytes:
+    """The whole detector as ONNX, traced on ``example`` [3, H, W] (``optimize``, ``rewrite``: ``export_detector``)."""
+    return onnx_bytes(_export_copy(detector, "onnx", optimize, rewrite), (example,), **_onnx_interface(opset))
 
 
 def export_detector(
-    detector: GeneralizedRCNN,
-    path: PathLike,
-    format: str = "onnx",
-    input_size: Tuple[int, int] = (480, 640),
-    opset: int = MIN_OPSET,
-    optimize: bool = True,
-    rewrite: Optional[Dict[str, Any]] = None,
-    overwrite: bool = False,
+    detector: GeneralizedRCNN, path: PathLike, format: str = "onnx", input_size: Tuple[int, int] = (480, 640),
+    opset: int = MIN_OPSET, optimize: bool = True, rewrite: Optional[Dict[str, Any]] = None, overwrite: bool = False,
 ) -> Path:
-    """Write the whole detector (preprocessing .. postprocessing) as ONNX or TorchScript; returns the path.
-
-    ``input_size`` (height, width) is the size of the example image traced; the file accepts any size.
-    ``optimize`` exports the deploy copy (BatchNorm folded, ShuffleNet in the runtime's fastest form;
-    ``rewrite`` overrides the form, see ``deploy_rewrite``).
-    """
+    """Write the whole detector as ONNX or TorchScript; returns the path. Input ``image`` [3, H, W] (any H, W;
+    ``input_size`` is the trace's), outputs ``boxes``, ``labels``, ``scores``. ``optimize`` exports the deploy
+    copy (BatchNorm folded, ShuffleNet in the runtime's fastest form or ``rewrite``: ``deploy_rewrite``)."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got '{format}'")
     path = check_output_file(path, overwrite)
@@ -196,30 +140,19 @@ def export_detector(
     model = _export_copy(detector, format, optimize, rewrite)
     if format == "onnx":
         return export_onnx(model, (example,), path, overwrite=overwrite, **_onnx_interface(opset))
-    with warnings.catch_warnings():
-        # torchvision's tracing paths build tensors from traced sizes on purpose.
+    with warnings.catch_warnings():  # torchvision's tracing paths build tensors from traced sizes on purpose
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return export_torchscript(model, (example,), path, overwrite=overwrite)
 
 
-def _detector_session(onnx_model: Union[PathLike, bytes], threads: int):
-    """``create_ort_session``'s low-latency session, with idle worker threads sleeping instead of spinning.
-
-    The deployment path calls its box-head session once per few RoIs (75 calls per image): with
-    spinning workers and other processes on the cores, 2-thread runs of ShuffleNet 1x took 2.6-4.5 s
-    instead of 0.2 s (medians on the shared dev VM); without, 0.8-1.4 s at the same load. One thread
-    has no workers, so nothing changes there.
-    """
-    return create_ort_session(onnx_model, threads=threads, spinning=False)
-
-
 class OrtModule(nn.Module):
-    """A module whose forward runs an ONNX model in ONNX Runtime: tensors in, tensor or tuple out."""
+    """An ONNX model run in ONNX Runtime: tensors in, tensor or tuple out. Idle workers sleep, not spin: the box
+    head runs 75 times per image; spinning workers beside other processes made 2-thread runs 2.6-4.5 s, not 0.8-1.4."""
 
-    def __init__(self, onnx_model: bytes, threads: int = 1) -> None:
+    def __init__(self, onnx_model: Union[PathLike, bytes], threads: int = 1) -> None:
         super().__init__()
-        self.session = _detector_session(onnx_model, threads)
+        self.session = create_ort_session(onnx_model, threads=threads, spinning=False)
         self.input_names = [node.name for node in self.session.get_inputs()]
 
     def forward(self, *inputs: torch.Tensor):
@@ -228,86 +161,36 @@ class OrtModule(nn.Module):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-class OnnxDetector(nn.Module):
+class OnnxDetector(OrtModule):
     """An exported detector (``export_detector`` ONNX file or bytes) in ONNX Runtime, called like the
     torchvision detector in eval mode: a list of [3, H, W] images in, ``[{"boxes", "labels", "scores"}]`` out."""
 
-    def __init__(self, onnx_model: Union[PathLike, bytes], threads: int = 1) -> None:
-        super().__init__()
-        self.session = _detector_session(onnx_model, threads)
-
     def forward(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
-        detections = []
-        for image in images:
-            arrays = self.session.run(None, {"image": np.ascontiguousarray(image.detach().float().numpy())})
-            detections.append({name: torch.from_numpy(array) for name, array in zip(OUTPUT_NAMES, arrays)})
-        return detections
+        return [dict(zip(OUTPUT_NAMES, OrtModule.forward(self, image.float()))) for image in images]
 
 
-class _FeatureMap(nn.Module):
-    """C4Backbone's interface (``{name: map}``, ``out_channels``) around a trunk that returns a tensor."""
+class _Adapter(nn.Module):
+    """``function(module, *inputs)``: fits ``module`` to the interface its caller expects."""
 
-    def __init__(self, trunk: nn.Module, feature_name: str, out_channels: int) -> None:
+    def __init__(self, function: Callable, module: Optional[nn.Module] = None) -> None:
         super().__init__()
-        self.trunk = trunk
-        self.feature_name = feature_name
-        self.out_channels = out_channels
+        self.function = function
+        self.module = module
 
-    def forward(self, images: torch.Tensor):
-        return {self.feature_name: self.trunk(images)}
-
-
-class _RPNHeadPerLevel(nn.Module):
-    """torchvision RPNHead's interface (lists per feature level) around a two-output single-map module."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        outputs = [self.head(feature) for feature in features]
-        return [logits for logits, _ in outputs], [deltas for _, deltas in outputs]
-
-
-class _SingleMapRPNHead(nn.Module):
-    def __init__(self, rpn_head: nn.Module) -> None:
-        super().__init__()
-        self.rpn_head = rpn_head
-
-    def forward(self, feature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits, deltas = self.rpn_head([feature])
-        return logits[0], deltas[0]
-
-
-class _RoIsByImage(nn.Module):
-    """Stands in for ``box_roi_pool``: hands the feature map and the proposals to the box head, which
-    pools them chunk by chunk (a [300, 480, 14, 14] batch of pooled RoIs is 113 MB, far beyond cache)."""
-
-    def __init__(self, feature_name: str) -> None:
-        super().__init__()
-        self.feature_name = feature_name
-
-    def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        proposals: List[torch.Tensor],
-        image_shapes: Optional[List[Tuple[int, int]]] = None,
-    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        return features[self.feature_name], proposals
+    def forward(self, *inputs):
+        return self.function(self.module, *inputs)
 
 
 class PooledBoxHead(nn.Module):
-    """RoIAlign and the per-RoI head, run on ``chunk`` RoIs at a time through one reused buffer.
+    """RoIAlign as two small matrix products per RoI (``detection.roi_align``: torchvision's ``roi_align`` to float
+    rounding, with ``pooler``'s settings) and the per-RoI head, ``chunk`` RoIs at a time through one buffer.
 
-    ``forward((feature_map, proposals))`` returns the head's [R, D] features. ``head`` takes
-    channels-last pooled RoIs [chunk, S, S, C]; the last chunk is padded (its extra rows are dropped).
-    Small chunks keep the head's activations in the core's cache: chunks of 2-8 RoIs ran the ShuffleNet
-    1x head about 1.6x faster than all 300 RoIs at once in ONNX Runtime (docs/speed.md).
+    ``forward((feature_map, proposals))`` returns the head's [R, D] features; ``head`` takes channels-last
+    pooled RoIs [chunk, S, S, C] (the last chunk's extra rows are dropped). Small chunks keep the head's
+    activations in cache: chunks of 2-8 RoIs ran the ShuffleNet 1x head about 1.6x faster than all 300.
     """
 
-    def __init__(
-        self, pooler: SeparableRoIAlign, head: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4
-    ) -> None:
+    def __init__(self, pooler: RoIPooler, head: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4) -> None:
         super().__init__()
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
@@ -317,35 +200,47 @@ class PooledBoxHead(nn.Module):
 
     def forward(self, rois: Tuple[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
         feature_map, proposals = rois
-        plan = self.pooler.plan(feature_map, proposals)
-        size = self.pooler.output_size
-        buffer = feature_map.new_zeros(self.chunk, size, size, plan.channels)
+        pooler, size = self.pooler, self.pooler.output_size
+        windows = []  # per RoI: its channels-last window of the map and weights, or None
+        for image, boxes in enumerate(proposals):
+            hwc = feature_map[image].permute(1, 2, 0).contiguous()
+            for window in roi_windows(boxes, image, hwc.shape[0], hwc.shape[1], size, pooler.spatial_scale,
+                                      pooler.sampling_ratio, pooler.aligned):
+                if window is None:  # the RoI lies entirely outside the map
+                    windows.append(None)
+                    continue
+                _, top, bottom, left, right, row_weights, column_weights = window
+                windows.append((hwc[top:bottom, left:right].reshape(bottom - top, -1), row_weights, column_weights))
+        buffer = feature_map.new_zeros(self.chunk, size, size, feature_map.shape[1])
         outputs = []
-        for start in range(0, len(plan), self.chunk):
-            stop = min(start + self.chunk, len(plan))
-            self.pooler.pool_into(plan, start, stop, buffer)
-            outputs.append(self.head(buffer)[: stop - start])
+        for start in range(0, len(windows), self.chunk):
+            chunk = windows[start : start + self.chunk]
+            for window, pooled in zip(chunk, buffer):
+                if window is None:
+                    pooled.zero_()  # RoIAlign gives zeros
+                else:
+                    pool_window(*window, pooled)
+            outputs.append(self.head(buffer)[: len(chunk)])
         return torch.cat(outputs) if outputs else self.head(buffer)[:0]
 
 
-class _ChannelsLastInput(nn.Module):
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.permute(0, 3, 1, 2))
+def nms_first_k(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, k: Optional[int] = None, block: int = 128
+) -> torch.Tensor:
+    """``torchvision.ops.nms(boxes, scores, iou_threshold)[:k]`` (all if k is None), computing only what the
+    first ``k`` kept boxes depend on (``greedy_nms_first_k``); ties in score keep index order."""
+    limit = len(boxes) if k is None else max(min(k, len(boxes)), 0)
+    everything = torch.ones(1, len(boxes), dtype=torch.bool, device=boxes.device)
+    indices, counts = greedy_nms_first_k(boxes[None], scores[None], everything, iou_threshold, limit, block)
+    return indices[0, : int(counts[0])]
 
 
 def batched_nms_first_k(
     boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float, k: int
 ) -> torch.Tensor:
-    """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:k]`` (NMS within each group),
-    computing only the first ``k`` + 1 kept boxes of each group (``nms_first_k``).
-
-    torchvision orders the kept boxes of several groups, or of over 1000 boxes, with an unstable sort:
-    where equal scores decide the order or the cut at ``k``, this falls back to torchvision's call.
-    """
+    """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:k]``, computing only the first
+    ``k`` + 1 kept boxes of each group. torchvision orders kept boxes of several groups, or of over 1000
+    boxes, with an unstable sort: where equal scores decide the order or the cut, this calls torchvision."""
     kept = [
         members[nms_first_k(boxes[members], scores[members], iou_threshold, k + 1)]
         for members in (torch.nonzero(groups == group).flatten() for group in torch.unique(groups))
@@ -359,12 +254,8 @@ def batched_nms_first_k(
 
 
 class EarlyStopRPN(BatchedProposalRPN):
-    """torchvision's RPN whose NMS stops at POST_NMS_TOPK_TEST kept boxes, image by image.
-
-    Same steps and the same proposals in the same order as torchvision's ``filter_proposals``, ties in
-    score included (``batched_nms_first_k``); only the NMS skips what the cut-off drops (6000 boxes: about
-    65 ms less per image on one core).
-    """
+    """torchvision's RPN whose NMS stops at POST_NMS_TOPK_TEST kept boxes, image by image: the same proposals
+    in the same order, ties in score included (6000 boxes: about 65 ms less per image on one core)."""
 
     def select(
         self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor
@@ -375,43 +266,40 @@ class EarlyStopRPN(BatchedProposalRPN):
         )
 
 
+def _per_level(head: nn.Module, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    outputs = [head(feature) for feature in features]
+    return [logits for logits, _ in outputs], [deltas for _, deltas in outputs]
+
+
 def deploy_detector(
-    detector: GeneralizedRCNN,
-    threads: int = 1,
-    roi_chunk: int = 4,
-    example_size: Tuple[int, int] = (320, 320),
+    detector: GeneralizedRCNN, threads: int = 1, roi_chunk: int = 4, example_size: Tuple[int, int] = (320, 320),
     opset: int = MIN_OPSET,
 ) -> GeneralizedRCNN:
     """A copy of ``detector`` (eval mode, same call and outputs) for fast CPU inference.
 
-    The trunk (dynamic height / width), the RPN head and the per-RoI box head run in ONNX Runtime
-    sessions (``threads`` intra-op threads) exported from the deploy copy (``deploy_rewrite(...,
-    "onnxruntime")``: BatchNorm folded, shuffle as a Gather, channels padded to ONNX Runtime's
-    blocks). RoIAlign is ``SeparableRoIAlign``, run with the box head on ``roi_chunk`` RoIs at a time
-    (``PooledBoxHead``). Resizing, anchors, proposal selection, NMS, the box predictor and
-    postprocessing stay torchvision's (on torch's own threads, ``torch.set_num_threads``).
-    ``example_size`` is the trunk's trace size (any works). The copy holds ONNX Runtime sessions: it
-    cannot be deep-copied or pickled; build it again from ``detector`` instead.
+    The trunk (dynamic height / width, traced at ``example_size``), the RPN head and the per-RoI box head
+    run in ONNX Runtime sessions (``threads`` intra-op threads) exported from ``deploy_rewrite(...,
+    "onnxruntime")``; RoIAlign runs with the box head on ``roi_chunk`` RoIs at a time (``PooledBoxHead``);
+    the RPN is ``EarlyStopRPN``. The rest stays torchvision's (on torch's threads). The copy holds
+    ONNX Runtime sessions: it cannot be deep-copied or pickled; build it again from ``detector`` instead.
     """
     deployed = apply_speed_forms(deploy_rewrite(detector, "onnxruntime"), **PLAIN)
-    backbone, roi_heads = deployed.backbone, deployed.roi_heads
-    height, width = example_size
-    image = torch.zeros(1, 3, height, width)
+    backbone, roi_heads, name = deployed.backbone, deployed.roi_heads, deployed.backbone.feature_name
+    image = torch.zeros(1, 3, *example_size)
     with torch.no_grad():
-        feature = backbone(image)[backbone.feature_name]
+        feature = backbone(image)[name]
     trunk = OrtModule(onnx_bytes(backbone.body, image, opset=opset), threads)
-    deployed.backbone = _FeatureMap(trunk, backbone.feature_name, backbone.out_channels)
-    rpn_head = onnx_bytes(_SingleMapRPNHead(deployed.rpn.head), feature, opset=opset)
-    deployed.rpn.head = _RPNHeadPerLevel(OrtModule(rpn_head, threads))
-    # Same state, one method replaced (the RPN's constructor cannot take an existing RPN's parts).
-    deployed.rpn.__class__ = EarlyStopRPN
+    deployed.backbone = _Adapter(lambda body, images: {name: body(images)}, trunk)
+    rpn_head = _Adapter(lambda head, x: tuple(per_level[0] for per_level in head([x])), deployed.rpn.head)
+    deployed.rpn.head = _Adapter(_per_level, OrtModule(onnx_bytes(rpn_head, feature, opset=opset), threads))
+    deployed.rpn.__class__ = EarlyStopRPN  # same state, one method replaced
 
     pool = roi_heads.box_roi_pool
-    pooler = SeparableRoIAlign(
-        pool.feature_name, pool.output_size, pool.spatial_scale, pool.sampling_ratio, pool.aligned
-    )
     rois = torch.zeros(roi_chunk, pool.output_size, pool.output_size, feature.shape[1])
-    head = onnx_bytes(_ChannelsLastInput(roi_heads.box_head), rois, dynamic=False, opset=opset)
-    roi_heads.box_roi_pool = _RoIsByImage(pool.feature_name)
-    roi_heads.box_head = PooledBoxHead(pooler, OrtModule(head, threads), roi_chunk)
+    head = _Adapter(lambda box_head, x: box_head(x.permute(0, 3, 1, 2)), roi_heads.box_head)  # channels last in
+    head = OrtModule(onnx_bytes(head, rois, dynamic=False, opset=opset), threads)
+    # The box head pools the RoIs chunk by chunk ([300, 480, 14, 14] pooled RoIs are 113 MB, far beyond
+    # cache): box_roi_pool only hands it the feature map and the proposals.
+    roi_heads.box_roi_pool = _Adapter(lambda _, features, proposals, image_shapes=None: (features[name], proposals))
+    roi_heads.box_head = PooledBoxHead(pool, head, roi_chunk)
     return deployed.eval()

@@ -1,8 +1,6 @@
-"""Export any module to ONNX or TorchScript, and open ONNX models in ONNX Runtime with tuned options.
+"""Export any module to ONNX or TorchScript, and open ONNX models in ONNX Runtime tuned for latency.
 
-The helpers take a plain ``nn.Module`` and example inputs, so classifiers, trunks and (later) the
-detector go through the same code. Files are written atomically and never replace an existing file
-unless ``overwrite=True``.
+Files are written atomically and never replace an existing file unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -18,21 +16,14 @@ from torch import nn
 from ..utils.io import PathLike, atomic_write, check_output_file
 
 MIN_OPSET = 17
+ORT_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}  # ONNX Runtime's graph optimization levels by name
 # One tensor or a tuple of positional arguments (tensors, or e.g. a list of images for a detector).
 Inputs = Union[torch.Tensor, Tuple[object, ...]]
-OnnxModel = Union[PathLike, bytes]
 
 
 def _as_tuple(example_inputs: Inputs) -> Tuple[object, ...]:
     return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-
-
-def _input_names(inputs: Tuple[object, ...], names: Optional[Sequence[str]]) -> list:
-    if names is not None:
-        if len(names) != len(inputs):
-            raise ValueError(f"{len(names)} input names for {len(inputs)} example inputs")
-        return list(names)
-    return ["input"] if len(inputs) == 1 else [f"input{i}" for i in range(len(inputs))]
 
 
 def onnx_bytes(
@@ -46,14 +37,15 @@ def onnx_bytes(
 ) -> bytes:
     """The ONNX serialization of ``model`` (in eval mode) traced with ``example_inputs``.
 
-    ``dynamic`` marks batch, height and width of every 4-D input as free; ``dynamic_axes`` (input or
-    output name -> {axis: symbol}) adds or overrides axes, e.g. for a detector's variable-length
-    outputs. A static export (``dynamic=False``) lets ONNX Runtime plan memory and fuse more.
+    ``dynamic`` frees batch, height and width of every 4-D input (static graphs let ONNX Runtime plan
+    memory and fuse more); ``dynamic_axes`` ({name: {axis: symbol}}) adds or overrides axes.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
     inputs = _as_tuple(example_inputs)
-    names = _input_names(inputs, input_names)
+    if input_names is not None and len(input_names) != len(inputs):
+        raise ValueError(f"{len(input_names)} input names for {len(inputs)} example inputs")
+    names = list(input_names or (["input"] if len(inputs) == 1 else [f"input{i}" for i in range(len(inputs))]))
     axes: Dict[str, Dict[int, str]] = {}
     if dynamic:
         for name, tensor in zip(names, inputs):
@@ -66,33 +58,20 @@ def onnx_bytes(
     model.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript-based exporter is used on purpose: the dynamo exporter needs onnxscript.
+            # The TorchScript-based exporter on purpose: the dynamo exporter needs onnxscript.
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                inputs,
-                buffer,
-                dynamo=False,
-                opset_version=opset,
-                input_names=names,
-                output_names=list(output_names) if output_names else None,
-                dynamic_axes=axes or None,
-                do_constant_folding=True,
-            )
+            torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=opset, input_names=names,
+                              output_names=list(output_names) if output_names else None,
+                              dynamic_axes=axes or None, do_constant_folding=True)
     finally:
         model.train(was_training)
     return buffer.getvalue()
 
 
 def export_onnx(
-    model: nn.Module,
-    example_inputs: Inputs,
-    path: PathLike,
-    overwrite: bool = False,
-    check: bool = True,
-    **kwargs,
+    model: nn.Module, example_inputs: Inputs, path: PathLike, overwrite: bool = False, check: bool = True, **kwargs
 ) -> Path:
-    """Write ``model`` as an ONNX file (see ``onnx_bytes`` for the keyword arguments); returns the path."""
+    """Write ``model`` as a checked ONNX file (keyword arguments: ``onnx_bytes``); returns the path."""
     path = check_output_file(path, overwrite)
     data = onnx_bytes(model, example_inputs, **kwargs)
     if check:
@@ -102,37 +81,19 @@ def export_onnx(
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), overwrite=overwrite)
 
 
-def torchscript_module(
-    model: nn.Module, example_inputs: Inputs, method: str = "trace", freeze: bool = True
-) -> torch.jit.ScriptModule:
-    """``model`` compiled to TorchScript by tracing (any model) or scripting; frozen for inference by default.
-
-    TorchScript is deprecated in recent torch releases but still the format C++ / mobile runtimes
-    load; its deprecation warnings are silenced here.
-    """
-    if method not in ("trace", "script"):
-        raise ValueError(f"method must be 'trace' or 'script', got '{method}'")
+def torchscript_module(model: nn.Module, example_inputs: Inputs) -> torch.jit.ScriptModule:
+    """``model`` traced to TorchScript (deprecated in torch, still what C++ / mobile runtimes load; its
+    warnings are silenced) and frozen for inference."""
     model = model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        if method == "trace":
-            scripted = torch.jit.trace(model, _as_tuple(example_inputs), check_trace=False)
-        else:
-            scripted = torch.jit.script(model)
-        return torch.jit.freeze(scripted) if freeze else scripted
+        return torch.jit.freeze(torch.jit.trace(model, _as_tuple(example_inputs), check_trace=False))
 
 
-def export_torchscript(
-    model: nn.Module,
-    example_inputs: Inputs,
-    path: PathLike,
-    method: str = "trace",
-    freeze: bool = True,
-    overwrite: bool = False,
-) -> Path:
-    """Write ``model`` as a TorchScript archive (load it with ``torch.jit.load``); returns the path."""
+def export_torchscript(model: nn.Module, example_inputs: Inputs, path: PathLike, overwrite: bool = False) -> Path:
+    """Write ``model`` as a TorchScript archive (``torchscript_module``; load with ``torch.jit.load``)."""
     path = check_output_file(path, overwrite)
-    scripted = torchscript_module(model, example_inputs, method=method, freeze=freeze)
+    scripted = torchscript_module(model, example_inputs)
 
     def save(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -143,43 +104,31 @@ def export_torchscript(
 
 
 def create_ort_session(
-    model: OnnxModel,
+    model: Union[PathLike, bytes],
     threads: int = 1,
     optimization: str = "all",
-    optimized_model_path: Optional[PathLike] = None,
     profile_prefix: Optional[str] = None,
     spinning: bool = True,
 ):
-    """An ONNX Runtime CPU session for an ONNX file or serialized model, tuned for low latency.
+    """An ONNX Runtime CPU session for an ONNX file or serialized model, one request at a time.
 
-    ``optimization`` is ONNX Runtime's graph level: "none", "basic", "extended" or "all" ("all" adds
-    the x86 NCHWc layout transforms and conv+add+activation fusions). ``threads`` sets the intra-op
-    pool; inter-op parallelism stays off (one request at a time). ``optimized_model_path`` saves the
-    optimized graph for inspection (it is specific to this machine's instruction set).
-    ``profile_prefix`` turns on ONNX Runtime's per-node profiler (``session.end_profiling()`` returns
-    the JSON file). ``spinning=False`` lets idle worker threads sleep instead of spinning: slower to
-    wake, but far steadier for sessions called many times per request on a busy machine.
+    ``optimization``: graph level "none", "basic", "extended" or "all" (adds the x86 NCHWc layouts and
+    conv+add+activation fusions); ``threads``: the intra-op pool; ``profile_prefix`` turns on the per-node
+    profiler (``session.end_profiling()`` returns the JSON file); ``spinning=False`` lets idle workers sleep
+    (slower to wake, far steadier for sessions called many times per request on a busy machine).
     """
     import onnxruntime as ort
 
-    levels = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if optimization not in levels:
-        raise ValueError(f"optimization must be one of {sorted(levels)}, got '{optimization}'")
+    if optimization not in ORT_LEVELS:
+        raise ValueError(f"optimization must be one of {sorted(ORT_LEVELS)}, got '{optimization}'")
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     options = ort.SessionOptions()
-    options.graph_optimization_level = levels[optimization]
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[optimization])
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if optimized_model_path is not None:
-        options.optimized_model_filepath = str(optimized_model_path)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -1,9 +1,7 @@
 """Run a model in one of several CPU backends behind one interface, for benchmarks and checks.
 
-A ``Runner`` separates converting the input (``prepare``, done once) from the call that is timed
-(``run``). Every backend but "eager" runs a deploy copy (``deploy_rewrite``): BatchNorm folded and
-ShuffleNet's shuffle / grouped 1x1 convs in the form that measured fastest for that backend
-(docs/speed.md has the measurements). The user's model is never modified.
+Every backend but "eager" runs a deploy copy (``deploy_rewrite``) in its fastest measured form
+(docs/speed.md); the user's model is never modified.
 """
 
 from __future__ import annotations
@@ -19,25 +17,24 @@ from .fuse import optimize_shufflenet
 
 BACKENDS = ("eager", "eager_optimized", "torchscript", "compile", "onnxruntime")
 
-# The fastest exact rewrite per backend (python -m benchmarks.table8 --variants; docs/speed.md). Dense
-# block-diagonal 1x1 convs and folding the shuffle into them lose everywhere (3x the multiply-adds).
-# In PyTorch, batched matmuls beat its grouped conv kernels for the small models and tie for 2x. In
-# ONNX Runtime grouped convs win; the shuffle as one Gather avoids ONNX's shape arithmetic, and
-# zero-channel padding to its 16-channel blocks (align) lets whole units, or at least their
-# depthwise convs, run in blocked kernels.
+# The fastest exact rewrite per backend (python -m benchmarks.table8 --variants). Dense block-diagonal
+# 1x1 convs and folding the shuffle into them lose everywhere (3x the multiply-adds). In PyTorch batched
+# matmuls beat grouped conv kernels for the small models and tie for 2x. In ONNX Runtime grouped convs win;
+# the shuffle as one Gather avoids ONNX's shape arithmetic, and zero-channel padding to its 16-channel
+# blocks (align) lets whole units, or at least their depthwise convs, run in blocked kernels.
 BEST_REWRITE: Dict[str, Dict[str, Any]] = {
     "eager_optimized": {"pointwise": "matmul", "shuffle": "reshape"},
     "torchscript": {"pointwise": "matmul", "shuffle": "reshape"},
     "compile": {"pointwise": "grouped", "shuffle": "reshape"},
     "onnxruntime": {"pointwise": "grouped", "shuffle": "gather", "align": 16},
 }
-# Backends that run in channels_last memory format (faster oneDNN convolutions).
-CHANNELS_LAST = ("eager_optimized", "torchscript")
+CHANNELS_LAST = ("eager_optimized", "torchscript")  # faster oneDNN convolutions
 
 
 @dataclass
 class Runner:
-    """``run(prepare(x))`` is the forward pass; ``runner(x)`` does both and returns a torch tensor."""
+    """``run(prepare(x))`` is the forward pass (``prepare`` converts the input, untimed); ``runner(x)`` does
+    both and returns a torch tensor."""
 
     backend: str
     prepare: Callable[[torch.Tensor], Any]
@@ -51,21 +48,11 @@ class Runner:
 
 
 def deploy_rewrite(model: nn.Module, backend: str, rewrite: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """A copy of ``model`` for ``backend``: BatchNorm folded, ShuffleNet in the backend's fastest form.
-
-    ``rewrite`` (``optimize_shufflenet`` keyword arguments) overrides the form, to compare variants.
-    """
+    """A copy of ``model`` with BatchNorm folded and ShuffleNet in ``backend``'s fastest form, or in ``rewrite``
+    (``optimize_shufflenet`` keyword arguments)."""
     if backend not in BEST_REWRITE:
         raise ValueError(f"no deploy rewrite for backend '{backend}'; choose from {sorted(BEST_REWRITE)}")
     return optimize_shufflenet(model, **(BEST_REWRITE[backend] if rewrite is None else rewrite))
-
-
-def _inference(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return module(x)
-
-    return run
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -82,28 +69,26 @@ def create_runner(
 ) -> Runner:
     """Prepare ``model`` for ``backend`` ("eager" runs it as given, in eval mode).
 
-    ``example_input`` fixes the input size for tracing, compiling and ONNX export; with
-    ``static_shape`` the ONNX graph is specialized to that size (faster in ONNX Runtime), otherwise
-    height and width stay free. ``threads`` sets torch's intra-op threads (process-wide) or the
-    ONNX Runtime session's. ``rewrite`` overrides the backend's ShuffleNet form (see ``deploy_rewrite``).
+    ``example_input`` fixes the size for tracing, compiling and ONNX export (with ``static_shape`` the ONNX
+    graph keeps it: faster). ``threads``: torch's intra-op threads (process-wide) or the ONNX Runtime
+    session's. ``rewrite`` overrides the backend's ShuffleNet form (``deploy_rewrite``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     torch.set_num_threads(threads)
     if backend == "eager":
-        return Runner(backend, lambda x: x.contiguous(), _inference(model.eval()))
+        return Runner(backend, lambda x: x.contiguous(), torch.inference_mode()(model.eval()))
     deployed = deploy_rewrite(model, backend, rewrite)
     if backend in CHANNELS_LAST:
         deployed = deployed.to(memory_format=torch.channels_last)
         example_input = _channels_last(example_input)
     if backend == "eager_optimized":
-        return Runner(backend, _channels_last, _inference(deployed))
+        return Runner(backend, _channels_last, torch.inference_mode()(deployed))
     if backend == "torchscript":
-        scripted = torchscript_module(deployed, example_input)
-        return Runner(backend, _channels_last, _inference(scripted))
+        return Runner(backend, _channels_last, torch.inference_mode()(torchscript_module(deployed, example_input)))
     if backend == "compile":
         compiled = torch.compile(deployed, mode="max-autotune-no-cudagraphs", dynamic=not static_shape)
-        return Runner(backend, lambda x: x.contiguous(), _inference(compiled))
+        return Runner(backend, lambda x: x.contiguous(), torch.inference_mode()(compiled))
     return ort_runner(onnx_bytes(deployed, example_input, dynamic=not static_shape), threads=threads)
 
 
@@ -111,8 +96,5 @@ def ort_runner(onnx_model: Union[bytes, str], threads: int = 1, optimization: st
     """A Runner for a single-input ONNX model (file path or serialized bytes) in ONNX Runtime."""
     session = create_ort_session(onnx_model, threads=threads, optimization=optimization)
     input_name = session.get_inputs()[0].name
-    return Runner(
-        "onnxruntime",
-        lambda x: {input_name: x.detach().contiguous().numpy()},
-        lambda feed: session.run(None, feed),
-    )
+    return Runner("onnxruntime", lambda x: {input_name: x.detach().contiguous().numpy()},
+                  lambda feed: session.run(None, feed))

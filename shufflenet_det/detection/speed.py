@@ -1,21 +1,7 @@
-"""Faster forms of a built C4 detector, applied in place by ``apply_speed_forms``.
-
-The detector's modules compute plainly (conv -> norm -> act, torchvision's RoIAlign and RPN, the head
-as stages -> mean). Each form here replaces modules of a built detector by ones that compute the
-same outputs and gradients (tests compare both) and hold the same parameters and buffers under the
-same names, so checkpoints save and load alike in every form:
-
-- convs: ``modeling.speed.apply_conv_form`` (FrozenBN folded, dense grouped 1x1 convs on GPUs);
-- RoIAlign: ``SeparableRoIPooler``, two small matrix products per RoI (``roi_align.py``): a several
-  times faster backward on CPUs, slow on GPUs;
-- RPN: ``BatchedProposalRPN``, proposal selection for all images at once (``proposals.py``);
-- per-RoI head: ``FastBoxHead``, in GPU inference RoI counts padded to buckets of ``ROI_BUCKET`` (cuDNN
-  plans every new input shape anew; without buckets nearly every image brings a new RoI count: an
-  H100 evaluated the quickstart model at 0.12 s per image, 6x its training step), and with
-  ``recompute`` a training head run on ``RECOMPUTE_CHUNK`` RoIs at a time that keeps none of their
-  activations (nor pooled RoIs, with ``DeferringRoIPooler``): backward runs each slice again.
-
-``speed_options(cfg)`` reads SHUFFLENET_DET.{CONV_IMPL, ROI_ALIGN_IMPL, RPN_NMS_IMPL, RECOMPUTE_BOX_HEAD}.
+"""Faster forms of a built C4 detector, applied in place by ``apply_speed_forms``: the same outputs and gradients
+(tests compare both) from the same parameters and buffers under the same names, so checkpoints load alike in
+every form. Convs: ``apply_conv_form``; RoIAlign: ``SeparableRoIPooler`` (a several times faster backward on
+CPUs, slow on GPUs); RPN: ``BatchedProposalRPN`` (all images at once); per-RoI head: ``FastBoxHead``.
 """
 
 from __future__ import annotations
@@ -36,9 +22,10 @@ from .roi_align import separable_roi_align
 
 Device = Union[str, torch.device, None]
 
-# "auto": separable for CPU tensors, torchvision's kernels otherwise.
-ROI_ALIGN_IMPLS = ("auto", "torchvision", "separable")
+ROI_ALIGN_IMPLS = ("auto", "torchvision", "separable")  # "auto": separable for CPU tensors
 RPN_NMS_IMPLS = ("torchvision", "batched")
+# GPU inference pads RoI counts to multiples of ROI_BUCKET: cuDNN plans every new input shape anew (without
+# buckets an H100 evaluated the quickstart model at 0.12 s per image, 6x its training step).
 ROI_BUCKET = 64
 # RoIs per recomputed slice: bounds the activations alive at once in backward (ShuffleNet 1x in
 # bfloat16: about 1.1 MB per RoI, 2x about twice that).
@@ -48,10 +35,7 @@ PLAIN = dict(conv="modules", roi_align="torchvision", rpn_nms="torchvision", rec
 
 
 class DeferredRoIs:
-    """RoIs to be pooled later, any slice at a time: ``pooled(start, stop)`` is [stop - start, C, S, S].
-
-    ``rois`` is [R, 5]: image index, then XYXY in image pixels (torchvision's ``roi_align`` format).
-    """
+    """RoIs [R, 5] (image index, XYXY) to pool later, a slice at a time: ``pooled(start, stop)`` [n, C, S, S]."""
 
     def __init__(self, pool: Callable[[torch.Tensor], torch.Tensor], rois: torch.Tensor) -> None:
         self.pool = pool
@@ -76,8 +60,7 @@ class SeparableRoIPooler(RoIPooler):
 
 
 class DeferringRoIPooler(RoIPooler):
-    """``pooler``, except that training-mode calls that record gradients return ``DeferredRoIs``, for a
-    recomputing ``FastBoxHead`` to pool a slice at a time."""
+    """``pooler``, except that training calls recording gradients return ``DeferredRoIs`` (for a recomputing head)."""
 
     def __init__(self, pooler: RoIPooler) -> None:
         super().__init__(pooler.feature_name, pooler.output_size, pooler.spatial_scale, pooler.sampling_ratio, pooler.aligned)
@@ -96,8 +79,9 @@ class DeferringRoIPooler(RoIPooler):
 
 class FastBoxHead(C4BoxHead):
     """``C4BoxHead`` with RoI-count buckets of ``roi_bucket`` in inference (0: none; the padding RoIs are
-    zeros, dropped from the output, and eval-mode layers treat RoIs independently) and, with
-    ``recompute``, training on ``recompute_chunk`` RoIs at a time under activation checkpointing."""
+    zeros, dropped from the output; eval-mode layers treat RoIs independently) and, with ``recompute``,
+    training on ``recompute_chunk`` RoIs at a time under activation checkpointing, keeping none of their
+    activations (nor pooled RoIs, with ``DeferringRoIPooler``): backward runs each slice again."""
 
     recompute_chunk = RECOMPUTE_CHUNK
 
@@ -130,16 +114,14 @@ class FastBoxHead(C4BoxHead):
 
 
 def fast_box_head(head: C4BoxHead, recompute: bool = False, device: Device = None) -> C4BoxHead:
-    """The per-RoI head in its form for ``device`` (buckets on CUDA) and ``recompute``; the plain head
-    if neither applies. Shares ``head``'s modules."""
+    """The per-RoI head (sharing ``head``'s modules) with buckets on CUDA and ``recompute``; plain if neither."""
     bucket = ROI_BUCKET if torch.device(device or "cpu").type == "cuda" else 0
     plain = C4BoxHead(head, head.out_channels)
     return (FastBoxHead(plain, bucket, recompute) if bucket or recompute else plain).train(head.training)
 
 
 def fast_pooler(pooler: RoIPooler, roi_align: str = "auto", defer: bool = False, device: Device = None) -> RoIPooler:
-    """The pooler with RoIAlign in form ``roi_align`` (``ROI_ALIGN_IMPLS``, "auto" by ``device``),
-    deferring in training when ``defer`` (for a recomputing head)."""
+    """The pooler with RoIAlign in form ``roi_align`` ("auto" by ``device``), deferring in training if ``defer``."""
     if roi_align not in ROI_ALIGN_IMPLS:
         raise ValueError(f"unknown RoIAlign form '{roi_align}': expected one of {', '.join(ROI_ALIGN_IMPLS)}")
     while isinstance(pooler, DeferringRoIPooler):
@@ -159,9 +141,8 @@ def apply_speed_forms(
     recompute_box_head: bool = False,
     device: Device = None,
 ) -> nn.Module:
-    """Rewrite a built C4 detector (``FasterRCNNC4``) into the given forms for running on ``device``
-    (default CPU), in place; returns it. Earlier forms are replaced, so ``**PLAIN`` restores the
-    detector as built. Apply it last, after weights are loaded and the model is on ``device``."""
+    """Rewrite a built C4 detector into these forms for ``device`` (default CPU), in place; returns it.
+    Earlier forms are replaced (``**PLAIN``: as built). Apply it last, after weights and ``.to(device)``."""
     if rpn_nms not in RPN_NMS_IMPLS:
         raise ValueError(f"unknown RPN NMS form '{rpn_nms}': expected one of {', '.join(RPN_NMS_IMPLS)}")
     apply_conv_form(model, conv, device)
@@ -176,16 +157,8 @@ def apply_speed_forms(
 def speed_options(cfg: CfgNode) -> Dict[str, Any]:
     """``apply_speed_forms``' options from SHUFFLENET_DET (ConfigError for a value it does not know)."""
     options = cfg.SHUFFLENET_DET
-    for key, value, known in (
-        ("CONV_IMPL", options.CONV_IMPL, CONV_IMPLS),
-        ("ROI_ALIGN_IMPL", options.ROI_ALIGN_IMPL, ROI_ALIGN_IMPLS),
-        ("RPN_NMS_IMPL", options.RPN_NMS_IMPL, RPN_NMS_IMPLS),
-    ):
-        if value not in known:
-            raise ConfigError(f"SHUFFLENET_DET.{key} must be one of {', '.join(known)}, got {value!r}")
-    return dict(
-        conv=options.CONV_IMPL,
-        roi_align=options.ROI_ALIGN_IMPL,
-        rpn_nms=options.RPN_NMS_IMPL,
-        recompute_box_head=bool(options.RECOMPUTE_BOX_HEAD),
-    )
+    for key, known in (("CONV_IMPL", CONV_IMPLS), ("ROI_ALIGN_IMPL", ROI_ALIGN_IMPLS), ("RPN_NMS_IMPL", RPN_NMS_IMPLS)):
+        if options[key] not in known:
+            raise ConfigError(f"SHUFFLENET_DET.{key} must be one of {', '.join(known)}, got {options[key]!r}")
+    return dict(conv=options.CONV_IMPL, roi_align=options.ROI_ALIGN_IMPL, rpn_nms=options.RPN_NMS_IMPL,
+                recompute_box_head=bool(options.RECOMPUTE_BOX_HEAD))

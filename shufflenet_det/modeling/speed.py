@@ -1,21 +1,11 @@
-"""Faster forms of ``ConvNormAct`` and ShuffleNet's shuffle, applied to a built model (``apply_conv_form``).
+"""Faster forms of ``ConvNormAct`` and ShuffleNet's shuffle, applied in place to a built model (``apply_conv_form``).
 
-The networks' modules compute the paper's maths plainly. A form rewrites a built model in place into
-modules that compute the same function and the same gradients (tests compare both) with fewer or
-better-suited kernels; the modules keep their names, parameters and buffers, so state dicts and
-checkpoints are the same in every form. Forms (``CONV_IMPLS``, the values of SHUFFLENET_DET.CONV_IMPL):
-
-- "modules": as built.
-- "folded": a FrozenBatchNorm2d is folded into its conv's weight and bias at each call: one kernel,
-  no separate norm output (float32 under autocast), and gradients still reach the conv weight.
-  Trainable BatchNorm stays a module after the conv.
-- "dense": folded, and grouped 1x1 convs run as ordinary ones with a block-diagonal weight (GPU
-  matrix units run those far better than grouped kernels; on a CPU they cost about 1.5x more). Where
-  a unit's ``compress`` then is a folded ungrouped conv, the shuffle becomes the order of its weight's
-  rows (no separate copy).
-- "auto": "dense" on CUDA devices, else "folded".
-
-Hooks on the conv modules (``analysis.count_mult_adds_while``) see them run only in "modules".
+Forms swap module classes only (same state dict keys, outputs and gradients; tests compare both).
+``CONV_IMPLS`` (SHUFFLENET_DET.CONV_IMPL): "modules" as built (the only form whose convs forward hooks see);
+"folded": FrozenBatchNorm2d folded into the conv weight at each call (one kernel; trainable BN stays a module);
+"dense": folded, grouped 1x1 convs as block-diagonal dense ones (far better on GPU matrix units, about 1.5x
+slower on CPUs) and the shuffle as the row order of a folded ungrouped ``compress``; "auto": "dense" on CUDA,
+else "folded".
 """
 
 from __future__ import annotations
@@ -40,25 +30,21 @@ def block_diagonal_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.block_diag(*blocks).reshape(out_channels, in_per_group * groups, 1, 1)
 
 
-def fold_norm(weight: torch.Tensor, bias: Optional[torch.Tensor], norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Conv weight and bias that compute ``norm(conv(x))`` in one convolution, for a FrozenBatchNorm2d
-    or an eval-mode BatchNorm (differentiable in ``weight`` and ``bias``)."""
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_mean is None:
-        raise ValueError(f"{type(norm).__name__} without running statistics cannot be folded")
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
+def fold_norm(
+    weight: torch.Tensor, bias: Optional[torch.Tensor], norm: FrozenBatchNorm2d
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight and bias computing ``norm(conv(x))``; differentiable in both, unlike torch's
+    ``fuse_conv_bn_weights``, which returns new leaf Parameters."""
+    scale = torch.rsqrt(norm.running_var + norm.eps) * norm.weight
+    shift = -norm.running_mean * scale + norm.bias
     if bias is not None:
         shift = shift + bias * scale
     return weight * scale.reshape(-1, 1, 1, 1), shift
 
 
 class FoldedConvNormAct(ConvNormAct):
-    """A ConvNormAct computed as one convolution: FrozenBatchNorm2d folded into the weight at each call,
-    ``dense`` grouped 1x1 convs with a block-diagonal weight, output channels in ``output_order``."""
+    """A ConvNormAct as one convolution: FrozenBatchNorm2d folded into the weight at each call, ``dense``
+    grouped 1x1 convs with a block-diagonal weight, output channels in ``output_order``."""
 
     dense = False
 
@@ -79,10 +65,10 @@ class FoldedConvNormAct(ConvNormAct):
 
 
 class FoldedShuffle(ChannelShuffle):
-    """A shuffle done already by the ``compress`` conv before it (its ``output_order``): passes ``x`` on.
+    """A shuffle already done by the ``compress`` conv before it (its ``output_order``): passes ``x`` on.
 
-    It still reports its permutation (``ShuffleNetV1.shuffle_layout``); changing it would leave the
-    conv's order stale, so that is refused.
+    It still reports its permutation (``ShuffleNetV1.shuffle_layout``); changing the layout would leave
+    the conv's order stale, so that is refused.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,18 +84,14 @@ class FoldedShuffle(ChannelShuffle):
 
 
 def apply_conv_form(model: nn.Module, form: str, device: Union[str, torch.device, None] = None) -> nn.Module:
-    """Rewrite every ConvNormAct (and ShuffleNet shuffle) of ``model`` into ``form`` (``CONV_IMPLS``), in
-    place; "auto" picks by ``device`` (where the model runs; default CPU). Returns ``model``.
-
-    Any earlier form is undone first, so "modules" restores the model as built. Apply it last: after
-    weights and their structure (shuffle layout) are loaded.
-    """
+    """Rewrite every ConvNormAct (and ShuffleNet shuffle) of ``model`` into ``form`` in place and return it;
+    "auto" picks by ``device`` (default CPU). Undoes any earlier form first ("modules": as built), so
+    apply it last, after weights and the shuffle layout are loaded."""
     if form not in CONV_IMPLS:
         raise ValueError(f"unknown conv form '{form}': expected one of {', '.join(CONV_IMPLS)}")
     if form == "auto":
         form = "dense" if torch.device(device or "cpu").type == "cuda" else "folded"
-    for module in model.modules():
-        # Same children and state, another forward: the rewrite swaps the class.
+    for module in model.modules():  # same children and state, another forward: swap the class
         if isinstance(module, FoldedConvNormAct):
             module.__class__ = ConvNormAct
             module.__dict__.pop("dense", None)
@@ -128,17 +110,12 @@ def apply_conv_form(model: nn.Module, form: str, device: Union[str, torch.device
                 module.register_buffer("output_order", None, persistent=False)
     if form == "dense":
         for unit in model.modules():
-            if isinstance(unit, ShuffleUnit) and isinstance(unit.shuffle, ChannelShuffle):
-                _fold_shuffle(unit)
+            compress = getattr(unit, "compress", None)
+            # A trainable BatchNorm's statistics follow the unshuffled channels: only FrozenBN folds.
+            if (isinstance(unit, ShuffleUnit) and isinstance(unit.shuffle, ChannelShuffle)
+                    and isinstance(compress, FoldedConvNormAct) and isinstance(compress.norm, FrozenBatchNorm2d)
+                    and (compress.conv.groups == 1 or compress.dense)):
+                conv = compress.conv
+                compress.output_order = unit.shuffle.permutation(conv.out_channels, conv.weight.device)
+                unit.shuffle.__class__ = FoldedShuffle
     return model
-
-
-def _fold_shuffle(unit: ShuffleUnit) -> None:
-    compress = unit.compress
-    if not isinstance(compress, FoldedConvNormAct) or not isinstance(compress.norm, FrozenBatchNorm2d):
-        return  # a trainable BatchNorm's statistics follow the unshuffled channels
-    if compress.conv.groups > 1 and not compress.dense:
-        return
-    order = unit.shuffle.permutation(compress.conv.out_channels, compress.conv.weight.device)
-    compress.output_order = order
-    unit.shuffle.__class__ = FoldedShuffle
