@@ -1,8 +1,5 @@
-"""Training and evaluating a detector from a config: the library behind ``tools/train_net.py``.
-
-The engine (``shufflenet_det.engine``) knows nothing about detection; this module connects it with the
-detector, the data loaders and COCO evaluation, and draws a few validation images at the end.
-"""
+"""Training and evaluating a detector from a config (behind ``tools/train_net.py``): the engine, which
+knows nothing about detection, joined with the detector, the data loaders and COCO evaluation."""
 
 from __future__ import annotations
 
@@ -13,7 +10,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-import cv2
 import torch
 from fvcore.common.config import CfgNode
 from torch import nn
@@ -28,7 +24,6 @@ from ..data import (
     add_register_coco_argument,
     build_detection_test_loader,
     build_detection_train_loader,
-    read_image,
     register_coco_datasets,
 )
 from ..engine import (
@@ -44,9 +39,9 @@ from ..engine import (
 )
 from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
-from ..utils.visualizer import draw_detections
 from .backbone import names_a_file
 from .checkpoint import warn_if_untrained
+from .demo import Predictor, run_on_images
 from .detector import build_detector
 
 logger = logging.getLogger(__name__)
@@ -73,45 +68,26 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         evaluator = COCOEvaluator.from_metadata(MetadataCatalog.get(name), output_dir)
         loader = build_detection_test_loader(cfg, name)
         check_num_classes(cfg, [name])  # after loading: a registered COCO file sets its classes then
-        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=eval_amp_dtype(cfg, next(model.parameters()).device))
+        amp_dtype = eval_amp_dtype(cfg, next(model.parameters()).device)
+        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=amp_dtype)
     return results[names[0]] if len(names) == 1 else results
 
 
-@torch.no_grad()
 def draw_dataset_predictions(
     cfg: CfgNode, model: nn.Module, dataset_name: str, num_images: int, output_dir: str, score_threshold: float
 ) -> List[Path]:
-    """Draw the detections scoring at least ``score_threshold`` on the first ``num_images`` images of a
-    dataset; returns the written files."""
-    class_names = MetadataCatalog.get(dataset_name).get("thing_classes")
-    device = next(model.parameters()).device
+    """Draw the detections scoring at least ``score_threshold`` on a dataset's first ``num_images`` images."""
     was_training = model.training
-    model.eval()
-    written = []
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    for record in DatasetCatalog.get(dataset_name)[:num_images]:
-        image = read_image(record["file_name"], cfg.INPUT.FORMAT)
-        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
-        output = model([tensor])[0]
-        bgr = image if cfg.INPUT.FORMAT == "BGR" else image[:, :, ::-1]
-        canvas = draw_detections(
-            bgr,
-            output["boxes"].cpu().numpy(),
-            (output["labels"] - 1).tolist(),
-            output["scores"].tolist(),
-            class_names,
-            score_threshold=score_threshold,
-        )
-        path = Path(output_dir) / f"{Path(record['file_name']).stem}.jpg"
-        cv2.imwrite(str(path), canvas)
-        written.append(path)
+    class_names = MetadataCatalog.get(dataset_name).get("thing_classes")
+    predictor = Predictor(model, cfg.INPUT.FORMAT, class_names, score_threshold)
+    files = [record["file_name"] for record in DatasetCatalog.get(dataset_name)[:num_images]]
+    written = run_on_images(predictor, files, output_dir).written
     model.train(was_training)
     return written
 
 
 def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
-    """A dataset with more categories than MODEL.ROI_HEADS.NUM_CLASSES would fail inside the loss (or
-    be scored wrongly); fewer is allowed (those outputs stay unused) but logged."""
+    """More dataset categories than MODEL.ROI_HEADS.NUM_CLASSES is an error (the loss would fail); fewer is logged."""
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
@@ -135,9 +111,8 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     grad_scaler = build_grad_scaler(cfg)
-    checkpointer = build_checkpointer(
-        cfg, model, optimizer, scheduler, grad_scaler, extra_data={"meta": model.structure_meta}
-    )
+    meta = {"meta": model.structure_meta}
+    checkpointer = build_checkpointer(cfg, model, optimizer, scheduler, grad_scaler, extra_data=meta)
     # MODEL.WEIGHTS went into the model as it was built; the checkpointer only resumes.
     start_iter = checkpointer.resume_or_load(None, resume=resume).get("iteration", 0)
     loader = build_detection_train_loader(cfg, start_iter=start_iter)
@@ -152,16 +127,8 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
         return results
 
     trainer = build_trainer(
-        cfg,
-        trained,
-        loader,
-        optimizer,
-        scheduler,
-        checkpointer,
-        start_iter=start_iter,
-        loss_fn=detection_losses,
-        eval_function=evaluate_and_keep if cfg.DATASETS.TEST else None,
-        grad_scaler=grad_scaler,
+        cfg, trained, loader, optimizer, scheduler, checkpointer, start_iter=start_iter, loss_fn=detection_losses,
+        eval_function=evaluate_and_keep if cfg.DATASETS.TEST else None, grad_scaler=grad_scaler,
     )
     trainer.train()
     if loader.num_failed:
@@ -218,8 +185,7 @@ def main(args: argparse.Namespace) -> Any:
             return evaluate_only(cfg, resume=args.resume)
         return train(cfg, resume=args.resume)
     except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        raise SetupError(message) from None
+        raise SetupError(str(error)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
