@@ -15,13 +15,8 @@ class ExactAnchorGenerator(AnchorGenerator):
     The per-location order stays torchvision's (ratio-major; ``torchvision_to_d2_state_dict`` maps it).
     """
 
-    def generate_anchors(
-        self,
-        scales: Sequence[int],
-        aspect_ratios: Sequence[float],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device = torch.device("cpu"),
-    ) -> torch.Tensor:
+    def generate_anchors(self, scales: Sequence[int], aspect_ratios: Sequence[float],
+                         dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu")) -> torch.Tensor:
         corners = []
         for ratio in aspect_ratios:
             for size in scales:

@@ -67,7 +67,9 @@ def check_outputs(inputs: Sequence[str], output_dir: str, suffix: str = ".jpg", 
         if os.path.exists(input_file) and path.exists() and path.samefile(input_file):
             raise DemoInputError(f"the output for {input_file} would replace it: choose another --output folder")
         if path in claimed:
-            raise DemoInputError(f"{claimed[path]} and {input_file} would both be drawn into {path}: run them separately")
+            raise DemoInputError(
+                f"{claimed[path]} and {input_file} would both be drawn into {path}: run them separately"
+            )
         claimed[path] = input_file
         try:
             check_output_file(path, overwrite)

@@ -9,7 +9,6 @@ import torch
 from fvcore.common.config import CfgNode
 
 from ..config.loading import ConfigError
-from ..modeling.layers import NORMS
 from ..weights import apply_structure, model_structure
 from .backbone import build_backbone, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
@@ -125,13 +124,7 @@ def check_detector_config(cfg: CfgNode) -> None:
             f"MODEL.RPN.IOU_THRESHOLDS needs [background, foreground], got {list(cfg.MODEL.RPN.IOU_THRESHOLDS)}"
         )
     roi_iou_thresholds(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS, cfg.MODEL.ROI_HEADS.IOU_LABELS)
-    try:
-        pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    for key in ("MODEL.SHUFFLENET.NORM", "MODEL.MOBILENET.NORM"):
-        if _get(cfg, key) not in NORMS:
-            raise ConfigError(f"{key} must be one of {', '.join(NORMS)}, got {_get(cfg, key)!r}")
+    pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
     if not cfg.INPUT.MIN_SIZE_TRAIN or min(cfg.INPUT.MIN_SIZE_TRAIN) <= 0 or cfg.INPUT.MIN_SIZE_TEST <= 0:
         raise ConfigError("INPUT.MIN_SIZE_TRAIN and INPUT.MIN_SIZE_TEST must be positive sizes")
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:

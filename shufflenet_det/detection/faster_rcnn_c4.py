@@ -41,14 +41,8 @@ class FasterRCNNC4(GeneralizedRCNN):
     """``GeneralizedRCNN`` plus ``structure_meta``: what a checkpoint records to rebuild it the same way
     (the backbone's ``model_structure`` and its ``input_format``, ``pixel_mean``, ``pixel_std`` on 0-255)."""
 
-    def __init__(
-        self,
-        backbone: C4Backbone,
-        rpn: C4RegionProposalNetwork,
-        roi_heads: RoIHeads,
-        transform: DetectionTransform,
-        structure_meta: Optional[Mapping[str, Any]] = None,
-    ) -> None:
+    def __init__(self, backbone: C4Backbone, rpn: C4RegionProposalNetwork, roi_heads: RoIHeads,
+                 transform: DetectionTransform, structure_meta: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(backbone, rpn, roi_heads, transform)
         self.structure_meta = dict(structure_meta or {})
 
@@ -58,6 +52,7 @@ def assemble_c4_detector(
     box_head: C4BoxHead,
     num_classes: int,
     *,
+    # inputs and the backbone's preprocessing
     input_format: str = "RGB",
     input_scale: float = 1.0,
     backbone_format: str = MEGVII_PREPROCESSING.input_format,
@@ -65,36 +60,22 @@ def assemble_c4_detector(
     pixel_std: Sequence[float] = MEGVII_PREPROCESSING.pixel_std,
     image_mean: Optional[Sequence[float]] = None,
     image_std: Optional[Sequence[float]] = None,
-    min_size: Union[int, Sequence[int]] = 600,
-    max_size: int = 1000,
-    min_size_test: Optional[int] = None,
-    max_size_test: Optional[int] = None,
-    size_divisible: int = 32,
-    fixed_size: Optional[Tuple[int, int]] = None,
-    _skip_resize: bool = False,
-    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    rpn_pre_nms_top_n_train: int = 12000,
-    rpn_pre_nms_top_n_test: int = 6000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_nms_thresh: float = 0.7,
-    rpn_fg_iou_thresh: float = 0.7,
-    rpn_bg_iou_thresh: float = 0.3,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    rpn_score_thresh: float = 0.0,
+    # transform
+    min_size: Union[int, Sequence[int]] = 600, max_size: int = 1000,
+    min_size_test: Optional[int] = None, max_size_test: Optional[int] = None,
+    size_divisible: int = 32, fixed_size: Optional[Tuple[int, int]] = None, _skip_resize: bool = False,
+    # RPN
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512), anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_pre_nms_top_n_train: int = 12000, rpn_pre_nms_top_n_test: int = 6000,
+    rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_thresh: float = 0.7, rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3,
+    rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5, rpn_score_thresh: float = 0.0,
     rpn_bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-    box_pooler_resolution: int = 14,
-    box_pooler_sampling_ratio: int = 0,
-    box_pooler_aligned: bool = True,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
-    box_fg_iou_thresh: float = 0.5,
-    box_bg_iou_thresh: float = 0.5,
-    box_batch_size_per_image: int = 512,
-    box_positive_fraction: float = 0.25,
+    # RoIAlign and box head
+    box_pooler_resolution: int = 14, box_pooler_sampling_ratio: int = 0, box_pooler_aligned: bool = True,
+    box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5, box_detections_per_img: int = 100,
+    box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
+    box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
     bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
     structure_meta: Optional[Mapping[str, Any]] = None,
 ) -> FasterRCNNC4:
@@ -161,13 +142,8 @@ def _box_predictor(in_channels: int, num_classes: int) -> FastRCNNPredictor:
 
 
 def fasterrcnn_c4(
-    arch: str,
-    *,
-    weights: Optional[str] = None,
-    weights_backbone: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    trainable_backbone_layers: Optional[int] = None,
-    progress: bool = True,
+    arch: str, *, weights: Optional[str] = None, weights_backbone: Optional[str] = None,
+    num_classes: Optional[int] = None, trainable_backbone_layers: Optional[int] = None, progress: bool = True,
     **kwargs: Any,
 ) -> FasterRCNNC4:
     """A C4 Faster R-CNN on any ``shufflenet_det.list_models()`` architecture, torchvision-style.
@@ -181,12 +157,6 @@ def fasterrcnn_c4(
     """
     if arch not in MODEL_REGISTRY:
         raise ValueError(MODEL_REGISTRY.unknown_message(arch))
-    removed = sorted(set(kwargs) & {"rpn_nms_impl", "roi_align_impl"})
-    if removed:
-        raise ValueError(
-            f"{', '.join(removed)} was removed: build the detector, then call "
-            "shufflenet_det.detection.speed.apply_speed_forms(model, roi_align=..., rpn_nms=..., device=...)"
-        )
     checkpoint = None
     if weights is not None:
         checkpoint = _read_detector(weights)
@@ -210,12 +180,8 @@ def fasterrcnn_c4(
         meta = getattr(network, "weights_meta", {})
     backbone, box_head = split_c4(network, C4_FEATURE, C4_STRIDE)
     model = assemble_c4_detector(
-        backbone,
-        box_head,
-        num_classes,
-        **_backbone_preprocessing(meta, weights or weights_backbone),
-        structure_meta=model_structure(network),
-        **kwargs,
+        backbone, box_head, num_classes, **_backbone_preprocessing(meta, weights or weights_backbone),
+        structure_meta=model_structure(network), **kwargs,
     )
     if checkpoint is not None:
         load_detector_weights(model, checkpoint, f"weights {weights}")
@@ -246,7 +212,8 @@ def _frozen_stages(num_stages: int, trainable_layers: Optional[int], is_trained:
     if trainable_layers is None:
         trainable_layers = num_stages - DEFAULT_FROZEN_STAGES
     if not 0 <= trainable_layers <= num_stages:
-        raise ValueError(f"trainable_backbone_layers must be in [0, {num_stages}] for this backbone, got {trainable_layers}")
+        raise ValueError(f"trainable_backbone_layers must be in [0, {num_stages}] for this backbone, "
+                         f"got {trainable_layers}")
     return num_stages - trainable_layers
 
 
@@ -288,10 +255,6 @@ def fasterrcnn_mobilenet_v1_x1_0_c4(**kwargs: Any) -> FasterRCNNC4:
 # The builders registered with torchvision by name (``register_torchvision_models``).
 DETECTION_MODELS = {
     builder.__name__: builder
-    for builder in (
-        fasterrcnn_shufflenet_v1_x0_5_g3_c4,
-        fasterrcnn_shufflenet_v1_x1_0_g3_c4,
-        fasterrcnn_shufflenet_v1_x2_0_g3_c4,
-        fasterrcnn_mobilenet_v1_x1_0_c4,
-    )
+    for builder in (fasterrcnn_shufflenet_v1_x0_5_g3_c4, fasterrcnn_shufflenet_v1_x1_0_g3_c4,
+                    fasterrcnn_shufflenet_v1_x2_0_g3_c4, fasterrcnn_mobilenet_v1_x1_0_c4)
 }

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from ..config.loading import ConfigError
+
 # detectron2's pooler names -> torchvision's ``aligned`` flag (V2 shifts sample points by half a pixel).
 POOLER_TYPES = {"ROIAlignV2": True, "ROIAlign": False}
 
@@ -15,7 +17,7 @@ POOLER_TYPES = {"ROIAlignV2": True, "ROIAlign": False}
 def pooler_aligned(pooler_type: str) -> bool:
     """``aligned`` for a detectron2 POOLER_TYPE name."""
     if pooler_type not in POOLER_TYPES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown MODEL.ROI_BOX_HEAD.POOLER_TYPE '{pooler_type}': expected one of {', '.join(POOLER_TYPES)}"
         )
     return POOLER_TYPES[pooler_type]
@@ -45,12 +47,8 @@ class RoIPooler(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        proposals: List[torch.Tensor],
-        image_shapes: Optional[List[Tuple[int, int]]] = None,
-    ) -> torch.Tensor:
+    def forward(self, features: Dict[str, torch.Tensor], proposals: List[torch.Tensor],
+                image_shapes: Optional[List[Tuple[int, int]]] = None) -> torch.Tensor:
         return self.align(features[self.feature_name], proposals)
 
     def align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:

@@ -7,8 +7,7 @@ import argparse
 import logging
 import os
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
 from fvcore.common.config import CfgNode
@@ -16,27 +15,10 @@ from torch import nn
 
 from ..config import load_config
 from ..config.loading import ConfigError
-from ..data import (
-    DatasetCatalog,
-    DatasetError,
-    MetadataCatalog,
-    UnknownDatasetError,
-    add_register_coco_argument,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    register_coco_datasets,
-)
-from ..engine import (
-    SetupError,
-    build_checkpointer,
-    build_grad_scaler,
-    build_lr_scheduler,
-    build_optimizer,
-    build_trainer,
-    create_ddp_model,
-    default_setup,
-    eval_amp_dtype,
-)
+from ..data import (DatasetCatalog, DatasetError, MetadataCatalog, UnknownDatasetError, add_register_coco_argument,
+                    build_detection_test_loader, build_detection_train_loader, register_coco_datasets)
+from ..engine import (SetupError, build_checkpointer, build_grad_scaler, build_lr_scheduler, build_optimizer,
+                      build_trainer, create_ddp_model, default_setup, eval_amp_dtype)
 from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
 from .backbone import names_a_file
@@ -52,11 +34,8 @@ USER_ERRORS = (ConfigError, DatasetError, UnknownDatasetError, FileExistsError)
 
 def detection_losses(model: nn.Module, batch: Sequence[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
     """The detector's training losses for a loader batch (contiguous labels 0..K-1 become 1..K)."""
-    images = [item["image"] for item in batch]
-    targets = [
-        {"boxes": item["instances"]["boxes"], "labels": item["instances"]["labels"] + 1} for item in batch
-    ]
-    return model(images, targets)
+    targets = [{"boxes": item["instances"]["boxes"], "labels": item["instances"]["labels"] + 1} for item in batch]
+    return model([item["image"] for item in batch], targets)
 
 
 def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
@@ -71,19 +50,6 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         amp_dtype = eval_amp_dtype(cfg, next(model.parameters()).device)
         results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=amp_dtype)
     return results[names[0]] if len(names) == 1 else results
-
-
-def draw_dataset_predictions(
-    cfg: CfgNode, model: nn.Module, dataset_name: str, num_images: int, output_dir: str, score_threshold: float
-) -> List[Path]:
-    """Draw the detections scoring at least ``score_threshold`` on a dataset's first ``num_images`` images."""
-    was_training = model.training
-    class_names = MetadataCatalog.get(dataset_name).get("thing_classes")
-    predictor = Predictor(model, cfg.INPUT.FORMAT, class_names, score_threshold)
-    files = [record["file_name"] for record in DatasetCatalog.get(dataset_name)[:num_images]]
-    written = run_on_images(predictor, files, output_dir).written
-    model.train(was_training)
-    return written
 
 
 def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
@@ -135,11 +101,12 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
         logger.warning("%d training image(s) could not be read and were skipped (see the log above)", loader.num_failed)
     num_vis = cfg.SHUFFLENET_DET.NUM_VIS_IMAGES
     if is_main_process() and num_vis > 0 and cfg.DATASETS.TEST:
-        vis_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
-        written = draw_dataset_predictions(
-            cfg, model, cfg.DATASETS.TEST[0], num_vis, vis_dir, cfg.SHUFFLENET_DET.VIS_SCORE_THRESH
-        )
-        logger.info("Detections drawn on %d %s images in %s", len(written), cfg.DATASETS.TEST[0], vis_dir)
+        name, vis_dir = cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "vis")
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        predictor = Predictor(model, cfg.INPUT.FORMAT, classes, cfg.SHUFFLENET_DET.VIS_SCORE_THRESH)
+        files = [record["file_name"] for record in DatasetCatalog.get(name)[:num_vis]]
+        written = run_on_images(predictor, files, vis_dir).written
+        logger.info("Detections drawn on %d %s images in %s", len(written), name, vis_dir)
     return results
 
 
@@ -191,11 +158,7 @@ def main(args: argparse.Namespace) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The detection-specific options of train_net.py."""
     add_register_coco_argument(parser)
-    parser.add_argument(
-        "--engine",
-        choices=("torchvision", "detectron2"),
-        default="torchvision",
-        help="the built-in engine (default) or detectron2's DefaultTrainer (needs detectron2 installed)",
-    )
+    parser.add_argument("--engine", choices=("torchvision", "detectron2"), default="torchvision",
+                        help="the built-in engine (default) or detectron2's DefaultTrainer (needs detectron2)")
     return parser
 

@@ -15,15 +15,8 @@ class DetectionTransform(GeneralizedRCNNTransform):
     before ``image_mean`` / ``image_std`` (input scale, backbone order) apply."""
 
     def __init__(
-        self,
-        min_size_train: Sequence[int],
-        max_size_train: int,
-        min_size_test: int,
-        max_size_test: int,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        reverse_channels: bool = False,
-        **kwargs: Any,
+        self, min_size_train: Sequence[int], max_size_train: int, min_size_test: int, max_size_test: int,
+        image_mean: Sequence[float], image_std: Sequence[float], reverse_channels: bool = False, **kwargs: Any,
     ) -> None:
         super().__init__(tuple(min_size_train), max_size_train, list(image_mean), list(image_std), **kwargs)
         self.train_sizes = (tuple(min_size_train), max_size_train)
