@@ -44,10 +44,7 @@ def build_detector(cfg: CfgNode) -> FasterRCNNC4:
         apply_structure(network, checkpoint.get("meta") or {})
     backbone, box_head = split_c4(network, cfg.MODEL.RPN.IN_FEATURES[0], C4_STRIDE)
     model = assemble_c4_detector(
-        backbone,
-        box_head,
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
-        structure_meta=model_structure(network),
+        backbone, box_head, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1, structure_meta=model_structure(network),
         **detector_options(cfg),
     )
     if checkpoint is not None:
