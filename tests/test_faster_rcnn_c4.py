@@ -223,7 +223,6 @@ def test_trained_detector_reloads_with_its_classes_and_preprocessing(tmp_path):
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(num_classes=1), "num_classes counts the background"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(weights_backbone=str(FIXTURE), trainable_backbone_layers=5),
      r"trainable_backbone_layers must be in \[0, 4\]"),
-    (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(rpn_nms_impl="batched"), "rpn_nms_impl was removed: .*apply_speed_forms"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(weights="missing.pth"), "weights file 'missing.pth' not found"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(weights_backbone="missing.pth"), "checkpoint not found: missing.pth"),
     (lambda: fasterrcnn_shufflenet_v1_x0_5_g3_c4(box_sore_thresh=0.1), "unexpected keyword argument 'box_sore_thresh'"),

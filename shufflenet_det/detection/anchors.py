@@ -10,20 +10,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 
 class ExactAnchorGenerator(AnchorGenerator):
-    """torchvision's anchor generator with detectron2's cell anchors: not rounded to whole pixels.
+    """torchvision's generator with detectron2's cell anchors: exact, not rounded to whole pixels.
 
-    torchvision rounds each cell anchor's corners (a 45.25 px wide anchor becomes 46 px); detectron2
-    keeps them exact. The per-location order stays torchvision's (ratio-major), which
-    ``torchvision_to_d2_state_dict`` accounts for.
+    The per-location order stays torchvision's (ratio-major; ``torchvision_to_d2_state_dict`` maps it).
     """
 
-    def generate_anchors(
-        self,
-        scales: Sequence[int],
-        aspect_ratios: Sequence[float],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device = torch.device("cpu"),
-    ) -> torch.Tensor:
+    def generate_anchors(self, scales: Sequence[int], aspect_ratios: Sequence[float],
+                         dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu")) -> torch.Tensor:
         corners = []
         for ratio in aspect_ratios:
             for size in scales:

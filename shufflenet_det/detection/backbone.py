@@ -1,11 +1,6 @@
-"""C4 backbones: a classification network cut at stride 16 into a trunk and a per-RoI box head.
-
-The trunk (stem .. last stride-16 stage) computes one feature map for the RPN and RoIAlign; the
-stages after it (the first unit has stride 2) run on every 14x14 RoI and end in global average
-pooling, as in detectron2's R50-C4. Both keep the network's stage names, so a classification
-state dict maps onto a detector by prefix only (``stage3.*`` -> ``backbone.body.stage3.*``,
-``stage4.*`` -> ``roi_heads.box_head.stage4.*``; ``fc.*`` is dropped).
-"""
+"""C4 backbones: a classification network cut at stride 16 into a trunk (one feature map for the RPN and
+RoIAlign) and a per-RoI box head (the later stages, then global average pooling, as detectron2's R50-C4).
+Both keep the network's stage names, so ImageNet weights map onto a detector by prefix only."""
 
 from __future__ import annotations
 
@@ -21,7 +16,6 @@ from torch import nn
 
 from ..config.loading import ConfigError
 from ..modeling import StagedNetwork, model_args_from_config
-from ..modeling.staged import FeatureInfo
 from ..utils.registry import Registry
 from ..weights import build_model
 from .checkpoint import read_detector_checkpoint
@@ -47,16 +41,9 @@ class C4Backbone(nn.Module):
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         return OrderedDict([(self.feature_name, self.body(images))])
 
-    def output_shape(self) -> Dict[str, FeatureInfo]:
-        return {self.feature_name: FeatureInfo(self.feature_name, self.out_channels, self.stride)}
-
 
 class C4BoxHead(nn.Sequential):
-    """The network's last stage(s) on a batch of pooled RoIs [R, C, 14, 14], mean-pooled to [R, out_channels].
-
-    Faster forms (RoI-count buckets, recomputation in backward) replace it in a built detector
-    (``detection.speed``).
-    """
+    """The network's last stage(s) on pooled RoIs [R, C, 14, 14], mean-pooled to [R, out_channels]."""
 
     def __init__(self, stages: nn.Sequential, out_channels: int) -> None:
         super().__init__(OrderedDict(stages.named_children()))
@@ -100,26 +87,25 @@ def build_mobilenet_v1_backbone(cfg: CfgNode) -> StagedNetwork:
 def _build_network(cfg: CfgNode) -> StagedNetwork:
     arch, kwargs, node = model_args_from_config(cfg)
     weights, norm, freeze_at, norm_key = cfg.MODEL.WEIGHTS, kwargs["norm"], kwargs["freeze_at"], f"{node}.NORM"
-    if weights:
-        _check_weights_file(weights)
-        if read_detector_checkpoint(weights) is not None:
-            # A whole trained detector: build_detector loads it once the detector exists.
-            weights = ""
-    elif norm == "FrozenBN" or freeze_at:
+    if weights and names_a_file(weights) and not os.path.isfile(weights):
+        raise ConfigError(
+            f"MODEL.WEIGHTS file '{weights}' not found: download the ImageNet weights and convert them with "
+            "tools/convert_weights.py (see docs/weights.md), or set MODEL.WEIGHTS \"\" to train from scratch "
+            "(with NORM \"BN\" and MODEL.BACKBONE.FREEZE_AT 0)"
+        )
+    if weights and read_detector_checkpoint(weights) is not None:
+        weights = ""  # a whole trained detector: build_detector loads it once the detector exists
+    elif not weights and (norm == "FrozenBN" or freeze_at):
         logger.warning(
             "MODEL.WEIGHTS is empty (training from scratch) but %s is %s and MODEL.BACKBONE.FREEZE_AT is %d: "
             "randomly initialized frozen layers never learn; set %s \"BN\" (or \"SyncBN\") and "
             "MODEL.BACKBONE.FREEZE_AT 0",
-            norm_key,
-            norm,
-            freeze_at,
-            norm_key,
+            norm_key, norm, freeze_at, norm_key,
         )
     network = build_model(arch, weights=weights or None, **kwargs)
     if weights:
-        for message in preprocessing_mismatches(
-            getattr(network, "weights_meta", None), cfg.INPUT.FORMAT, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
-        ):
+        meta = getattr(network, "weights_meta", None)
+        for message in preprocessing_mismatches(meta, cfg.INPUT.FORMAT, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD):
             logger.warning("MODEL.WEIGHTS %s: %s", weights, message)
     return network
 
@@ -129,29 +115,14 @@ def names_a_file(weights: str) -> bool:
     return os.sep in weights or "/" in weights or weights.endswith(_CHECKPOINT_SUFFIXES)
 
 
-def _check_weights_file(weights: str) -> None:
-    if names_a_file(weights) and not os.path.isfile(weights):
-        raise ConfigError(
-            f"MODEL.WEIGHTS file '{weights}' not found: download the ImageNet weights and convert them with "
-            "tools/convert_weights.py (see docs/weights.md), or set MODEL.WEIGHTS \"\" to train from scratch "
-            "(with NORM \"BN\" and MODEL.BACKBONE.FREEZE_AT 0)"
-        )
-
-
 def preprocessing_mismatches(
     meta: Optional[Any], input_format: str, pixel_mean: Sequence[float], pixel_std: Sequence[float]
 ) -> List[str]:
-    """Where the weights' expected input (their metadata) differs from the config, one message per key.
-
-    ``meta`` is the mapping or object returned by ``shufflenet_det.weights.load_weights`` (fields
-    ``input_format``, ``pixel_mean``, ``pixel_std`` in 0-255, ``source``); missing fields are not compared.
-    """
-
-    def field(name: str) -> Any:
-        return meta.get(name) if isinstance(meta, Mapping) else getattr(meta, name, None)
-
+    """One message per key where the weights' metadata (``load_weights``'s mapping or object: ``input_format``,
+    ``pixel_mean``, ``pixel_std`` on 0-255, ``source``) differs from the config; absent fields match."""
     if meta is None:
         return []
+    field = meta.get if isinstance(meta, Mapping) else lambda name: getattr(meta, name, None)
     source = field("source") or "these weights"
     messages = []
     expected_format = field("input_format")
@@ -160,12 +131,11 @@ def preprocessing_mismatches(
             f"{source} weights expect {expected_format} input but INPUT.FORMAT is {input_format}; "
             f"set INPUT.FORMAT {expected_format} (and the loader will read images that way)"
         )
-    compared = (("pixel_mean", "MODEL.PIXEL_MEAN", pixel_mean), ("pixel_std", "MODEL.PIXEL_STD", pixel_std))
-    for name, key, configured in compared:
-        expected = field(name)
-        if expected is None:
+    for name, configured in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+        key = f"MODEL.{name.upper()}"
+        if field(name) is None:
             continue
-        expected = [float(value) for value in expected]
+        expected = [float(value) for value in field(name)]
         if len(expected) != len(configured) or any(abs(a - b) > 1e-3 for a, b in zip(expected, configured)):
             messages.append(
                 f"{source} weights were trained with {name} {expected} (0-255 scale) but {key} is "

@@ -1,8 +1,5 @@
-"""MODEL.WEIGHTS may name a whole trained detector (an engine checkpoint) as well as ImageNet weights.
-
-As in detectron2, one key serves both: ImageNet weights initialize the backbone network, a detector
-checkpoint initializes everything. The two are told apart by their keys, not by file names.
-"""
+"""MODEL.WEIGHTS names ImageNet weights (for the backbone) or a whole trained detector, as in detectron2;
+the two are told apart by their keys, not by file names."""
 
 from __future__ import annotations
 
@@ -22,8 +19,7 @@ _DETECTOR_PREFIXES = ("backbone.body.", "roi_heads.box_head.")
 
 
 def read_detector_checkpoint(path: str) -> Optional[Dict[str, Any]]:
-    """The checkpoint in ``path`` if it holds a whole detector (``{"model": ..., "meta": ...}``), else None
-    (e.g. ImageNet weights)."""
+    """The checkpoint in ``path`` if it holds a whole detector (``{"model": ..., "meta": ...}``), else None."""
     if not os.path.isfile(path):
         return None
     checkpoint = safe_torch_load(path)
@@ -35,7 +31,7 @@ def read_detector_checkpoint(path: str) -> Optional[Dict[str, Any]]:
 
 
 def warn_if_untrained(weights: str) -> None:
-    """Log a warning when a detector built with MODEL.WEIGHTS ``weights`` would draw or score meaningless boxes."""
+    """Warn when a detector built with MODEL.WEIGHTS ``weights`` would draw or score meaningless boxes."""
     if not weights:
         logger.warning("MODEL.WEIGHTS is empty: the detector has random weights, so its boxes mean nothing")
     elif read_detector_checkpoint(weights) is None:
@@ -47,33 +43,24 @@ def warn_if_untrained(weights: str) -> None:
 
 
 def load_detector_weights(model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> None:
-    """Load a whole detector strictly; a mismatch names the first differing keys and shapes.
+    """Load a whole detector strictly; a mismatch is a ConfigError naming ``source`` and the first keys.
 
-    ``source`` names the checkpoint in the error (e.g. "MODEL.WEIGHTS model_final.pth"). BatchNorm's
-    step counters are not compared: a detector trained with BN loads into one built with FrozenBN (and
-    back), which computes the same in eval mode. The structure recorded in the checkpoint's "meta"
-    belongs on the backbone network before the detector is assembled (``apply_structure``).
+    BatchNorm's step counters are not compared: a detector trained with BN loads into one with FrozenBN
+    (the same in eval mode), and back.
     """
     own = model.state_dict()
-    state_dict = {
-        key: value
-        for key, value in checkpoint["model"].items()
-        if key in own or not key.endswith("num_batches_tracked")
+    counter = "num_batches_tracked"
+    state_dict = {key: value for key, value in checkpoint["model"].items() if key in own or not key.endswith(counter)}
+    differences = {
+        "missing": [key for key in own if key not in state_dict and not key.endswith(counter)],
+        "unexpected": [key for key in state_dict if key not in own],
+        "shape (checkpoint vs model)": [
+            f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
+            for key in own
+            if key in state_dict and state_dict[key].shape != own[key].shape
+        ],
     }
-    missing = [key for key in own if key not in state_dict and not key.endswith("num_batches_tracked")]
-    unexpected = [key for key in state_dict if key not in own]
-    wrong_shape = [
-        f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
-        for key in own
-        if key in state_dict and state_dict[key].shape != own[key].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing[:3])}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected[:3])}")
-    if wrong_shape:
-        problems.append(f"shape (checkpoint vs model) {', '.join(wrong_shape[:3])}")
+    problems = [f"{kind} {', '.join(keys[:3])}" for kind, keys in differences.items() if keys]
     if problems:
         raise ConfigError(
             f"{source} is a detector checkpoint for another configuration "

@@ -32,12 +32,12 @@ class DemoReport:
 
 
 class DemoInputError(ValueError):
-    """Inputs or outputs the demo cannot use (nothing matched, an output would replace a file)."""
+    """Inputs or outputs the demo cannot use."""
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
-    """Files named by ``patterns``: files as given, folders' image files, glob matches (sorted). A
-    folder or pattern that names no image is an error (a missing plain file is reported when read)."""
+    """Files as given, folders' image files and glob matches (sorted); a folder or pattern without images
+    is an error (a missing plain file is reported when read)."""
     files: List[str] = []
     for pattern in patterns:
         if os.path.isdir(pattern):
@@ -57,8 +57,8 @@ def output_path(output_dir: str, input_file: str, suffix: str = ".jpg") -> Path:
 
 
 def check_outputs(inputs: Sequence[str], output_dir: str, suffix: str = ".jpg", overwrite: bool = False) -> None:
-    """Refuse, before any work, outputs that cannot be written, that would replace an existing file
-    (unless ``overwrite``) or an input, or that two inputs would share."""
+    """Refuse, before any work, outputs that cannot be written, would replace a file (unless ``overwrite``)
+    or an input, or that two inputs would share."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise DemoInputError(f"--output {output_dir} is a file, not a folder")
     claimed = {}
@@ -67,7 +67,9 @@ def check_outputs(inputs: Sequence[str], output_dir: str, suffix: str = ".jpg", 
         if os.path.exists(input_file) and path.exists() and path.samefile(input_file):
             raise DemoInputError(f"the output for {input_file} would replace it: choose another --output folder")
         if path in claimed:
-            raise DemoInputError(f"{claimed[path]} and {input_file} would both be drawn into {path}: run them separately")
+            raise DemoInputError(
+                f"{claimed[path]} and {input_file} would both be drawn into {path}: run them separately"
+            )
         claimed[path] = input_file
         try:
             check_output_file(path, overwrite)
@@ -109,7 +111,7 @@ class Predictor:
 
 
 def run_on_images(predictor: Predictor, files: Iterable[str], output_dir: str) -> DemoReport:
-    """Annotate each image into ``output_dir``; files that are not readable images are reported and skipped."""
+    """Annotate each image into ``output_dir``; unreadable files are reported and skipped."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     report = DemoReport([], [])
     for file_name in files:

@@ -1,9 +1,5 @@
-"""``build_detector(cfg)``: the C4 Faster R-CNN of ``faster_rcnn_c4`` as a config describes it.
-
-The config is translated into ``assemble_c4_detector``'s arguments, so this path and the torchvision
-builders (``fasterrcnn_*_c4``) build the same modules; only the input convention differs: here images
-arrive in 0-255, INPUT.FORMAT channel order, as the engine's data loaders give them.
-"""
+"""``build_detector(cfg)``: the C4 Faster R-CNN of ``faster_rcnn_c4`` from a config, with the same modules as
+the torchvision builders; its images come in 0-255 and INPUT.FORMAT order, as the engine's loaders give them."""
 
 from __future__ import annotations
 
@@ -13,7 +9,6 @@ import torch
 from fvcore.common.config import CfgNode
 
 from ..config.loading import ConfigError
-from ..modeling.layers import NORMS
 from ..weights import apply_structure, model_structure
 from .backbone import build_backbone, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
@@ -36,12 +31,10 @@ _FIXED_SETTINGS = (
 
 
 def build_detector(cfg: CfgNode) -> FasterRCNNC4:
-    """The C4 Faster R-CNN that ``cfg`` describes, on MODEL.DEVICE.
+    """The C4 Faster R-CNN that ``cfg`` describes, on MODEL.DEVICE, in SHUFFLENET_DET's speed forms.
 
-    Input: a list of [3, H, W] images, uint8 or float in 0-255, in INPUT.FORMAT channel order; in
-    training also targets ``{"boxes": XYXY, "labels": 1..NUM_CLASSES}``. Output: a loss dict in
-    training, ``[{"boxes", "labels", "scores"}]`` in the original image coordinates in eval mode.
-    MODEL.WEIGHTS names ImageNet weights for the backbone or a whole trained detector.
+    It takes [3, H, W] images (0-255, INPUT.FORMAT) and in training targets ``{"boxes": XYXY, "labels":
+    1..NUM_CLASSES}``; it returns losses, or ``[{"boxes", "labels", "scores"}]`` in image coordinates.
     """
     check_detector_config(cfg)
     network = build_backbone(cfg)
@@ -51,10 +44,7 @@ def build_detector(cfg: CfgNode) -> FasterRCNNC4:
         apply_structure(network, checkpoint.get("meta") or {})
     backbone, box_head = split_c4(network, cfg.MODEL.RPN.IN_FEATURES[0], C4_STRIDE)
     model = assemble_c4_detector(
-        backbone,
-        box_head,
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
-        structure_meta=model_structure(network),
+        backbone, box_head, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1, structure_meta=model_structure(network),
         **detector_options(cfg),
     )
     if checkpoint is not None:
@@ -72,37 +62,23 @@ def detector_options(cfg: CfgNode) -> Dict[str, Any]:
     rpn_bg_iou, rpn_fg_iou = rpn.IOU_THRESHOLDS
     roi_bg_iou, roi_fg_iou = roi_iou_thresholds(roi.IOU_THRESHOLDS, roi.IOU_LABELS)
     return dict(
-        input_format=cfg.INPUT.FORMAT,
-        input_scale=255.0,
-        backbone_format=cfg.INPUT.FORMAT,
-        pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
-        pixel_std=list(cfg.MODEL.PIXEL_STD),
-        min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
-        max_size=cfg.INPUT.MAX_SIZE_TRAIN,
-        min_size_test=cfg.INPUT.MIN_SIZE_TEST,
-        max_size_test=cfg.INPUT.MAX_SIZE_TEST,
+        input_format=cfg.INPUT.FORMAT, input_scale=255.0, backbone_format=cfg.INPUT.FORMAT,
+        pixel_mean=list(cfg.MODEL.PIXEL_MEAN), pixel_std=list(cfg.MODEL.PIXEL_STD),
+        min_size=tuple(cfg.INPUT.MIN_SIZE_TRAIN), max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+        min_size_test=cfg.INPUT.MIN_SIZE_TEST, max_size_test=cfg.INPUT.MAX_SIZE_TEST,
         anchor_sizes=tuple(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]),
         anchor_aspect_ratios=tuple(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
-        rpn_pre_nms_top_n_train=rpn.PRE_NMS_TOPK_TRAIN,
-        rpn_pre_nms_top_n_test=rpn.PRE_NMS_TOPK_TEST,
-        rpn_post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN,
-        rpn_post_nms_top_n_test=rpn.POST_NMS_TOPK_TEST,
-        rpn_nms_thresh=rpn.NMS_THRESH,
-        rpn_fg_iou_thresh=rpn_fg_iou,
-        rpn_bg_iou_thresh=rpn_bg_iou,
-        rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
-        rpn_positive_fraction=rpn.POSITIVE_FRACTION,
+        rpn_pre_nms_top_n_train=rpn.PRE_NMS_TOPK_TRAIN, rpn_pre_nms_top_n_test=rpn.PRE_NMS_TOPK_TEST,
+        rpn_post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN, rpn_post_nms_top_n_test=rpn.POST_NMS_TOPK_TEST,
+        rpn_nms_thresh=rpn.NMS_THRESH, rpn_fg_iou_thresh=rpn_fg_iou, rpn_bg_iou_thresh=rpn_bg_iou,
+        rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE, rpn_positive_fraction=rpn.POSITIVE_FRACTION,
         rpn_bbox_reg_weights=tuple(rpn.BBOX_REG_WEIGHTS),
-        box_pooler_resolution=box_head.POOLER_RESOLUTION,
-        box_pooler_sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
+        box_pooler_resolution=box_head.POOLER_RESOLUTION, box_pooler_sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
         box_pooler_aligned=pooler_aligned(box_head.POOLER_TYPE),
-        box_score_thresh=roi.SCORE_THRESH_TEST,
-        box_nms_thresh=roi.NMS_THRESH_TEST,
+        box_score_thresh=roi.SCORE_THRESH_TEST, box_nms_thresh=roi.NMS_THRESH_TEST,
         box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
-        box_fg_iou_thresh=roi_fg_iou,
-        box_bg_iou_thresh=roi_bg_iou,
-        box_batch_size_per_image=roi.BATCH_SIZE_PER_IMAGE,
-        box_positive_fraction=roi.POSITIVE_FRACTION,
+        box_fg_iou_thresh=roi_fg_iou, box_bg_iou_thresh=roi_bg_iou,
+        box_batch_size_per_image=roi.BATCH_SIZE_PER_IMAGE, box_positive_fraction=roi.POSITIVE_FRACTION,
         bbox_reg_weights=tuple(box_head.BBOX_REG_WEIGHTS),
     )
 
@@ -145,13 +121,7 @@ def check_detector_config(cfg: CfgNode) -> None:
             f"MODEL.RPN.IOU_THRESHOLDS needs [background, foreground], got {list(cfg.MODEL.RPN.IOU_THRESHOLDS)}"
         )
     roi_iou_thresholds(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS, cfg.MODEL.ROI_HEADS.IOU_LABELS)
-    try:
-        pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    for key in ("MODEL.SHUFFLENET.NORM", "MODEL.MOBILENET.NORM"):
-        if _get(cfg, key) not in NORMS:
-            raise ConfigError(f"{key} must be one of {', '.join(NORMS)}, got {_get(cfg, key)!r}")
+    pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
     if not cfg.INPUT.MIN_SIZE_TRAIN or min(cfg.INPUT.MIN_SIZE_TRAIN) <= 0 or cfg.INPUT.MIN_SIZE_TEST <= 0:
         raise ConfigError("INPUT.MIN_SIZE_TRAIN and INPUT.MIN_SIZE_TEST must be positive sizes")
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:
@@ -159,10 +129,9 @@ def check_detector_config(cfg: CfgNode) -> None:
 
 
 def _get(cfg: CfgNode, key: str) -> Any:
-    node: Any = cfg
     for part in key.split("."):
-        node = node[part]
-    return node
+        cfg = cfg[part]
+    return cfg
 
 
 def _normalized(value: Any) -> Any:

@@ -1,16 +1,8 @@
-"""C4 Faster R-CNN (no FPN) with ShuffleNet v1 / MobileNet v1 backbones, built like torchvision's detectors.
+"""C4 Faster R-CNN (no FPN) built like torchvision's detectors: ``GeneralizedRCNN`` with a stride-16
+trunk, torchvision's RPN and RoIHeads, and the network's last stage run per RoI as the box head.
 
-``fasterrcnn_shufflenet_v1_x1_0_g3_c4(weights_backbone="megvii_1.0x_g3.pth", num_classes=91)`` builds
-the paper's Table 7 detector; after ``register_torchvision_models()`` the same call works as
-``torchvision.models.get_model("fasterrcnn_shufflenet_v1_x1_0_g3_c4", ...)``. The model takes what
-torchvision's detectors take: a list of float RGB images [3, H, W] in 0-1 and, in training, targets
-``{"boxes": XYXY, "labels": 1..num_classes-1}``; its transform converts the images to what the
-backbone's weights expect. ``build_detector(cfg)`` assembles the same modules from a config.
-
-Module names (checkpoints and weight loading rely on them): ``backbone.body.<stem|stage2|stage3...>``
-trunk, ``rpn.anchor_generator`` and ``rpn.head``, ``roi_heads.box_roi_pool`` RoIAlign,
-``roi_heads.box_head.<last stage>`` per-RoI head, ``roi_heads.box_predictor`` classes and boxes,
-``transform`` resizing and normalization.
+Module names (checkpoints rely on them): ``backbone.body.<stages>``, ``rpn.anchor_generator``,
+``rpn.head``, ``roi_heads.box_roi_pool``, ``roi_heads.box_head.<last stage>``, ``roi_heads.box_predictor``.
 """
 
 from __future__ import annotations
@@ -41,27 +33,16 @@ logger = logging.getLogger(__name__)
 C4_STRIDE = 16
 C4_FEATURE = "res4"
 CHANNEL_ORDERS = ("BGR", "RGB")
-# torchvision's detectors default to COCO's 91 category ids (background included).
-TORCHVISION_NUM_CLASSES = 91
-# Table 7's recipe freezes the stem and the first stage (detectron2's FREEZE_AT 2).
-DEFAULT_FROZEN_STAGES = 2
-_PREPROCESSING_KEYS = ("input_format", "pixel_mean", "pixel_std")
+TORCHVISION_NUM_CLASSES = 91  # COCO's category ids, background included
+DEFAULT_FROZEN_STAGES = 2  # Table 7 freezes the stem and the first stage (detectron2's FREEZE_AT 2)
 
 
 class FasterRCNNC4(GeneralizedRCNN):
-    """torchvision's two-stage detector on one stride-16 map: ``GeneralizedRCNN(backbone, rpn, roi_heads,
-    transform)`` plus ``structure_meta``, what a checkpoint of it records so that it is rebuilt the same
-    way (the backbone network's ``model_structure`` and the ``input_format``, ``pixel_mean`` and
-    ``pixel_std`` (0-255) its backbone expects)."""
+    """``GeneralizedRCNN`` plus ``structure_meta``: what a checkpoint records to rebuild it the same way
+    (the backbone's ``model_structure`` and its ``input_format``, ``pixel_mean``, ``pixel_std`` on 0-255)."""
 
-    def __init__(
-        self,
-        backbone: C4Backbone,
-        rpn: C4RegionProposalNetwork,
-        roi_heads: RoIHeads,
-        transform: DetectionTransform,
-        structure_meta: Optional[Mapping[str, Any]] = None,
-    ) -> None:
+    def __init__(self, backbone: C4Backbone, rpn: C4RegionProposalNetwork, roi_heads: RoIHeads,
+                 transform: DetectionTransform, structure_meta: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(backbone, rpn, roi_heads, transform)
         self.structure_meta = dict(structure_meta or {})
 
@@ -71,6 +52,7 @@ def assemble_c4_detector(
     box_head: C4BoxHead,
     num_classes: int,
     *,
+    # inputs and the backbone's preprocessing
     input_format: str = "RGB",
     input_scale: float = 1.0,
     backbone_format: str = MEGVII_PREPROCESSING.input_format,
@@ -78,50 +60,31 @@ def assemble_c4_detector(
     pixel_std: Sequence[float] = MEGVII_PREPROCESSING.pixel_std,
     image_mean: Optional[Sequence[float]] = None,
     image_std: Optional[Sequence[float]] = None,
-    min_size: Union[int, Sequence[int]] = 600,
-    max_size: int = 1000,
-    min_size_test: Optional[int] = None,
-    max_size_test: Optional[int] = None,
-    size_divisible: int = 32,
-    fixed_size: Optional[Tuple[int, int]] = None,
-    _skip_resize: bool = False,
-    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    rpn_pre_nms_top_n_train: int = 12000,
-    rpn_pre_nms_top_n_test: int = 6000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_nms_thresh: float = 0.7,
-    rpn_fg_iou_thresh: float = 0.7,
-    rpn_bg_iou_thresh: float = 0.3,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    rpn_score_thresh: float = 0.0,
+    # transform
+    min_size: Union[int, Sequence[int]] = 600, max_size: int = 1000,
+    min_size_test: Optional[int] = None, max_size_test: Optional[int] = None,
+    size_divisible: int = 32, fixed_size: Optional[Tuple[int, int]] = None, _skip_resize: bool = False,
+    # RPN
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512), anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_pre_nms_top_n_train: int = 12000, rpn_pre_nms_top_n_test: int = 6000,
+    rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_thresh: float = 0.7, rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3,
+    rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5, rpn_score_thresh: float = 0.0,
     rpn_bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-    box_pooler_resolution: int = 14,
-    box_pooler_sampling_ratio: int = 0,
-    box_pooler_aligned: bool = True,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
-    box_fg_iou_thresh: float = 0.5,
-    box_bg_iou_thresh: float = 0.5,
-    box_batch_size_per_image: int = 512,
-    box_positive_fraction: float = 0.25,
+    # RoIAlign and box head
+    box_pooler_resolution: int = 14, box_pooler_sampling_ratio: int = 0, box_pooler_aligned: bool = True,
+    box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5, box_detections_per_img: int = 100,
+    box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
+    box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
     bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
     structure_meta: Optional[Mapping[str, Any]] = None,
 ) -> FasterRCNNC4:
-    """The C4 detector from a trunk and a per-RoI head (``split_c4``); every default is Table 7's recipe.
+    """The C4 detector from a trunk and a per-RoI head (``split_c4``); the defaults are Table 7's recipe.
 
-    ``num_classes`` counts the background (torchvision's convention). Inputs are images in
-    ``input_format`` channel order scaled so that white is ``input_scale`` (1 for torchvision's 0-1
-    floats, 255 for the engine's 0-255 images); the backbone expects ``backbone_format`` and
-    ``(x - pixel_mean) / pixel_std`` on 0-255. torchvision's ``image_mean`` / ``image_std``, when given,
-    replace ``pixel_mean`` / ``pixel_std`` and are, as there, in the input's scale and channel order.
-    ``min_size`` / ``max_size`` are torchvision's (a tuple draws a size per training image); the test
-    sizes default to theirs (``min_size[-1]``). The other names are torchvision ``FasterRCNN``'s, plus
-    the anchors, the RPN's box-delta weights and RoIAlign's settings. The parts compute plainly;
-    ``detection.speed.apply_speed_forms`` rewrites the built detector into faster forms.
+    Argument names are torchvision ``FasterRCNN``'s (``num_classes`` counts the background), plus anchors,
+    RPN box weights and RoIAlign settings. Inputs come in ``input_format`` with white at ``input_scale``;
+    the backbone expects ``backbone_format`` and ``(x - pixel_mean) / pixel_std`` on 0-255. torchvision's
+    ``image_mean`` / ``image_std``, when given, replace them and are in the input's scale and order.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background class too, so it must be at least 2, got {num_classes}")
@@ -134,53 +97,29 @@ def assemble_c4_detector(
     if image_std is not None:
         pixel_std = _backbone_scale(image_std, input_scale, reverse_channels)
     train_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-    to_input_scale = input_scale / 255.0
     transform = DetectionTransform(
-        train_sizes,
-        max_size,
+        train_sizes, max_size,
         train_sizes[-1] if min_size_test is None else min_size_test,
         max_size if max_size_test is None else max_size_test,
-        image_mean=[value * to_input_scale for value in pixel_mean],
-        image_std=[value * to_input_scale for value in pixel_std],
-        reverse_channels=reverse_channels,
-        size_divisible=size_divisible,
-        fixed_size=fixed_size,
+        image_mean=[value * (input_scale / 255.0) for value in pixel_mean],
+        image_std=[value * (input_scale / 255.0) for value in pixel_std],
+        reverse_channels=reverse_channels, size_divisible=size_divisible, fixed_size=fixed_size,
         _skip_resize=_skip_resize,
     )
-
     anchor_generator = ExactAnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_aspect_ratios),))
     rpn = C4RegionProposalNetwork(
-        anchor_generator,
-        RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
-        rpn_fg_iou_thresh,
-        rpn_bg_iou_thresh,
-        rpn_batch_size_per_image,
-        rpn_positive_fraction,
+        anchor_generator, RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
+        rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction,
         dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
         dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
-        rpn_nms_thresh,
-        score_thresh=rpn_score_thresh,
-        bbox_reg_weights=rpn_bbox_reg_weights,
+        rpn_nms_thresh, score_thresh=rpn_score_thresh, bbox_reg_weights=rpn_bbox_reg_weights,
     )
-    pooler = RoIPooler(
-        backbone.feature_name,
-        box_pooler_resolution,
-        spatial_scale=1.0 / backbone.stride,
-        sampling_ratio=box_pooler_sampling_ratio,
-        aligned=box_pooler_aligned,
-    )
+    pooler = RoIPooler(backbone.feature_name, box_pooler_resolution, 1.0 / backbone.stride,
+                       box_pooler_sampling_ratio, box_pooler_aligned)
     roi_heads = RoIHeads(
-        pooler,
-        box_head,
-        _box_predictor(box_head.out_channels, num_classes),
-        box_fg_iou_thresh,
-        box_bg_iou_thresh,
-        box_batch_size_per_image,
-        box_positive_fraction,
-        tuple(bbox_reg_weights),
-        box_score_thresh,
-        box_nms_thresh,
-        box_detections_per_img,
+        pooler, box_head, _box_predictor(box_head.out_channels, num_classes),
+        box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction,
+        tuple(bbox_reg_weights), box_score_thresh, box_nms_thresh, box_detections_per_img,
     )
     preprocessing = {"input_format": backbone_format, "pixel_mean": list(pixel_mean), "pixel_std": list(pixel_std)}
     return FasterRCNNC4(backbone, rpn, roi_heads, transform, {**(structure_meta or {}), **preprocessing})
@@ -203,35 +142,21 @@ def _box_predictor(in_channels: int, num_classes: int) -> FastRCNNPredictor:
 
 
 def fasterrcnn_c4(
-    arch: str,
-    *,
-    weights: Optional[str] = None,
-    weights_backbone: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    trainable_backbone_layers: Optional[int] = None,
-    progress: bool = True,
+    arch: str, *, weights: Optional[str] = None, weights_backbone: Optional[str] = None,
+    num_classes: Optional[int] = None, trainable_backbone_layers: Optional[int] = None, progress: bool = True,
     **kwargs: Any,
 ) -> FasterRCNNC4:
-    """A C4 Faster R-CNN on any architecture of ``shufflenet_det.list_models()``, torchvision-style.
+    """A C4 Faster R-CNN on any ``shufflenet_det.list_models()`` architecture, torchvision-style.
 
-    ``weights``: a trained detector file (this package's engine checkpoints, or any ``{"model": state
-    dict}`` of this detector); it sets ``num_classes`` and the input preprocessing recorded with it.
-    ``weights_backbone``: ImageNet weights for the backbone, a file or a ``list_pretrained()`` name;
-    their metadata sets the input format, mean and std. ``num_classes`` counts the background (default
-    91). ``trainable_backbone_layers``: how many backbone stages train, counted from the last (default
-    all but the stem and first stage), checked as torchvision does; with pretrained weights the norms
-    are FrozenBN, without them trainable BN and every stage trains. ``progress`` is accepted for
-    torchvision's interface (downloads go through pytorchcv / timm). ``kwargs`` go to
-    ``assemble_c4_detector``: torchvision ``FasterRCNN``'s options (``min_size``, ``rpn_*``, ``box_*``, ...).
+    Inputs are torchvision's: float RGB images in 0-1 and targets with labels 1..num_classes-1.
+    ``weights``: a trained detector file, which also sets ``num_classes`` and the preprocessing.
+    ``weights_backbone``: ImageNet weights (file or ``list_pretrained()`` name), whose metadata sets the
+    preprocessing; with either, norms are FrozenBN, else trainable BN and every stage trains.
+    ``trainable_backbone_layers`` counts stages from the last. ``progress`` is accepted for torchvision's
+    interface. ``kwargs`` go to ``assemble_c4_detector``.
     """
     if arch not in MODEL_REGISTRY:
         raise ValueError(MODEL_REGISTRY.unknown_message(arch))
-    removed = sorted(set(kwargs) & {"rpn_nms_impl", "roi_align_impl"})
-    if removed:
-        raise ValueError(
-            f"{', '.join(removed)} was removed: build the detector, then call "
-            "shufflenet_det.detection.speed.apply_speed_forms(model, roi_align=..., rpn_nms=..., device=...)"
-        )
     checkpoint = None
     if weights is not None:
         checkpoint = _read_detector(weights)
@@ -255,12 +180,8 @@ def fasterrcnn_c4(
         meta = getattr(network, "weights_meta", {})
     backbone, box_head = split_c4(network, C4_FEATURE, C4_STRIDE)
     model = assemble_c4_detector(
-        backbone,
-        box_head,
-        num_classes,
-        **_backbone_preprocessing(meta, weights or weights_backbone),
-        structure_meta=model_structure(network),
-        **kwargs,
+        backbone, box_head, num_classes, **_backbone_preprocessing(meta, weights or weights_backbone),
+        structure_meta=model_structure(network), **kwargs,
     )
     if checkpoint is not None:
         load_detector_weights(model, checkpoint, f"weights {weights}")
@@ -280,7 +201,7 @@ def _read_detector(weights: str) -> Dict[str, Any]:
 
 
 def _frozen_stages(num_stages: int, trainable_layers: Optional[int], is_trained: bool) -> int:
-    """detectron2's FREEZE_AT for torchvision's ``trainable_backbone_layers`` (stages that train, from the last)."""
+    """detectron2's FREEZE_AT for torchvision's ``trainable_backbone_layers``."""
     if not is_trained:
         if trainable_layers is not None:
             warnings.warn(
@@ -291,32 +212,24 @@ def _frozen_stages(num_stages: int, trainable_layers: Optional[int], is_trained:
     if trainable_layers is None:
         trainable_layers = num_stages - DEFAULT_FROZEN_STAGES
     if not 0 <= trainable_layers <= num_stages:
-        raise ValueError(f"trainable_backbone_layers must be in [0, {num_stages}] for this backbone, got {trainable_layers}")
+        raise ValueError(f"trainable_backbone_layers must be in [0, {num_stages}] for this backbone, "
+                         f"got {trainable_layers}")
     return num_stages - trainable_layers
 
 
 def _backbone_preprocessing(meta: Mapping[str, Any], source: Optional[str]) -> Dict[str, Any]:
     """``assemble_c4_detector``'s preprocessing arguments for 0-1 RGB inputs and the weights' ``meta``."""
-    defaults = {
-        "input_format": MEGVII_PREPROCESSING.input_format,
-        "pixel_mean": list(MEGVII_PREPROCESSING.pixel_mean),
-        "pixel_std": list(MEGVII_PREPROCESSING.pixel_std),
-    }
-    missing = [key for key in _PREPROCESSING_KEYS if meta.get(key) is None]
+    keys = ("input_format", "pixel_mean", "pixel_std")
+    missing = [key for key in keys if meta.get(key) is None]
     if source is not None and missing:
-        logger.warning(
-            "%s records no %s: assuming the official ShuffleNet weights' input (BGR 0-255, mean 0, std 1)",
-            source,
-            ", ".join(missing),
-        )
-    chosen = {key: defaults[key] if meta.get(key) is None else meta[key] for key in _PREPROCESSING_KEYS}
-    return {
-        "input_format": "RGB",
-        "input_scale": 1.0,
-        "backbone_format": str(chosen["input_format"]).upper(),
-        "pixel_mean": [float(value) for value in chosen["pixel_mean"]],
-        "pixel_std": [float(value) for value in chosen["pixel_std"]],
-    }
+        logger.warning("%s records no %s: assuming the official ShuffleNet weights' input (BGR 0-255, mean 0, std 1)",
+                       source, ", ".join(missing))
+    chosen = {key: getattr(MEGVII_PREPROCESSING, key) if key in missing else meta[key] for key in keys}
+    return dict(
+        input_format="RGB", input_scale=1.0, backbone_format=str(chosen["input_format"]).upper(),
+        pixel_mean=[float(value) for value in chosen["pixel_mean"]],
+        pixel_std=[float(value) for value in chosen["pixel_std"]],
+    )
 
 
 def fasterrcnn_shufflenet_v1_x0_5_g3_c4(**kwargs: Any) -> FasterRCNNC4:
@@ -342,10 +255,6 @@ def fasterrcnn_mobilenet_v1_x1_0_c4(**kwargs: Any) -> FasterRCNNC4:
 # The builders registered with torchvision by name (``register_torchvision_models``).
 DETECTION_MODELS = {
     builder.__name__: builder
-    for builder in (
-        fasterrcnn_shufflenet_v1_x0_5_g3_c4,
-        fasterrcnn_shufflenet_v1_x1_0_g3_c4,
-        fasterrcnn_shufflenet_v1_x2_0_g3_c4,
-        fasterrcnn_mobilenet_v1_x1_0_c4,
-    )
+    for builder in (fasterrcnn_shufflenet_v1_x0_5_g3_c4, fasterrcnn_shufflenet_v1_x1_0_g3_c4,
+                    fasterrcnn_shufflenet_v1_x2_0_g3_c4, fasterrcnn_mobilenet_v1_x1_0_c4)
 }

@@ -1,12 +1,8 @@
 """RPN proposal selection for all images of a batch at once, with an NMS that stops at the boxes kept.
 
-torchvision's RPN selects each image's proposals in a Python loop: clip, drop small and low-scoring
-boxes, NMS over every box that is left (up to PRE_NMS_TOPK: 12000 in C4 training), keep the first
-POST_NMS_TOPK (2000). On a GPU its NMS ends in a scan by one thread block that visits the boxes in
-score order, a memory round trip and a barrier for every kept box, and the images of a batch run one
-after another. ``BatchedProposalRPN`` selects the same proposals for all images together:
-``greedy_nms_first_k`` resolves greedy NMS a block of boxes at a time with batched matrix operations
-and stops once every image has its POST_NMS_TOPK boxes.
+torchvision selects proposals image by image, its GPU NMS scanning every box (12000 in C4 training) in
+one thread block. ``greedy_nms_first_k`` resolves greedy NMS a block of boxes at a time with batched
+matrix operations for all images, and stops once each has its POST_NMS_TOPK boxes.
 """
 
 from __future__ import annotations
@@ -22,9 +18,8 @@ from torchvision.ops import boxes as box_ops
 def iou_above(
     boxes: torch.Tensor, areas: torch.Tensor, others: torch.Tensor, other_areas: torch.Tensor, threshold: float
 ) -> torch.Tensor:
-    """[..., len(boxes), len(others)]: IoU > threshold, with the float32 terms in the order of torchvision's
-    NMS kernels (compared in double precision, which gives the same answer as their float comparison
-    for float32 IoUs). Leading batch dimensions broadcast."""
+    """[..., len(boxes), len(others)]: IoU > threshold, computed in the order of torchvision's NMS kernels
+    (compared in double: the same answer as their float comparison of float32 IoUs)."""
     first, second = boxes[..., :, None, :], others[..., None, :, :]
     width = torch.minimum(first[..., 2], second[..., 2]) - torch.maximum(first[..., 0], second[..., 0])
     height = torch.minimum(first[..., 3], second[..., 3]) - torch.maximum(first[..., 1], second[..., 1])
@@ -33,24 +28,16 @@ def iou_above(
     return iou.double() > threshold
 
 
-def _box_areas(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
 def greedy_nms_first_k(
     boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, iou_threshold: float, k: int, block: int = 1024
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Greedy NMS for a batch of images: boxes [N, M, 4] (XYXY), scores [N, M], valid [N, M] (boxes to consider).
+    """Greedy NMS for a batch: boxes [N, M, 4] (XYXY), scores [N, M], valid [N, M] (boxes to consider).
 
-    Returns ``(indices [N, k], counts [N])``: image n keeps boxes ``indices[n, :counts[n]]`` (indices into
-    M), the first ``k`` boxes that greedy NMS keeps among its valid boxes, by decreasing score, equal
-    to ``torchvision.ops.nms(boxes[n][valid[n]], scores[n][valid[n]], iou_threshold)[:k]`` (mapped back
-    to M); equal scores are taken in index order.
-
-    Boxes are visited in blocks of ``block`` in score order. A block's boxes first drop out if a box kept
-    in an earlier block overlaps them; within the block, box i survives if no earlier survivor overlaps
-    it, a rule applied to all boxes at once until nothing changes (each round settles at least the
-    first unsettled box, so this ends at greedy NMS's answer).
+    Returns ``(indices [N, k], counts [N])``: ``indices[n, :counts[n]]`` equals
+    ``torchvision.ops.nms(boxes[n][valid[n]], scores[n][valid[n]], iou_threshold)[:k]`` mapped back to M
+    (equal scores in index order). Boxes are visited in score order, ``block`` at a time: a box drops out
+    if a box kept in an earlier block overlaps it; within the block, box i survives if no earlier survivor
+    overlaps it, applied to all at once until nothing changes (each round settles at least one box).
     """
     images, count = scores.shape
     indices = torch.zeros(images, k, dtype=torch.int64, device=scores.device)
@@ -64,7 +51,7 @@ def greedy_nms_first_k(
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
     ordered = boxes.gather(1, order[..., None].expand(-1, -1, 4))
     ordered_valid = valid.gather(1, order)
-    areas = _box_areas(ordered)
+    areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])
     kept = torch.zeros_like(ordered_valid)  # by position in score order
     # Beyond the last valid box of every image nothing is left to keep.
     last = int(ordered_valid.sum(dim=1).max())
@@ -75,9 +62,8 @@ def greedy_nms_first_k(
         alive = ordered_valid[:, start:stop] & (kept[:, :start].sum(dim=1) < k)[:, None]
         if start:
             # The boxes kept so far, packed to the front of each row (fewer than k + block per image).
-            packed = torch.sort((~kept[:, :start]).to(torch.uint8), dim=1, stable=True).indices
             width = int(kept[:, :start].sum(dim=1).max())
-            packed = packed[:, :width]
+            packed = torch.sort((~kept[:, :start]).to(torch.uint8), dim=1, stable=True).indices[:, :width]
             earlier_kept = kept[:, :start].gather(1, packed)
             earlier_boxes = ordered[:, :start].gather(1, packed[..., None].expand(-1, -1, 4))
             earlier_areas = areas[:, :start].gather(1, packed)
@@ -103,8 +89,7 @@ def greedy_nms_first_k(
 
 
 class C4RegionProposalNetwork(RegionProposalNetwork):
-    """torchvision's RPN with its box-delta weights as an argument (detectron2's MODEL.RPN.BBOX_REG_WEIGHTS;
-    torchvision's constructor fixes them at 1)."""
+    """torchvision's RPN with settable box-delta weights (MODEL.RPN.BBOX_REG_WEIGHTS; torchvision fixes 1s)."""
 
     def __init__(self, *args: Any, bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -112,38 +97,23 @@ class C4RegionProposalNetwork(RegionProposalNetwork):
 
 
 class BatchedProposalRPN(C4RegionProposalNetwork):
-    """torchvision's RPN whose proposal selection runs for all images at once (``greedy_nms_first_k``).
-
-    The same steps as torchvision's ``filter_proposals`` (top PRE_NMS_TOPK per level, sigmoid, clip, drop
-    boxes under ``min_size`` and below ``score_thresh``, NMS per level, the best POST_NMS_TOPK), the first
-    four for the whole batch at once (``candidates``), and the same proposals in the same order, except
-    where equal scores make torchvision's order its sort's choice (here: index order). ``select`` picks
-    each image's proposals; with several feature levels it runs torchvision's NMS image by image.
-    """
+    """torchvision's RPN with ``filter_proposals`` run for all images at once: the same proposals in the
+    same order (equal scores in index order). ``candidates`` does top-k, sigmoid, clipping and the size and
+    score filters for the batch; ``select`` does the NMS (per image with several feature levels)."""
 
     def filter_proposals(
-        self,
-        proposals: torch.Tensor,
-        objectness: torch.Tensor,
-        image_shapes: List[Tuple[int, int]],
+        self, proposals: torch.Tensor, objectness: torch.Tensor, image_shapes: List[Tuple[int, int]],
         num_anchors_per_level: List[int],
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         boxes, scores, levels, valid = self.candidates(proposals, objectness, image_shapes, num_anchors_per_level)
         selected = self.select(boxes, scores, levels, valid)
-        return (
-            [boxes[image, keep] for image, keep in enumerate(selected)],
-            [scores[image, keep] for image, keep in enumerate(selected)],
-        )
+        return [boxes[n, keep] for n, keep in enumerate(selected)], [scores[n, keep] for n, keep in enumerate(selected)]
 
     def candidates(
-        self,
-        proposals: torch.Tensor,
-        objectness: torch.Tensor,
-        image_shapes: List[Tuple[int, int]],
+        self, proposals: torch.Tensor, objectness: torch.Tensor, image_shapes: List[Tuple[int, int]],
         num_anchors_per_level: List[int],
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every image's top PRE_NMS_TOPK boxes per level, clipped, with their scores (sigmoid), feature
-        levels and whether they pass ``min_size`` and ``score_thresh``: [N, M, 4], [N, M], [N, M], [N, M]."""
+        """Boxes [N, M, 4] (top PRE_NMS_TOPK per level, clipped), scores, levels and validity [N, M]."""
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
         top = self._get_top_n_idx(objectness, num_anchors_per_level)

@@ -1,14 +1,9 @@
 """RoIAlign as two small matrix products per RoI, with its backward: torchvision's results, faster on CPUs.
 
-Bilinear sampling at a grid of points and the mean over each bin's points factor into a part along
-the rows and a part along the columns: a pooled RoI is ``Wy @ window @ Wx^T``, where ``window`` is
-the part of the feature map the RoI touches, ``Wy`` [S, rows] and ``Wx`` [S, columns] hold each bin's
-averaged interpolation weights. The weights follow torchvision's kernel term by term (points more
-than one pixel outside the map count zero, the rest are clamped into it; adaptive or fixed sampling
-grid; ``aligned`` half-pixel offset), so results agree to float rounding. The backward pass is the
-transposed products, added into the window: no per-sample scatter as in torchvision's CPU kernel,
-which spends most of a CPU training step's RoIAlign time there. One RoI at a time in Python: meant
-for CPUs (on GPUs torchvision's kernels are the better choice).
+A pooled RoI is ``Wy @ window @ Wx^T``: ``window`` is the part of the map the RoI touches, ``Wy`` / ``Wx``
+[S, rows / columns] hold each bin's averaged bilinear weights, built term by term as torchvision's kernel
+does (so results agree to float rounding). Backward is the transposed products added into the window,
+without the per-sample scatter that dominates torchvision's CPU kernel. One RoI at a time: for CPUs.
 """
 
 from __future__ import annotations
@@ -18,23 +13,21 @@ from typing import List, Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-# One RoI's window: (image, top, bottom, left, right, row weights [S, bottom - top], column weights
+# One RoI's (image, top, bottom, left, right, row weights [S, bottom - top], column weights
 # [S, right - left]); None for a RoI entirely outside the map (RoIAlign gives zeros).
 Window = Optional[Tuple[int, int, int, int, int, torch.Tensor, torch.Tensor]]
 
 
 def axis_weights(start: torch.Tensor, size: torch.Tensor, bins: int, grid: torch.Tensor, length: int) -> torch.Tensor:
-    """One axis of RoIAlign as weights [R, bins, length].
-
-    RoI r covers ``start[r] .. start[r] + size[r]`` (feature-map units, after the aligned offset) and
-    samples ``grid[r]`` points per bin; entry [r, i, p] is the weight of map position p in bin i.
-    """
+    """One axis of RoIAlign as weights [R, bins, length]: RoI r covers ``start[r]`` to ``start[r] + size[r]``
+    (map units) with ``grid[r]`` points per bin; [r, i, p] is the weight of map position p in bin i."""
     points = max(int(grid.max()), 1) if grid.numel() else 1
     bin_size = (size / bins)[:, None, None]
     bin_index = torch.arange(bins, dtype=start.dtype, device=start.device)[None, :, None]
     point_index = torch.arange(points, dtype=start.dtype, device=start.device)[None, None, :]
     grid = grid[:, None, None]
     position = start[:, None, None] + bin_index * bin_size + (point_index + 0.5) * bin_size / grid.clamp(min=1)
+    # As torchvision: points over a pixel outside the map count zero, the rest are clamped into it.
     valid = (point_index < grid) & (position >= -1.0) & (position <= length)
     position = position.clamp(min=0)
     low = position.floor().long()
@@ -47,26 +40,6 @@ def axis_weights(start: torch.Tensor, size: torch.Tensor, bins: int, grid: torch
     weights.scatter_add_(2, low, (1 - fraction) * scale)
     weights.scatter_add_(2, high, fraction * scale)
     return weights
-
-
-def roi_weights(
-    boxes: torch.Tensor, height: int, width: int, output_size: int, spatial_scale: float, sampling_ratio: int,
-    aligned: bool,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Row weights [R, S, height] and column weights [R, S, width] of ``boxes`` (XYXY, image pixels)."""
-    offset = 0.5 if aligned else 0.0
-    corners = boxes.to(torch.promote_types(boxes.dtype, torch.float32)) * spatial_scale - offset
-    start, extent = corners[:, :2], corners[:, 2:] - corners[:, :2]
-    if not aligned:
-        extent = extent.clamp(min=1.0)
-    if sampling_ratio > 0:
-        grid = torch.full_like(extent, sampling_ratio)
-    else:
-        grid = torch.ceil(extent / output_size)
-    grid = grid.long()
-    rows = axis_weights(start[:, 1], extent[:, 1], output_size, grid[:, 1], height)
-    columns = axis_weights(start[:, 0], extent[:, 0], output_size, grid[:, 0], width)
-    return rows, columns
 
 
 def weight_support(weights: torch.Tensor) -> Tuple[List[int], List[int]]:
@@ -82,12 +55,16 @@ def roi_windows(
     boxes: torch.Tensor, image: int, height: int, width: int, output_size: int, spatial_scale: float,
     sampling_ratio: int, aligned: bool,
 ) -> List[Window]:
-    """The window of the map and its weights for each of ``boxes`` (XYXY) on map ``image``."""
-    rows, columns = roi_weights(boxes, height, width, output_size, spatial_scale, sampling_ratio, aligned)
-    tops, bottoms = weight_support(rows)
-    lefts, rights = weight_support(columns)
+    """The window of the map and its weights for each of ``boxes`` (XYXY, image pixels) on map ``image``."""
+    corners = boxes.to(torch.promote_types(boxes.dtype, torch.float32)) * spatial_scale - (0.5 if aligned else 0.0)
+    start, extent = corners[:, :2], corners[:, 2:] - corners[:, :2]
+    if not aligned:
+        extent = extent.clamp(min=1.0)
+    grid = (torch.full_like(extent, sampling_ratio) if sampling_ratio > 0 else torch.ceil(extent / output_size)).long()
+    rows = axis_weights(start[:, 1], extent[:, 1], output_size, grid[:, 1], height)
+    columns = axis_weights(start[:, 0], extent[:, 0], output_size, grid[:, 0], width)
     windows: List[Window] = []
-    for index, (top, bottom, left, right) in enumerate(zip(tops, bottoms, lefts, rights)):
+    for index, (top, bottom, left, right) in enumerate(zip(*weight_support(rows), *weight_support(columns))):
         if bottom > top and right > left:
             windows.append((image, top, bottom, left, right, rows[index, :, top:bottom], columns[index, :, left:right]))
         else:
@@ -98,8 +75,7 @@ def roi_windows(
 def pool_window(
     patch: torch.Tensor, row_weights: torch.Tensor, column_weights: torch.Tensor, out: torch.Tensor
 ) -> None:
-    """One pooled RoI into ``out`` [S, S, C]: ``row_weights @ patch @ column_weights^T`` per channel, where
-    ``patch`` is the channels-last window flattened to [rows, columns * C]."""
+    """One pooled RoI into ``out`` [S, S, C]; ``patch`` is the channels-last window as [rows, columns * C]."""
     rows = torch.mm(row_weights, patch).view(row_weights.shape[0], column_weights.shape[1], out.shape[-1])
     torch.matmul(column_weights, rows, out=out)
 
@@ -112,7 +88,7 @@ class _SeparableRoIAlign(torch.autograd.Function):
         with torch.autocast(feature_map.device.type, enabled=False):
             hwc = feature_map.detach().to(compute_dtype).permute(0, 2, 3, 1).contiguous()
             _, height, width, channels = hwc.shape
-            windows: List[Window] = []
+            windows: List[Tuple[int, Window]] = []
             for image in range(feature_map.shape[0]):
                 members = (rois[:, 0] == image).nonzero().flatten()
                 found = roi_windows(rois[members, 1:].to(compute_dtype), image, height, width, output_size,
@@ -121,11 +97,10 @@ class _SeparableRoIAlign(torch.autograd.Function):
             windows.sort(key=lambda entry: entry[0])
             pooled = hwc.new_zeros(len(rois), output_size, output_size, channels)
             for roi, window in windows:
-                if window is None:
-                    continue
-                image, top, bottom, left, right, row_weights, column_weights = window
-                patch = hwc[image, top:bottom, left:right].reshape(bottom - top, -1)
-                pool_window(patch, row_weights, column_weights, pooled[roi])
+                if window is not None:
+                    image, top, bottom, left, right, row_weights, column_weights = window
+                    patch = hwc[image, top:bottom, left:right].reshape(bottom - top, -1)
+                    pool_window(patch, row_weights, column_weights, pooled[roi])
         ctx.windows = [window for _, window in windows]
         ctx.map_shape, ctx.map_dtype, ctx.compute_dtype = hwc.shape, feature_map.dtype, compute_dtype
         return pooled.permute(0, 3, 1, 2).to(feature_map.dtype)
@@ -138,12 +113,11 @@ class _SeparableRoIAlign(torch.autograd.Function):
             grad_hwc = grad.new_zeros(ctx.map_shape)
             size, channels = grad.shape[1], grad.shape[3]
             for roi, window in enumerate(ctx.windows):
-                if window is None:
-                    continue
-                image, top, bottom, left, right, row_weights, column_weights = window
-                grad_rows = torch.matmul(column_weights.t(), grad[roi])  # [S, window width, C]
-                grad_patch = torch.mm(row_weights.t(), grad_rows.reshape(size, -1))
-                grad_hwc[image, top:bottom, left:right] += grad_patch.view(bottom - top, right - left, channels)
+                if window is not None:
+                    image, top, bottom, left, right, row_weights, column_weights = window
+                    grad_rows = torch.matmul(column_weights.t(), grad[roi])  # [S, window width, C]
+                    grad_patch = torch.mm(row_weights.t(), grad_rows.reshape(size, -1))
+                    grad_hwc[image, top:bottom, left:right] += grad_patch.view(bottom - top, right - left, channels)
         return grad_hwc.permute(0, 3, 1, 2).to(ctx.map_dtype), None, None, None, None, None
 
 
@@ -151,6 +125,6 @@ def separable_roi_align(
     feature_map: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
     aligned: bool,
 ) -> torch.Tensor:
-    """``torchvision.ops.roi_align(feature_map, rois, ...)`` for rois [R, 5] (image index, XYXY), with
-    gradients for ``feature_map``: [R, C, S, S] (channels-last memory), in ``feature_map``'s dtype."""
+    """``torchvision.ops.roi_align`` for rois [R, 5] (image index, XYXY), differentiable in ``feature_map``;
+    [R, C, S, S] in channels-last memory."""
     return _SeparableRoIAlign.apply(feature_map, rois, output_size, spatial_scale, sampling_ratio, aligned)

@@ -1,8 +1,5 @@
-"""Training and evaluating a detector from a config: the library behind ``tools/train_net.py``.
-
-The engine (``shufflenet_det.engine``) knows nothing about detection; this module connects it with the
-detector, the data loaders and COCO evaluation, and draws a few validation images at the end.
-"""
+"""Training and evaluating a detector from a config (behind ``tools/train_net.py``): the engine, which
+knows nothing about detection, joined with the detector, the data loaders and COCO evaluation."""
 
 from __future__ import annotations
 
@@ -10,43 +7,23 @@ import argparse
 import logging
 import os
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
-import cv2
 import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
 from ..config import load_config
 from ..config.loading import ConfigError
-from ..data import (
-    DatasetCatalog,
-    DatasetError,
-    MetadataCatalog,
-    UnknownDatasetError,
-    add_register_coco_argument,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    read_image,
-    register_coco_datasets,
-)
-from ..engine import (
-    SetupError,
-    build_checkpointer,
-    build_grad_scaler,
-    build_lr_scheduler,
-    build_optimizer,
-    build_trainer,
-    create_ddp_model,
-    default_setup,
-    eval_amp_dtype,
-)
+from ..data import (DatasetCatalog, DatasetError, MetadataCatalog, UnknownDatasetError, add_register_coco_argument,
+                    build_detection_test_loader, build_detection_train_loader, register_coco_datasets)
+from ..engine import (SetupError, build_checkpointer, build_grad_scaler, build_lr_scheduler, build_optimizer,
+                      build_trainer, create_ddp_model, default_setup, eval_amp_dtype)
 from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
-from ..utils.visualizer import draw_detections
 from .backbone import names_a_file
 from .checkpoint import warn_if_untrained
+from .demo import Predictor, run_on_images
 from .detector import build_detector
 
 logger = logging.getLogger(__name__)
@@ -57,11 +34,8 @@ USER_ERRORS = (ConfigError, DatasetError, UnknownDatasetError, FileExistsError)
 
 def detection_losses(model: nn.Module, batch: Sequence[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
     """The detector's training losses for a loader batch (contiguous labels 0..K-1 become 1..K)."""
-    images = [item["image"] for item in batch]
-    targets = [
-        {"boxes": item["instances"]["boxes"], "labels": item["instances"]["labels"] + 1} for item in batch
-    ]
-    return model(images, targets)
+    targets = [{"boxes": item["instances"]["boxes"], "labels": item["instances"]["labels"] + 1} for item in batch]
+    return model([item["image"] for item in batch], targets)
 
 
 def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
@@ -73,45 +47,13 @@ def evaluate(cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         evaluator = COCOEvaluator.from_metadata(MetadataCatalog.get(name), output_dir)
         loader = build_detection_test_loader(cfg, name)
         check_num_classes(cfg, [name])  # after loading: a registered COCO file sets its classes then
-        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=eval_amp_dtype(cfg, next(model.parameters()).device))
+        amp_dtype = eval_amp_dtype(cfg, next(model.parameters()).device)
+        results[name] = inference_on_dataset(model, loader, evaluator, amp_dtype=amp_dtype)
     return results[names[0]] if len(names) == 1 else results
 
 
-@torch.no_grad()
-def draw_dataset_predictions(
-    cfg: CfgNode, model: nn.Module, dataset_name: str, num_images: int, output_dir: str, score_threshold: float
-) -> List[Path]:
-    """Draw the detections scoring at least ``score_threshold`` on the first ``num_images`` images of a
-    dataset; returns the written files."""
-    class_names = MetadataCatalog.get(dataset_name).get("thing_classes")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    written = []
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    for record in DatasetCatalog.get(dataset_name)[:num_images]:
-        image = read_image(record["file_name"], cfg.INPUT.FORMAT)
-        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
-        output = model([tensor])[0]
-        bgr = image if cfg.INPUT.FORMAT == "BGR" else image[:, :, ::-1]
-        canvas = draw_detections(
-            bgr,
-            output["boxes"].cpu().numpy(),
-            (output["labels"] - 1).tolist(),
-            output["scores"].tolist(),
-            class_names,
-            score_threshold=score_threshold,
-        )
-        path = Path(output_dir) / f"{Path(record['file_name']).stem}.jpg"
-        cv2.imwrite(str(path), canvas)
-        written.append(path)
-    model.train(was_training)
-    return written
-
-
 def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
-    """A dataset with more categories than MODEL.ROI_HEADS.NUM_CLASSES would fail inside the loss (or
-    be scored wrongly); fewer is allowed (those outputs stay unused) but logged."""
+    """More dataset categories than MODEL.ROI_HEADS.NUM_CLASSES is an error (the loss would fail); fewer is logged."""
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
@@ -135,9 +77,8 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     grad_scaler = build_grad_scaler(cfg)
-    checkpointer = build_checkpointer(
-        cfg, model, optimizer, scheduler, grad_scaler, extra_data={"meta": model.structure_meta}
-    )
+    meta = {"meta": model.structure_meta}
+    checkpointer = build_checkpointer(cfg, model, optimizer, scheduler, grad_scaler, extra_data=meta)
     # MODEL.WEIGHTS went into the model as it was built; the checkpointer only resumes.
     start_iter = checkpointer.resume_or_load(None, resume=resume).get("iteration", 0)
     loader = build_detection_train_loader(cfg, start_iter=start_iter)
@@ -152,27 +93,20 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
         return results
 
     trainer = build_trainer(
-        cfg,
-        trained,
-        loader,
-        optimizer,
-        scheduler,
-        checkpointer,
-        start_iter=start_iter,
-        loss_fn=detection_losses,
-        eval_function=evaluate_and_keep if cfg.DATASETS.TEST else None,
-        grad_scaler=grad_scaler,
+        cfg, trained, loader, optimizer, scheduler, checkpointer, start_iter=start_iter, loss_fn=detection_losses,
+        eval_function=evaluate_and_keep if cfg.DATASETS.TEST else None, grad_scaler=grad_scaler,
     )
     trainer.train()
     if loader.num_failed:
         logger.warning("%d training image(s) could not be read and were skipped (see the log above)", loader.num_failed)
     num_vis = cfg.SHUFFLENET_DET.NUM_VIS_IMAGES
     if is_main_process() and num_vis > 0 and cfg.DATASETS.TEST:
-        vis_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
-        written = draw_dataset_predictions(
-            cfg, model, cfg.DATASETS.TEST[0], num_vis, vis_dir, cfg.SHUFFLENET_DET.VIS_SCORE_THRESH
-        )
-        logger.info("Detections drawn on %d %s images in %s", len(written), cfg.DATASETS.TEST[0], vis_dir)
+        name, vis_dir = cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "vis")
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        predictor = Predictor(model, cfg.INPUT.FORMAT, classes, cfg.SHUFFLENET_DET.VIS_SCORE_THRESH)
+        files = [record["file_name"] for record in DatasetCatalog.get(name)[:num_vis]]
+        written = run_on_images(predictor, files, vis_dir).written
+        logger.info("Detections drawn on %d %s images in %s", len(written), name, vis_dir)
     return results
 
 
@@ -218,18 +152,13 @@ def main(args: argparse.Namespace) -> Any:
             return evaluate_only(cfg, resume=args.resume)
         return train(cfg, resume=args.resume)
     except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        raise SetupError(message) from None
+        raise SetupError(str(error)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The detection-specific options of train_net.py."""
     add_register_coco_argument(parser)
-    parser.add_argument(
-        "--engine",
-        choices=("torchvision", "detectron2"),
-        default="torchvision",
-        help="the built-in engine (default) or detectron2's DefaultTrainer (needs detectron2 installed)",
-    )
+    parser.add_argument("--engine", choices=("torchvision", "detectron2"), default="torchvision",
+                        help="the built-in engine (default) or detectron2's DefaultTrainer (needs detectron2)")
     return parser
 

@@ -1,4 +1,4 @@
-"""Resize and normalize detector inputs with separate train and test sizes."""
+"""torchvision's detector transform with separate train and test sizes and an optional channel swap."""
 
 from __future__ import annotations
 
@@ -9,27 +9,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
-    """torchvision's transform, but honoring separate train and test sizes, taking integer images and
-    optionally reversing the channel order (RGB <-> BGR).
-
-    torchvision keeps one (min_size, max_size) pair for both modes; here ``train()`` / ``eval()``
-    switch between the two pairs. In training a shorter side is drawn from ``min_size_train`` for
-    each image (detectron2's "choice" sampling). Images are converted to float, their channels
-    reversed when ``reverse_channels`` (inputs in RGB for a backbone trained on BGR, or the other way),
-    then normalized with ``image_mean`` / ``image_std``: in the input's scale, the backbone's channel
-    order. Other keyword arguments (``size_divisible``, ``fixed_size``, ``_skip_resize``) are torchvision's.
-    """
+    """``GeneralizedRCNNTransform`` whose ``train()`` / ``eval()`` switch between a train and a test
+    (min_size, max_size) pair (training draws a shorter side per image from ``min_size_train``, as
+    detectron2's "choice" sampling). Integer images become float; ``reverse_channels`` swaps RGB <-> BGR
+    before ``image_mean`` / ``image_std`` (input scale, backbone order) apply."""
 
     def __init__(
-        self,
-        min_size_train: Sequence[int],
-        max_size_train: int,
-        min_size_test: int,
-        max_size_test: int,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        reverse_channels: bool = False,
-        **kwargs: Any,
+        self, min_size_train: Sequence[int], max_size_train: int, min_size_test: int, max_size_test: int,
+        image_mean: Sequence[float], image_std: Sequence[float], reverse_channels: bool = False, **kwargs: Any,
     ) -> None:
         super().__init__(tuple(min_size_train), max_size_train, list(image_mean), list(image_std), **kwargs)
         self.train_sizes = (tuple(min_size_train), max_size_train)
@@ -44,6 +31,5 @@ class DetectionTransform(GeneralizedRCNNTransform):
         if not image.is_floating_point():
             image = image.float()
         if self.reverse_channels:
-            # A gather, not flip(): it exports to every ONNX opset.
-            image = image[torch.tensor([2, 1, 0], device=image.device)]
+            image = image[torch.tensor([2, 1, 0], device=image.device)]  # a gather, not flip(): any ONNX opset
         return super().normalize(image)
