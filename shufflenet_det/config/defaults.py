@@ -14,9 +14,8 @@ _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
 _C.MODEL.WEIGHTS = ""
 _C.MODEL.MASK_ON = False
 _C.MODEL.LOAD_PROPOSALS = False
-# 0-255 scale, in INPUT.FORMAT channel order (detectron2's convention). These defaults suit the
-# official megvii weights (BGR, no normalization); pytorchcv weights want RGB ImageNet mean/std, timm's
-# mobilenetv1_100 RGB mean = std = 127.5.
+# 0-255 scale, INPUT.FORMAT channel order. These suit megvii's weights (BGR, no normalization); pytorchcv's
+# want RGB ImageNet mean/std, timm's mobilenetv1_100 RGB mean = std = 127.5.
 _C.MODEL.PIXEL_MEAN = [0.0, 0.0, 0.0]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 
@@ -130,8 +129,8 @@ _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
 _C.SOLVER.MAX_ITER = 90000
 _C.SOLVER.BASE_LR = 0.02
 _C.SOLVER.BASE_LR_END = 0.0
-# "SGD" (detectron2's optimizer) or "AdamW" (ignores MOMENTUM and NESTEROV): from scratch on little
-# data AdamW learns several times faster per image (docs/detection.md, "How well the detector learns").
+# "SGD" or "AdamW" (ignores MOMENTUM, NESTEROV): from scratch on little data AdamW learns several times
+# faster per image (docs/detection.md).
 _C.SOLVER.OPTIMIZER = "SGD"
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
@@ -181,81 +180,61 @@ _C.GLOBAL.HACK = 1.0
 
 # Settings of this project's engine that detectron2 has no key for.
 _C.SHUFFLENET_DET = CN()
-# Console/metrics period in iterations.
-_C.SHUFFLENET_DET.LOG_PERIOD = 20
-# bfloat16 or float16 when SOLVER.AMP.ENABLED (float16 uses a gradient scaler).
-_C.SHUFFLENET_DET.AMP_DTYPE = "bfloat16"
-# Number of non-finite losses in a row tolerated (the batch is skipped) before training stops.
+_C.SHUFFLENET_DET.LOG_PERIOD = 20  # iterations between console/metrics lines
+_C.SHUFFLENET_DET.AMP_DTYPE = "bfloat16"  # or "float16" (with a gradient scaler), when SOLVER.AMP.ENABLED
+# Non-finite losses in a row tolerated (each batch skipped) before training stops.
 _C.SHUFFLENET_DET.MAX_BAD_BATCHES = 0
 # Images drawn with their detections at the end of training, for a first look.
 _C.SHUFFLENET_DET.NUM_VIS_IMAGES = 4
 _C.SHUFFLENET_DET.VIS_SCORE_THRESH = 0.5
-# Intra-op CPU threads of each training process (0: torch's default, one per core). On a small CPU
-# machine one thread often wins: the data loader's workers need the other cores, and OpenMP threads
-# that wait for each other slow small convolutions down many times.
+# Intra-op CPU threads per training process (0: torch's default). On a small CPU machine one thread often
+# wins: the data loader's workers need the other cores.
 _C.SHUFFLENET_DET.TORCH_THREADS = 0
-# Periodic checkpoints (model_NNNNNNN.pth) kept in OUTPUT_DIR, newest first; 0 keeps all.
-# model_final.pth is never deleted.
+# Periodic checkpoints kept in OUTPUT_DIR, newest first (0 keeps all); model_final.pth is never deleted.
 _C.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP = 3
-# Training refuses to start with less free space (GiB) on the disk of OUTPUT_DIR.
-_C.SHUFFLENET_DET.MIN_FREE_DISK_GB = 1.0
-# Model and 4-D float inputs in channels_last memory format (faster convolutions on recent GPUs).
-_C.SHUFFLENET_DET.CHANNELS_LAST = False
-# How conv + norm layers compute (same function, different kernels): "modules" (as built),
-# "folded" (FrozenBN folded into the conv at each call: fewer kernels and tensors; fastest on CPUs),
-# "dense" (folded, and grouped 1x1 convs as block-diagonal dense convs with the shuffle absorbed:
-# fastest on GPUs, whose matrix units run dense convs far better than grouped ones) or "auto"
-# (dense for CUDA tensors, else folded). docs/engine.md has the figures.
+_C.SHUFFLENET_DET.MIN_FREE_DISK_GB = 1.0  # training refuses to start with less free space in OUTPUT_DIR
+_C.SHUFFLENET_DET.CHANNELS_LAST = False  # model and 4-D inputs in channels_last (faster convs on recent GPUs)
+# Same function, other kernels: "modules" (as built), "folded" (FrozenBN folded into the conv; fastest on
+# CPUs), "dense" (folded, grouped 1x1 convs as dense block-diagonal ones with the shuffle absorbed; fastest on
+# GPUs) or "auto" (dense for CUDA, else folded). docs/engine.md has the figures.
 _C.SHUFFLENET_DET.CONV_IMPL = "auto"
-# Training runs RoIAlign and the per-RoI head on slices of RoIs and keeps none of their activations:
-# backward runs each slice again. The per-RoI activations are nearly all of a C4 detector's training
-# memory; this costs one more forward of the head. Needs FrozenBN in the head.
+# Train RoIAlign and the per-RoI head on slices of RoIs, recomputed in backward: most of a C4 detector's
+# training memory saved for one more head forward. Needs FrozenBN in the head.
 _C.SHUFFLENET_DET.RECOMPUTE_BOX_HEAD = False
-# How our engine runs RoIAlign: "torchvision" (its kernels), "separable" (two small matrix products per
-# RoI, detection/roi_align.py: the same results to float rounding, a several times faster backward on
-# CPUs, slow on GPUs) or "auto" (separable for CPU tensors, torchvision's otherwise).
+# "torchvision" (its kernels), "separable" (two small matrix products per RoI, detection/roi_align.py: same
+# results, faster backward on CPUs, slow on GPUs) or "auto" (separable for CPU tensors).
 _C.SHUFFLENET_DET.ROI_ALIGN_IMPL = "auto"
-# How the RPN selects proposals in our engine: "torchvision" (one image at a time, NMS over every box)
-# or "batched" (all images at once, NMS in blocks that stops at POST_NMS_TOPK kept boxes; the same
-# proposals, detection/proposals.py). detectron2's engine uses its own RPN.
+# Our engine's RPN selection: "torchvision" (per image, NMS over every box) or "batched" (all images at once,
+# blocked NMS stopping at POST_NMS_TOPK; the same proposals, detection/proposals.py).
 _C.SHUFFLENET_DET.RPN_NMS_IMPL = "torchvision"
-# DistributedDataParallel's find_unused_parameters: needed when some parameters get no gradient.
-_C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False
+_C.SHUFFLENET_DET.DDP_FIND_UNUSED_PARAMETERS = False  # needed when some parameters get no gradient
 
-# ImageNet-style classification (tools/train_cls.py, shufflenet_det.classification). Everything else
-# it reads is a detectron2 key: MODEL.WEIGHTS, MODEL.PIXEL_MEAN/STD, INPUT.FORMAT, INPUT.RANDOM_FLIP,
-# SOLVER.*, TEST.EVAL_PERIOD, DATALOADER.NUM_WORKERS, OUTPUT_DIR, SEED.
+# ImageNet-style classification (tools/train_cls.py); it also reads MODEL.WEIGHTS, MODEL.PIXEL_MEAN/STD,
+# INPUT.FORMAT, INPUT.RANDOM_FLIP, SOLVER.*, TEST.EVAL_PERIOD, DATALOADER.NUM_WORKERS, OUTPUT_DIR, SEED.
 _C.CLASSIFICATION = CN()
-# Folder holding TRAIN_SPLIT/ and VAL_SPLIT/, each with one sub-folder of images per class
-# (ImageNet's layout). Empty: the IMAGENET environment variable.
+# Holds TRAIN_SPLIT/ and VAL_SPLIT/, one sub-folder of images per class; empty: $IMAGENET.
 _C.CLASSIFICATION.DATASET_ROOT = ""
-# Detection datasets (names, e.g. ("synthetic_train", "synthetic_val")) whose boxes become the classes'
-# images, one per split in the order (TRAIN_SPLIT, VAL_SPLIT), plus "background" windows: the paper's
-# ImageNet pretraining in miniature (shufflenet_det.data.box_crops). Written to DATASET_ROOT on first use.
+# Detection datasets, one per split in the order (TRAIN_SPLIT, VAL_SPLIT), whose boxes (plus "background"
+# windows) become the classes' images, written to DATASET_ROOT on first use (shufflenet_det.data.box_crops).
 _C.CLASSIFICATION.BOX_CROPS_OF = ()
 _C.CLASSIFICATION.TRAIN_SPLIT = "train"
 _C.CLASSIFICATION.VAL_SPLIT = "val"
-# Must equal the number of class folders of the dataset.
-_C.CLASSIFICATION.NUM_CLASSES = 1000
+_C.CLASSIFICATION.NUM_CLASSES = 1000  # must equal the number of class folders
 _C.CLASSIFICATION.LABEL_SMOOTHING = 0.1
-# Training augmentation: RandomResizedCrop(TRAIN_CROP_SIZE, scale=CROP_SCALE, ratio=CROP_RATIO), then
-# ColorJitter(brightness, contrast, saturation = COLOR_JITTER), then INPUT.RANDOM_FLIP.
+# Training: RandomResizedCrop(TRAIN_CROP_SIZE, CROP_SCALE, CROP_RATIO), ColorJitter(*COLOR_JITTER), RANDOM_FLIP.
 _C.CLASSIFICATION.TRAIN_CROP_SIZE = 224
 _C.CLASSIFICATION.CROP_SCALE = (0.08, 1.0)
 _C.CLASSIFICATION.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 _C.CLASSIFICATION.COLOR_JITTER = (0.4, 0.4, 0.4)
-# Evaluation: resize the shorter side to TEST_RESIZE_SIZE, center crop TEST_CROP_SIZE.
+# Evaluation: shorter side to TEST_RESIZE_SIZE, center crop TEST_CROP_SIZE ("bilinear" or "bicubic").
 _C.CLASSIFICATION.TEST_RESIZE_SIZE = 256
 _C.CLASSIFICATION.TEST_CROP_SIZE = 224
-# "bilinear" or "bicubic", for both resizes.
 _C.CLASSIFICATION.INTERPOLATION = "bilinear"
-# Evaluation batch over all processes (like SOLVER.IMS_PER_BATCH).
-_C.CLASSIFICATION.TEST_IMS_PER_BATCH = 256
-
+_C.CLASSIFICATION.TEST_IMS_PER_BATCH = 256  # over all processes, like SOLVER.IMS_PER_BATCH
 
 
 def add_shufflenet_config(cfg: CN) -> None:
-    """Add the keys of our own to a config (ours or detectron2's). Existing keys are left alone."""
+    """Add our own keys (with their defaults) to a config, ours or detectron2's."""
     # detectron2's CfgNode subclasses fvcore's, and yacs refuses to merge YAML into a node of another class.
     node = type(cfg)
     cfg.MODEL.SHUFFLENET = node(_C.MODEL.SHUFFLENET.clone())
