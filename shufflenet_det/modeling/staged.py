@@ -1,9 +1,5 @@
-"""The interface every classification network here offers to detection: named stages with known strides.
-
-A network is a stem followed by stages, each a child module listed in ``stage_names``. Generic code
-(detection backbones, feature extraction, freezing) works from ``feature_info`` and never needs to
-know which family it is looking at.
-"""
+"""What every network here offers detection: a stem and stages (child modules) with known strides, so that
+generic code (backbones, feature extraction, freezing) works from ``feature_info`` whatever the family."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .layers import freeze_module
 
@@ -29,19 +25,17 @@ class StagedNetwork(nn.Module):
 
     feature_info: List[FeatureInfo]
 
-    def _finish(self, feature_info: Sequence[FeatureInfo], num_classes: int, classifier_bias: bool = True) -> None:
+    def _finish(self, feature_info: Sequence[FeatureInfo], num_classes: int) -> None:
         self.feature_info = list(feature_info)
         self.num_classes = num_classes
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.feature_info[-1].channels, num_classes, bias=classifier_bias)
+        self.fc = nn.Linear(self.feature_info[-1].channels, num_classes)
 
     @property
     def stage_names(self) -> List[str]:
         return [info.name for info in self.feature_info]
 
-    def forward_features(
-        self, x: torch.Tensor, out_features: Optional[Sequence[str]] = None
-    ) -> Dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, out_features: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
         """Run the stages; return the named feature maps asked for (all of them by default)."""
         wanted = set(self.stage_names if out_features is None else out_features)
         unknown = wanted - set(self.stage_names)
@@ -65,11 +59,8 @@ class StagedNetwork(nn.Module):
         return getattr(self, name)
 
     def split_at_stride(self, stride: int = 16) -> Tuple[nn.Sequential, nn.Sequential]:
-        """The C4 split: (trunk up to the last stage of ``stride``, the stages after it).
-
-        The returned modules share parameters with this network and keep its stage names, so state
-        dict keys stay ``<stage>.<...>``.
-        """
+        """The C4 split: (trunk up to the last stage of ``stride``, the stages after it), sharing this network's
+        parameters and stage names (state dict keys stay ``<stage>.<...>``)."""
         strides = [info.stride for info in self.feature_info]
         if stride not in strides:
             raise ValueError(f"no stage of stride {stride}; strides are {strides}")
