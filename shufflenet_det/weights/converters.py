@@ -1,15 +1,10 @@
-"""Exact conversion of other implementations' state dicts to this package's key layout.
+"""Exact conversion of other implementations' state dicts to ours, plus the structure settings the weights need
+(``structure.py``): converted weights reproduce the source model's outputs.
 
-Each converter takes a state dict in its source's layout (``module.`` already removed) and returns
-our state dict plus the structure settings the weights need (``shuffle_layout``, ``concat_order``,
-``activation``; see ``structure.py``). Converted weights reproduce the source model's outputs.
-
-Megvii (official ShuffleNetV1) shuffles after the depthwise conv + BN, with the inverse of the paper's
-permutation. Depthwise conv and BN act per channel, so the shuffle moves in front of them if their
-channels are permuted along. Reaching the paper's permutation as well needs the compress conv's
-outputs and the expand conv's inputs reordered, and a grouped conv only allows reordering inside
-each group: ``_paper_order`` finds such orders when they exist (all official g=3 models) and
-otherwise the model keeps the release's permutation (``shuffle_layout="inverse"``, the g=8 models).
+Megvii shuffles after the depthwise conv + BN, with the inverse of the paper's permutation. Both act per channel,
+so the shuffle moves in front of them with their channels permuted along. Reaching the paper's permutation too
+needs the compress conv's outputs and the expand conv's inputs reordered within their groups: ``_paper_order``
+finds such orders when they exist (the g=3 models); otherwise the model keeps ``shuffle_layout="inverse"`` (g=8).
 """
 
 from __future__ import annotations
@@ -146,14 +141,8 @@ def _paper_order(mid: int, groups: int, compress_groups: int) -> Optional[torch.
     return order
 
 
-def _reorder_unit(
-    ours: StateDict,
-    prefix: str,
-    groups: int,
-    compress_order: torch.Tensor,
-    shuffle: torch.Tensor,
-    official_inverse: torch.Tensor,
-) -> None:
+def _reorder_unit(ours: StateDict, prefix: str, groups: int, compress_order: torch.Tensor, shuffle: torch.Tensor,
+                  official_inverse: torch.Tensor) -> None:
     """Permute one unit's tensors so that ``compress -> shuffle -> depthwise -> expand`` in our layout
     computes what the official ``compress -> depthwise -> official shuffle -> expand`` does."""
     depthwise_order = compress_order[shuffle]
@@ -198,12 +187,8 @@ def convert_pytorchcv(state_dict: StateDict) -> Tuple[StateDict, Structure]:
 
 
 # ------------------------------------------------------------------------------------- timm
-_TIMM_LAYERS = {
-    "conv_dw": "depthwise.conv",
-    "bn1": "depthwise.norm",
-    "conv_pw": "pointwise.conv",
-    "bn2": "pointwise.norm",
-}
+_TIMM_LAYERS = {"conv_dw": "depthwise.conv", "bn1": "depthwise.norm", "conv_pw": "pointwise.conv",
+                "bn2": "pointwise.norm"}
 _TIMM_RULES = [
     (r"conv_stem\.weight", lambda m: "stem.0.conv.weight"),
     (r"bn1\.(\w+)", lambda m: f"stem.0.norm.{m[1]}"),
@@ -223,9 +208,7 @@ def convert_timm(state_dict: StateDict) -> Tuple[StateDict, Structure]:
 
 
 CONVERTERS: Dict[str, Callable[[StateDict], Tuple[StateDict, Structure]]] = {
-    "megvii": convert_megvii,
-    "pytorchcv": convert_pytorchcv,
-    "timm": convert_timm,
+    "megvii": convert_megvii, "pytorchcv": convert_pytorchcv, "timm": convert_timm,
 }
 
 
