@@ -52,7 +52,16 @@ class COCOEvaluator(DatasetEvaluator):
         gt_category_ids = sorted(self._coco_gt.getCatIds())
         if contiguous_to_dataset_id is None:
             contiguous_to_dataset_id = dict(enumerate(gt_category_ids))
-        self._to_dataset_id = _check_category_mapping(contiguous_to_dataset_id, gt_category_ids, self._json_file)
+        to_dataset_id = {int(c): int(d) for c, d in sorted(contiguous_to_dataset_id.items())}
+        if sorted(to_dataset_id) != list(range(len(to_dataset_id))):
+            raise ValueError(f"contiguous class ids must be 0..K-1, got {sorted(to_dataset_id)}")
+        unknown = sorted(set(to_dataset_id.values()) - set(gt_category_ids))
+        if unknown:
+            raise ValueError(f"category ids {unknown} are not categories of {self._json_file} (its ids: "
+                             f"{gt_category_ids}); the dataset metadata does not match the annotation file")
+        if len(set(to_dataset_id.values())) != len(to_dataset_id):
+            raise ValueError(f"two contiguous class ids map to the same category of {self._json_file}: {to_dataset_id}")
+        self._to_dataset_id = to_dataset_id
         if class_names is None:
             class_names = [category["name"] for category in self._coco_gt.loadCats(list(self._to_dataset_id.values()))]
         if len(class_names) != len(self._to_dataset_id):
@@ -185,7 +194,13 @@ def evaluate_predictions(coco_gt: COCO, results: List[dict], image_ids: Sequence
     if not results:
         logger.warning("No detections in %s: every AP is 0", source)
     with contextlib.redirect_stdout(io.StringIO()) as captured:
-        coco_dt = _results_to_coco(coco_gt, results)
+        if results:  # loadRes adds fields (area, id, segmentation) to the dicts it gets: give it copies
+            coco_dt = coco_gt.loadRes([dict(result) for result in results])
+        else:  # loadRes cannot take an empty list; no detections score 0 AP wherever there is ground truth
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                               "categories": list(coco_gt.dataset["categories"])}
+            coco_dt.createIndex()
         coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
         coco_eval.params.imgIds = list(image_ids)
         coco_eval.evaluate()
@@ -220,29 +235,15 @@ def log_metrics(metrics: Mapping[str, float], dataset_name: str) -> None:
     logger.info("Per-category box AP on %s:\n%s", dataset_name, format_table(headers, rows))
 
 
-def _check_category_mapping(mapping: Mapping[int, int], gt_category_ids: List[int], json_file: str) -> Dict[int, int]:
-    to_dataset_id = {int(c): int(d) for c, d in sorted(mapping.items())}
-    if sorted(to_dataset_id) != list(range(len(to_dataset_id))):
-        raise ValueError(f"contiguous class ids must be 0..K-1, got {sorted(to_dataset_id)}")
-    unknown = sorted(set(to_dataset_id.values()) - set(gt_category_ids))
-    if unknown:
-        raise ValueError(f"category ids {unknown} are not categories of {json_file} (its ids: {gt_category_ids}); "
-                         "the dataset metadata does not match the annotation file")
-    if len(set(to_dataset_id.values())) != len(to_dataset_id):
-        raise ValueError(f"two contiguous class ids map to the same category of {json_file}: {to_dataset_id}")
-    return to_dataset_id
-
-
 def _merge_ranks(per_rank: List[Dict[int, List[dict]]]) -> Dict[int, List[dict]]:
     merged: Dict[int, List[dict]] = {}
-    first_rank: Dict[int, int] = {}
     for rank, predictions in enumerate(per_rank):
         for image_id, results in predictions.items():
             if image_id in merged:
-                raise ValueError(f"image id {image_id} was evaluated on rank {first_rank[image_id]} and on rank "
-                                 f"{rank}; the test sampler must give every image to exactly one rank (no padding)")
+                first = next(index for index, other in enumerate(per_rank) if image_id in other)
+                raise ValueError(f"image id {image_id} was evaluated on rank {first} and on rank {rank}; the test "
+                                 "sampler must give every image to exactly one rank (no padding)")
             merged[image_id] = results
-            first_rank[image_id] = rank
     return merged
 
 
@@ -261,18 +262,6 @@ def _check_results(coco_gt: COCO, results: List[dict], image_ids: Sequence[int],
         if result["image_id"] not in known_images:
             image_id = result["image_id"]
             raise ValueError(f"{source}: detection for image id {image_id}, which is not in the annotation file")
-
-
-def _results_to_coco(coco_gt: COCO, results: List[dict]) -> COCO:
-    if results:
-        # loadRes adds fields (area, id, segmentation) to the dicts it gets: give it copies.
-        return coco_gt.loadRes([dict(result) for result in results])
-    # loadRes cannot take an empty list; an empty result set scores 0 AP wherever there is ground truth.
-    coco_dt = COCO()
-    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
-                       "annotations": []}
-    coco_dt.createIndex()
-    return coco_dt
 
 
 def _write_json(path: str, obj: Any) -> None:

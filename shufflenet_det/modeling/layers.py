@@ -79,13 +79,6 @@ def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def freeze_module(module: nn.Module) -> nn.Module:
-    """No gradients, no statistics updates: parameters frozen, BatchNorms turned into FrozenBatchNorm2d."""
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    return convert_frozen_batchnorm(module)
-
-
 def make_divisible(value: float, divisor: int, minimum: Optional[int] = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor`` (halves up), at least ``minimum``."""
     minimum = divisor if minimum is None else minimum

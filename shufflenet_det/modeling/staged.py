@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .layers import freeze_module
+from .layers import convert_frozen_batchnorm
 
 
 @dataclass(frozen=True)
@@ -75,5 +75,7 @@ class StagedNetwork(nn.Module):
         if not 0 <= freeze_at <= len(self.stage_names):
             raise ValueError(f"freeze_at must be in [0, {len(self.stage_names)}], got {freeze_at}")
         for name in self.stage_names[:freeze_at]:
-            setattr(self, name, freeze_module(self.stage(name)))
+            for parameter in self.stage(name).parameters():
+                parameter.requires_grad_(False)
+            setattr(self, name, convert_frozen_batchnorm(self.stage(name)))  # no statistics updates either
         return self

@@ -83,7 +83,9 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
             f"{label} is not a model checkpoint: entries {first_items(not_tensors)} are not tensors "
             f"(top-level keys: {first_items(list(obj))})"
         )
-    state_dict = _strip_prefix(dict(state_dict), "module.")
+    state_dict = dict(state_dict)
+    if all(key.startswith("module.") for key in state_dict):  # saved from DataParallel
+        state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
     for source, key in _SIGNATURE_KEYS.items():
         if key in state_dict:
             return RawCheckpoint(source, container, state_dict, meta)
@@ -119,8 +121,3 @@ def _check_plain(value: Any, where: str) -> None:
     elif not (value is None or isinstance(value, (str, bool, int, float))):
         raise TypeError(f"{where} is a {type(value).__name__}; checkpoint metadata must be plain types")
 
-
-def _strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
-    if all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return state_dict

@@ -21,15 +21,13 @@ from ...weights.formats import FORMAT_NAME, FORMAT_VERSION
 _STAGE_PREFIXES = ("backbone.", "roi_heads.box_head.")
 _CLASSIFIER_PREFIX = "fc."
 
-# Our torchvision engine's module names -> detectron2's (tensor layouts are converted separately).
-_TORCHVISION_RENAMES = (
-    ("backbone.body.", "backbone."),
-    ("rpn.head.conv.0.0.", "proposal_generator.rpn_head.conv."),
-    ("rpn.head.cls_logits.", "proposal_generator.rpn_head.objectness_logits."),
-    ("rpn.head.bbox_pred.", "proposal_generator.rpn_head.anchor_deltas."),
-    ("roi_heads.box_head.", "roi_heads.box_head."),
-    ("roi_heads.box_predictor.", "roi_heads.box_predictor."),
-)
+# Our torchvision engine's module names -> detectron2's (roi_heads.* are the same; layouts converted separately).
+_TORCHVISION_RENAMES = {
+    "backbone.body.": "backbone.",
+    "rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
+    "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
+    "rpn.head.bbox_pred.": "proposal_generator.rpn_head.anchor_deltas.",
+}
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -59,7 +57,8 @@ def torchvision_to_d2_state_dict(state_dict: Mapping, num_sizes: int, num_ratios
     anchor_order = torch.tensor([r * num_sizes + s for s in range(num_sizes) for r in range(num_ratios)])
     converted: StateDict = {}
     for key, value in state_dict.items():
-        new_key = _rename(key)
+        old = next((old for old in _TORCHVISION_RENAMES if key.startswith(old)), None)
+        new_key = key if old is None else _TORCHVISION_RENAMES[old] + key[len(old) :]
         if new_key.startswith("proposal_generator.rpn_head.objectness_logits."):
             _check_rows(key, value, num_anchors)
             value = value[anchor_order]
@@ -72,10 +71,6 @@ def torchvision_to_d2_state_dict(state_dict: Mapping, num_sizes: int, num_ratios
             value = value[4:]
         converted[new_key] = value
     return converted
-
-
-def is_torchvision_engine_state_dict(state_dict: Mapping) -> bool:
-    return any(key.startswith(("backbone.body.", "rpn.head.")) for key in state_dict)
 
 
 def anchor_layout(cfg: CfgNode) -> Tuple[int, int]:
@@ -126,7 +121,7 @@ class ShuffleNetCheckpointer(DetectionCheckpointer):
             state_dict = classifier_to_d2_state_dict(checkpoint["state_dict"], model_keys)
             return {"model": state_dict, "__author__": "shufflenet_det", "meta": checkpoint.get("meta", {})}
         state_dict = checkpoint.get("model", checkpoint)
-        if isinstance(state_dict, Mapping) and is_torchvision_engine_state_dict(state_dict):
+        if isinstance(state_dict, Mapping) and any(k.startswith(("backbone.body.", "rpn.head.")) for k in state_dict):
             if self.anchor_layout is None:
                 raise CheckpointError(f"{f} is a checkpoint of the torchvision engine; converting it needs the anchor "
                                       "layout: ShuffleNetCheckpointer(..., anchor_layout=anchor_layout(cfg))")
@@ -136,17 +131,15 @@ class ShuffleNetCheckpointer(DetectionCheckpointer):
         return dict(checkpoint)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
-        if not checkpoint.get("matching_heuristics", False):
-            _check_overlap(checkpoint["model"], self.model.state_dict().keys())
+        state_dict, model_keys = checkpoint["model"], set(self.model.state_dict())
+        # A checkpoint that shares no key with the model would leave it untouched with only warnings.
+        if not checkpoint.get("matching_heuristics", False) and state_dict and not model_keys.intersection(state_dict):
+            raise CheckpointError(
+                f"none of the checkpoint's {len(state_dict)} keys (first: {first_items(state_dict, 3)}) fits the model "
+                f"(first: {first_items(sorted(model_keys), 3)}); convert other weights with tools/convert_weights.py"
+            )
         self.last_incompatible_keys = super()._load_model(checkpoint)
         return self.last_incompatible_keys
-
-
-def _rename(key: str) -> str:
-    for old, new in _TORCHVISION_RENAMES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
 
 
 def _check_rows(key: str, value: torch.Tensor, rows: int) -> None:
@@ -154,12 +147,3 @@ def _check_rows(key: str, value: torch.Tensor, rows: int) -> None:
         raise CheckpointError(f"{key} has {value.shape[0]} outputs, the anchor layout gives {rows}: "
                               "MODEL.ANCHOR_GENERATOR SIZES / ASPECT_RATIOS differ from the checkpoint's")
 
-
-def _check_overlap(state_dict: Mapping, model_keys: Iterable[str]) -> None:
-    """A checkpoint that shares no key with the model would leave it untouched with only warnings."""
-    model_keys = set(model_keys)
-    if state_dict and not model_keys.intersection(state_dict):
-        raise CheckpointError(
-            f"none of the checkpoint's {len(state_dict)} keys (first: {first_items(state_dict, 3)}) fits the model "
-            f"(first: {first_items(sorted(model_keys), 3)}); convert other weights with tools/convert_weights.py"
-        )

@@ -36,7 +36,9 @@ def compare_roi_heads(tv_model: nn.Module, d2_model: nn.Module, features: torch.
     """Level 2: both RoI heads on one feature map [1, C, h, w] and XYXY proposals [R, 4]: class logits
     (torchvision's background is class 0, detectron2's the last), box deltas and the detections after NMS."""
     tv_heads, d2_heads = tv_model.roi_heads, d2_model.roi_heads
-    tv_pooled = tv_heads.box_roi_pool(_pooler_input(tv_heads.box_roi_pool, features), [proposals], [image_size])
+    pooler = tv_heads.box_roi_pool  # our RoIPooler or torchvision's MultiScaleRoIAlign
+    feature_name = getattr(pooler, "feature_name", None) or pooler.featmap_names[0]
+    tv_pooled = pooler({feature_name: features}, [proposals], [image_size])
     tv_logits, tv_deltas = tv_heads.box_predictor(tv_heads.box_head(tv_pooled))
     d2_logits, d2_deltas = d2_heads.box_predictions({d2_heads.in_feature: features}, [Boxes(proposals)])
     num_classes = d2_logits.shape[1] - 1
@@ -80,12 +82,6 @@ def _compare_detections(tv_detections: Dict[str, torch.Tensor], d2_instances: In
         f"{prefix}scores": _max_diff(tv_detections["scores"][:count], d2_instances.scores[:count]),
         f"{prefix}label_mismatches": float(mismatches),
     }
-
-
-def _pooler_input(pooler: nn.Module, features: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """``features`` under the name the torchvision pooler reads (our RoIPooler or MultiScaleRoIAlign)."""
-    name = getattr(pooler, "feature_name", None) or pooler.featmap_names[0]
-    return {name: features}
 
 
 def _single(features: Dict[str, torch.Tensor]) -> torch.Tensor:
