@@ -59,11 +59,8 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) -> CfgNode:
-    """The defaults merged with a YAML config (and its ``_BASE_`` chain), then ``overrides``; frozen.
-
-    ``overrides`` is detectron2's flat list ``["SOLVER.BASE_LR", "0.01", ...]``; values are parsed as Python
-    literals where they are one.
-    """
+    """The defaults merged with a YAML config (and its ``_BASE_`` chain), then ``overrides`` (detectron2's flat
+    ``["SOLVER.BASE_LR", "0.01", ...]``, values parsed as Python literals); frozen."""
     path = resolve_config_path(name_or_path)
     overrides = list(overrides)
     check_no_options(overrides)

@@ -31,14 +31,9 @@ METRICS_FILE = "results.json"
 
 
 class COCOEvaluator(DatasetEvaluator):
-    """Box AP of a detector on a COCO-format dataset (``json_file``).
-
-    ``output_dir`` receives ``coco_instances_results.json`` and ``results.json`` (nothing is written when None).
-    ``contiguous_to_dataset_id`` maps detector label - 1 to category ids (default: the file's categories by
-    increasing id, as the COCO loader numbers them); ``class_names`` are in that order (default: the file's).
-    ``distributed`` gathers every rank's predictions to rank 0, which alone evaluates and writes; otherwise
-    each process evaluates its own. ``dataset_name`` (default: the file's name) is recorded in ``results.json``.
-    """
+    """Box AP on a COCO-format dataset, written to ``output_dir`` (if given) as ``coco_instances_results.json``
+    and ``results.json``. ``contiguous_to_dataset_id`` maps detector label - 1 to category ids (default: the
+    file's by increasing id); ``distributed`` gathers every rank's predictions to rank 0, which alone evaluates."""
 
     def __init__(self, json_file: str, output_dir: Optional[str] = None,
                  contiguous_to_dataset_id: Optional[Mapping[int, int]] = None,

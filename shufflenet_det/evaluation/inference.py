@@ -41,12 +41,9 @@ def inference_on_dataset(
     log_period_s: float = 5.0,
     num_warmup: int = 5,
 ) -> Dict[str, Any]:
-    """Run ``model([image, ...])`` on every batch (a list of dicts with an ``"image"``) in eval mode without
-    gradients, restoring every module's mode afterwards, and return ``evaluator.evaluate()``.
-
-    ``device``: where images go (default: the model's); ``amp_dtype``: autocast dtype or its name (None: full
-    precision); ``num_warmup``: first batches left out of the timing (cuDNN autotuning, allocator warm-up).
-    """
+    """Run ``model([image, ...])`` on every batch (dicts with an ``"image"``) in eval mode without gradients
+    (modes restored after), on ``device`` (default: the model's), under autocast if ``amp_dtype`` is given; return
+    ``evaluator.evaluate()``. The first ``num_warmup`` batches are left out of the timing."""
     if device is None:
         first = next(itertools.chain(model.parameters(), model.buffers()), None)
         device = first.device if first is not None else "cpu"

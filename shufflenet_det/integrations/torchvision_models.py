@@ -1,10 +1,6 @@
-"""Opt-in: build this package's models through ``torchvision.models.get_model(name)``.
-
-torchvision has no public way to register models (its ``register_model`` is in the private
-``torchvision.models._api``), so registration is an explicit call that fails clearly if that registry moves.
-``python -m shufflenet_det.integrations.torchvision_models SCRIPT [ARGS...]`` registers, then runs an unmodified
-script that builds models by name, such as torchvision's ``references/detection/train.py``.
-"""
+"""Opt-in: our models through ``torchvision.models.get_model(name)`` (registered by an explicit call, since
+torchvision's registry is private); ``python -m shufflenet_det.integrations.torchvision_models SCRIPT [ARGS...]``
+registers, then runs a script such as torchvision's ``references/detection/train.py``."""
 
 from __future__ import annotations
 
@@ -24,10 +20,7 @@ _OWNER_ATTRIBUTE = "_shufflenet_det_model"
 
 def register_torchvision_models() -> List[str]:
     """Register ``list_models()`` and the C4 detectors with torchvision (again: no change); returns the names.
-
-    ``weights`` of our classifiers takes what ``load_weights`` takes (a file or a ``list_pretrained()`` name), not
-    a ``WeightsEnum``; the detectors take torchvision's detector arguments (``shufflenet_det.detection.fasterrcnn_c4``).
-    """
+    Classifiers' ``weights`` take what ``load_weights`` takes, not a ``WeightsEnum``."""
     try:
         from torchvision.models._api import BUILTIN_MODELS, register_model
     except ImportError as error:

@@ -14,11 +14,8 @@ _DATE_FORMAT = "%m/%d %H:%M:%S"
 
 def setup_logger(output_dir: Optional[PathLike] = None, distributed_rank: int = 0, name: str = "shufflenet_det",
                  level: int = logging.INFO) -> logging.Logger:
-    """Configure and return the ``name`` logger, replacing the handlers an earlier call added.
-
-    Rank 0 logs ``level`` and up to stdout and everything to ``output_dir/log.txt`` (appended, so a resumed
-    run continues it); other ranks print only warnings and errors, prefixed with their rank.
-    """
+    """Configure the ``name`` logger (replacing an earlier call's handlers): rank 0 logs ``level`` and up to stdout
+    and everything to ``output_dir/log.txt`` (appended); other ranks print warnings and errors with their rank."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False

@@ -1,9 +1,6 @@
-"""ImageNet weights from every public source, converted exactly and loaded safely.
-
-``load_weights(model, "megvii_0.5x.pth.tar")`` or ``load_weights(model, "pytorchcv:shufflenet_g3_w1")`` detects
-the checkpoint's source (megvii, pytorchcv, timm, ours) from its keys, converts it to our layout and loads it;
-``convert_checkpoint`` + ``save_weights`` write our own format; ``list_pretrained()`` names the known weights.
-"""
+"""ImageNet weights from every public source (megvii, pytorchcv, timm, ours), converted exactly and loaded safely:
+``load_weights(model, "megvii_0.5x.pth.tar" or "pytorchcv:shufflenet_g3_w1")``, ``convert_checkpoint`` +
+``save_weights`` for our own format, ``list_pretrained()`` for the known weights."""
 
 from ..utils.io import CheckpointError
 from .catalog import (Preprocessing, PretrainedWeights, download_weights, find_pretrained, get_pretrained,

@@ -53,14 +53,9 @@ def _shufflenet_unit(index: int) -> str:
 
 
 # ----------------------------------------------------------------------------------- megvii
-_MEGVII_LAYERS = {
-    "branch_main_1.0": "compress.conv",
-    "branch_main_1.1": "compress.norm",
-    "branch_main_1.3": "depthwise.conv",
-    "branch_main_1.4": "depthwise.norm",
-    "branch_main_2.0": "expand.conv",
-    "branch_main_2.1": "expand.norm",
-}
+_MEGVII_LAYERS = {"branch_main_1.0": "compress.conv", "branch_main_1.1": "compress.norm",
+                  "branch_main_1.3": "depthwise.conv", "branch_main_1.4": "depthwise.norm",
+                  "branch_main_2.0": "expand.conv", "branch_main_2.1": "expand.norm"}
 _MEGVII_RULES = [
     (r"first_conv\.0\.weight", lambda m: "stem.0.conv.weight"),
     (r"first_conv\.1\.(\w+)", lambda m: f"stem.0.norm.{m[1]}"),
@@ -116,14 +111,12 @@ def _shuffle_indices(channels: int, groups: int, inverse: bool) -> torch.Tensor:
 
 
 def _paper_order(mid: int, groups: int, compress_groups: int) -> Optional[torch.Tensor]:
-    """An order ``q`` of the compress conv's outputs (within its groups) that lets the paper's shuffle
-    reproduce the official one with the expand conv's inputs reordered within its groups; None if none exists.
+    """An order ``q`` of the compress conv's outputs (within its groups) that lets the paper's shuffle reproduce
+    the official one with the expand conv's inputs reordered within its groups; None if none exists.
 
-    Ours feeds expand input ``j`` with compress output ``q[paper[j]]``; the official feeds expand input
-    ``k`` with ``official[k]``. So ``q[paper[j]]`` must lie in compress group ``group(paper[j])`` and be
-    some ``official[k]`` with ``k`` in the expand group of ``j``: a matching between equal
-    (compress group, expand group) types, which exists iff the type counts agree.
-    """
+    Ours feeds expand input ``j`` with compress output ``q[paper[j]]``, the official expand input ``k`` with
+    ``official[k]``: ``q[paper[j]]`` must lie in compress group ``group(paper[j])`` and be some ``official[k]``
+    with ``k`` in ``j``'s expand group, a matching between equal (compress group, expand group) types."""
     if groups == 1:
         return torch.arange(mid)
     paper = _shuffle_indices(mid, groups, inverse=False).tolist()
@@ -161,14 +154,8 @@ def _reorder_unit(ours: StateDict, prefix: str, groups: int, compress_order: tor
 
 
 # -------------------------------------------------------------------------------- pytorchcv
-_PYTORCHCV_LAYERS = {
-    "compress_conv1": "compress.conv",
-    "compress_bn1": "compress.norm",
-    "dw_conv2": "depthwise.conv",
-    "dw_bn2": "depthwise.norm",
-    "expand_conv3": "expand.conv",
-    "expand_bn3": "expand.norm",
-}
+_PYTORCHCV_LAYERS = {"compress_conv1": "compress.conv", "compress_bn1": "compress.norm", "dw_conv2": "depthwise.conv",
+                     "dw_bn2": "depthwise.norm", "expand_conv3": "expand.conv", "expand_bn3": "expand.norm"}
 _PYTORCHCV_RULES = [
     (r"features\.init_block\.conv\.weight", lambda m: "stem.0.conv.weight"),
     (r"features\.init_block\.bn\.(\w+)", lambda m: f"stem.0.norm.{m[1]}"),

@@ -39,11 +39,8 @@ def resolve_weights(source: Union[str, os.PathLike]) -> Path:
 
 def convert_checkpoint(path_or_obj: CheckpointLike, arch: Optional[str] = None,
                        source: Optional[str] = None) -> Tuple[StateDict, Dict[str, Any]]:
-    """A checkpoint (file, known weight name, or loaded object) in our layout, and its metadata.
-
-    ``source`` (one of ``SOURCES``) asserts what the checkpoint is (default: detected from the keys); ``arch``,
-    when omitted, is the one registered model whose shapes it fits.
-    """
+    """A checkpoint (file, known weight name, or loaded object) in our layout, and its metadata. ``source``
+    asserts what it is (default: detected); ``arch`` defaults to the one registered model its shapes fit."""
     state_dict, meta = _convert(path_or_obj, source)
     num_classes = _num_classes(state_dict)
     if arch is not None:
@@ -72,12 +69,9 @@ def build_model(name: str, num_classes: int = 1000, norm: str = "BN", freeze_at:
 
 
 def load_weights(model: nn.Module, source: CheckpointLike, strict: bool = True) -> Dict[str, Any]:
-    """Load a checkpoint of any supported source (path, known weight name, or loaded object) into a model of
-    this package, with its structure settings; return its metadata.
-
-    Parameters must match exactly, except a classifier for another number of classes, which is skipped with a
-    warning (``meta["skipped"]``); ``strict=False`` also skips what does not fit, keeping the model's values.
-    """
+    """Load a checkpoint of any source (path, known weight name, or object) and its structure settings into a
+    model of ours; return its metadata. Shapes must match, except a classifier for another number of classes
+    (skipped with a warning, in ``meta["skipped"]``); ``strict=False`` also skips whatever does not fit."""
     state_dict, meta = _convert(source, None)
     label, num_classes = meta["label"], _num_classes(state_dict)
     expected = model.state_dict()

@@ -89,11 +89,8 @@ def register_d2_synthetic(root: str) -> None:
 
 
 def d2_train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
-    """Train with ``ShuffleNetTrainer``; returns the evaluation on DATASETS.TEST after the last iteration.
-
-    ``resume`` continues from OUTPUT_DIR's last checkpoint; otherwise training starts from MODEL.WEIGHTS, and an
-    OUTPUT_DIR holding another run's checkpoints is refused unless ``overwrite``.
-    """
+    """Train (or ``resume``) with ``ShuffleNetTrainer``; returns the final evaluation on DATASETS.TEST. An OUTPUT_DIR
+    holding another run's checkpoints is refused unless ``overwrite``."""
     _check_weights(cfg)
     if not resume and not overwrite and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         raise ValueError(
