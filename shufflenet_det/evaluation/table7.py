@@ -47,10 +47,6 @@ TABLE7_DATASETS = frozenset({"coco_2017_val", "coco_2014_minival", "instances_va
 RUN_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(name for row in TABLE7 for name in row.runs.values()))
 
 
-class ResultsFileError(ValueError):
-    """A results file that is missing or cannot be read; the message names the file."""
-
-
 def find_results_file(path: str) -> str:
     """``path`` if it is (or names) a file, else the run folder's ``inference/results.json`` (or ``results.json``
     if only that exists)."""
@@ -67,15 +63,15 @@ def read_box_ap(results_file: str) -> float:
         with open(results_file, "r", encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        raise ResultsFileError(f"results file not found: {results_file}") from None
+        raise ValueError(f"results file not found: {results_file}") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ResultsFileError(f"cannot read {results_file}: {error}") from None
+        raise ValueError(f"cannot read {results_file}: {error}") from None
     value = data.get("bbox", {}).get("AP") if isinstance(data, dict) and isinstance(data.get("bbox"), dict) else None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ResultsFileError(f"{results_file} has no numeric bbox.AP (not a COCOEvaluator results.json?)")
+        raise ValueError(f"{results_file} has no numeric bbox.AP (not a COCOEvaluator results.json?)")
     dataset = data.get("dataset")
     if isinstance(dataset, str) and dataset not in TABLE7_DATASETS:
-        raise ResultsFileError(f"{results_file} evaluates '{dataset}', not Table 7's COCO 2017 val / 2014 minival "
+        raise ValueError(f"{results_file} evaluates '{dataset}', not Table 7's COCO 2017 val / 2014 minival "
                                f"({', '.join(sorted(TABLE7_DATASETS))})")
     return float(value)
 
@@ -100,7 +96,7 @@ def collect_results(runs: Optional[Mapping[str, str]] = None,
         try:
             box_ap[name] = read_box_ap(results_file)
             files[name] = results_file
-        except ResultsFileError as error:
+        except ValueError as error:  # missing or unreadable: named in the problems
             problems.append(f"{name}: {error}")
     return box_ap, files, problems
 

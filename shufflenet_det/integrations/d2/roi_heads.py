@@ -28,8 +28,7 @@ class ShuffleNetC4ROIHeads(ROIHeads):
 
     @configurable
     def __init__(self, *, in_feature: str, pooler: RoIPooler, box_head: C4BoxHead, box_predictor: nn.Module,
-                 **kwargs) -> None:
-        """``kwargs`` are :class:`ROIHeads`'s."""
+                 **kwargs) -> None:  # kwargs: ROIHeads's
         super().__init__(**kwargs)
         self.in_feature = in_feature
         self.pooler = pooler
