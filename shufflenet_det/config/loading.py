@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Sequence
 
+import yaml
 from fvcore.common.config import CfgNode
 
 from ..utils.text_table import first_line
@@ -24,16 +25,14 @@ def config_dir() -> Path:
 
 
 def list_configs() -> List[str]:
-    """Names of the configs in ``config_dir()``, without the ``.yaml`` suffix."""
     folder = config_dir()
     return sorted(path.stem for path in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def split_trailing_overrides(values: Sequence[str]) -> tuple:
-    """``(values, overrides)``: a list option (``--input a.jpg b.jpg``) swallows the ``KEY VALUE`` pairs
-    typed after it. They start at the first item that is not an existing file or folder and names a
-    config key: a top-level one (``OUTPUT_DIR``) or one under a section (``MODEL.RPN.NMS_THRESH``; also a
-    misspelled one, so that loading the config names it)."""
+    """``(values, overrides)`` of a list option (``--input a.jpg b.jpg``) that swallowed the ``KEY VALUE`` pairs
+    typed after it: they start at the first item that is not an existing path and names a config key (top-level,
+    or under a section, misspelled or not, so that loading the config names it)."""
     defaults = get_cfg()
     sections = {key for key, value in defaults.items() if isinstance(value, CfgNode)}
     for index, value in enumerate(values):
@@ -60,11 +59,8 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) -> CfgNode:
-    """The defaults merged with a YAML config (and its ``_BASE_`` chain), then ``overrides``; frozen.
-
-    ``overrides`` is a flat list ``["SOLVER.BASE_LR", "0.01", "INPUT.MIN_SIZE_TRAIN", "(300,)"]``
-    (detectron2's command-line style); string values are parsed as Python literals where they are one.
-    """
+    """The defaults merged with a YAML config (and its ``_BASE_`` chain), then ``overrides`` (detectron2's flat
+    ``["SOLVER.BASE_LR", "0.01", ...]``, values parsed as Python literals); frozen."""
     path = resolve_config_path(name_or_path)
     overrides = list(overrides)
     check_no_options(overrides)
@@ -76,18 +72,19 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) 
     except ConfigError:
         raise
     except Exception as error:  # yaml and fvcore raise many types for a broken file
-        raise ConfigError(f"cannot read config {path}: {first_line(error)}{_yaml_position(error)}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"cannot read config {path}: {first_line(error)}{where}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} is not a mapping of keys to values")
     for key in _flat_keys(loaded):
         _check_key(cfg, key, f"in {path}")
-    _merge(lambda: cfg.merge_from_other_cfg(CfgNode(loaded)), f"in {path}")
-
+    checked_merge(lambda: cfg.merge_from_other_cfg(CfgNode(loaded)), f"in {path}")
     if len(overrides) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; '{overrides[-1]}' has no value")
     for key in overrides[0::2]:
         _check_key(cfg, str(key), "in the overrides")
-    _merge(lambda: cfg.merge_from_list(overrides), "in the overrides")
+    checked_merge(lambda: cfg.merge_from_list(overrides), "in the overrides")
     cfg.freeze()
     return cfg
 
@@ -102,26 +99,27 @@ def check_no_options(overrides: Sequence[Any]) -> None:
             )
 
 
-def _yaml_position(error: BaseException) -> str:
-    mark = getattr(error, "problem_mark", None)
-    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+def checked_merge(merge: Callable[[], None], where: str) -> None:
+    """Run a yacs merge; its errors (unknown key, type mismatch, bad YAML) become one-line ConfigErrors."""
+    try:
+        merge()
+    except (ValueError, KeyError, AssertionError, yaml.YAMLError) as error:
+        raise ConfigError(f"{first_line(error)} ({where})") from None
 
 
 def _flat_keys(tree: Dict[str, Any], prefix: str = "") -> Iterable[str]:
     for key, value in tree.items():
-        full_key = f"{prefix}{key}"
-        yield full_key
+        yield f"{prefix}{key}"
         if isinstance(value, dict):
-            yield from _flat_keys(value, f"{full_key}.")
+            yield from _flat_keys(value, f"{prefix}{key}.")
 
 
 def _check_key(cfg: CfgNode, full_key: str, where: str) -> None:
     node: Any = cfg
     for part in full_key.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise ConfigError(
-                f"unknown config key '{full_key}' {where}; nearest valid key: {nearest_key(cfg, full_key)}"
-            )
+            nearest = nearest_key(cfg, full_key)
+            raise ConfigError(f"unknown config key '{full_key}' {where}; nearest valid key: {nearest}")
         node = node[part]
 
 
@@ -134,16 +132,5 @@ def nearest_key(cfg: CfgNode, full_key: str) -> str:
     by_leaf: Dict[str, str] = {}
     for key in keys:
         by_leaf.setdefault(key.rsplit(".", 1)[-1], key)
-    leaf = full_key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
-    if close:
-        return by_leaf[close[0]]
-    return difflib.get_close_matches(full_key, keys, n=1, cutoff=0.0)[0]
-
-
-def _merge(merge: Callable[[], None], where: str) -> None:
-    """Run an fvcore merge, turning its type errors into one-line ConfigErrors."""
-    try:
-        merge()
-    except (ValueError, KeyError, AssertionError) as error:
-        raise ConfigError(f"{first_line(error)} ({where})") from None
+    close = difflib.get_close_matches(full_key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.6)
+    return by_leaf[close[0]] if close else difflib.get_close_matches(full_key, keys, n=1, cutoff=0.0)[0]

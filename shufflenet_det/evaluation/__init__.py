@@ -5,15 +5,6 @@ from .inference import DatasetEvaluator, inference_on_dataset
 from .table7 import TABLE7, collect_results, format_table7, table7_rows
 
 __all__ = [
-    "COCO_METRICS",
-    "COCOEvaluator",
-    "DatasetEvaluator",
-    "TABLE7",
-    "collect_results",
-    "evaluate_coco_results",
-    "evaluate_predictions",
-    "format_table7",
-    "inference_on_dataset",
-    "load_coco_json",
-    "table7_rows",
+    "COCO_METRICS", "COCOEvaluator", "DatasetEvaluator", "TABLE7", "collect_results", "evaluate_coco_results",
+    "evaluate_predictions", "format_table7", "inference_on_dataset", "load_coco_json", "table7_rows",
 ]

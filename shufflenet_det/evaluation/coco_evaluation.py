@@ -1,8 +1,5 @@
-"""COCO box evaluation with pycocotools, in the style of detectron2's ``COCOEvaluator``.
-
-Predictions are kept per image, gathered to rank 0 once, written as a COCO results file (original
-category ids, XYWH boxes) and scored by pycocotools' ``COCOeval`` on exactly the images processed.
-"""
+"""COCO box evaluation with pycocotools, in the style of detectron2's ``COCOEvaluator``: predictions are kept per
+image, gathered to rank 0, written as a COCO results file and scored on exactly the images processed."""
 
 from __future__ import annotations
 
@@ -22,8 +19,8 @@ from pycocotools.cocoeval import COCOeval
 
 from ..utils import distributed as comm
 from ..utils.io import atomic_write
-from .inference import DatasetEvaluator
 from ..utils.text_table import format_table
+from .inference import DatasetEvaluator
 
 logger = logging.getLogger("shufflenet_det.evaluation")
 
@@ -34,30 +31,14 @@ METRICS_FILE = "results.json"
 
 
 class COCOEvaluator(DatasetEvaluator):
-    """Box AP of a detector on a COCO-format dataset.
+    """Box AP on a COCO-format dataset, written to ``output_dir`` (if given) as ``coco_instances_results.json``
+    and ``results.json``. ``contiguous_to_dataset_id`` maps detector label - 1 to category ids (default: the
+    file's by increasing id); ``distributed`` gathers every rank's predictions to rank 0, which alone evaluates."""
 
-    Args:
-        json_file: the dataset's COCO annotation file (ground truth).
-        output_dir: where ``coco_instances_results.json`` and ``results.json`` are written (the
-            engine passes ``OUTPUT_DIR/inference``); nothing is written when ``None``.
-        contiguous_to_dataset_id: contiguous class id (detector label - 1) -> the dataset's category
-            id. ``None`` numbers the annotation file's categories in increasing id order, as the
-            COCO loader does.
-        class_names: names in contiguous id order (defaults to the annotation file's names).
-        distributed: gather every rank's predictions to rank 0, which alone evaluates and writes.
-            When false, each process evaluates what it processed itself.
-        dataset_name: recorded in ``results.json`` (defaults to the annotation file's name).
-    """
-
-    def __init__(
-        self,
-        json_file: str,
-        output_dir: Optional[str] = None,
-        contiguous_to_dataset_id: Optional[Mapping[int, int]] = None,
-        class_names: Optional[Sequence[str]] = None,
-        distributed: bool = True,
-        dataset_name: Optional[str] = None,
-    ) -> None:
+    def __init__(self, json_file: str, output_dir: Optional[str] = None,
+                 contiguous_to_dataset_id: Optional[Mapping[int, int]] = None,
+                 class_names: Optional[Sequence[str]] = None, distributed: bool = True,
+                 dataset_name: Optional[str] = None) -> None:
         self._json_file = os.fspath(json_file)
         self._output_dir = output_dir
         self._distributed = distributed
@@ -66,23 +47,28 @@ class COCOEvaluator(DatasetEvaluator):
         gt_category_ids = sorted(self._coco_gt.getCatIds())
         if contiguous_to_dataset_id is None:
             contiguous_to_dataset_id = dict(enumerate(gt_category_ids))
-        self._to_dataset_id = _check_category_mapping(contiguous_to_dataset_id, gt_category_ids, self._json_file)
+        to_dataset_id = {int(c): int(d) for c, d in sorted(contiguous_to_dataset_id.items())}
+        if sorted(to_dataset_id) != list(range(len(to_dataset_id))):
+            raise ValueError(f"contiguous class ids must be 0..K-1, got {sorted(to_dataset_id)}")
+        unknown = sorted(set(to_dataset_id.values()) - set(gt_category_ids))
+        if unknown:
+            raise ValueError(f"category ids {unknown} are not categories of {self._json_file} (its ids: "
+                             f"{gt_category_ids}); the dataset metadata does not match the annotation file")
+        if len(set(to_dataset_id.values())) != len(to_dataset_id):
+            raise ValueError(f"two contiguous class ids map to the same category of {self._json_file}: {to_dataset_id}")
+        self._to_dataset_id = to_dataset_id
         if class_names is None:
-            categories = self._coco_gt.loadCats(list(self._to_dataset_id.values()))
-            class_names = [category["name"] for category in categories]
+            class_names = [category["name"] for category in self._coco_gt.loadCats(list(self._to_dataset_id.values()))]
         if len(class_names) != len(self._to_dataset_id):
-            raise ValueError(
-                f"{len(class_names)} class names for {len(self._to_dataset_id)} mapped categories of {self._json_file}"
-            )
+            count = len(self._to_dataset_id)
+            raise ValueError(f"{len(class_names)} class names for {count} mapped categories of {self._json_file}")
         self._class_names = list(class_names)
         self._predictions: Dict[int, List[dict]] = {}
 
     @classmethod
-    def from_metadata(
-        cls, metadata: Any, output_dir: Optional[str] = None, distributed: bool = True
-    ) -> "COCOEvaluator":
-        """An evaluator for a dataset's metadata: any object with ``json_file``, ``thing_classes`` and
-        ``thing_dataset_id_to_contiguous_id`` (detectron2's or our ``MetadataCatalog.get(name)``)."""
+    def from_metadata(cls, metadata: Any, output_dir: Optional[str] = None, distributed: bool = True) -> COCOEvaluator:
+        """An evaluator for ``MetadataCatalog.get(name)`` (ours or detectron2's): ``json_file``, ``thing_classes``
+        and ``thing_dataset_id_to_contiguous_id``."""
         json_file = getattr(metadata, "json_file", None)
         if not json_file:
             name = getattr(metadata, "name", repr(metadata))
@@ -93,20 +79,14 @@ class COCOEvaluator(DatasetEvaluator):
             contiguous_to_dataset = {int(c): int(d) for d, c in dataset_to_contiguous.items()}
             if len(contiguous_to_dataset) != len(dataset_to_contiguous):
                 raise ValueError(f"thing_dataset_id_to_contiguous_id of {json_file} maps two categories to one id")
-        return cls(
-            json_file,
-            output_dir=output_dir,
-            contiguous_to_dataset_id=contiguous_to_dataset,
-            class_names=getattr(metadata, "thing_classes", None),
-            distributed=distributed,
-            dataset_name=getattr(metadata, "name", None),
-        )
+        return cls(json_file, output_dir, contiguous_to_dataset, getattr(metadata, "thing_classes", None), distributed,
+                   getattr(metadata, "name", None))
 
     def reset(self) -> None:
         self._predictions = {}
 
     def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, torch.Tensor]]) -> None:
-        """Convert one batch of detector outputs (XYXY boxes, labels 1..K, scores) to COCO results."""
+        """Take one batch of detector outputs (XYXY boxes, labels 1..K, scores) as COCO results."""
         if len(inputs) != len(outputs):
             raise ValueError(f"{len(outputs)} detector outputs for a batch of {len(inputs)} images")
         for record, output in zip(inputs, outputs):
@@ -127,10 +107,8 @@ class COCOEvaluator(DatasetEvaluator):
         for box, label, score in zip(boxes.tolist(), labels, scores):
             dataset_id = self._to_dataset_id.get(int(label) - 1)
             if dataset_id is None:
-                raise ValueError(
-                    f"detector label {label} on image {image_id} is outside 1..{len(self._to_dataset_id)} "
-                    "(0 is background and never an output)"
-                )
+                raise ValueError(f"detector label {label} on image {image_id} is outside 1..{len(self._to_dataset_id)} "
+                                 "(0 is background and never an output)")
             results.append({"image_id": image_id, "category_id": dataset_id, "bbox": box, "score": score})
         return results
 
@@ -149,37 +127,26 @@ class COCOEvaluator(DatasetEvaluator):
         results = [result for image_id in image_ids for result in predictions[image_id]]
         num_dataset_images = len(self._coco_gt.getImgIds())
         if len(image_ids) < num_dataset_images:
-            logger.warning(
-                "Evaluating %s on the %d of its %d images that were processed (a partial run)",
-                self._dataset_name,
-                len(image_ids),
-                num_dataset_images,
-            )
+            logger.warning("Evaluating %s on the %d of its %d images that were processed (a partial run)",
+                           self._dataset_name, len(image_ids), num_dataset_images)
         else:
             logger.info("Evaluating %s on all %d images", self._dataset_name, num_dataset_images)
         if self._output_dir:
             results_path = os.path.join(self._output_dir, RESULTS_FILE)
-            atomic_write(results_path, lambda tmp: _dump_json(results, tmp), overwrite=True)
+            _write_json(results_path, results)
             logger.info("Wrote %d detections to %s", len(results), results_path)
 
         class_names = dict(zip(self._to_dataset_id.values(), self._class_names))
-        metrics = evaluate_predictions(
-            self._coco_gt, results, image_ids, class_names, source=f"the detections on {self._dataset_name}"
-        )
+        source = f"the detections on {self._dataset_name}"
+        metrics = evaluate_predictions(self._coco_gt, results, image_ids, class_names, source=source)
         log_metrics(metrics, self._dataset_name)
         if self._output_dir:
-            summary = {
-                "dataset": self._dataset_name,
-                "json_file": self._json_file,
-                "num_images": len(image_ids),
-                "num_images_in_dataset": num_dataset_images,
-                "bbox": metrics,
-            }
-            atomic_write(
-                os.path.join(self._output_dir, METRICS_FILE),
-                lambda tmp: _dump_json(_nan_to_none(summary), tmp),
-                overwrite=True,
-            )
+            # JSON has no NaN: metrics that do not exist are written as null.
+            bbox = {name: None if math.isnan(value) else value for name, value in metrics.items()}
+            _write_json(os.path.join(self._output_dir, METRICS_FILE), {
+                "dataset": self._dataset_name, "json_file": self._json_file, "num_images": len(image_ids),
+                "num_images_in_dataset": num_dataset_images, "bbox": bbox,
+            })
         return OrderedDict(bbox=metrics)
 
 
@@ -196,13 +163,9 @@ def load_coco_json(json_file: str) -> COCO:
         raise ValueError(f"{json_file} is not a COCO annotation file ({type(error).__name__}: {error})") from None
 
 
-def evaluate_coco_results(
-    json_file: str, results_file: str, image_ids: Optional[Iterable[int]] = None
-) -> Dict[str, float]:
-    """Box metrics (percent) of a COCO results file against an annotation file.
-
-    ``image_ids`` restricts the evaluation (default: every image of the annotation file).
-    """
+def evaluate_coco_results(json_file: str, results_file: str,
+                          image_ids: Optional[Iterable[int]] = None) -> Dict[str, float]:
+    """Box metrics (percent) of a COCO results file on ``image_ids`` (default: all) of an annotation file."""
     coco_gt = load_coco_json(json_file)
     try:
         with open(results_file, "r", encoding="utf-8") as handle:
@@ -218,23 +181,21 @@ def evaluate_coco_results(
     return evaluate_predictions(coco_gt, results, ids, class_names, source=results_file)
 
 
-def evaluate_predictions(
-    coco_gt: COCO,
-    results: List[dict],
-    image_ids: Sequence[int],
-    class_names: Mapping[int, str],
-    source: str = "detections",
-) -> Dict[str, float]:
-    """COCOeval box metrics on ``image_ids``: the 12 standard numbers and ``AP-<class>``, in percent.
-
-    ``class_names`` maps dataset category ids to names. Metrics that have no ground truth in the
-    evaluated images (e.g. APs without small objects) are NaN, as in detectron2.
-    """
+def evaluate_predictions(coco_gt: COCO, results: List[dict], image_ids: Sequence[int], class_names: Mapping[int, str],
+                         source: str = "detections") -> Dict[str, float]:
+    """COCOeval box metrics on ``image_ids``, in percent: the 12 standard numbers and ``AP-<class name>`` (names by
+    category id). Metrics without ground truth in these images (e.g. APs without small objects) are NaN."""
     _check_results(coco_gt, results, image_ids, source)
     if not results:
         logger.warning("No detections in %s: every AP is 0", source)
     with contextlib.redirect_stdout(io.StringIO()) as captured:
-        coco_dt = _results_to_coco(coco_gt, results)
+        if results:  # loadRes adds fields (area, id, segmentation) to the dicts it gets: give it copies
+            coco_dt = coco_gt.loadRes([dict(result) for result in results])
+        else:  # loadRes cannot take an empty list; no detections score 0 AP wherever there is ground truth
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                               "categories": list(coco_gt.dataset["categories"])}
+            coco_dt.createIndex()
         coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
         coco_eval.params.imgIds = list(image_ids)
         coco_eval.evaluate()
@@ -242,9 +203,8 @@ def evaluate_predictions(
         coco_eval.summarize()
     logger.debug("COCOeval summary:\n%s", captured.getvalue())
 
-    metrics: Dict[str, float] = {
-        name: float(value * 100) if value >= 0 else math.nan for name, value in zip(COCO_METRICS, coco_eval.stats)
-    }
+    metrics = {name: float(value * 100) if value >= 0 else math.nan
+               for name, value in zip(COCO_METRICS, coco_eval.stats)}
     # precision: [IoU thresholds, recall thresholds, categories, area ranges, max dets]; -1 = no ground truth.
     precision = coco_eval.eval["precision"]
     for index, category_id in enumerate(coco_eval.params.catIds):
@@ -257,11 +217,8 @@ def evaluate_predictions(
 
 def log_metrics(metrics: Mapping[str, float], dataset_name: str) -> None:
     """The 12 standard numbers as one table, per-category AP as a (class, AP) table."""
-    logger.info(
-        "Box AP on %s (percent):\n%s",
-        dataset_name,
-        format_table(COCO_METRICS, [[metrics[name] for name in COCO_METRICS]]),
-    )
+    standard = format_table(COCO_METRICS, [[metrics[name] for name in COCO_METRICS]])
+    logger.info("Box AP on %s (percent):\n%s", dataset_name, standard)
     per_class = [(name[len("AP-") :], value) for name, value in metrics.items() if name.startswith("AP-")]
     pairs_per_row = min(3, len(per_class)) or 1
     rows = []
@@ -273,33 +230,15 @@ def log_metrics(metrics: Mapping[str, float], dataset_name: str) -> None:
     logger.info("Per-category box AP on %s:\n%s", dataset_name, format_table(headers, rows))
 
 
-def _check_category_mapping(mapping: Mapping[int, int], gt_category_ids: List[int], json_file: str) -> Dict[int, int]:
-    to_dataset_id = {int(c): int(d) for c, d in sorted(mapping.items())}
-    if sorted(to_dataset_id) != list(range(len(to_dataset_id))):
-        raise ValueError(f"contiguous class ids must be 0..K-1, got {sorted(to_dataset_id)}")
-    unknown = sorted(set(to_dataset_id.values()) - set(gt_category_ids))
-    if unknown:
-        raise ValueError(
-            f"category ids {unknown} are not categories of {json_file} (its ids: {gt_category_ids}); "
-            "the dataset metadata does not match the annotation file"
-        )
-    if len(set(to_dataset_id.values())) != len(to_dataset_id):
-        raise ValueError(f"two contiguous class ids map to the same category of {json_file}: {to_dataset_id}")
-    return to_dataset_id
-
-
 def _merge_ranks(per_rank: List[Dict[int, List[dict]]]) -> Dict[int, List[dict]]:
     merged: Dict[int, List[dict]] = {}
-    first_rank: Dict[int, int] = {}
     for rank, predictions in enumerate(per_rank):
         for image_id, results in predictions.items():
             if image_id in merged:
-                raise ValueError(
-                    f"image id {image_id} was evaluated on rank {first_rank[image_id]} and on rank {rank}; "
-                    "the test sampler must give every image to exactly one rank (no padding)"
-                )
+                first = next(index for index, other in enumerate(per_rank) if image_id in other)
+                raise ValueError(f"image id {image_id} was evaluated on rank {first} and on rank {rank}; the test "
+                                 "sampler must give every image to exactly one rank (no padding)")
             merged[image_id] = results
-            first_rank[image_id] = rank
     return merged
 
 
@@ -313,40 +252,16 @@ def _check_results(coco_gt: COCO, results: List[dict], image_ids: Sequence[int],
         if not isinstance(result, dict) or not {"image_id", "category_id", "bbox", "score"} <= result.keys():
             raise ValueError(f"{source}: a detection needs image_id, category_id, bbox and score; got {result!r}")
         if result["category_id"] not in category_ids:
-            raise ValueError(
-                f"{source}: category id {result['category_id']} is not a category of the annotation file "
-                f"(its ids: {sorted(category_ids)})"
-            )
+            raise ValueError(f"{source}: category id {result['category_id']} is not a category of the annotation "
+                             f"file (its ids: {sorted(category_ids)})")
         if result["image_id"] not in known_images:
-            raise ValueError(
-                f"{source}: detection for image id {result['image_id']}, which is not in the annotation file"
-            )
+            image_id = result["image_id"]
+            raise ValueError(f"{source}: detection for image id {image_id}, which is not in the annotation file")
 
 
-def _results_to_coco(coco_gt: COCO, results: List[dict]) -> COCO:
-    if results:
-        # loadRes adds fields (area, id, segmentation) to the dicts it gets: give it copies.
-        return coco_gt.loadRes([dict(result) for result in results])
-    # loadRes cannot take an empty list; an empty result set scores 0 AP wherever there is ground truth.
-    coco_dt = COCO()
-    coco_dt.dataset = {
-        "images": list(coco_gt.dataset["images"]),
-        "categories": list(coco_gt.dataset["categories"]),
-        "annotations": [],
-    }
-    coco_dt.createIndex()
-    return coco_dt
+def _write_json(path: str, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle)
 
-
-def _nan_to_none(value: Any) -> Any:
-    """JSON has no NaN: write ``null`` for metrics that do not exist."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
-    return value
-
-
-def _dump_json(obj: Any, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle)
+    atomic_write(path, write, overwrite=True)

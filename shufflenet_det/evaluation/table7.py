@@ -1,9 +1,5 @@
-"""The paper's Table 7 (COCO box mAP of Faster R-CNN with ShuffleNet / MobileNet backbones) beside ours.
-
-Paper: Zhang et al., "ShuffleNet", CVPR 2018, Table 7: mAP[.5:.95] on COCO minival (= 2017 val),
-shorter image side 300 or 600. Our runs are named after their configs; each leaves
-``OUTPUT_DIR/inference/results.json`` written by ``COCOEvaluator``.
-"""
+"""The paper's Table 7 (Faster R-CNN box mAP[.5:.95] on COCO minival = 2017 val, shorter side 300 or 600) beside
+ours: runs named after their configs, each with the ``OUTPUT_DIR/inference/results.json`` of ``COCOEvaluator``."""
 
 from __future__ import annotations
 
@@ -20,11 +16,11 @@ SIZES = (300, 600)
 
 @dataclass(frozen=True)
 class Table7Row:
-    """One line of Table 7: the paper's mAP per input size and the runs of ours that reproduce it."""
+    """One line of Table 7: the paper's mAP (percent) per input size and the runs (configs) of ours for it."""
 
     model: str
-    runs: Mapping[int, str]  # input size -> run (config) name
-    paper_map: Mapping[int, float]  # input size -> the paper's mAP (percent)
+    runs: Mapping[int, str]
+    paper_map: Mapping[int, float]
     backbone_mflops: float  # multiply-adds of the classifier at 224x224
     mflops_source: str
 
@@ -33,51 +29,27 @@ def _runs(stem: str) -> Dict[int, str]:
     return {300: f"{stem}_300", 600: stem}
 
 
+_MOBILENET_MFLOPS = "paper Table 5, from the MobileNet paper"
 TABLE7: Tuple[Table7Row, ...] = (
-    Table7Row(
-        "ShuffleNet 2x (g=3)",
-        _runs("shufflenet_2x_frcnn"),
-        {300: 18.7, 600: 25.0},
-        524.0,
-        "paper Table 5; official ShuffleNetV1 code: 524.0M",
-    ),
-    Table7Row(
-        "ShuffleNet 1x (g=3)",
-        _runs("shufflenet_1x_frcnn"),
-        {300: 14.5, 600: 19.8},
-        137.5,
-        "official ShuffleNetV1 code: 137.5M (paper Table 1: 137)",
-    ),
-    Table7Row(
-        "1.0 MobileNet-224 (as reported by MobileNet)",
-        _runs("mobilenet_v1_frcnn"),
-        {300: 16.4, 600: 19.8},
-        569.0,
-        "paper Table 5, from the MobileNet paper",
-    ),
-    Table7Row(
-        "1.0 MobileNet-224 (paper's reimplementation)",
-        _runs("mobilenet_v1_frcnn"),
-        {300: 14.9, 600: 19.3},
-        569.0,
-        "paper Table 5, from the MobileNet paper",
-    ),
+    Table7Row("ShuffleNet 2x (g=3)", _runs("shufflenet_2x_frcnn"), {300: 18.7, 600: 25.0}, 524.0,
+              "paper Table 5; official ShuffleNetV1 code: 524.0M"),
+    Table7Row("ShuffleNet 1x (g=3)", _runs("shufflenet_1x_frcnn"), {300: 14.5, 600: 19.8}, 137.5,
+              "official ShuffleNetV1 code: 137.5M (paper Table 1: 137)"),
+    Table7Row("1.0 MobileNet-224 (as reported by MobileNet)", _runs("mobilenet_v1_frcnn"), {300: 16.4, 600: 19.8},
+              569.0, _MOBILENET_MFLOPS),
+    Table7Row("1.0 MobileNet-224 (paper's reimplementation)", _runs("mobilenet_v1_frcnn"), {300: 14.9, 600: 19.3},
+              569.0, _MOBILENET_MFLOPS),
 )
 
-# The paper's test set (COCO minival = 2017 val), by registered name or annotation file name, as
-# COCOEvaluator records it in results.json.
+# The paper's test set, by registered name or annotation file name, as COCOEvaluator records it.
 TABLE7_DATASETS = frozenset({"coco_2017_val", "coco_2014_minival", "instances_val2017", "instances_minival2014"})
 
 RUN_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(name for row in TABLE7 for name in row.runs.values()))
 
 
-class ResultsFileError(ValueError):
-    """A results file that is missing or cannot be read; the message names the file."""
-
-
 def find_results_file(path: str) -> str:
-    """``path`` itself if it is (or names) a file, else the run directory's ``inference/results.json``
-    (or its ``results.json``, if only that exists)."""
+    """``path`` if it is (or names) a file, else the run folder's ``inference/results.json`` (or ``results.json``
+    if only that exists)."""
     if os.path.isfile(path) or path.endswith(".json"):
         return path
     default = os.path.join(path, "inference", "results.json")
@@ -86,35 +58,28 @@ def find_results_file(path: str) -> str:
 
 
 def read_box_ap(results_file: str) -> float:
-    """The box mAP[.5:.95] (percent) in a ``results.json`` written by ``COCOEvaluator``; a file that
-    names another dataset than Table 7's is refused."""
+    """The box mAP (percent) in a ``COCOEvaluator`` results.json; one for another dataset than Table 7's is refused."""
     try:
         with open(results_file, "r", encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        raise ResultsFileError(f"results file not found: {results_file}") from None
+        raise ValueError(f"results file not found: {results_file}") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ResultsFileError(f"cannot read {results_file}: {error}") from None
+        raise ValueError(f"cannot read {results_file}: {error}") from None
     value = data.get("bbox", {}).get("AP") if isinstance(data, dict) and isinstance(data.get("bbox"), dict) else None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ResultsFileError(f"{results_file} has no numeric bbox.AP (not a COCOEvaluator results.json?)")
+        raise ValueError(f"{results_file} has no numeric bbox.AP (not a COCOEvaluator results.json?)")
     dataset = data.get("dataset")
     if isinstance(dataset, str) and dataset not in TABLE7_DATASETS:
-        raise ResultsFileError(
-            f"{results_file} evaluates '{dataset}', not Table 7's COCO 2017 val / 2014 minival "
-            f"({', '.join(sorted(TABLE7_DATASETS))})"
-        )
+        raise ValueError(f"{results_file} evaluates '{dataset}', not Table 7's COCO 2017 val / 2014 minival "
+                               f"({', '.join(sorted(TABLE7_DATASETS))})")
     return float(value)
 
 
-def collect_results(
-    runs: Optional[Mapping[str, str]] = None, output_root: Optional[str] = None
-) -> Tuple[Dict[str, float], Dict[str, str], List[str]]:
-    """Read the box AP of each Table 7 run.
-
-    ``runs`` maps run names to result files or run directories; ``output_root`` is scanned for the
-    run names not given in ``runs``. Returns (AP per run name, file read per run name, problems).
-    """
+def collect_results(runs: Optional[Mapping[str, str]] = None,
+                    output_root: Optional[str] = None) -> Tuple[Dict[str, float], Dict[str, str], List[str]]:
+    """(AP per run name, file read per run name, problems) of the Table 7 runs: ``runs`` maps names to result
+    files or run folders; ``output_root`` is searched for the others."""
     runs = dict(runs or {})
     unknown = sorted(set(runs) - set(RUN_NAMES))
     if unknown:
@@ -125,13 +90,13 @@ def collect_results(
             paths.setdefault(name, os.path.join(output_root, name))
     box_ap: Dict[str, float] = {}
     files: Dict[str, str] = {}
-    problems: List[str] = []
+    problems = []
     for name, path in paths.items():
         results_file = find_results_file(path)
         try:
             box_ap[name] = read_box_ap(results_file)
             files[name] = results_file
-        except ResultsFileError as error:
+        except ValueError as error:  # missing or unreadable: named in the problems
             problems.append(f"{name}: {error}")
     return box_ap, files, problems
 
@@ -140,18 +105,12 @@ def table7_rows(box_ap: Mapping[str, float]) -> List[Dict[str, Any]]:
     """Table 7 as records: the paper's mAP, ours (``None`` if missing) and ours - paper, per input size."""
     records = []
     for row in TABLE7:
-        record: Dict[str, Any] = {
-            "model": row.model,
-            "backbone_mflops": row.backbone_mflops,
-            "mflops_source": row.mflops_source,
-        }
+        record: Dict[str, Any] = {"model": row.model, "backbone_mflops": row.backbone_mflops,
+                                  "mflops_source": row.mflops_source}
         for size in SIZES:
-            ours = box_ap.get(row.runs[size])
-            paper = row.paper_map[size]
-            record[f"run_{size}"] = row.runs[size]
-            record[f"paper_{size}"] = paper
-            record[f"ours_{size}"] = ours
-            record[f"diff_{size}"] = None if ours is None else round(ours - paper, 2)
+            ours, paper = box_ap.get(row.runs[size]), row.paper_map[size]
+            record.update({f"run_{size}": row.runs[size], f"paper_{size}": paper, f"ours_{size}": ours,
+                           f"diff_{size}": None if ours is None else round(ours - paper, 2)})
         records.append(record)
     return records
 
@@ -169,9 +128,5 @@ def format_table7(records: Sequence[Mapping[str, Any]]) -> str:
         rows.append(row)
     sources = dict.fromkeys(f"  {r['backbone_mflops']:g}: {r['mflops_source']}" for r in records)
     notes = "MFLOPs@224 = the classifier's multiply-adds at 224x224, from:\n" + "\n".join(sources)
-    return (
-        "COCO box mAP[.5:.95] on 2017 val (minival), Faster R-CNN; paper = Zhang et al. CVPR 2018 Table 7\n"
-        + format_table(headers, rows, digits=1)
-        + "\n"
-        + notes
-    )
+    title = "COCO box mAP[.5:.95] on 2017 val (minival), Faster R-CNN; paper = Zhang et al. CVPR 2018 Table 7"
+    return f"{title}\n{format_table(headers, rows, digits=1)}\n{notes}"

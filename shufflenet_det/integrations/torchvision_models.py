@@ -1,13 +1,6 @@
-"""Opt-in: build this package's models through ``torchvision.models.get_model(name)``.
-
-torchvision's public API can list and build registered models (``list_models``, ``get_model``) but
-offers no public way to register new ones: its ``register_model`` lives in the private module
-``torchvision.models._api``. So registration is a function you call, never an import side effect, and
-it fails with a clear message if a torchvision release moves that private registry.
-
-``python -m shufflenet_det.integrations.torchvision_models SCRIPT [ARGS...]`` registers, then runs an
-unmodified script that builds models by name, such as torchvision's ``references/detection/train.py``.
-"""
+"""Opt-in: our models through ``torchvision.models.get_model(name)`` (registered by an explicit call, since
+torchvision's registry is private); ``python -m shufflenet_det.integrations.torchvision_models SCRIPT [ARGS...]``
+registers, then runs a script such as torchvision's ``references/detection/train.py``."""
 
 from __future__ import annotations
 
@@ -26,22 +19,13 @@ _OWNER_ATTRIBUTE = "_shufflenet_det_model"
 
 
 def register_torchvision_models() -> List[str]:
-    """Register every model of ``shufflenet_det.list_models()`` and the C4 detectors with torchvision;
-    returns the names.
-
-    Afterwards ``torchvision.models.get_model("shufflenet_v1_x1_0_g3", weights=..., num_classes=...)``
-    builds our classifier; ``weights`` takes what ``shufflenet_det.weights.load_weights`` takes (a file
-    or a name from ``list_pretrained()``), not a torchvision ``WeightsEnum``. The detectors
-    (``fasterrcnn_shufflenet_v1_x1_0_g3_c4``, ...) take torchvision's detector arguments (see
-    ``shufflenet_det.detection.fasterrcnn_c4``). Calling it again is harmless.
-    """
+    """Register ``list_models()`` and the C4 detectors with torchvision (again: no change); returns the names.
+    Classifiers' ``weights`` take what ``load_weights`` takes, not a ``WeightsEnum``."""
     try:
         from torchvision.models._api import BUILTIN_MODELS, register_model
     except ImportError as error:
-        raise RuntimeError(
-            f"this torchvision ({error}) has no model registry at torchvision.models._api; "
-            "use shufflenet_det.build_model instead"
-        ) from None
+        raise RuntimeError(f"this torchvision ({error}) has no model registry at torchvision.models._api; "
+                           "use shufflenet_det.build_model instead") from None
     builders: Dict[str, Callable[..., nn.Module]] = {name: _classifier_builder(name) for name in list_models()}
     builders.update(DETECTION_MODELS)
     taken = [name for name in builders if name in BUILTIN_MODELS and not _is_ours(name, BUILTIN_MODELS[name])]
@@ -75,8 +59,7 @@ def run_script(script: str, args: Sequence[str]) -> None:
         raise SystemExit(f"error: script not found: {script}")
     register_torchvision_models()
     sys.argv = [str(path), *args]
-    # As for `python script`: the script imports the modules next to it (torchvision's references do).
-    sys.path.insert(0, str(path.resolve().parent))
+    sys.path.insert(0, str(path.resolve().parent))  # as for `python script`: it imports the modules beside it
     runpy.run_path(str(path), run_name="__main__")
 
 

@@ -8,57 +8,32 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-NORMS = ("BN", "FrozenBN", "SyncBN")
+NORMS = {"BN": nn.BatchNorm2d, "FrozenBN": FrozenBatchNorm2d, "SyncBN": nn.SyncBatchNorm}  # detectron2's names
 
 
 def get_norm(norm: str, channels: int) -> nn.Module:
-    """Normalization layer by detectron2's names: "BN", "FrozenBN" or "SyncBN"."""
-    if norm == "BN":
-        return nn.BatchNorm2d(channels)
-    if norm == "FrozenBN":
-        return FrozenBatchNorm2d(channels)
-    if norm == "SyncBN":
-        return nn.SyncBatchNorm(channels)
-    raise ValueError(f"unknown norm '{norm}': expected one of {', '.join(NORMS)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm '{norm}': expected one of {', '.join(NORMS)}")
+    return NORMS[norm](channels)
 
 
 class ConvNormAct(nn.Sequential):
-    """Bias-free convolution, normalization and an optional ReLU (children ``conv``, ``norm``, ``act``).
+    """Bias-free conv, norm and optional ReLU (children ``conv``, ``norm``, ``act``); ``speed.apply_conv_form``
+    replaces it by faster forms of the same function."""
 
-    Faster forms of the same function replace it in a built model (``modeling.speed.apply_conv_form``).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        groups: int = 1,
-        norm: str = "BN",
-        relu: bool = True,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                 norm: str = "BN", relu: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=kernel_size // 2,
-            groups=groups,
-            bias=False,
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                              groups=groups, bias=False)
         self.norm = get_norm(norm, out_channels)
         if relu:
             self.act = nn.ReLU(inplace=True)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int, inverse: bool = False) -> torch.Tensor:
-    """The paper's shuffle: view channels as (groups, n), transpose to (n, groups), flatten.
-
-    ``inverse=True`` applies the inverse permutation (view as (n, groups)), the one the official
-    release uses; some of its checkpoints can only be reproduced exactly with it.
-    """
+    """The paper's shuffle: view channels as (groups, n), transpose, flatten. ``inverse=True`` applies the
+    inverse permutation (view as (n, groups)), the official release's: some of its checkpoints need it."""
     batch, channels, height, width = x.shape
     if inverse:
         x = x.view(batch, channels // groups, groups, height, width)
@@ -86,10 +61,8 @@ class ChannelShuffle(nn.Module):
 
 
 def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm (and SyncBatchNorm) in ``module`` by a FrozenBatchNorm2d with its statistics.
-
-    Returns the converted module; a BatchNorm passed directly is returned as a new object.
-    """
+    """Replace every (Sync)BatchNorm in ``module`` by a FrozenBatchNorm2d with its statistics; returns the
+    converted module (a new object for a BatchNorm passed directly)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         if module.affine:
@@ -106,13 +79,6 @@ def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def freeze_module(module: nn.Module) -> nn.Module:
-    """Stop gradients and statistics updates: parameters frozen, BatchNorms turned into FrozenBatchNorm2d."""
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    return convert_frozen_batchnorm(module)
-
-
 def make_divisible(value: float, divisor: int, minimum: Optional[int] = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor`` (halves up), at least ``minimum``."""
     minimum = divisor if minimum is None else minimum
@@ -120,8 +86,7 @@ def make_divisible(value: float, divisor: int, minimum: Optional[int] = None) ->
 
 
 def init_weights(model: nn.Module) -> None:
-    """The initialization every network here starts from (as torchvision's classifiers): He-normal convs,
-    unit BatchNorm, small normal classifier."""
+    """torchvision's classifier initialization: He-normal convs, unit BatchNorm, small normal classifier."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -1,16 +1,12 @@
-"""MobileNet v1 (Howard et al., 2017): the paper's comparison network.
-
-A 3x3/2 stem conv and 13 depthwise-separable blocks (3x3 depthwise + BN + ReLU, 1x1 + BN + ReLU),
-grouped into stages by output stride so that it offers the same stage interface as ShuffleNet.
-The paper uses ReLU; timm's ImageNet weights need ReLU6 (``activation="relu6"`` or ``set_activation``).
-"""
+"""MobileNet v1 (Howard et al., 2017), the paper's comparison: a 3x3/2 stem conv and 13 depthwise-separable
+blocks, grouped into stages by stride like ShuffleNet's. ReLU as in the paper; timm's weights need ReLU6."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from .layers import ConvNormAct, init_weights
-from .registry import register_model, width_tag
+from .registry import register_variant, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
@@ -35,9 +31,8 @@ class DepthwiseSeparable(nn.Sequential):
 
 
 class MobileNetV1(StagedNetwork):
-    def __init__(
-        self, width_mult: float = 1.0, num_classes: int = 1000, norm: str = "BN", activation: str = "relu"
-    ) -> None:
+    def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, norm: str = "BN",
+                 activation: str = "relu") -> None:
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {width_mult}")
@@ -76,19 +71,9 @@ class MobileNetV1(StagedNetwork):
                 module.act = ACTIVATIONS[activation](inplace=True)
 
 
-def _register_mobilenet(width_mult: float) -> None:
-    name = f"mobilenet_v1_{width_tag(width_mult)}"
-
-    def builder(**kwargs) -> MobileNetV1:
-        return MobileNetV1(width_mult=width_mult, **kwargs)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"MobileNet v1 {width_mult}. Keyword arguments: num_classes, norm, activation."
-    register_model(family="mobilenet_v1", width_mult=width_mult)(builder)
-    globals()[name] = builder
-
-
 for _width in WIDTH_MULTS:
-    _register_mobilenet(_width)
+    _name = f"mobilenet_v1_{width_tag(_width)}"
+    _doc = f"MobileNet v1 {_width}. Keyword arguments: num_classes, norm, activation."
+    globals()[_name] = register_variant(_name, MobileNetV1, _doc, "mobilenet_v1", width_mult=_width)
 
 __all__ = ["MobileNetV1"] + [name for name in list(globals()) if name.startswith("mobilenet_v1_x")]

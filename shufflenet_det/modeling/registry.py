@@ -26,6 +26,17 @@ def register_model(**architecture: Any) -> Callable[[Callable], Callable]:
     return decorator
 
 
+def register_variant(name: str, network: Callable[..., nn.Module], doc: str, family: str, **fixed: Any) -> Callable:
+    """Register ``network(**fixed, **kwargs)`` as ``name``; returns the builder."""
+
+    def builder(**kwargs: Any) -> nn.Module:
+        return network(**fixed, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    return register_model(family=family, **fixed)(builder)
+
+
 def list_models(pattern: Optional[str] = None) -> List[str]:
     """Registered model names, optionally filtered with a shell-style pattern ("shufflenet_v1_x1_0_*")."""
     names = MODEL_REGISTRY.names()
@@ -39,20 +50,16 @@ def model_architecture(name: str) -> Dict[str, Any]:
 
 
 def create_model(name: str, num_classes: int = 1000, norm: str = "BN", freeze_at: int = 0, **kwargs: Any) -> nn.Module:
-    """A registered network, randomly initialized (``shufflenet_det.build_model`` also loads weights).
-
-    ``norm`` is "BN", "FrozenBN" or "SyncBN"; ``freeze_at`` freezes the stem and first stages
-    (detectron2's FREEZE_AT). Other keyword arguments go to the builder (ShuffleNet: ``channel_shuffle``).
-    """
+    """A registered network, randomly initialized (``shufflenet_det.build_model`` also loads weights);
+    ``freeze_at`` is detectron2's FREEZE_AT, other keyword arguments go to the builder."""
     model = MODEL_REGISTRY.get(name)(num_classes=num_classes, norm=norm, **kwargs)
     model.arch = name
     return model.freeze(freeze_at) if freeze_at else model
 
 
 def model_args_from_config(cfg: Any) -> Tuple[str, Dict[str, Any], str]:
-    """(registered name, ``create_model`` keyword arguments, config node) of the network that
-    MODEL.BACKBONE.NAME, MODEL.SHUFFLENET / MODEL.MOBILENET and MODEL.BACKBONE.FREEZE_AT describe:
-    the one reading of these keys that detection, classification and the detectron2 plugin share."""
+    """(registered name, ``create_model`` keyword arguments, config node) of the network MODEL.BACKBONE and
+    MODEL.SHUFFLENET / MODEL.MOBILENET describe: the one reading of these keys that every engine shares."""
     name = cfg.MODEL.BACKBONE.NAME
     if name == "build_shufflenet_v1_backbone":
         options, node = cfg.MODEL.SHUFFLENET, "MODEL.SHUFFLENET"
@@ -62,9 +69,8 @@ def model_args_from_config(cfg: Any) -> Tuple[str, Dict[str, Any], str]:
         options, node = cfg.MODEL.MOBILENET, "MODEL.MOBILENET"
         arch, kwargs = f"mobilenet_v1_{width_tag(options.WIDTH_MULT)}", {}
     else:
-        raise ConfigError(
-            f"MODEL.BACKBONE.NAME is '{name}'; expected 'build_shufflenet_v1_backbone' or 'build_mobilenet_v1_backbone'"
-        )
+        expected = "'build_shufflenet_v1_backbone' or 'build_mobilenet_v1_backbone'"
+        raise ConfigError(f"MODEL.BACKBONE.NAME is '{name}'; expected {expected}")
     if options.NORM not in NORMS:
         raise ConfigError(f"{node}.NORM must be one of {', '.join(NORMS)}, got '{options.NORM}'")
     if arch not in MODEL_REGISTRY:

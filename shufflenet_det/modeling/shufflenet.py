@@ -1,13 +1,8 @@
-"""ShuffleNet v1 (Zhang et al., CVPR 2018): pointwise group convolutions and channel shuffle.
-
-The unit follows the paper (Fig. 2): grouped 1x1 conv -> shuffle -> 3x3 depthwise (no ReLU) ->
-grouped 1x1 conv; stride-1 units add the input, stride-2 units concatenate a 3x3 average-pooled
-shortcut. Two details vary between public implementations without changing any parameter shape,
-so they are switchable on a built model (``shufflenet_det.weights`` sets them from checkpoint
-metadata): the shuffle permutation (``set_shuffle_layout``: the official megvii release uses the
-inverse of the paper's) and the order of the stride-2 concatenation (``set_concat_order``: the
-official release puts the shortcut first, pytorchcv the branch).
-"""
+"""ShuffleNet v1 (Zhang et al., CVPR 2018), unit as in the paper's Fig. 2: grouped 1x1 conv -> shuffle ->
+3x3 depthwise (no ReLU) -> grouped 1x1 conv; stride 1 adds the input, stride 2 concatenates a 3x3 average-pooled
+shortcut. Two details that differ between public implementations without changing any shape are switchable on
+a built model: the shuffle permutation (``set_shuffle_layout``; megvii's is the inverse of the paper's) and the
+stride-2 concatenation order (``set_concat_order``; megvii puts the shortcut first, pytorchcv the branch)."""
 
 from __future__ import annotations
 
@@ -18,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .layers import ChannelShuffle, ConvNormAct, init_weights, make_divisible
-from .registry import register_model, width_tag
+from .registry import register_variant, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 GROUPS = (1, 2, 3, 4, 8)
@@ -45,13 +40,9 @@ _OFFICIAL_CHANNELS = {
 
 
 def shufflenet_v1_channels(width_mult: float, groups: int) -> Tuple[int, List[int]]:
-    """Stem and stage widths for a width multiplier and group count.
-
-    Official variants use the release's plan. Otherwise each stage width is the paper's scaled width
-    rounded to a multiple of 4 * groups (so the bottleneck, a quarter of it, splits into groups),
-    and the stem is 24 * width_mult rounded to a multiple of groups (so the first stride-2 unit's
-    branch, stage2 - stem channels wide, splits too).
-    """
+    """Stem and stage widths: the official release's plan where it has one; else the paper's widths scaled and
+    rounded to a multiple of 4 * groups (so the quarter-width bottleneck splits into groups), and a stem of
+    24 * width_mult rounded to a multiple of groups (so the first unit's branch, stage2 - stem wide, splits too)."""
     if groups not in _STAGE2_CHANNELS_1X:
         raise ValueError(f"ShuffleNet v1 groups must be one of {GROUPS}, got {groups}")
     if width_mult <= 0:
@@ -67,16 +58,8 @@ def shufflenet_v1_channels(width_mult: float, groups: int) -> Tuple[int, List[in
 class ShuffleUnit(nn.Module):
     """One ShuffleNet unit. ``compress_groups`` is 1 for the very first unit (too few input channels)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        groups: int,
-        stride: int,
-        compress_groups: int,
-        shuffle: bool = True,
-        norm: str = "BN",
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, groups: int, stride: int, compress_groups: int,
+                 shuffle: bool = True, norm: str = "BN") -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
@@ -98,9 +81,8 @@ class ShuffleUnit(nn.Module):
         self.shortcut_first = True
         self.compress = ConvNormAct(in_channels, mid_channels, 1, groups=compress_groups, norm=norm)
         self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else nn.Identity()
-        self.depthwise = ConvNormAct(
-            mid_channels, mid_channels, 3, stride=stride, groups=mid_channels, norm=norm, relu=False
-        )
+        self.depthwise = ConvNormAct(mid_channels, mid_channels, 3, stride=stride, groups=mid_channels, norm=norm,
+                                     relu=False)
         self.expand = ConvNormAct(mid_channels, branch_channels, 1, groups=groups, norm=norm, relu=False)
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
 
@@ -116,22 +98,14 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV1(StagedNetwork):
     """Stem (3x3/2 conv + 3x3/2 max pool, stride 4), stages 2-4 (strides 8, 16, 32), pool, fc."""
 
-    def __init__(
-        self,
-        width_mult: float = 1.0,
-        groups: int = 3,
-        num_classes: int = 1000,
-        channel_shuffle: bool = True,
-        norm: str = "BN",
-    ) -> None:
+    def __init__(self, width_mult: float = 1.0, groups: int = 3, num_classes: int = 1000, channel_shuffle: bool = True,
+                 norm: str = "BN") -> None:
         super().__init__()
         self.width_mult = width_mult
         self.groups = groups
         stem_channels, stage_channels = shufflenet_v1_channels(width_mult, groups)
-        self.stem = nn.Sequential(
-            ConvNormAct(3, stem_channels, 3, stride=2, norm=norm),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
+        stem_conv = ConvNormAct(3, stem_channels, 3, stride=2, norm=norm)
+        self.stem = nn.Sequential(stem_conv, nn.MaxPool2d(3, stride=2, padding=1))
         feature_info = [FeatureInfo("stem", stem_channels, 4)]
         in_channels = stem_channels
         for index, (units, out_channels) in enumerate(zip(UNITS_PER_STAGE, stage_channels)):
@@ -139,17 +113,9 @@ class ShuffleNetV1(StagedNetwork):
             blocks = []
             for unit in range(units):
                 first = unit == 0
-                blocks.append(
-                    ShuffleUnit(
-                        in_channels,
-                        out_channels,
-                        groups,
-                        stride=2 if first else 1,
-                        compress_groups=1 if index == 0 and first else groups,
-                        shuffle=channel_shuffle,
-                        norm=norm,
-                    )
-                )
+                compress_groups = 1 if index == 0 and first else groups
+                blocks.append(ShuffleUnit(in_channels, out_channels, groups, stride=2 if first else 1,
+                                          compress_groups=compress_groups, shuffle=channel_shuffle, norm=norm))
                 in_channels = out_channels
             setattr(self, name, nn.Sequential(*blocks))
             feature_info.append(FeatureInfo(name, out_channels, 2 ** (index + 3)))
@@ -189,25 +155,13 @@ class ShuffleNetV1(StagedNetwork):
                 module.shortcut_first = order == "shortcut_first"
 
 
-def _register_shufflenet(width_mult: float, groups: int) -> None:
-    name = f"shufflenet_v1_{width_tag(width_mult)}_g{groups}"
-
-    def builder(**kwargs) -> ShuffleNetV1:
-        return ShuffleNetV1(width_mult=width_mult, groups=groups, **kwargs)
-
-    builder.__name__ = name
-    builder.__qualname__ = name
-    builder.__doc__ = (
-        f"ShuffleNet v1 {width_mult}x, g={groups}. Keyword arguments: num_classes, "
-        "channel_shuffle (False gives the paper's Table 3 ablation), norm."
-    )
-    register_model(family="shufflenet_v1", width_mult=width_mult, groups=groups)(builder)
-    globals()[name] = builder
-
-
 for _groups in GROUPS:
     for _width in WIDTH_MULTS:
-        _register_shufflenet(_width, _groups)
+        _name = f"shufflenet_v1_{width_tag(_width)}_g{_groups}"
+        _doc = (f"ShuffleNet v1 {_width}x, g={_groups}. Keyword arguments: num_classes, "
+                "channel_shuffle (False gives the paper's Table 3 ablation), norm.")
+        _fixed = {"width_mult": _width, "groups": _groups}
+        globals()[_name] = register_variant(_name, ShuffleNetV1, _doc, "shufflenet_v1", **_fixed)
 
 __all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_channels"] + [
     name for name in list(globals()) if name.startswith("shufflenet_v1_x")

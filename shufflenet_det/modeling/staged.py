@@ -1,9 +1,5 @@
-"""The interface every classification network here offers to detection: named stages with known strides.
-
-A network is a stem followed by stages, each a child module listed in ``stage_names``. Generic code
-(detection backbones, feature extraction, freezing) works from ``feature_info`` and never needs to
-know which family it is looking at.
-"""
+"""What every network here offers detection: a stem and stages (child modules) with known strides, so that
+generic code (backbones, feature extraction, freezing) works from ``feature_info`` whatever the family."""
 
 from __future__ import annotations
 
@@ -12,9 +8,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .layers import freeze_module
+from .layers import convert_frozen_batchnorm
 
 
 @dataclass(frozen=True)
@@ -29,19 +25,17 @@ class StagedNetwork(nn.Module):
 
     feature_info: List[FeatureInfo]
 
-    def _finish(self, feature_info: Sequence[FeatureInfo], num_classes: int, classifier_bias: bool = True) -> None:
+    def _finish(self, feature_info: Sequence[FeatureInfo], num_classes: int) -> None:
         self.feature_info = list(feature_info)
         self.num_classes = num_classes
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.feature_info[-1].channels, num_classes, bias=classifier_bias)
+        self.fc = nn.Linear(self.feature_info[-1].channels, num_classes)
 
     @property
     def stage_names(self) -> List[str]:
         return [info.name for info in self.feature_info]
 
-    def forward_features(
-        self, x: torch.Tensor, out_features: Optional[Sequence[str]] = None
-    ) -> Dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, out_features: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
         """Run the stages; return the named feature maps asked for (all of them by default)."""
         wanted = set(self.stage_names if out_features is None else out_features)
         unknown = wanted - set(self.stage_names)
@@ -65,11 +59,8 @@ class StagedNetwork(nn.Module):
         return getattr(self, name)
 
     def split_at_stride(self, stride: int = 16) -> Tuple[nn.Sequential, nn.Sequential]:
-        """The C4 split: (trunk up to the last stage of ``stride``, the stages after it).
-
-        The returned modules share parameters with this network and keep its stage names, so state
-        dict keys stay ``<stage>.<...>``.
-        """
+        """The C4 split: (trunk up to the last stage of ``stride``, the stages after it), sharing this network's
+        parameters and stage names (state dict keys stay ``<stage>.<...>``)."""
         strides = [info.stride for info in self.feature_info]
         if stride not in strides:
             raise ValueError(f"no stage of stride {stride}; strides are {strides}")
@@ -84,5 +75,7 @@ class StagedNetwork(nn.Module):
         if not 0 <= freeze_at <= len(self.stage_names):
             raise ValueError(f"freeze_at must be in [0, {len(self.stage_names)}], got {freeze_at}")
         for name in self.stage_names[:freeze_at]:
-            setattr(self, name, freeze_module(self.stage(name)))
+            for parameter in self.stage(name).parameters():
+                parameter.requires_grad_(False)
+            setattr(self, name, convert_frozen_batchnorm(self.stage(name)))  # no statistics updates either
         return self

@@ -1,24 +1,7 @@
-"""DataLoader worker processes that leave SIGINT and SIGTERM to the training process.
-
-Ctrl-C in a terminal, ``kill -TERM -- -PGID``, torchrun (which signals each trainer's process group) and
-cluster schedulers (which signal every process of a job) deliver the signal to the DataLoader workers too.
-By default they die of it, and the training process, instead of finishing its iteration and writing its
-interrupt checkpoint, fails with "DataLoader worker (pid N) is killed by signal". Workers started by
-:class:`SignalSafeDataLoader` instead
-
-- ignore SIGINT (the training process never sends it to them);
-- ignore SIGTERM unless it comes from the training process itself: its DataLoader terminates workers
-  that do not stop on request at shutdown, and Python's exit handler terminates remaining daemonic
-  children. Both must still work, or a run could hang at exit. The sender is known because a thread of
-  the worker takes SIGTERM with ``sigwaitinfo`` (Linux; elsewhere SIGTERM keeps its default action).
-
-Everything else is unchanged: a worker that crashes (segfault, out-of-memory kill, SIGKILL) is reported
-by the DataLoader as before, and workers still exit on their own when the training process dies.
-
-This holds for the "fork" start method (Linux's default up to Python 3.13). A "spawn" or "forkserver"
-worker starts with a fresh signal mask, and threads its imports create (numpy's BLAS pool) before this
-module runs can still take a SIGTERM and die of it; SIGINT is ignored there too.
-"""
+"""DataLoader workers that leave SIGINT and SIGTERM to the training process, so that Ctrl-C, torchrun or a
+scheduler signalling the whole process group lets training write its interrupt checkpoint instead of failing
+with "DataLoader worker is killed by signal". Workers ignore SIGINT, and SIGTERM from anyone but the training
+process (whose DataLoader and exit handler still stop them). Exact for the "fork" start method on Linux."""
 
 from __future__ import annotations
 
@@ -36,9 +19,8 @@ _HAS_SIGWAITINFO = hasattr(signal, "sigwaitinfo")
 
 @contextlib.contextmanager
 def termination_signals_blocked() -> Iterator[None]:
-    """Hold back SIGINT and SIGTERM in the calling thread while the block runs; they are delivered when
-    it ends. Processes forked (or spawned) meanwhile start with both blocked, so a signal arriving while
-    DataLoader workers start cannot reach a worker before :class:`WorkerSignalGuard` has run."""
+    """Hold back SIGINT and SIGTERM in this thread for the block: workers started meanwhile inherit the
+    mask, so no signal reaches one before :class:`WorkerSignalGuard` has run."""
     if not _HAS_SIGMASK:
         yield
         return
@@ -50,11 +32,8 @@ def termination_signals_blocked() -> Iterator[None]:
 
 
 class WorkerSignalGuard:
-    """A DataLoader ``worker_init_fn``: the worker ignores SIGINT, and SIGTERM from anyone but
-    ``main_pid`` (the process that owns the DataLoader); then ``worker_init_fn(worker_id)`` runs if given.
-
-    Picklable (a plain object), so it also works with the "spawn" and "forkserver" start methods.
-    """
+    """A picklable ``worker_init_fn``: ignore SIGINT, and SIGTERM from anyone but ``main_pid``; then run
+    ``worker_init_fn(worker_id)`` if given."""
 
     def __init__(self, main_pid: int, worker_init_fn: Optional[Callable[[int], None]] = None) -> None:
         self.main_pid = main_pid
@@ -83,8 +62,7 @@ class WorkerSignalGuard:
 
 
 class SignalSafeDataLoader(DataLoader):
-    """A ``torch.utils.data.DataLoader`` whose worker processes leave SIGINT and SIGTERM to the training
-    process (see the module docstring); same arguments. ``worker_init_fn``, if given, still runs."""
+    """A ``DataLoader`` whose workers leave SIGINT and SIGTERM to the training process; same arguments."""
 
     def __init__(self, *args: Any, worker_init_fn: Optional[Callable[[int], None]] = None, **kwargs: Any) -> None:
         super().__init__(*args, worker_init_fn=WorkerSignalGuard(os.getpid(), worker_init_fn), **kwargs)

@@ -1,11 +1,6 @@
-"""Peak host memory of a stretch of code on Linux, close to the peak of its live tensors.
-
-CPU tensors come from glibc's malloc, which keeps freed blocks for reuse, so the process's resident
-memory says little about what is alive. ``track_freed_memory()`` makes glibc hand every large block
-(64 KiB and up) back to the kernel when it is freed; after that, resident memory follows the live
-tensors, and the kernel's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) gives
-their peak. Elsewhere (not Linux, not glibc) the functions report ``None``.
-"""
+"""Peak host memory of a stretch of code on Linux, close to the peak of its live tensors: with glibc told
+to return large freed blocks at once (``track_freed_memory``), resident memory follows the live tensors and
+the kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs) is their peak. Elsewhere: None."""
 
 from __future__ import annotations
 
@@ -13,20 +8,17 @@ import ctypes
 import ctypes.util
 from typing import Optional
 
-# mallopt parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_LARGE_BLOCK = 64 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
 
 
 def track_freed_memory() -> bool:
-    """Ask glibc to return large freed blocks to the kernel at once; False where that is not possible."""
+    """Make glibc hand freed blocks of 64 KiB and up back to the kernel; False where that is not possible."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt if name else None
     except (OSError, AttributeError):  # no C library to load, or not glibc
         return False
-    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK)) and bool(mallopt(_M_TRIM_THRESHOLD, 0))
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, 64 * 1024)) and bool(mallopt(_M_TRIM_THRESHOLD, 0))
 
 
 def _status_bytes(field: str) -> Optional[int]:
@@ -36,12 +28,11 @@ def _status_bytes(field: str) -> Optional[int]:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
-        return None
+        pass
     return None
 
 
 def resident_bytes() -> Optional[int]:
-    """The process's resident memory now (bytes), or None."""
     return _status_bytes("VmRSS")
 
 

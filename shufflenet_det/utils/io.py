@@ -21,13 +21,11 @@ class CheckpointError(RuntimeError):
 
 
 class OutputPathError(FileExistsError):
-    """A file cannot be written where asked: it exists (and replacing it was not asked for), it is a
-    directory, or its folder cannot be created or written."""
+    """A file cannot be written where asked: it exists (overwrite off), is a folder, or its folder is not writable."""
 
 
 def check_output_file(path: PathLike, overwrite: bool = False) -> Path:
-    """Raise ``OutputPathError`` (a one-line message) unless a new file can be written at ``path``;
-    tools call this before their work, so that a bad path does not waste it."""
+    """Raise ``OutputPathError`` unless a file can be written at ``path``; tools check before their work."""
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{path} is a directory; give a file name")
@@ -44,11 +42,8 @@ def check_output_file(path: PathLike, overwrite: bool = False) -> Path:
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
-    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``.
-
-    A crash mid-write leaves any previous file intact. An existing ``path`` is only replaced when
-    ``overwrite`` is true (see ``check_output_file``).
-    """
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``: a crash mid-write leaves any
+    previous file intact. An existing ``path`` is only replaced when ``overwrite`` is true."""
     path = check_output_file(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -74,12 +69,8 @@ def atomic_torch_save(obj: Any, path: PathLike, overwrite: bool = False) -> Path
 
 
 def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for the usual ways a file goes wrong.
-
-    A pickle that would need to run code (arbitrary classes) is refused, never executed. The one class
-    allowed besides tensors and containers is ``argparse.Namespace``, a plain attribute holder that
-    torchvision's reference scripts store in their checkpoints (``"args"``).
-    """
+    """``torch.load(weights_only=True)`` with one-line errors; a pickle that needs code is refused. Besides
+    tensors and containers it allows ``argparse.Namespace``, which torchvision's reference scripts store."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -95,19 +86,12 @@ def safe_torch_load(path: PathLike, map_location: Union[str, torch.device] = "cp
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
-            global_name = _unsupported_global(str(error))
+            marker = "Unsupported global: GLOBAL "
+            name = f" ({str(error).split(marker, 1)[1].split()[0].rstrip('.,')})" if marker in str(error) else ""
             raise CheckpointError(
-                f"refusing to load {path}: unpickling it would run code{global_name}. Only tensors and "
-                "plain containers are loaded; convert it with tools/convert_weights.py on a machine "
-                "where you trust the file."
+                f"refusing to load {path}: unpickling it would run code{name}. Only tensors and plain containers "
+                "are loaded; convert it with tools/convert_weights.py on a machine where you trust the file."
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(error)}") from None
     except Exception as error:  # torch raises many types for damaged files
         raise CheckpointError(f"{path} is truncated or not a checkpoint: {first_line(error)}") from None
-
-
-def _unsupported_global(message: str) -> str:
-    marker = "Unsupported global: GLOBAL "
-    if marker not in message:
-        return ""
-    return " (" + message.split(marker, 1)[1].split()[0].rstrip(".,") + ")"

@@ -12,26 +12,16 @@ from .io import PathLike
 _DATE_FORMAT = "%m/%d %H:%M:%S"
 
 
-def setup_logger(
-    output_dir: Optional[PathLike] = None,
-    distributed_rank: int = 0,
-    name: str = "shufflenet_det",
-    level: int = logging.INFO,
-) -> logging.Logger:
-    """Configure the ``name`` logger (the package's loggers are its children) and return it.
-
-    Rank 0 logs ``level`` and above to stdout and, when ``output_dir`` is given, everything from DEBUG
-    up to ``output_dir/log.txt`` (appended, so a resumed run continues the file). Other ranks print only
-    warnings and errors, prefixed with their rank, and write no file. Calling it again replaces the
-    handlers it added before.
-    """
+def setup_logger(output_dir: Optional[PathLike] = None, distributed_rank: int = 0, name: str = "shufflenet_det",
+                 level: int = logging.INFO) -> logging.Logger:
+    """Configure the ``name`` logger (replacing an earlier call's handlers): rank 0 logs ``level`` and up to stdout
+    and everything to ``output_dir/log.txt`` (appended); other ranks print warnings and errors with their rank."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     for handler in [h for h in logger.handlers if getattr(h, "_added_by_setup_logger", False)]:
         logger.removeHandler(handler)
         handler.close()
-
     prefix = f"[rank{distributed_rank}] " if distributed_rank > 0 else ""
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(level if distributed_rank == 0 else logging.WARNING)
@@ -42,9 +32,7 @@ def setup_logger(
         path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
         file_handler.setLevel(logging.DEBUG)
-        file_handler.setFormatter(
-            logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", _DATE_FORMAT)
-        )
+        file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", _DATE_FORMAT))
         handlers.append(file_handler)
     for handler in handlers:
         handler._added_by_setup_logger = True  # type: ignore[attr-defined]

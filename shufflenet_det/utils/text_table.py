@@ -29,9 +29,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: 
         padded = [text.rjust(w) if num else text.ljust(w) for text, w, num in zip(texts, widths, numeric)]
         return "| " + " | ".join(padded) + " |"
 
-    separator = (
-        "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
-    )
+    rules = [("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)]
+    separator = "|" + "|".join(rules) + "|"
     return "\n".join([line(headers), separator] + [line(row) for row in cells])
 
 

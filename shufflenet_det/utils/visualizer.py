@@ -16,18 +16,10 @@ def class_color(class_index: int) -> Tuple[int, int, int]:
     return int(blue * 255), int(green * 255), int(red * 255)
 
 
-def draw_detections(
-    image_bgr: np.ndarray,
-    boxes: np.ndarray,
-    labels: Sequence[int],
-    scores: Sequence[float],
-    class_names: Optional[Sequence[str]] = None,
-    score_threshold: float = 0.0,
-) -> np.ndarray:
-    """Return a copy of ``image_bgr`` (H, W, 3 uint8) with the boxes above ``score_threshold`` drawn.
-
-    ``boxes`` are XYXY pixels; ``labels`` are contiguous class indices (0..K-1) into ``class_names``.
-    """
+def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float],
+                    class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.0) -> np.ndarray:
+    """A copy of ``image_bgr`` (H, W, 3 uint8) with the boxes (XYXY pixels) above ``score_threshold`` drawn;
+    ``labels`` are contiguous class indices (0..K-1) into ``class_names``."""
     canvas = np.ascontiguousarray(image_bgr).copy()
     thickness = max(1, round(min(canvas.shape[:2]) / 300))
     font_scale = max(0.35, min(canvas.shape[:2]) / 1000)
@@ -43,14 +35,7 @@ def draw_detections(
         (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         top = max(y0 - height - baseline - 2, 0)
         cv2.rectangle(canvas, (x0, top), (x0 + width + 2, top + height + baseline + 2), color, cv2.FILLED)
-        cv2.putText(
-            canvas,
-            text,
-            (x0 + 1, top + height + 1),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            font_scale,
-            (0, 0, 0) if sum(color) > 382 else (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
+        text_color = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)
+        cv2.putText(canvas, text, (x0 + 1, top + height + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color, 1,
+                    cv2.LINE_AA)
     return canvas

@@ -1,18 +1,13 @@
-"""Known ImageNet weights: where each comes from, how to preprocess for it, what it scores.
-
-Every entry carries its metadata, torchvision-style, so loading never needs a side table. Names are
-``"<source>:<their name>"``: ``megvii:1.0x_g3``, ``pytorchcv:shufflenet_g3_w1``, ``timm:mobilenetv1_100``.
-pytorchcv and timm weights download into the torch hub cache (``torch.hub.get_dir()/checkpoints``)
-with those packages' own download helpers; megvii's are on OneDrive/BaiduYun only, so their entries
-say how to download and convert them by hand.
-"""
+"""Known ImageNet weights (``megvii:1.0x_g3``, ``pytorchcv:shufflenet_g3_w1``, ``timm:mobilenetv1_100``), each
+with its source, preprocessing and reported accuracy. pytorchcv and timm weights download into the torch hub
+cache with those packages' helpers; megvii's are on OneDrive/BaiduYun only, so their entries say how to get them."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -43,11 +38,8 @@ MEGVII_PREPROCESSING = Preprocessing("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "b
 IMAGENET_PREPROCESSING = Preprocessing("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "bilinear")
 # timm's pretrained cfg for mobilenetv1_100.ra4_e3600_r224_in1k: mean = std = 0.5, bicubic, crop 0.875.
 TIMM_MOBILENETV1_PREPROCESSING = Preprocessing("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), "bicubic")
-SOURCE_PREPROCESSING = {
-    "megvii": MEGVII_PREPROCESSING,
-    "pytorchcv": IMAGENET_PREPROCESSING,
-    "timm": TIMM_MOBILENETV1_PREPROCESSING,
-}
+SOURCE_PREPROCESSING = {"megvii": MEGVII_PREPROCESSING, "pytorchcv": IMAGENET_PREPROCESSING,
+                        "timm": TIMM_MOBILENETV1_PREPROCESSING}
 
 MEGVII_DOWNLOAD = (
     "OneDrive https://1drv.ms/f/s!AgaP37NGYuEXhRfQxHRseR7eSxXo or BaiduYun "
@@ -76,26 +68,14 @@ class PretrainedWeights:
 
     def meta(self) -> Dict[str, Any]:
         """The plain-type metadata a checkpoint converted from these weights carries."""
-        meta: Dict[str, Any] = {"source": self.source, "arch": self.arch, "weights": self.name}
-        meta.update(self.preprocessing.meta())
-        meta.update(
-            top1_error=self.top1_error,
-            top5_error=self.top5_error,
-            params=self.params,
-            mflops=self.mflops,
-            metrics_from=self.metrics_from,
-            url=self.url,
-        )
-        return meta
+        return {"source": self.source, "arch": self.arch, "weights": self.name, **self.preprocessing.meta(),
+                "top1_error": self.top1_error, "top5_error": self.top5_error, "params": self.params,
+                "mflops": self.mflops, "metrics_from": self.metrics_from, "url": self.url}
 
 
 _CATALOG: Dict[str, PretrainedWeights] = {}
 
-
-def _add(entry: PretrainedWeights) -> None:
-    _CATALOG[entry.name] = entry
-
-
+_MEGVII_URL = "https://github.com/megvii-model/ShuffleNet-Series/tree/master/ShuffleNetV1"
 # Official ShuffleNetV1 (megvii-model/ShuffleNet-Series): size, groups, top-1/top-5 error (%), our params, MFLOPs.
 for _size, _groups, _top1, _top5, _params, _mflops in (
     ("0.5x", 3, 42.7, 20.0, 718_324, 37.6),
@@ -108,28 +88,19 @@ for _size, _groups, _top1, _top5, _params, _mflops in (
     ("2.0x", 8, 27.1, 9.2, 6_522_232, 521.9),
 ):
     _arch = f"shufflenet_v1_x{_size[:-1].replace('.', '_')}_g{_groups}"
-    _add(
-        PretrainedWeights(
-            name=f"megvii:{_size}_g{_groups}",
-            arch=_arch,
-            source="megvii",
-            url="https://github.com/megvii-model/ShuffleNet-Series/tree/master/ShuffleNetV1",
-            preprocessing=MEGVII_PREPROCESSING,
-            top1_error=_top1,
-            top5_error=_top5,
-            params=_params,
-            mflops=_mflops,
-            metrics_from="megvii-model/ShuffleNet-Series ShuffleNetV1/README.md",
-            manual_download=(
-                f"the official {_size} g={_groups} weights are not downloadable automatically: get the "
-                f"ShuffleNetV1 {_size} group={_groups} checkpoint from {MEGVII_DOWNLOAD}, then run "
-                f"python tools/convert_weights.py FILE {_arch}.pth --from megvii --arch {_arch}"
-            ),
-        )
+    _manual = (
+        f"the official {_size} g={_groups} weights are not downloadable automatically: get the ShuffleNetV1 "
+        f"{_size} group={_groups} checkpoint from {MEGVII_DOWNLOAD}, then run "
+        f"python tools/convert_weights.py FILE {_arch}.pth --from megvii --arch {_arch}"
+    )
+    _CATALOG[f"megvii:{_size}_g{_groups}"] = PretrainedWeights(
+        f"megvii:{_size}_g{_groups}", _arch, "megvii", _MEGVII_URL,
+        MEGVII_PREPROCESSING, _top1, _top5, _params, _mflops, "megvii-model/ShuffleNet-Series ShuffleNetV1/README.md",
+        manual_download=_manual,
     )
 
-# pytorchcv (osmr/imgclsmob): name, our arch, top-1/top-5 error (%), params, MFLOPs, release tag, SHA-1 prefix.
 _PYTORCHCV_RELEASES = "https://github.com/osmr/imgclsmob/releases/download"
+# pytorchcv (osmr/imgclsmob): name, our arch, top-1/top-5 error (%), params, MFLOPs, release tag, SHA-1 prefix.
 for _name, _arch, _top1, _top5, _params, _mflops, _tag, _sha in (
     ("shufflenet_g1_w1", "shufflenet_v1_x1_0_g1", 34.93, 13.89, 1_531_936, 143.1, "v0.0.223", "4cfb65a3"),
     ("shufflenet_g2_w1", "shufflenet_v1_x1_0_g2", 34.25, 13.63, 1_733_848, 140.8, "v0.0.241", "07256203"),
@@ -144,48 +115,24 @@ for _name, _arch, _top1, _top5, _params, _mflops, _tag, _sha in (
     ("shufflenet_g3_wd4", "shufflenet_v1_x0_25_g3", 61.74, 36.53, 305_902, 11.0, "v0.0.135", "6abdd65e"),
 ):
     _file = f"{_name}-{round(_top5 * 100):04d}-{_sha}.pth"  # pytorchcv's naming: top-5 error, SHA-1
-    _add(
-        PretrainedWeights(
-            name=f"pytorchcv:{_name}",
-            arch=_arch,
-            source="pytorchcv",
-            url=f"{_PYTORCHCV_RELEASES}/{_tag}/{_file}.zip",
-            preprocessing=IMAGENET_PREPROCESSING,
-            top1_error=_top1,
-            top5_error=_top5,
-            params=_params,
-            mflops=_mflops,
-            metrics_from="osmr/imgclsmob pytorch/README.md",
-            remote_name=_name,
-            file_name=_file,
-        )
+    _CATALOG[f"pytorchcv:{_name}"] = PretrainedWeights(
+        f"pytorchcv:{_name}", _arch, "pytorchcv", f"{_PYTORCHCV_RELEASES}/{_tag}/{_file}.zip",
+        IMAGENET_PREPROCESSING, _top1, _top5, _params, _mflops, "osmr/imgclsmob pytorch/README.md", _name, _file,
     )
 
-_add(
-    PretrainedWeights(
-        name="timm:mobilenetv1_100",
-        arch="mobilenet_v1_x1_0",
-        source="timm",
-        url="https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
-        preprocessing=TIMM_MOBILENETV1_PREPROCESSING,
-        top1_error=24.618,
-        top5_error=7.688,
-        params=4_231_976,
-        mflops=568.7,
-        metrics_from="huggingface/pytorch-image-models README (224x224, crop 0.875)",
-        remote_name="timm/mobilenetv1_100.ra4_e3600_r224_in1k",
-        file_name="model.safetensors",
-    )
+_CATALOG["timm:mobilenetv1_100"] = PretrainedWeights(
+    "timm:mobilenetv1_100", "mobilenet_v1_x1_0", "timm",
+    "https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors",
+    TIMM_MOBILENETV1_PREPROCESSING, 24.618, 7.688, 4_231_976, 568.7,
+    "huggingface/pytorch-image-models README (224x224, crop 0.875)", "timm/mobilenetv1_100.ra4_e3600_r224_in1k",
+    "model.safetensors",
 )
 
 
 def list_pretrained(arch: Optional[str] = None, source: Optional[str] = None) -> List[str]:
     """Names of the known weights, optionally only those for one architecture and/or source."""
-    return sorted(
-        name
-        for name, entry in _CATALOG.items()
-        if (arch is None or entry.arch == arch) and (source is None or entry.source == source)
-    )
+    return sorted(name for name, entry in _CATALOG.items()
+                  if (arch is None or entry.arch == arch) and (source is None or entry.source == source))
 
 
 def get_pretrained(name: str) -> PretrainedWeights:
@@ -207,33 +154,23 @@ def download_weights(name: str, cache_dir: Optional[Union[str, Path]] = None) ->
         raise CheckpointError(f"{name}: {entry.manual_download}")
     directory = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
     try:
-        path = Path(_DOWNLOADERS[entry.source](entry, directory))
+        if entry.source == "pytorchcv":
+            from pytorchcv.models.common import model_store  # its helper checks the file's SHA-1
+
+            cache = str(directory / "pytorchcv")
+            path = model_store.get_model_file(entry.remote_name, local_model_store_dir_path=cache)
+        else:
+            import huggingface_hub
+
+            cache = str(directory / "huggingface")
+            path = huggingface_hub.hf_hub_download(entry.remote_name, entry.file_name, cache_dir=cache)
     except ImportError as error:
-        raise CheckpointError(
-            f"downloading {name} needs the '{error.name}' package: pip install {error.name}"
-        ) from None
+        package = error.name
+        raise CheckpointError(f"downloading {name} needs the '{package}' package: pip install {package}") from None
     except Exception as error:  # network and hub libraries raise many types
         raise CheckpointError(
             f"could not download {name} from {entry.url} ({type(error).__name__}: {first_line(error)}); "
             f"without internet, download that file by hand and pass its path instead"
         ) from None
     logger.info("weights %s at %s", name, path)
-    return path
-
-
-def _download_pytorchcv(entry: PretrainedWeights, directory: Path) -> str:
-    from pytorchcv.models.common import model_store  # its helper checks the file's SHA-1
-
-    return model_store.get_model_file(entry.remote_name, local_model_store_dir_path=str(directory / "pytorchcv"))
-
-
-def _download_timm(entry: PretrainedWeights, directory: Path) -> str:
-    import huggingface_hub
-
-    return huggingface_hub.hf_hub_download(entry.remote_name, entry.file_name, cache_dir=str(directory / "huggingface"))
-
-
-_DOWNLOADERS: Dict[str, Callable[[PretrainedWeights, Path], str]] = {
-    "pytorchcv": _download_pytorchcv,
-    "timm": _download_timm,
-}
+    return Path(path)

@@ -1,15 +1,10 @@
-"""Exact conversion of other implementations' state dicts to this package's key layout.
+"""Exact conversion of other implementations' state dicts to ours, plus the structure settings the weights need
+(``structure.py``): converted weights reproduce the source model's outputs.
 
-Each converter takes a state dict in its source's layout (``module.`` already removed) and returns
-our state dict plus the structure settings the weights need (``shuffle_layout``, ``concat_order``,
-``activation``; see ``structure.py``). Converted weights reproduce the source model's outputs.
-
-Megvii (official ShuffleNetV1) shuffles after the depthwise conv + BN, with the inverse of the paper's
-permutation. Depthwise conv and BN act per channel, so the shuffle moves in front of them if their
-channels are permuted along. Reaching the paper's permutation as well needs the compress conv's
-outputs and the expand conv's inputs reordered, and a grouped conv only allows reordering inside
-each group: ``_paper_order`` finds such orders when they exist (all official g=3 models) and
-otherwise the model keeps the release's permutation (``shuffle_layout="inverse"``, the g=8 models).
+Megvii shuffles after the depthwise conv + BN, with the inverse of the paper's permutation. Both act per channel,
+so the shuffle moves in front of them with their channels permuted along. Reaching the paper's permutation too
+needs the compress conv's outputs and the expand conv's inputs reordered within their groups: ``_paper_order``
+finds such orders when they exist (the g=3 models); otherwise the model keeps ``shuffle_layout="inverse"`` (g=8).
 """
 
 from __future__ import annotations
@@ -58,14 +53,9 @@ def _shufflenet_unit(index: int) -> str:
 
 
 # ----------------------------------------------------------------------------------- megvii
-_MEGVII_LAYERS = {
-    "branch_main_1.0": "compress.conv",
-    "branch_main_1.1": "compress.norm",
-    "branch_main_1.3": "depthwise.conv",
-    "branch_main_1.4": "depthwise.norm",
-    "branch_main_2.0": "expand.conv",
-    "branch_main_2.1": "expand.norm",
-}
+_MEGVII_LAYERS = {"branch_main_1.0": "compress.conv", "branch_main_1.1": "compress.norm",
+                  "branch_main_1.3": "depthwise.conv", "branch_main_1.4": "depthwise.norm",
+                  "branch_main_2.0": "expand.conv", "branch_main_2.1": "expand.norm"}
 _MEGVII_RULES = [
     (r"first_conv\.0\.weight", lambda m: "stem.0.conv.weight"),
     (r"first_conv\.1\.(\w+)", lambda m: f"stem.0.norm.{m[1]}"),
@@ -121,14 +111,12 @@ def _shuffle_indices(channels: int, groups: int, inverse: bool) -> torch.Tensor:
 
 
 def _paper_order(mid: int, groups: int, compress_groups: int) -> Optional[torch.Tensor]:
-    """An order ``q`` of the compress conv's outputs (within its groups) that lets the paper's shuffle
-    reproduce the official one with the expand conv's inputs reordered within its groups; None if none exists.
+    """An order ``q`` of the compress conv's outputs (within its groups) that lets the paper's shuffle reproduce
+    the official one with the expand conv's inputs reordered within its groups; None if none exists.
 
-    Ours feeds expand input ``j`` with compress output ``q[paper[j]]``; the official feeds expand input
-    ``k`` with ``official[k]``. So ``q[paper[j]]`` must lie in compress group ``group(paper[j])`` and be
-    some ``official[k]`` with ``k`` in the expand group of ``j``: a matching between equal
-    (compress group, expand group) types, which exists iff the type counts agree.
-    """
+    Ours feeds expand input ``j`` with compress output ``q[paper[j]]``, the official expand input ``k`` with
+    ``official[k]``: ``q[paper[j]]`` must lie in compress group ``group(paper[j])`` and be some ``official[k]``
+    with ``k`` in ``j``'s expand group, a matching between equal (compress group, expand group) types."""
     if groups == 1:
         return torch.arange(mid)
     paper = _shuffle_indices(mid, groups, inverse=False).tolist()
@@ -146,14 +134,8 @@ def _paper_order(mid: int, groups: int, compress_groups: int) -> Optional[torch.
     return order
 
 
-def _reorder_unit(
-    ours: StateDict,
-    prefix: str,
-    groups: int,
-    compress_order: torch.Tensor,
-    shuffle: torch.Tensor,
-    official_inverse: torch.Tensor,
-) -> None:
+def _reorder_unit(ours: StateDict, prefix: str, groups: int, compress_order: torch.Tensor, shuffle: torch.Tensor,
+                  official_inverse: torch.Tensor) -> None:
     """Permute one unit's tensors so that ``compress -> shuffle -> depthwise -> expand`` in our layout
     computes what the official ``compress -> depthwise -> official shuffle -> expand`` does."""
     depthwise_order = compress_order[shuffle]
@@ -172,14 +154,8 @@ def _reorder_unit(
 
 
 # -------------------------------------------------------------------------------- pytorchcv
-_PYTORCHCV_LAYERS = {
-    "compress_conv1": "compress.conv",
-    "compress_bn1": "compress.norm",
-    "dw_conv2": "depthwise.conv",
-    "dw_bn2": "depthwise.norm",
-    "expand_conv3": "expand.conv",
-    "expand_bn3": "expand.norm",
-}
+_PYTORCHCV_LAYERS = {"compress_conv1": "compress.conv", "compress_bn1": "compress.norm", "dw_conv2": "depthwise.conv",
+                     "dw_bn2": "depthwise.norm", "expand_conv3": "expand.conv", "expand_bn3": "expand.norm"}
 _PYTORCHCV_RULES = [
     (r"features\.init_block\.conv\.weight", lambda m: "stem.0.conv.weight"),
     (r"features\.init_block\.bn\.(\w+)", lambda m: f"stem.0.norm.{m[1]}"),
@@ -198,12 +174,8 @@ def convert_pytorchcv(state_dict: StateDict) -> Tuple[StateDict, Structure]:
 
 
 # ------------------------------------------------------------------------------------- timm
-_TIMM_LAYERS = {
-    "conv_dw": "depthwise.conv",
-    "bn1": "depthwise.norm",
-    "conv_pw": "pointwise.conv",
-    "bn2": "pointwise.norm",
-}
+_TIMM_LAYERS = {"conv_dw": "depthwise.conv", "bn1": "depthwise.norm", "conv_pw": "pointwise.conv",
+                "bn2": "pointwise.norm"}
 _TIMM_RULES = [
     (r"conv_stem\.weight", lambda m: "stem.0.conv.weight"),
     (r"bn1\.(\w+)", lambda m: f"stem.0.norm.{m[1]}"),
@@ -223,9 +195,7 @@ def convert_timm(state_dict: StateDict) -> Tuple[StateDict, Structure]:
 
 
 CONVERTERS: Dict[str, Callable[[StateDict], Tuple[StateDict, Structure]]] = {
-    "megvii": convert_megvii,
-    "pytorchcv": convert_pytorchcv,
-    "timm": convert_timm,
+    "megvii": convert_megvii, "pytorchcv": convert_pytorchcv, "timm": convert_timm,
 }
 
 

@@ -1,9 +1,5 @@
-"""Checkpoint files: reading them safely, telling which source wrote them, writing our own format.
-
-Every file goes through ``shufflenet_det.utils.io.safe_torch_load`` (a pickle that needs code is
-refused), except ``.safetensors`` files, whose format cannot run code, read with the safetensors
-package. Nothing here knows a key layout beyond the one signature key per source used to detect it.
-"""
+"""Checkpoint files: reading them safely (``safe_torch_load``, or safetensors), telling which source wrote them
+from one signature key, writing our own format."""
 
 from __future__ import annotations
 
@@ -60,11 +56,8 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
 
 
 def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
-    """Find the state dict in a loaded checkpoint object and detect its source from the keys.
-
-    Understands our format, training checkpoints (``{"model": state_dict, "meta": ...}``), megvii's
-    ``{"state_dict": ...}`` and bare state dicts; a ``module.`` prefix (DataParallel) is removed.
-    """
+    """The state dict of a loaded checkpoint (our format, a training checkpoint ``{"model": ..., "meta": ...}``,
+    ``{"state_dict": ...}`` or bare; ``module.`` prefix removed) and its source, detected from the keys."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{label} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
     meta: Dict[str, Any] = {}
@@ -77,8 +70,7 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
             )
         container, state_dict, meta = FORMAT_NAME, obj.get("state_dict"), dict(obj.get("meta") or {})
     elif isinstance(obj.get("model"), Mapping):
-        container, state_dict = "training", obj["model"]
-        meta = dict(obj.get("meta") or {})
+        container, state_dict, meta = "training", obj["model"], dict(obj.get("meta") or {})
     elif isinstance(obj.get("state_dict"), Mapping):
         container, state_dict = "wrapped", obj["state_dict"]
     else:
@@ -91,7 +83,9 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
             f"{label} is not a model checkpoint: entries {first_items(not_tensors)} are not tensors "
             f"(top-level keys: {first_items(list(obj))})"
         )
-    state_dict = _strip_prefix(dict(state_dict), "module.")
+    state_dict = dict(state_dict)
+    if all(key.startswith("module.") for key in state_dict):  # saved from DataParallel
+        state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
     for source, key in _SIGNATURE_KEYS.items():
         if key in state_dict:
             return RawCheckpoint(source, container, state_dict, meta)
@@ -101,17 +95,10 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
     )
 
 
-def save_weights(
-    path: Union[str, os.PathLike],
-    state_dict: Mapping[str, torch.Tensor],
-    meta: Mapping[str, Any],
-    overwrite: bool = False,
-) -> Path:
-    """Write ``{"format", "version", "state_dict", "meta"}`` atomically; refuses to replace a file unless asked.
-
-    ``meta`` must hold plain types only (str, int, float, bool, None, lists and str-keyed dicts of them),
-    so the file loads with ``torch.load(weights_only=True)``.
-    """
+def save_weights(path: Union[str, os.PathLike], state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                 overwrite: bool = False) -> Path:
+    """Write ``{"format", "version", "state_dict", "meta"}`` atomically (replacing a file only if asked); ``meta``
+    must hold plain types only, so the file loads with ``torch.load(weights_only=True)``."""
     _check_plain(meta, "meta")
     tensors = {}
     for key, value in state_dict.items():
@@ -123,22 +110,14 @@ def save_weights(
 
 
 def _check_plain(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
-        return
-    if isinstance(value, Mapping):
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where} has a non-string key {key!r}")
             _check_plain(item, f"{where}['{key}']")
-        return
-    raise TypeError(f"{where} is a {type(value).__name__}; checkpoint metadata must be plain types")
+    elif not (value is None or isinstance(value, (str, bool, int, float))):
+        raise TypeError(f"{where} is a {type(value).__name__}; checkpoint metadata must be plain types")
 
-
-def _strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
-    if all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return state_dict

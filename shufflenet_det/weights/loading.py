@@ -37,15 +37,10 @@ def resolve_weights(source: Union[str, os.PathLike]) -> Path:
     raise CheckpointError(f"checkpoint not found: {text} (neither a file nor a name from list_pretrained())")
 
 
-def convert_checkpoint(
-    path_or_obj: CheckpointLike, arch: Optional[str] = None, source: Optional[str] = None
-) -> Tuple[StateDict, Dict[str, Any]]:
-    """Convert a checkpoint (file, known weight name, or loaded object) to our layout and metadata.
-
-    ``source`` ("megvii", "pytorchcv", "timm", "shufflenet_det") asserts what the checkpoint is; by
-    default it is detected from the keys. ``arch`` is inferred from the tensor shapes when omitted;
-    a checkpoint that fits no registered model, or several, needs it named (and then must fit it).
-    """
+def convert_checkpoint(path_or_obj: CheckpointLike, arch: Optional[str] = None,
+                       source: Optional[str] = None) -> Tuple[StateDict, Dict[str, Any]]:
+    """A checkpoint (file, known weight name, or loaded object) in our layout, and its metadata. ``source``
+    asserts what it is (default: detected); ``arch`` defaults to the one registered model its shapes fit."""
     state_dict, meta = _convert(path_or_obj, source)
     num_classes = _num_classes(state_dict)
     if arch is not None:
@@ -57,21 +52,14 @@ def convert_checkpoint(
         candidates = matching_archs(state_dict)
         if len(candidates) != 1:
             found = f"several fit ({', '.join(candidates)})" if candidates else "no registered model fits its shapes"
-            raise CheckpointError(
-                f"cannot tell the architecture of {meta['label']}: {found}; name it with arch= (--arch)"
-            )
+            label = meta["label"]
+            raise CheckpointError(f"cannot tell the architecture of {label}: {found}; name it with arch= (--arch)")
         arch = candidates[0]
     return state_dict, _finish_meta(meta, arch, num_classes)
 
 
-def build_model(
-    name: str,
-    num_classes: int = 1000,
-    norm: str = "BN",
-    freeze_at: int = 0,
-    weights: Optional[CheckpointLike] = None,
-    **kwargs: Any,
-) -> nn.Module:
+def build_model(name: str, num_classes: int = 1000, norm: str = "BN", freeze_at: int = 0,
+                weights: Optional[CheckpointLike] = None, **kwargs: Any) -> nn.Module:
     """``modeling.create_model`` with ``weights`` (anything ``load_weights`` takes) loaded before freezing;
     their metadata in ``model.weights_meta``."""
     model = create_model(name, num_classes=num_classes, norm=norm, **kwargs)
@@ -81,33 +69,19 @@ def build_model(
 
 
 def load_weights(model: nn.Module, source: CheckpointLike, strict: bool = True) -> Dict[str, Any]:
-    """Load a checkpoint of any supported source into a model of this package; return its metadata.
-
-    ``source`` is a path, a known weight name (downloaded on first use) or a loaded checkpoint object.
-    Parameters must match the model's exactly, except that a classifier for another number of classes
-    is skipped (with a warning; listed in ``meta["skipped"]``). ``strict=False`` also skips keys
-    that do not fit and leaves the model's own values there. The checkpoint's structure settings
-    (shuffle layout, concat order, activation) are applied to the model. Works with FrozenBatchNorm2d.
-    """
+    """Load a checkpoint of any source (path, known weight name, or object) and its structure settings into a
+    model of ours; return its metadata. Shapes must match, except a classifier for another number of classes
+    (skipped with a warning, in ``meta["skipped"]``); ``strict=False`` also skips whatever does not fit."""
     state_dict, meta = _convert(source, None)
     label, num_classes = meta["label"], _num_classes(state_dict)
     expected = model.state_dict()
     skipped: List[str] = []
     fc_weight, model_fc = state_dict.get("fc.weight"), expected.get("fc.weight")
-    if (
-        fc_weight is not None
-        and model_fc is not None
-        and fc_weight.shape[1:] == model_fc.shape[1:]
-        and fc_weight.shape[0] != model_fc.shape[0]
-    ):
+    if (fc_weight is not None and model_fc is not None and fc_weight.shape[1:] == model_fc.shape[1:]
+            and fc_weight.shape[0] != model_fc.shape[0]):
         skipped = sorted(key for key in state_dict if key.startswith("fc."))
-        logger.warning(
-            "%s has %d classes, the model %d: not loading %s",
-            label,
-            fc_weight.shape[0],
-            model_fc.shape[0],
-            ", ".join(skipped),
-        )
+        logger.warning("%s has %d classes, the model %d: not loading %s", label, fc_weight.shape[0],
+                       model_fc.shape[0], ", ".join(skipped))
         state_dict = {key: value for key, value in state_dict.items() if key not in skipped}
     model_name = getattr(model, "arch", None) or type(model).__name__
     problems = _shape_problems(_shapes(expected), _shapes(state_dict), skipped)
@@ -135,8 +109,7 @@ def load_weights(model: nn.Module, source: CheckpointLike, strict: bool = True) 
 
 def matching_archs(state_dict: Mapping[str, torch.Tensor]) -> List[str]:
     """Registered model names whose parameters and buffers have exactly these keys and shapes."""
-    shapes = _shapes(state_dict)
-    num_classes = _num_classes(state_dict)
+    shapes, num_classes = _shapes(state_dict), _num_classes(state_dict)
     return [arch for arch in list_models() if _reference_shapes(arch, num_classes) == shapes]
 
 
@@ -162,13 +135,10 @@ def _convert(path_or_obj: CheckpointLike, source: Optional[str]) -> Tuple[StateD
     return state_dict, meta
 
 
-def _finish_meta(meta: Dict[str, Any], arch: Optional[str], num_classes: Optional[int]) -> Dict[str, Any]:
+def _finish_meta(meta: Dict[str, Any], arch: Optional[str], num_classes: int) -> Dict[str, Any]:
     """Add the architecture and, for released weights, what their publisher reports."""
-    meta = dict(meta)
+    meta = dict(meta, arch=arch, num_classes=num_classes)
     meta.pop("label", None)
-    meta["arch"] = arch
-    if num_classes is not None:
-        meta["num_classes"] = num_classes
     entry = find_pretrained(meta["source"], arch)
     if entry is not None and meta["source"] != "shufflenet_det":
         for key, value in entry.meta().items():

@@ -1,11 +1,6 @@
-"""Structure settings that weights depend on but a state dict cannot show.
-
-Public implementations differ in details that leave every parameter shape unchanged: which shuffle
-permutation a ShuffleNet uses (``shuffle_layout``: "paper", "inverse" or "none"), the order of its
-stride-2 concatenation (``concat_order``: "shortcut_first" or "branch_first") and MobileNet's
-activation (``activation``: "relu" or "relu6"). Checkpoint metadata records them; loading applies
-them to the model, so outputs are reproduced exactly.
-"""
+"""Structure settings that weights depend on but a state dict cannot show, recorded in checkpoint metadata and
+applied on loading: ShuffleNet's ``shuffle_layout`` ("paper", "inverse", "none") and ``concat_order``
+("shortcut_first", "branch_first"), MobileNet's ``activation`` ("relu", "relu6")."""
 
 from __future__ import annotations
 
@@ -30,23 +25,18 @@ def model_structure(model: nn.Module) -> Dict[str, Any]:
 
 
 def apply_structure(model: nn.Module, meta: Mapping[str, Any]) -> None:
-    """Set the structure recorded in ``meta`` on ``model``; keys absent from ``meta`` leave it as it is.
-
-    Raises ``CheckpointError`` where the model cannot take the setting (e.g. weights trained without
-    channel shuffle into a model built with it).
-    """
+    """Set the structure recorded in ``meta`` on ``model`` (absent keys leave it as it is); ``CheckpointError``
+    where the model cannot take it (e.g. weights trained without channel shuffle into a model with it)."""
     wanted = {key: meta[key] for key in STRUCTURE_KEYS if meta.get(key) is not None}
     if isinstance(model, ShuffleNetV1):
         layout = wanted.get("shuffle_layout")
         has_shuffle = model.shuffle_layout != "none"
         if layout == "none" and has_shuffle:
-            raise CheckpointError(
-                "these weights were trained without channel shuffle: build the model with channel_shuffle=False"
-            )
+            raise CheckpointError("these weights were trained without channel shuffle: build the model with "
+                                  "channel_shuffle=False")
         if layout in ("paper", "inverse") and not has_shuffle and model.groups > 1:
-            raise CheckpointError(
-                "these weights need channel shuffle, but the model was built with channel_shuffle=False"
-            )
+            raise CheckpointError("these weights need channel shuffle, but the model was built with "
+                                  "channel_shuffle=False")
         if wanted.get("activation", "relu") != "relu":
             raise CheckpointError(f"ShuffleNet v1 uses ReLU; these weights need {wanted['activation']}")
         if layout in ("paper", "inverse") and has_shuffle:

@@ -1,14 +1,6 @@
-"""detectron2 plugin: ShuffleNet v1 / MobileNet v1 C4 backbones and RoI heads in detectron2's registries.
-
-In a detectron2 project::
-
-    import shufflenet_det.integrations.d2  # registers the backbones and ShuffleNetC4ROIHeads
-    from shufflenet_det.integrations.d2 import add_shufflenet_config
-    add_shufflenet_config(cfg)  # adds MODEL.SHUFFLENET, MODEL.MOBILENET, SHUFFLENET_DET
-
-Training and evaluation helpers (DefaultTrainer, COCOEvaluator) are in ``.train``. detectron2 is
-optional: nothing else in shufflenet_det imports this package.
-"""
+"""detectron2 plugin: ``import shufflenet_det.integrations.d2`` registers the ShuffleNet v1 / MobileNet v1 C4
+backbones and ``ShuffleNetC4ROIHeads``; ``add_shufflenet_config(cfg)`` adds our keys to a detectron2 config.
+Training and evaluation helpers are in ``.train``; nothing else in shufflenet_det imports this package."""
 
 try:
     import detectron2  # noqa: F401
@@ -20,32 +12,13 @@ except ImportError as error:
         "see docs/detectron2.md and https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
     ) from error
 
-from .backbone import (
-    ShuffleNetC4Backbone,
-    build_mobilenet_v1_backbone,
-    build_shufflenet_v1_backbone,
-    network_from_cfg,
-)
-from .checkpoint import (
-    ShuffleNetCheckpointer,
-    anchor_layout,
-    classifier_to_d2_state_dict,
-    torchvision_to_d2_state_dict,
-)
+from .backbone import ShuffleNetC4Backbone, build_mobilenet_v1_backbone, build_shufflenet_v1_backbone, network_from_cfg
+from .checkpoint import ShuffleNetCheckpointer, anchor_layout, classifier_to_d2_state_dict, torchvision_to_d2_state_dict
 from .config import add_shufflenet_config, get_shufflenet_d2_cfg, setup_d2_cfg
 from .roi_heads import ShuffleNetC4ROIHeads
 
 __all__ = [
-    "ShuffleNetC4Backbone",
-    "ShuffleNetC4ROIHeads",
-    "ShuffleNetCheckpointer",
-    "add_shufflenet_config",
-    "anchor_layout",
-    "build_mobilenet_v1_backbone",
-    "build_shufflenet_v1_backbone",
-    "classifier_to_d2_state_dict",
-    "get_shufflenet_d2_cfg",
-    "network_from_cfg",
-    "setup_d2_cfg",
-    "torchvision_to_d2_state_dict",
+    "ShuffleNetC4Backbone", "ShuffleNetC4ROIHeads", "ShuffleNetCheckpointer", "add_shufflenet_config", "anchor_layout",
+    "build_mobilenet_v1_backbone", "build_shufflenet_v1_backbone", "classifier_to_d2_state_dict",
+    "get_shufflenet_d2_cfg", "network_from_cfg", "setup_d2_cfg", "torchvision_to_d2_state_dict",
 ]

@@ -1,10 +1,6 @@
-"""ShuffleNet v1 / MobileNet v1 C4 backbones in detectron2's ``BACKBONE_REGISTRY``.
-
-The network is built by our own modeling code and cut at stride 16: the stem and the stages up to
-stride 16 form the backbone (one output, "res4" by default), the stage after it is the per-RoI head
-of :class:`~shufflenet_det.integrations.d2.roi_heads.ShuffleNetC4ROIHeads`. Both parts keep the
-network's stage names, so a classification state dict maps onto the detector by prefix only.
-"""
+"""ShuffleNet v1 / MobileNet v1 C4 backbones in detectron2's ``BACKBONE_REGISTRY``: our network cut at stride 16,
+the stages up to it as the backbone ("res4"), the stage after it as ``ShuffleNetC4ROIHeads``' per-RoI head. Both
+keep the network's stage names, so a classification state dict maps onto the detector by prefix only."""
 
 from __future__ import annotations
 
@@ -21,27 +17,17 @@ from ...modeling import StagedNetwork, create_model, model_args_from_config
 from ...modeling.speed import apply_conv_form
 
 C4_STRIDE = 16
-# Our torchvision engine pads batches to a multiple of 32 (GeneralizedRCNNTransform); padding the
-# same way keeps features identical near the bottom/right border, where BatchNorm shifts the
-# padded zeros (see docs/detectron2.md, "Parity").
+# As our torchvision engine (GeneralizedRCNNTransform): the same padding keeps features identical near the
+# bottom/right border, where BatchNorm shifts the padded zeros (docs/detectron2.md, "Parity").
 SIZE_DIVISIBILITY = 32
 
 
 class ShuffleNetC4Backbone(Backbone):
-    """The stages of a network up to stride 16, returning ``{out_feature: [N, C, H/16, W/16]}``.
+    """The stages up to stride 16 (``split_at_stride(16)``'s trunk, as children under their own names, so
+    parameters are ``stem.*``, ``stage2.*``, ...), returning ``{out_feature: [N, C, H/16, W/16]}``."""
 
-    ``stages`` is an ordered mapping of stage name -> module (``split_at_stride(16)``'s trunk); the
-    stages become children under their own names, so parameters are ``stem.*``, ``stage2.*``, ....
-    """
-
-    def __init__(
-        self,
-        stages: nn.Sequential,
-        out_channels: int,
-        out_feature: str = "res4",
-        stride: int = C4_STRIDE,
-        size_divisibility: int = SIZE_DIVISIBILITY,
-    ) -> None:
+    def __init__(self, stages: nn.Sequential, out_channels: int, out_feature: str = "res4", stride: int = C4_STRIDE,
+                 size_divisibility: int = SIZE_DIVISIBILITY) -> None:
         super().__init__()
         self.stage_names = [name for name, _ in stages.named_children()]
         for name, stage in stages.named_children():
@@ -62,11 +48,8 @@ class ShuffleNetC4Backbone(Backbone):
 
 
 def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
-    """The classification network MODEL.BACKBONE.NAME describes (norm and FREEZE_AT applied), and
-    the name of its C4 feature (MODEL.SHUFFLENET / MODEL.MOBILENET .OUT_FEATURES[0]).
-
-    No weights are loaded here: in detectron2, MODEL.WEIGHTS goes through the checkpointer.
-    """
+    """The network MODEL.BACKBONE.NAME describes (norm and FREEZE_AT applied, no weights: in detectron2 the
+    checkpointer loads MODEL.WEIGHTS) and its C4 feature's name (MODEL.SHUFFLENET / MOBILENET .OUT_FEATURES[0])."""
     arch, kwargs, node = model_args_from_config(cfg)
     out_features = cfg.MODEL.SHUFFLENET.OUT_FEATURES if node == "MODEL.SHUFFLENET" else cfg.MODEL.MOBILENET.OUT_FEATURES
     if len(out_features) != 1:

@@ -1,18 +1,7 @@
-"""Loading our checkpoints into detectron2 models, always with ``torch.load(weights_only=True)``.
-
-``ShuffleNetCheckpointer`` is a ``DetectionCheckpointer`` that reads:
-
-- our ImageNet weights (``{"format": "shufflenet_det.weights", "state_dict": ...}``, classification
-  key names): the trunk stages go to ``backbone.<stage>``, the last stage to
-  ``roi_heads.box_head.<stage>``, the classifier (``fc``) is dropped;
-- detectron2 training checkpoints (``{"model": ..., "optimizer": ..., ...}``), unchanged;
-- checkpoints of our torchvision engine (``backbone.body.*``, ``rpn.head.*``, ``roi_heads.*``),
-  converted to detectron2's names and tensor layouts.
-
-torch >= 2.6 made ``weights_only=True`` the default of ``torch.load``; every ``.pth`` here is read
-that way on every torch version, and pickle files (``.pkl``, ``.pyth``), which detectron2 reads
-with plain ``pickle``, are refused.
-"""
+"""``ShuffleNetCheckpointer``: a ``DetectionCheckpointer`` that reads our ImageNet weights (stages to
+``backbone.<stage>`` / ``roi_heads.box_head.<stage>``, ``fc`` dropped), detectron2 training checkpoints, and our
+torchvision engine's checkpoints (converted to detectron2's names and layouts), always with
+``torch.load(weights_only=True)``; pickle files (``.pkl``, ``.pyth``), which detectron2 unpickles, are refused."""
 
 from __future__ import annotations
 
@@ -27,39 +16,28 @@ from torch import nn
 
 from ...utils.io import CheckpointError, safe_torch_load
 from ...utils.text_table import first_items
-
-WEIGHTS_FORMAT = "shufflenet_det.weights"
-WEIGHTS_FORMAT_VERSION = 1
+from ...weights.formats import FORMAT_NAME, FORMAT_VERSION
 # Where a classification network's stages live in the detectron2 model, in the order tried.
 _STAGE_PREFIXES = ("backbone.", "roi_heads.box_head.")
 _CLASSIFIER_PREFIX = "fc."
 
-# Our torchvision engine's module names -> detectron2's (tensor layouts are converted separately).
-_TORCHVISION_RENAMES = (
-    ("backbone.body.", "backbone."),
-    ("rpn.head.conv.0.0.", "proposal_generator.rpn_head.conv."),
-    ("rpn.head.cls_logits.", "proposal_generator.rpn_head.objectness_logits."),
-    ("rpn.head.bbox_pred.", "proposal_generator.rpn_head.anchor_deltas."),
-    ("roi_heads.box_head.", "roi_heads.box_head."),
-    ("roi_heads.box_predictor.", "roi_heads.box_predictor."),
-)
+# Our torchvision engine's module names -> detectron2's (roi_heads.* are the same; layouts converted separately).
+_TORCHVISION_RENAMES = {
+    "backbone.body.": "backbone.",
+    "rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
+    "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
+    "rpn.head.bbox_pred.": "proposal_generator.rpn_head.anchor_deltas.",
+}
 
 StateDict = Dict[str, torch.Tensor]
 
 
 def classifier_to_d2_state_dict(state_dict: Mapping, model_keys: Iterable[str]) -> StateDict:
-    """Rename a classification state dict (``stem.*``, ``stage3.*``, ``fc.*``) to a detectron2 model's keys.
-
-    Each stage goes to the prefix under which ``model_keys`` holds it; ``fc.*`` is dropped; keys of
-    stages the model lacks keep their names (the checkpointer reports them as unexpected).
-    """
+    """A classification state dict (``stem.*``, ``stage3.*``, ``fc.*``) renamed to a detectron2 model's keys: each
+    stage under the prefix where ``model_keys`` has it, ``fc.*`` dropped, stages the model lacks unchanged."""
     # "backbone.stage3", "roi_heads.box_head.stage4", ...: where each stage is in the model.
-    placed = {
-        prefix + key[len(prefix) :].split(".", 1)[0]
-        for key in model_keys
-        for prefix in _STAGE_PREFIXES
-        if key.startswith(prefix)
-    }
+    placed = {prefix + key[len(prefix) :].split(".", 1)[0]
+              for key in model_keys for prefix in _STAGE_PREFIXES if key.startswith(prefix)}
     renamed: StateDict = {}
     for key, value in state_dict.items():
         if key.startswith(_CLASSIFIER_PREFIX):
@@ -71,19 +49,16 @@ def classifier_to_d2_state_dict(state_dict: Mapping, model_keys: Iterable[str]) 
 
 
 def torchvision_to_d2_state_dict(state_dict: Mapping, num_sizes: int, num_ratios: int) -> StateDict:
-    """Our torchvision engine's detector state dict in the detectron2 model's names and layouts.
-
-    ``num_sizes`` / ``num_ratios``: the anchor sizes and aspect ratios of the one feature map.
-    torchvision orders a location's anchors ratio-major, detectron2 size-major, so the RPN's
-    per-anchor outputs are permuted. torchvision's class 0 is the background, detectron2's is the
-    last one, and detectron2 has no background box regression: the predictor rows are reordered.
-    """
+    """Our torchvision engine's detector state dict in detectron2's names and layouts, for ``num_sizes`` x
+    ``num_ratios`` anchors: the RPN's per-anchor outputs go from ratio-major to size-major, and the predictor's
+    background row from first to last (with no background box regression)."""
     num_anchors = num_sizes * num_ratios
     # detectron2's anchor (size s, ratio r) is torchvision's anchor r * num_sizes + s.
     anchor_order = torch.tensor([r * num_sizes + s for s in range(num_sizes) for r in range(num_ratios)])
     converted: StateDict = {}
     for key, value in state_dict.items():
-        new_key = _rename(key)
+        old = next((old for old in _TORCHVISION_RENAMES if key.startswith(old)), None)
+        new_key = key if old is None else _TORCHVISION_RENAMES[old] + key[len(old) :]
         if new_key.startswith("proposal_generator.rpn_head.objectness_logits."):
             _check_rows(key, value, num_anchors)
             value = value[anchor_order]
@@ -98,31 +73,18 @@ def torchvision_to_d2_state_dict(state_dict: Mapping, num_sizes: int, num_ratios
     return converted
 
 
-def is_torchvision_engine_state_dict(state_dict: Mapping) -> bool:
-    return any(key.startswith(("backbone.body.", "rpn.head.")) for key in state_dict)
-
-
 def anchor_layout(cfg: CfgNode) -> Tuple[int, int]:
     """(number of anchor sizes, number of aspect ratios) of the C4 feature map."""
     return len(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]), len(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0])
 
 
 class ShuffleNetCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` reading our weight files too, never unpickling code.
+    """``DetectionCheckpointer`` reading our weight files too, never unpickling code. ``anchor_layout`` (see
+    :func:`anchor_layout`) is needed only for our torchvision engine's checkpoints; after a load,
+    ``last_incompatible_keys`` holds the missing / unexpected keys and shape mismatches."""
 
-    ``anchor_layout`` ((sizes, ratios), see :func:`anchor_layout`) is only needed to load
-    checkpoints of our torchvision engine. After a load, ``last_incompatible_keys`` holds the
-    missing / unexpected keys and shape mismatches.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        save_dir: str = "",
-        *,
-        anchor_layout: Optional[Tuple[int, int]] = None,
-        **checkpointables: Any,
-    ) -> None:
+    def __init__(self, model: nn.Module, save_dir: str = "", *, anchor_layout: Optional[Tuple[int, int]] = None,
+                 **checkpointables: Any) -> None:
         super().__init__(model, save_dir, **checkpointables)
         self.anchor_layout = anchor_layout
         self.last_incompatible_keys = None
@@ -149,54 +111,39 @@ class ShuffleNetCheckpointer(DetectionCheckpointer):
         checkpoint = safe_torch_load(f)
         if not isinstance(checkpoint, Mapping):
             raise CheckpointError(f"{f} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-        if checkpoint.get("format") == WEIGHTS_FORMAT:
+        if checkpoint.get("format") == FORMAT_NAME:
             version = checkpoint.get("version")
-            if not isinstance(version, int) or version > WEIGHTS_FORMAT_VERSION:
+            if not isinstance(version, int) or version > FORMAT_VERSION:
                 raise CheckpointError(
-                    f"{f} is {WEIGHTS_FORMAT} version {version}; this version reads up to {WEIGHTS_FORMAT_VERSION}"
+                    f"{f} is {FORMAT_NAME} version {version}; this version reads up to {FORMAT_VERSION}"
                 )
             model_keys = self.model.state_dict().keys()
             state_dict = classifier_to_d2_state_dict(checkpoint["state_dict"], model_keys)
             return {"model": state_dict, "__author__": "shufflenet_det", "meta": checkpoint.get("meta", {})}
         state_dict = checkpoint.get("model", checkpoint)
-        if isinstance(state_dict, Mapping) and is_torchvision_engine_state_dict(state_dict):
+        if isinstance(state_dict, Mapping) and any(k.startswith(("backbone.body.", "rpn.head.")) for k in state_dict):
             if self.anchor_layout is None:
-                raise CheckpointError(
-                    f"{f} is a checkpoint of the torchvision engine; converting it needs the anchor layout: "
-                    "ShuffleNetCheckpointer(..., anchor_layout=anchor_layout(cfg))"
-                )
+                raise CheckpointError(f"{f} is a checkpoint of the torchvision engine; converting it needs the anchor "
+                                      "layout: ShuffleNetCheckpointer(..., anchor_layout=anchor_layout(cfg))")
             converted = torchvision_to_d2_state_dict(state_dict, *self.anchor_layout)
             # Optimizer and scheduler states of the other engine do not apply here.
             return {"model": converted, "__author__": "shufflenet_det torchvision engine"}
         return dict(checkpoint)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
-        if not checkpoint.get("matching_heuristics", False):
-            _check_overlap(checkpoint["model"], self.model.state_dict().keys())
+        state_dict, model_keys = checkpoint["model"], set(self.model.state_dict())
+        # A checkpoint that shares no key with the model would leave it untouched with only warnings.
+        if not checkpoint.get("matching_heuristics", False) and state_dict and not model_keys.intersection(state_dict):
+            raise CheckpointError(
+                f"none of the checkpoint's {len(state_dict)} keys (first: {first_items(state_dict, 3)}) fits the model "
+                f"(first: {first_items(sorted(model_keys), 3)}); convert other weights with tools/convert_weights.py"
+            )
         self.last_incompatible_keys = super()._load_model(checkpoint)
         return self.last_incompatible_keys
 
 
-def _rename(key: str) -> str:
-    for old, new in _TORCHVISION_RENAMES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
-
-
 def _check_rows(key: str, value: torch.Tensor, rows: int) -> None:
     if value.shape[0] != rows:
-        raise CheckpointError(
-            f"{key} has {value.shape[0]} outputs, the anchor layout gives {rows}: "
-            "MODEL.ANCHOR_GENERATOR SIZES / ASPECT_RATIOS differ from the checkpoint's"
-        )
+        raise CheckpointError(f"{key} has {value.shape[0]} outputs, the anchor layout gives {rows}: "
+                              "MODEL.ANCHOR_GENERATOR SIZES / ASPECT_RATIOS differ from the checkpoint's")
 
-
-def _check_overlap(state_dict: Mapping, model_keys: Iterable[str]) -> None:
-    """A checkpoint that shares no key with the model would leave it untouched with only warnings."""
-    model_keys = set(model_keys)
-    if state_dict and not model_keys.intersection(state_dict):
-        raise CheckpointError(
-            f"none of the checkpoint's {len(state_dict)} keys (first: {first_items(state_dict, 3)}) fits the model "
-            f"(first: {first_items(sorted(model_keys), 3)}); convert other weights with tools/convert_weights.py"
-        )

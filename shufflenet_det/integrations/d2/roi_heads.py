@@ -1,11 +1,6 @@
-"""C4 RoI heads for ShuffleNet / MobileNet backbones, in the manner of detectron2's ``Res5ROIHeads``.
-
-Every proposal is pooled from the stride-16 feature (ROIAlignV2, 14x14, adaptive sampling) by the
-torchvision engine's ``RoIPooler`` (in the forms of SHUFFLENET_DET.ROI_ALIGN_IMPL and RECOMPUTE_BOX_HEAD,
-``detection.speed``), run through
-the network's last stage (its first unit has stride 2: 14x14 -> 7x7), mean-pooled and fed to
-detectron2's ``FastRCNNOutputLayers``.
-"""
+"""C4 RoI heads for ShuffleNet / MobileNet backbones, like detectron2's ``Res5ROIHeads``: every proposal is pooled
+from the stride-16 feature by our engine's ``RoIPooler`` (in the forms ``detection.speed`` selects), run through the
+network's last stage (stride 2: 14x14 -> 7x7), mean-pooled and fed to detectron2's ``FastRCNNOutputLayers``."""
 
 from __future__ import annotations
 
@@ -28,24 +23,12 @@ from .backbone import network_from_cfg, split_c4
 
 @ROI_HEADS_REGISTRY.register()
 class ShuffleNetC4ROIHeads(ROIHeads):
-    """RoI pooling on the one C4 feature, the network's last stage as the per-RoI head, box predictor.
-
-    Parameters live under ``box_head.<stage>`` and ``box_predictor.{cls_score,bbox_pred}``: the same
-    names as in our torchvision engine's ``roi_heads``.
-    """
+    """RoI pooling on the one C4 feature, the network's last stage as the per-RoI head, box predictor; parameters
+    under ``box_head.<stage>`` and ``box_predictor.{cls_score,bbox_pred}``, as in our engine's ``roi_heads``."""
 
     @configurable
-    def __init__(
-        self,
-        *,
-        in_feature: str,
-        pooler: RoIPooler,
-        box_head: C4BoxHead,
-        box_predictor: nn.Module,
-        **kwargs,
-    ) -> None:
-        """``kwargs`` are :class:`ROIHeads`'s (num_classes, batch_size_per_image, positive_fraction,
-        proposal_matcher, proposal_append_gt)."""
+    def __init__(self, *, in_feature: str, pooler: RoIPooler, box_head: C4BoxHead, box_predictor: nn.Module,
+                 **kwargs) -> None:  # kwargs: ROIHeads's
         super().__init__(**kwargs)
         self.in_feature = in_feature
         self.pooler = pooler
@@ -58,9 +41,8 @@ class ShuffleNetC4ROIHeads(ROIHeads):
             raise ValueError("ShuffleNetC4ROIHeads predicts boxes only: set MODEL.MASK_ON and MODEL.KEYPOINT_ON False")
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         if len(in_features) != 1 or in_features[0] not in input_shape:
-            raise ValueError(
-                f"MODEL.ROI_HEADS.IN_FEATURES must name the backbone's one feature {sorted(input_shape)}, got {in_features}"
-            )
+            raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES must name the backbone's one feature {sorted(input_shape)}, "
+                             f"got {in_features}")
         network, _ = network_from_cfg(cfg)
         _, _, head_stages, head_channels = split_c4(network)
         box_head_cfg = cfg.MODEL.ROI_BOX_HEAD
@@ -68,13 +50,10 @@ class ShuffleNetC4ROIHeads(ROIHeads):
         options, device = speed_options(cfg), cfg.MODEL.DEVICE
         recompute = options["recompute_box_head"]
         box_head = fast_box_head(C4BoxHead(head_stages, head_channels), recompute, device)
-        pooler = RoIPooler(
-            in_features[0],
-            box_head_cfg.POOLER_RESOLUTION,
-            spatial_scale=1.0 / input_shape[in_features[0]].stride,
-            sampling_ratio=box_head_cfg.POOLER_SAMPLING_RATIO,
-            aligned=pooler_aligned(box_head_cfg.POOLER_TYPE),
-        )
+        pooler = RoIPooler(in_features[0], box_head_cfg.POOLER_RESOLUTION,
+                           spatial_scale=1.0 / input_shape[in_features[0]].stride,
+                           sampling_ratio=box_head_cfg.POOLER_SAMPLING_RATIO,
+                           aligned=pooler_aligned(box_head_cfg.POOLER_TYPE))
         pooler = fast_pooler(pooler, options["roi_align"], recompute, device)
         return {
             **super().from_config(cfg),
@@ -84,20 +63,14 @@ class ShuffleNetC4ROIHeads(ROIHeads):
             "box_predictor": FastRCNNOutputLayers(cfg, ShapeSpec(channels=head_channels)),
         }
 
-    def box_predictions(
-        self, features: Dict[str, torch.Tensor], proposal_boxes: List[Boxes]
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Class logits [R, K+1] (background last) and box deltas [R, 4K] for the given boxes, all images concatenated."""
+    def box_predictions(self, features: Dict[str, torch.Tensor],
+                        proposal_boxes: List[Boxes]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Class logits [R, K+1] (background last) and box deltas [R, 4K] of the boxes of all images."""
         roi_features = self.pooler(features, [boxes.tensor for boxes in proposal_boxes])
         return self.box_predictor(self.box_head(roi_features))
 
-    def forward(
-        self,
-        images: ImageList,
-        features: Dict[str, torch.Tensor],
-        proposals: List[Instances],
-        targets: Optional[List[Instances]] = None,
-    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+    def forward(self, images: ImageList, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                targets: Optional[List[Instances]] = None) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
         del images
         if self.training:
             if not targets:

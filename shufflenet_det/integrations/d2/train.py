@@ -1,10 +1,6 @@
-"""Training and evaluation with detectron2's ``DefaultTrainer`` and ``COCOEvaluator``.
-
-``tools/train_net.py --engine detectron2`` calls :func:`setup_d2_cfg`, the ``register_d2_*``
-functions for datasets detectron2 does not know, then :func:`d2_train` or :func:`d2_evaluate`.
-detectron2 registers the COCO datasets itself under the same names and layout as ours
-(``$DETECTRON2_DATASETS/coco/...``).
-"""
+"""Training and evaluation with detectron2's ``DefaultTrainer`` and ``COCOEvaluator``, for ``tools/train_net.py
+--engine detectron2`` (:func:`run_from_args`). detectron2 registers the COCO datasets itself under our names and
+layout; ``register_d2_*`` registers the others."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ import logging
 import os
 import sys
 import weakref
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -33,36 +30,23 @@ from ...utils.io import CheckpointError, atomic_write
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout
 from .config import setup_d2_cfg
 
-__all__ = [
-    "ShuffleNetTrainer",
-    "d2_evaluate",
-    "d2_train",
-    "register_d2_coco",
-    "register_d2_synthetic",
-    "setup_d2_cfg",
-]
+__all__ = ["ShuffleNetTrainer", "d2_evaluate", "d2_train", "register_d2_coco", "register_d2_synthetic", "setup_d2_cfg"]
 
 logger = logging.getLogger(__name__)
 
 
 class ShuffleNetTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with COCO evaluation, :class:`ShuffleNetCheckpointer` (safe loading, our
-    weight formats) and metrics written every SHUFFLENET_DET.LOG_PERIOD iterations (not 20)."""
+    """``DefaultTrainer`` with COCO evaluation, :class:`ShuffleNetCheckpointer` (safe loading, our weight formats)
+    and metrics written every SHUFFLENET_DET.LOG_PERIOD iterations (not 20)."""
 
     def build_hooks(self) -> List[HookBase]:
         # DefaultTrainer.__init__ creates a plain DetectionCheckpointer just before calling this,
         # which hands it to the PeriodicCheckpointer hook: put ours in its place first.
-        self.checkpointer = ShuffleNetCheckpointer(
-            self._trainer.model,
-            self.cfg.OUTPUT_DIR,
-            anchor_layout=anchor_layout(self.cfg),
-            trainer=weakref.proxy(self),
-        )
+        self.checkpointer = ShuffleNetCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR,
+                                                   anchor_layout=anchor_layout(self.cfg), trainer=weakref.proxy(self))
         period = self.cfg.SHUFFLENET_DET.LOG_PERIOD
-        return [
-            hooks.PeriodicWriter(self.build_writers(), period=period) if isinstance(hook, hooks.PeriodicWriter) else hook
-            for hook in super().build_hooks()
-        ]
+        return [hooks.PeriodicWriter(self.build_writers(), period=period) if isinstance(hook, hooks.PeriodicWriter)
+                else hook for hook in super().build_hooks()]
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: Any) -> Any:
@@ -71,13 +55,11 @@ class ShuffleNetTrainer(DefaultTrainer):
         if cfg.SOLVER.OPTIMIZER == "SGD":
             return super().build_optimizer(cfg, model)
         if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
-            raise ValueError(f"unknown SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}': expected one of {', '.join(OPTIMIZERS)}")
+            choices = ", ".join(OPTIMIZERS)
+            raise ValueError(f"unknown SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}': expected one of {choices}")
         params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
         adamw = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
         return adamw(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
@@ -107,12 +89,8 @@ def register_d2_synthetic(root: str) -> None:
 
 
 def d2_train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
-    """Train with ``ShuffleNetTrainer``; returns the evaluation on DATASETS.TEST after the last iteration.
-
-    ``resume`` continues from OUTPUT_DIR's last checkpoint (optimizer, schedule, iteration);
-    otherwise training starts from MODEL.WEIGHTS, and an OUTPUT_DIR holding another run's
-    checkpoints is refused unless ``overwrite``.
-    """
+    """Train (or ``resume``) with ``ShuffleNetTrainer``; returns the final evaluation on DATASETS.TEST. An OUTPUT_DIR
+    holding another run's checkpoints is refused unless ``overwrite``."""
     _check_weights(cfg)
     if not resume and not overwrite and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         raise ValueError(
@@ -123,8 +101,7 @@ def d2_train(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> Dic
     trainer = ShuffleNetTrainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()
-    # DefaultTrainer's evaluation hook keeps the final results here (train() only returns them
-    # when TEST.EXPECTED_RESULTS is set).
+    # DefaultTrainer's evaluation hook keeps the final results here (train() returns them only with EXPECTED_RESULTS).
     return getattr(trainer, "_last_eval_results", None) or {}
 
 
@@ -142,26 +119,18 @@ def d2_evaluate(cfg: CfgNode) -> Dict[str, Any]:
 def _check_weights(cfg: CfgNode) -> None:
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
-        raise ValueError(
-            f"MODEL.WEIGHTS file not found: {weights} (convert ImageNet weights with tools/convert_weights.py, "
-            "or set MODEL.WEIGHTS \"\" to train from scratch)"
-        )
+        raise ValueError(f"MODEL.WEIGHTS file not found: {weights} (convert ImageNet weights with "
+                         "tools/convert_weights.py, or set MODEL.WEIGHTS \"\" to train from scratch)")
 
 
 def _prepare_output_dir(cfg: CfgNode, config_name: str = "config.yaml") -> None:
-    """Logging into OUTPUT_DIR and the config written there (an evaluation names its own file, so that
-    a training run's config.yaml stays)."""
+    """Logging into OUTPUT_DIR and the config written there (an evaluation's under its own name)."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     setup_logger(output=cfg.OUTPUT_DIR, name="detectron2")
     setup_logger(output=cfg.OUTPUT_DIR, name="shufflenet_det", abbrev_name="sdet")
     path = os.path.join(cfg.OUTPUT_DIR, config_name)
-    atomic_write(path, lambda tmp: _write_text(tmp, cfg.dump()), overwrite=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(cfg.dump()), overwrite=True)
     logger.info("detectron2 engine; config written to %s", path)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
 
 
 def run_from_args(args: Any) -> int:
