@@ -4,9 +4,8 @@ from one signature key, writing our own format."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 
@@ -28,16 +27,6 @@ SOURCES = tuple(_SIGNATURE_KEYS)
 StateDict = Dict[str, torch.Tensor]
 
 
-@dataclass
-class RawCheckpoint:
-    """A checkpoint's state dict in its source's key layout, and the metadata stored beside it."""
-
-    source: str
-    container: str  # how the file held it: FORMAT_NAME, "training", "wrapped" ({"state_dict": ...}) or "bare"
-    state_dict: StateDict
-    meta: Dict[str, Any] = field(default_factory=dict)
-
-
 def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
     """Load a checkpoint file without running code from it; damaged files raise ``CheckpointError``."""
     path = Path(path)
@@ -55,9 +44,10 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
         raise CheckpointError(f"{path} is truncated or not a safetensors file: {first_line(error)}") from None
 
 
-def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
-    """The state dict of a loaded checkpoint (our format, a training checkpoint ``{"model": ..., "meta": ...}``,
-    ``{"state_dict": ...}`` or bare; ``module.`` prefix removed) and its source, detected from the keys."""
+def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> Tuple[str, str, StateDict, Dict[str, Any]]:
+    """``(source, container, state_dict, meta)`` of a loaded checkpoint: the source detected from the keys, the
+    container FORMAT_NAME (ours), "training" (``{"model": ..., "meta": ...}``), "wrapped" (``{"state_dict": ...}``)
+    or "bare", the state dict in the source's key layout (``module.`` prefix removed), the metadata stored beside it."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{label} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
     meta: Dict[str, Any] = {}
@@ -88,7 +78,7 @@ def unpack_checkpoint(obj: Any, label: str = "checkpoint") -> RawCheckpoint:
         state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
     for source, key in _SIGNATURE_KEYS.items():
         if key in state_dict:
-            return RawCheckpoint(source, container, state_dict, meta)
+            return source, container, state_dict, meta
     raise CheckpointError(
         f"{label} is not a checkpoint of a known classifier (megvii ShuffleNetV1, pytorchcv ShuffleNet, "
         f"timm mobilenetv1, shufflenet_det): first keys {first_items(list(state_dict))}"

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..modeling.registry import MODEL_REGISTRY, create_model, list_models
 from ..utils.io import CheckpointError
-from .catalog import SOURCE_PREPROCESSING, download_weights, find_pretrained, list_pretrained
+from .catalog import SOURCE_PREPROCESSING, Preprocessing, download_weights, find_pretrained, list_pretrained
 from .converters import CONVERTERS
 from .formats import SOURCES, StateDict, read_checkpoint, unpack_checkpoint
 from .structure import STRUCTURE_KEYS, apply_structure, model_structure
@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 CheckpointLike = Union[str, os.PathLike, Mapping[str, Any]]
 Shapes = Dict[str, Tuple[int, ...]]
-_PREPROCESSING_KEYS = ("input_format", "pixel_mean", "pixel_std", "interpolation", "resize_size", "crop_size")
 
 
 def resolve_weights(source: Union[str, os.PathLike]) -> Path:
@@ -94,9 +93,7 @@ def load_weights(model: nn.Module, source: CheckpointLike, strict: bool = True) 
     misfits = [k for k, shape in _shapes(state_dict).items() if k not in expected or tuple(expected[k].shape) != shape]
     skipped += sorted(misfits)
     apply_structure(model, meta)
-    merged = dict(expected)
-    merged.update((k, v) for k, v in state_dict.items() if k in expected and k not in misfits)
-    model.load_state_dict(merged, strict=True)
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected and k not in misfits}, strict=False)
     arch = getattr(model, "arch", None)
     if arch is None:
         candidates = matching_archs(state_dict)
@@ -119,20 +116,18 @@ def _convert(path_or_obj: CheckpointLike, source: Optional[str]) -> Tuple[StateD
     else:
         path = resolve_weights(path_or_obj)
         obj, label = read_checkpoint(path), str(path_or_obj)
-    raw = unpack_checkpoint(obj, label)
-    if source is not None and source != raw.source:
+    found, container, state_dict, stored_meta = unpack_checkpoint(obj, label)
+    if source is not None and source != found:
         if source not in SOURCES:
             raise CheckpointError(f"unknown source '{source}': expected one of {', '.join(SOURCES)}")
-        raise CheckpointError(f"{label} looks like a {raw.source} checkpoint, not {source}")
-    if raw.source in CONVERTERS:
-        state_dict, structure = CONVERTERS[raw.source](raw.state_dict)
-        meta: Dict[str, Any] = {"source": raw.source, **SOURCE_PREPROCESSING[raw.source].meta(), **structure}
+        raise CheckpointError(f"{label} looks like a {found} checkpoint, not {source}")
+    if found in CONVERTERS:
+        state_dict, structure = CONVERTERS[found](state_dict)
+        meta: Dict[str, Any] = {"source": found, **SOURCE_PREPROCESSING[found].meta(), **structure, "format": found}
     else:  # already our layout: its own metadata says where it came from
-        state_dict = raw.state_dict
-        meta = {"source": "shufflenet_det", **{key: None for key in _PREPROCESSING_KEYS}}
-        meta.update(raw.meta)
-    meta.update(label=label, format=raw.container if raw.source == "shufflenet_det" else raw.source)
-    return state_dict, meta
+        meta = {"source": "shufflenet_det", **dict.fromkeys(Preprocessing.__dataclass_fields__), **stored_meta,
+                "format": container}
+    return state_dict, dict(meta, label=label)
 
 
 def _finish_meta(meta: Dict[str, Any], arch: Optional[str], num_classes: int) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ...utils.io import CheckpointError, safe_torch_load
 from ...utils.text_table import first_items
-from ...weights.formats import FORMAT_NAME, FORMAT_VERSION
+from ...weights.formats import FORMAT_NAME, unpack_checkpoint
 # Where a classification network's stages live in the detectron2 model, in the order tried.
 _STAGE_PREFIXES = ("backbone.", "roi_heads.box_head.")
 _CLASSIFIER_PREFIX = "fc."
@@ -112,14 +112,9 @@ class ShuffleNetCheckpointer(DetectionCheckpointer):
         if not isinstance(checkpoint, Mapping):
             raise CheckpointError(f"{f} holds a {type(checkpoint).__name__}, not a checkpoint dict")
         if checkpoint.get("format") == FORMAT_NAME:
-            version = checkpoint.get("version")
-            if not isinstance(version, int) or version > FORMAT_VERSION:
-                raise CheckpointError(
-                    f"{f} is {FORMAT_NAME} version {version}; this version reads up to {FORMAT_VERSION}"
-                )
-            model_keys = self.model.state_dict().keys()
-            state_dict = classifier_to_d2_state_dict(checkpoint["state_dict"], model_keys)
-            return {"model": state_dict, "__author__": "shufflenet_det", "meta": checkpoint.get("meta", {})}
+            _, _, state_dict, meta = unpack_checkpoint(checkpoint, f)  # checks the version
+            state_dict = classifier_to_d2_state_dict(state_dict, self.model.state_dict().keys())
+            return {"model": state_dict, "__author__": "shufflenet_det", "meta": meta}
         state_dict = checkpoint.get("model", checkpoint)
         if isinstance(state_dict, Mapping) and any(k.startswith(("backbone.body.", "rpn.head.")) for k in state_dict):
             if self.anchor_layout is None:
