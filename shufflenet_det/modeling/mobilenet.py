@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from .layers import ConvNormAct, init_weights
-from .registry import register_variant, width_tag
+from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 WIDTH_MULTS = (0.25, 0.5, 0.75, 1.0)
@@ -74,6 +74,6 @@ class MobileNetV1(StagedNetwork):
 for _width in WIDTH_MULTS:
     _name = f"mobilenet_v1_{width_tag(_width)}"
     _doc = f"MobileNet v1 {_width}. Keyword arguments: num_classes, norm, activation."
-    globals()[_name] = register_variant(_name, MobileNetV1, _doc, "mobilenet_v1", width_mult=_width)
+    globals()[_name] = register_model(_name, MobileNetV1, _doc, "mobilenet_v1", width_mult=_width)
 
 __all__ = ["MobileNetV1"] + [name for name in list(globals()) if name.startswith("mobilenet_v1_x")]

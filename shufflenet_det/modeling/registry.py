@@ -12,29 +12,19 @@ from ..utils.registry import Registry
 from .layers import NORMS
 
 MODEL_REGISTRY = Registry("model")
-_MODEL_ARGS: Dict[str, Dict[str, Any]] = {}
 
 
-def register_model(**architecture: Any) -> Callable[[Callable], Callable]:
-    """Register a builder under its function name, with the architecture arguments it fixes."""
-
-    def decorator(builder: Callable) -> Callable:
-        MODEL_REGISTRY.register()(builder)
-        _MODEL_ARGS[builder.__name__] = dict(architecture)
-        return builder
-
-    return decorator
-
-
-def register_variant(name: str, network: Callable[..., nn.Module], doc: str, family: str, **fixed: Any) -> Callable:
-    """Register ``network(**fixed, **kwargs)`` as ``name``; returns the builder."""
+def register_model(name: str, network: Callable[..., nn.Module], doc: str, family: str, **fixed: Any) -> Callable:
+    """Register ``network(**fixed, **kwargs)`` as ``name`` (architecture: ``family`` and ``fixed``)."""
 
     def builder(**kwargs: Any) -> nn.Module:
         return network(**fixed, **kwargs)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = doc
-    return register_model(family=family, **fixed)(builder)
+    builder.architecture = dict(family=family, **fixed)
+    MODEL_REGISTRY.register(builder)
+    return builder
 
 
 def list_models(pattern: Optional[str] = None) -> List[str]:
@@ -45,8 +35,7 @@ def list_models(pattern: Optional[str] = None) -> List[str]:
 
 def model_architecture(name: str) -> Dict[str, Any]:
     """What a name stands for, e.g. {"family": "shufflenet_v1", "width_mult": 1.0, "groups": 3}."""
-    MODEL_REGISTRY.get(name)
-    return dict(_MODEL_ARGS[name])
+    return dict(MODEL_REGISTRY.get(name).architecture)
 
 
 def create_model(name: str, num_classes: int = 1000, norm: str = "BN", freeze_at: int = 0, **kwargs: Any) -> nn.Module:

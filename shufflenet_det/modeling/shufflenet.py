@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .layers import ChannelShuffle, ConvNormAct, init_weights, make_divisible
-from .registry import register_variant, width_tag
+from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
 GROUPS = (1, 2, 3, 4, 8)
@@ -161,7 +161,7 @@ for _groups in GROUPS:
         _doc = (f"ShuffleNet v1 {_width}x, g={_groups}. Keyword arguments: num_classes, "
                 "channel_shuffle (False gives the paper's Table 3 ablation), norm.")
         _fixed = {"width_mult": _width, "groups": _groups}
-        globals()[_name] = register_variant(_name, ShuffleNetV1, _doc, "shufflenet_v1", **_fixed)
+        globals()[_name] = register_model(_name, ShuffleNetV1, _doc, "shufflenet_v1", **_fixed)
 
 __all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_channels"] + [
     name for name in list(globals()) if name.startswith("shufflenet_v1_x")
