@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..modeling.layers import channel_shuffle
+from ..modeling.layers import ChannelShuffle
 from ..modeling.shufflenet import UNITS_PER_STAGE
 from ..utils.io import CheckpointError
 from ..utils.text_table import first_items
@@ -80,9 +80,9 @@ def convert_megvii(state_dict: StateDict) -> Tuple[StateDict, Structure]:
     for (prefix, mid, groups, _), order in zip(units, orders):
         if groups == 1:
             continue
-        official = _shuffle_indices(mid, groups, inverse=True)
+        official = ChannelShuffle(groups, inverse=True).permutation(mid)
         if layout == "paper":
-            compress_order, shuffle = order, _shuffle_indices(mid, groups, inverse=False)
+            compress_order, shuffle = order, ChannelShuffle(groups, inverse=False).permutation(mid)
         else:
             compress_order, shuffle = torch.arange(mid), official
         _reorder_unit(ours, prefix, groups, compress_order, shuffle, torch.argsort(official))
@@ -105,11 +105,6 @@ def _unit_shapes(ours: StateDict) -> List[Tuple[str, int, int, int]]:
     return units
 
 
-def _shuffle_indices(channels: int, groups: int, inverse: bool) -> torch.Tensor:
-    """``idx`` with ``shuffle(x) == x[:, idx]``."""
-    return channel_shuffle(torch.arange(channels).view(1, channels, 1, 1), groups, inverse).flatten()
-
-
 def _paper_order(mid: int, groups: int, compress_groups: int) -> Optional[torch.Tensor]:
     """An order ``q`` of the compress conv's outputs (within its groups) that lets the paper's shuffle reproduce
     the official one with the expand conv's inputs reordered within its groups; None if none exists.
@@ -119,8 +114,8 @@ def _paper_order(mid: int, groups: int, compress_groups: int) -> Optional[torch.
     with ``k`` in ``j``'s expand group, a matching between equal (compress group, expand group) types."""
     if groups == 1:
         return torch.arange(mid)
-    paper = _shuffle_indices(mid, groups, inverse=False).tolist()
-    official_inverse = torch.argsort(_shuffle_indices(mid, groups, inverse=True)).tolist()
+    paper = ChannelShuffle(groups, inverse=False).permutation(mid).tolist()
+    official_inverse = torch.argsort(ChannelShuffle(groups, inverse=True).permutation(mid)).tolist()
     per_group, per_compress_group = mid // groups, mid // compress_groups
     candidates: Dict[Tuple[int, int], List[int]] = defaultdict(list)
     for k in range(mid):
