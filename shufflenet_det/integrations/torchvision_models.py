@@ -4,6 +4,7 @@ registers, then runs a script such as torchvision's ``references/detection/train
 
 from __future__ import annotations
 
+import functools
 import runpy
 import sys
 from pathlib import Path
@@ -14,8 +15,6 @@ from torch import nn
 from ..detection.faster_rcnn_c4 import DETECTION_MODELS
 from ..modeling.registry import list_models
 from ..weights import build_model
-
-_OWNER_ATTRIBUTE = "_shufflenet_det_model"
 
 
 def register_torchvision_models() -> List[str]:
@@ -28,7 +27,7 @@ def register_torchvision_models() -> List[str]:
                            "use shufflenet_det.build_model instead") from None
     builders: Dict[str, Callable[..., nn.Module]] = {name: _classifier_builder(name) for name in list_models()}
     builders.update(DETECTION_MODELS)
-    taken = [name for name in builders if name in BUILTIN_MODELS and not _is_ours(name, BUILTIN_MODELS[name])]
+    taken = [name for name, builder in builders.items() if BUILTIN_MODELS.get(name, builder) is not builder]
     if taken:  # checked before registering anything, so a refusal changes nothing
         raise RuntimeError(f"torchvision already has a different model registered as '{taken[0]}'")
     for name, builder in builders.items():
@@ -37,10 +36,7 @@ def register_torchvision_models() -> List[str]:
     return list(builders)
 
 
-def _is_ours(name: str, registered: Callable[..., Any]) -> bool:
-    return registered is DETECTION_MODELS.get(name) or getattr(registered, _OWNER_ATTRIBUTE, None) == name
-
-
+@functools.lru_cache(maxsize=None)  # one builder per name: registering again finds the same object
 def _classifier_builder(name: str) -> Callable[..., nn.Module]:
     def builder(*, weights: Optional[str] = None, progress: bool = True, **kwargs: Any) -> nn.Module:
         # ``progress`` is torchvision's download-bar flag; our downloads go through pytorchcv/timm helpers.
@@ -48,7 +44,6 @@ def _classifier_builder(name: str) -> Callable[..., nn.Module]:
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"shufflenet_det's {name} (see shufflenet_det.build_model)."
-    setattr(builder, _OWNER_ATTRIBUTE, name)
     return builder
 
 
@@ -66,4 +61,5 @@ def run_script(script: str, args: Sequence[str]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit("usage: python -m shufflenet_det.integrations.torchvision_models SCRIPT [ARGS...]")
-    run_script(sys.argv[1], sys.argv[2:])
+    from shufflenet_det.integrations import torchvision_models  # not __main__'s copy: the script may register too
+    torchvision_models.run_script(sys.argv[1], sys.argv[2:])
