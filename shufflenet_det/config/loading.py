@@ -77,13 +77,11 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) 
         raise ConfigError(f"cannot read config {path}: {first_line(error)}{where}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} is not a mapping of keys to values")
-    for key in _flat_keys(loaded):
-        _check_key(cfg, key, f"in {path}")
+    _check_keys(cfg, _flat_keys(loaded), f"in {path}")
     checked_merge(lambda: cfg.merge_from_other_cfg(CfgNode(loaded)), f"in {path}")
     if len(overrides) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs; '{overrides[-1]}' has no value")
-    for key in overrides[0::2]:
-        _check_key(cfg, str(key), "in the overrides")
+    _check_keys(cfg, map(str, overrides[0::2]), "in the overrides")
     checked_merge(lambda: cfg.merge_from_list(overrides), "in the overrides")
     cfg.freeze()
     return cfg
@@ -114,18 +112,15 @@ def _flat_keys(tree: Dict[str, Any], prefix: str = "") -> Iterable[str]:
             yield from _flat_keys(value, f"{prefix}{key}.")
 
 
-def _check_key(cfg: CfgNode, full_key: str, where: str) -> None:
-    node: Any = cfg
-    for part in full_key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            nearest = nearest_key(cfg, full_key)
-            raise ConfigError(f"unknown config key '{full_key}' {where}; nearest valid key: {nearest}")
-        node = node[part]
+def _check_keys(cfg: CfgNode, full_keys: Iterable[str], where: str) -> None:
+    valid = list(_flat_keys(cfg))
+    for key in full_keys:
+        if key not in valid:
+            raise ConfigError(f"unknown config key '{key}' {where}; nearest valid key: {nearest_key(valid, key)}")
 
 
-def nearest_key(cfg: CfgNode, full_key: str) -> str:
-    """The valid key most like ``full_key``: by full name, else by last component (BASE_LR -> SOLVER.BASE_LR)."""
-    keys = list(_flat_keys(cfg))
+def nearest_key(keys: List[str], full_key: str) -> str:
+    """The key of ``keys`` most like ``full_key``: by full name, else by last component (BASE_LR -> SOLVER.BASE_LR)."""
     close = difflib.get_close_matches(full_key, keys, n=1, cutoff=0.75)
     if close:
         return close[0]
