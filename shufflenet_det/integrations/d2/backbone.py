@@ -12,6 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
+from ...detection.backbone import split_c4
 from ...detection.speed import speed_options
 from ...modeling import StagedNetwork, create_model, model_args_from_config
 from ...modeling.speed import apply_conv_form
@@ -26,25 +27,21 @@ class ShuffleNetC4Backbone(Backbone):
     """The stages up to stride 16 (``split_at_stride(16)``'s trunk, as children under their own names, so
     parameters are ``stem.*``, ``stage2.*``, ...), returning ``{out_feature: [N, C, H/16, W/16]}``."""
 
-    def __init__(self, stages: nn.Sequential, out_channels: int, out_feature: str = "res4", stride: int = C4_STRIDE,
-                 size_divisibility: int = SIZE_DIVISIBILITY) -> None:
+    size_divisibility = SIZE_DIVISIBILITY  # replaces Backbone's property (0)
+
+    def __init__(self, stages: nn.Sequential, out_channels: int, out_feature: str = "res4") -> None:
         super().__init__()
         self.stage_names = [name for name, _ in stages.named_children()]
         for name, stage in stages.named_children():
             self.add_module(name, stage)
         self._out_features = [out_feature]
         self._out_feature_channels = {out_feature: out_channels}
-        self._out_feature_strides = {out_feature: stride}
-        self._size_divisibility = size_divisibility
+        self._out_feature_strides = {out_feature: C4_STRIDE}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return {self._out_features[0]: x}
-
-    @property
-    def size_divisibility(self) -> int:
-        return self._size_divisibility
 
 
 def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
@@ -61,22 +58,12 @@ def network_from_cfg(cfg: CfgNode) -> Tuple[StagedNetwork, str]:
     return network, out_features[0]
 
 
-def split_c4(network: StagedNetwork) -> Tuple[nn.Sequential, int, nn.Sequential, int]:
-    """(trunk stages, trunk channels, head stages, head channels) of a network cut at stride 16."""
-    trunk, head = network.split_at_stride(C4_STRIDE)
-    if len(head) == 0:
-        raise ValueError(f"{type(network).__name__} has no stage after stride {C4_STRIDE} for the per-RoI head")
-    channels = {info.name: info.channels for info in network.feature_info}
-    trunk_end, head_end = (list(dict(stages.named_children()))[-1] for stages in (trunk, head))
-    return trunk, channels[trunk_end], head, channels[head_end]
-
-
 def _build_c4_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ShuffleNetC4Backbone:
     if input_shape.channels != 3:
         raise ValueError(f"the backbone takes 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels} values")
     network, out_feature = network_from_cfg(cfg)
-    trunk, channels, _, _ = split_c4(network)
-    return ShuffleNetC4Backbone(trunk, channels, out_feature)
+    trunk, _ = split_c4(network, out_feature, C4_STRIDE)  # our engine's cut: trunk.body holds the stages
+    return ShuffleNetC4Backbone(trunk.body, trunk.out_channels, out_feature)
 
 
 @BACKBONE_REGISTRY.register()

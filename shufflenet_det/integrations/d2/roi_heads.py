@@ -15,10 +15,10 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-from ...detection.backbone import C4BoxHead
+from ...detection.backbone import C4BoxHead, split_c4
 from ...detection.pooler import RoIPooler, pooler_aligned
 from ...detection.speed import fast_box_head, fast_pooler, speed_options
-from .backbone import network_from_cfg, split_c4
+from .backbone import C4_STRIDE, network_from_cfg
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -44,12 +44,12 @@ class ShuffleNetC4ROIHeads(ROIHeads):
             raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES must name the backbone's one feature {sorted(input_shape)}, "
                              f"got {in_features}")
         network, _ = network_from_cfg(cfg)
-        _, _, head_stages, head_channels = split_c4(network)
+        _, box_head = split_c4(network, in_features[0], C4_STRIDE)
         box_head_cfg = cfg.MODEL.ROI_BOX_HEAD
         # The torchvision engine's forms: RoI-count buckets in GPU inference, recomputation, RoIAlign's form.
         options, device = speed_options(cfg), cfg.MODEL.DEVICE
         recompute = options["recompute_box_head"]
-        box_head = fast_box_head(C4BoxHead(head_stages, head_channels), recompute, device)
+        box_head = fast_box_head(box_head, recompute, device)
         pooler = RoIPooler(in_features[0], box_head_cfg.POOLER_RESOLUTION,
                            spatial_scale=1.0 / input_shape[in_features[0]].stride,
                            sampling_ratio=box_head_cfg.POOLER_SAMPLING_RATIO,
@@ -60,7 +60,7 @@ class ShuffleNetC4ROIHeads(ROIHeads):
             "in_feature": in_features[0],
             "pooler": pooler,
             "box_head": box_head,
-            "box_predictor": FastRCNNOutputLayers(cfg, ShapeSpec(channels=head_channels)),
+            "box_predictor": FastRCNNOutputLayers(cfg, ShapeSpec(channels=box_head.out_channels)),
         }
 
     def box_predictions(self, features: Dict[str, torch.Tensor],
