@@ -66,15 +66,13 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[Any] = ()) 
     check_no_options(overrides)
     cfg = get_cfg()
     try:
-        if not path.read_text().strip():
-            raise ConfigError(f"config {path} is empty")
-        loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
-    except ConfigError:
-        raise
+        loaded = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False) if path.read_text().strip() else None
     except Exception as error:  # yaml and fvcore raise many types for a broken file
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise ConfigError(f"cannot read config {path}: {first_line(error)}{where}") from None
+    if loaded is None:
+        raise ConfigError(f"config {path} is empty")
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} is not a mapping of keys to values")
     _check_keys(cfg, _flat_keys(loaded), f"in {path}")
