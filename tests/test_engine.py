@@ -579,6 +579,13 @@ def test_bad_run_settings_stop_before_anything_is_written(tmp_path, capsys, over
     assert not run.exists()
 
 
+def test_bad_solver_choice_is_one_line(tmp_path, capsys):
+    assert run_in_process(["OUTPUT_DIR", tmp_path / "run", "SOLVER.WARMUP_METHOD", "cosine"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown SOLVER.WARMUP_METHOD 'cosine': expected one of linear, constant" in captured.out + captured.err
+    assert "Traceback" not in captured.err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda_is_reported(tmp_path, capsys):
     assert run_in_process(["OUTPUT_DIR", tmp_path / "run", "MODEL.DEVICE", "cuda"]) == 2

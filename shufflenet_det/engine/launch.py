@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from ..config.loading import ConfigError
 from ..utils.distributed import get_world_size
 from ..utils.io import CheckpointError
 from .errors import EngineError, SetupError
@@ -144,9 +145,9 @@ def _worker(
 def _run_reporting_errors(main_func: Callable[..., Any], args: Sequence[Any]) -> int:
     try:
         result = main_func(*args)
-    except (EngineError, CheckpointError) as error:
+    except (EngineError, CheckpointError, ConfigError) as error:
         report_error(error)
-        return getattr(error, "exit_code", 1)
+        return getattr(error, "exit_code", 2 if isinstance(error, ConfigError) else 1)
     return result if isinstance(result, int) else 0
 
 
