@@ -452,17 +452,18 @@ def test_trainer_with_loss_fn_amp_on_cpu_and_metrics(tmp_path, caplog):
         images, labels = batch
         return {"loss_cls": nn.functional.cross_entropy(net(images), labels)}
 
-    from shufflenet_det.engine import IterationTimer, LRLogger, PeriodicWriter
+    from shufflenet_det.engine import PeriodicWriter
     from shufflenet_det.engine.writers import ConsoleWriter, TensorboardWriter
 
     writers = [ConsoleWriter(7), JSONWriter(tmp_path / "metrics.json", 2), TensorboardWriter(tmp_path, 2)]
-    hooks = [IterationTimer(), LRLogger(), PeriodicWriter(writers, period=2)]
+    hooks = [PeriodicWriter(writers, period=2)]
     with caplog.at_level(logging.INFO):
         trainer = Trainer(
             model, batches, optimizer, loss_fn=loss_fn, max_iter=7, hooks=hooks, amp_enabled=True
         )
         trainer.train()
     assert "AMP runs on CUDA only" in caplog.text and "iter: 6/7" in caplog.text
+    assert "Ran 7 iterations in" in caplog.text and "waiting for data:" in caplog.text
     assert trainer.status == "finished" and trainer.iter == 7
     lines = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [line["iteration"] for line in lines] == [2, 4, 6, 7]

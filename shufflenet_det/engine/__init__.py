@@ -9,7 +9,7 @@ from .defaults import (
     device_from_config, eval_amp_dtype, seed_all, set_deterministic,
 )
 from .errors import EngineError, NonFiniteLossError, SetupError, TrainingInterrupted
-from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter, flatten_results
+from .hooks import EvalHook, HookBase, PeriodicCheckpointer, PeriodicWriter, flatten_results
 from .launch import create_ddp_model, launch, report_error
 from .optimizer import WarmupLRScheduler, add_gradient_clipping, build_lr_scheduler, build_optimizer, get_param_groups
 from .trainer import Trainer, move_to_device
@@ -19,7 +19,7 @@ from .writers import (
 
 __all__ = [
     "Checkpointer", "ConsoleWriter", "EngineError", "EvalHook", "EventStorage", "EventWriter", "HookBase",
-    "IterationTimer", "JSONWriter", "LRLogger", "NonFiniteLossError", "PeriodicCheckpointer", "PeriodicWriter",
+    "JSONWriter", "NonFiniteLossError", "PeriodicCheckpointer", "PeriodicWriter",
     "SetupError", "SignalSafeDataLoader", "TensorboardWriter", "Trainer", "TrainingInterrupted",
     "WarmupLRScheduler", "WorkerSignalGuard", "add_gradient_clipping", "build_checkpointer", "build_grad_scaler",
     "build_lr_scheduler", "build_optimizer", "build_trainer", "check_output_dir", "create_ddp_model",

@@ -27,7 +27,7 @@ from ..utils.io import atomic_write
 from ..utils.logger import setup_logger
 from .checkpoint import Checkpointer
 from .errors import SetupError
-from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter
+from .hooks import EvalHook, HookBase, PeriodicCheckpointer, PeriodicWriter
 from .trainer import LossFunction, Trainer, amp_dtype_from_name
 from .writers import default_writers
 
@@ -264,9 +264,9 @@ def build_trainer(
     grad_scaler: Optional[torch.amp.GradScaler] = None, extra_hooks: Iterable[HookBase] = (),
 ) -> Trainer:
     """A Trainer with the AMP, bad-batch and channels_last settings of ``cfg`` and the standard hooks, in the
-    order they must run: timer, LR logging, periodic checkpoints, evaluation (with ``eval_function``),
+    order they must run: periodic checkpoints, evaluation (with ``eval_function``),
     ``extra_hooks``, metric writers (console, metrics.json, TensorBoard on the main process)."""
-    hooks: List[HookBase] = [IterationTimer(), LRLogger(), PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
+    hooks: List[HookBase] = [PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
     if eval_function is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
     period = cfg.SHUFFLENET_DET.LOG_PERIOD
