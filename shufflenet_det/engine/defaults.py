@@ -264,8 +264,8 @@ def build_trainer(
     grad_scaler: Optional[torch.amp.GradScaler] = None, extra_hooks: Iterable[HookBase] = (),
 ) -> Trainer:
     """A Trainer with the AMP, bad-batch and channels_last settings of ``cfg`` and the standard hooks, in the
-    order they must run: periodic checkpoints, evaluation (with ``eval_function``),
-    ``extra_hooks``, metric writers (console, metrics.json, TensorBoard on the main process)."""
+    order they must run: periodic checkpoints, evaluation (with ``eval_function``), ``extra_hooks``, metric
+    writers (console, metrics.json, TensorBoard on the main process)."""
     hooks: List[HookBase] = [PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
     if eval_function is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))

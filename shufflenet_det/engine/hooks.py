@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
+from ..config.loading import ConfigError
 from ..utils.distributed import synchronize
 from .checkpoint import FINAL_NAME, Checkpointer, periodic_checkpoint_name
 from .writers import EventWriter, max_memory_mb
@@ -111,7 +111,7 @@ class PeriodicWriter(HookBase):
 
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         if period <= 0:
-            raise ValueError(f"SHUFFLENET_DET.LOG_PERIOD must be positive, got {period}")
+            raise ConfigError(f"SHUFFLENET_DET.LOG_PERIOD must be positive, got {period}")
         self.writers = list(writers)
         self.period = period
         self._written_iter: Optional[int] = None
@@ -136,14 +136,12 @@ class PeriodicWriter(HookBase):
     def _write(self) -> None:
         storage = self.trainer.storage
         self._written_iter = storage.iter
-        if not self.writers:
-            return
         if storage.has("time"):
             remaining = self.trainer.max_iter - self.trainer.iter
             eta = storage.history("time").median(self.period) * remaining
             storage.put_scalar("eta_seconds", eta, smoothing_hint=False)
         memory = max_memory_mb()
-        if memory is not None and math.isfinite(memory):
+        if memory is not None:
             storage.put_scalar("max_mem_mb", memory, smoothing_hint=False)
         for writer in self.writers:
             writer.write(storage)

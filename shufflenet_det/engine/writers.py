@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -127,32 +128,15 @@ class JSONWriter(EventWriter):
 
     def start(self, start_iter: int) -> None:
         self._last_written = start_iter
-        if self.path.exists():
-            self._drop_lines_after(start_iter)
-        self._handle = open(self.path, "a", encoding="utf-8")
-
-    def _drop_lines_after(self, start_iter: int) -> None:
-        kept: List[str] = []
-        dropped = unreadable = 0
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                iteration = json.loads(line)["iteration"]
-            except (ValueError, KeyError, TypeError):  # a write cut short by a crash
-                unreadable += 1
-                continue
-            if iteration <= start_iter:
-                kept.append(line)
-            else:
-                dropped += 1
-        if unreadable:
-            logger.warning("%s: dropped %d unreadable line(s)", self.path, unreadable)
-        if dropped or unreadable:
+        text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        kept = [line for line in lines if _line_iteration(line) <= start_iter]
+        if len(kept) < len(lines):
             text = "".join(line + "\n" for line in kept)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
-        if dropped:
-            logger.info("%s: removed %d line(s) after iteration %d (resuming from there)", self.path, dropped, start_iter)
+            logger.info("%s: removed %d line(s) after iteration %d or cut short (resuming from there)",
+                        self.path, len(lines) - len(kept), start_iter)
+        self._handle = open(self.path, "a", encoding="utf-8")
 
     def write(self, storage: EventStorage) -> None:
         for iteration, scalars in storage.new_scalars(self.window, self._last_written).items():
@@ -165,6 +149,13 @@ class JSONWriter(EventWriter):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _line_iteration(line: str) -> float:
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):  # a write cut short by a crash
+        return math.inf
 
 
 class TensorboardWriter(EventWriter):
