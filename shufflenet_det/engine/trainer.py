@@ -100,17 +100,12 @@ class Trainer:
         self.storage = EventStorage(start_iter)
         self.status = "created"  # then "running", and "finished", "interrupted" or "failed"
         self.interrupt_checkpoint: Optional[Path] = None  # set by the checkpoint hook on interruption
-        self._hooks: List[HookBase] = []
+        self._hooks = list(hooks)
+        for hook in self._hooks:
+            hook.trainer = weakref.proxy(self)  # type: ignore[assignment]  # no reference cycle
         self._data_iter: Optional[Iterator[Any]] = None
         self._bad_in_row = 0
         self._stop_signals: List[int] = []
-        self.register_hooks(hooks)
-
-    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
-        """Append ``hooks``; they run in registration order."""
-        for hook in hooks:
-            hook.trainer = weakref.proxy(self)  # type: ignore[assignment]  # no reference cycle
-            self._hooks.append(hook)
 
     def train(self) -> None:
         """Run iterations ``start_iter`` .. ``max_iter - 1``."""

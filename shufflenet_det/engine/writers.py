@@ -10,7 +10,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
@@ -50,21 +50,15 @@ class EventStorage:
     def has(self, name: str) -> bool:
         return name in self._histories
 
-    def latest_smoothed(self, window: int) -> Dict[str, Tuple[float, int]]:
-        """``{name: (value, iteration it was put at)}`` of each scalar's latest put, smoothed ones as the
-        median over the last ``window`` values."""
-        latest = {}
-        for name, buffer in self._histories.items():
-            value, iteration = buffer.values()[-1]
-            latest[name] = (float(buffer.median(window)) if self._smoothing[name] else value, iteration)
-        return latest
-
     def new_scalars(self, window: int, after_iter: int) -> Dict[int, Dict[str, float]]:
-        """Scalars put after ``after_iter``, smoothed over ``window``, grouped by iteration (ascending)."""
+        """Each scalar's latest value if put after ``after_iter`` (smoothed ones: the median over the last
+        ``window`` values), grouped by the iteration it was put at (ascending)."""
         by_iter: Dict[int, Dict[str, float]] = {}
-        for name, (value, iteration) in sorted(self.latest_smoothed(window).items()):
+        for name, buffer in sorted(self._histories.items()):
+            value, iteration = buffer.values()[-1]
             if iteration > after_iter:
-                by_iter.setdefault(iteration, {})[name] = value
+                smoothed = float(buffer.median(window)) if self._smoothing[name] else value
+                by_iter.setdefault(iteration, {})[name] = smoothed
         return dict(sorted(by_iter.items()))
 
 
@@ -102,7 +96,7 @@ class ConsoleWriter(EventWriter):
 
     def write(self, storage: EventStorage) -> None:
         iteration = storage.iter
-        current = {name: value for name, (value, at) in storage.latest_smoothed(self.window).items() if at == iteration}
+        current = storage.new_scalars(self.window, iteration - 1).get(iteration, {})
         parts = [f"iter: {iteration}/{self.max_iter}"]
         if "eta_seconds" in current:
             parts.append(f"eta: {datetime.timedelta(seconds=int(current['eta_seconds']))}")
