@@ -2,7 +2,7 @@
 with exact resume, metric writers, distributed launch. It takes a model, batches and a loss function."""
 
 from ..data.build import per_device_batch_size
-from ..utils.data_workers import SignalSafeDataLoader, WorkerSignalGuard, termination_signals_blocked
+from ..utils.data_workers import SignalSafeDataLoader, WorkerSignalGuard
 from .checkpoint import Checkpointer, periodic_checkpoint_name, rng_state, set_rng_state, unwrap_model
 from .defaults import (
     build_checkpointer, build_grad_scaler, build_trainer, check_output_dir, default_argument_parser, default_setup,
@@ -26,5 +26,5 @@ __all__ = [
     "default_argument_parser", "default_setup", "device_from_config", "default_writers",
     "eval_amp_dtype", "flatten_results", "get_param_groups", "launch", "max_memory_mb", "move_to_device",
     "per_device_batch_size", "periodic_checkpoint_name", "report_error", "rng_state", "seed_all",
-    "set_deterministic", "set_rng_state", "termination_signals_blocked", "unwrap_model",
+    "set_deterministic", "set_rng_state", "unwrap_model",
 ]
