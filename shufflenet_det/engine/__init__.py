@@ -14,7 +14,7 @@ from .launch import create_ddp_model, launch, report_error
 from .optimizer import WarmupLRScheduler, add_gradient_clipping, build_lr_scheduler, build_optimizer, get_param_groups
 from .trainer import Trainer, move_to_device
 from .writers import (
-    ConsoleWriter, EventStorage, EventWriter, JSONWriter, TensorboardWriter, default_writers, max_memory_mb
+    ConsoleWriter, EventStorage, EventWriter, JSONWriter, TensorboardWriter, max_memory_mb
 )
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "SetupError", "SignalSafeDataLoader", "TensorboardWriter", "Trainer", "TrainingInterrupted",
     "WarmupLRScheduler", "WorkerSignalGuard", "add_gradient_clipping", "build_checkpointer", "build_grad_scaler",
     "build_lr_scheduler", "build_optimizer", "build_trainer", "check_output_dir", "create_ddp_model",
-    "default_argument_parser", "default_setup", "device_from_config", "default_writers",
+    "default_argument_parser", "default_setup", "device_from_config",
     "eval_amp_dtype", "flatten_results", "get_param_groups", "launch", "max_memory_mb", "move_to_device",
     "per_device_batch_size", "periodic_checkpoint_name", "report_error", "rng_state", "seed_all",
     "set_deterministic", "set_rng_state", "unwrap_model",

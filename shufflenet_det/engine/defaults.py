@@ -10,7 +10,6 @@ import platform
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Mapping, Optional
 
@@ -29,7 +28,7 @@ from .checkpoint import Checkpointer
 from .errors import SetupError
 from .hooks import EvalHook, HookBase, PeriodicCheckpointer, PeriodicWriter
 from .trainer import LossFunction, Trainer, amp_dtype_from_name
-from .writers import default_writers
+from .writers import ConsoleWriter, EventWriter, JSONWriter, TensorboardWriter
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +74,8 @@ def check_output_dir(output_dir: str, min_free_gb: float) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SetupError(f"cannot create OUTPUT_DIR '{output_dir}': {error.strerror or error}") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-            pass
-    except OSError as error:
-        raise SetupError(f"OUTPUT_DIR '{output_dir}' is not writable: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SetupError(f"OUTPUT_DIR '{output_dir}' is not writable: no permission to write in it")
     free_gb = shutil.disk_usage(path).free / 2**30
     if free_gb < min_free_gb:
         raise SetupError(
@@ -269,8 +265,11 @@ def build_trainer(
     hooks: List[HookBase] = [PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
     if eval_function is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
-    period = cfg.SHUFFLENET_DET.LOG_PERIOD
-    writers = default_writers(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, window=period) if is_main_process() else []
+    period, output_dir = cfg.SHUFFLENET_DET.LOG_PERIOD, Path(cfg.OUTPUT_DIR)
+    writers: List[EventWriter] = []
+    if is_main_process():
+        metrics = JSONWriter(output_dir / "metrics.json", period)
+        writers = [ConsoleWriter(cfg.SOLVER.MAX_ITER, period), metrics, TensorboardWriter(output_dir, period)]
     hooks += [*extra_hooks, PeriodicWriter(writers, period)]
     return Trainer(
         model, data_loader, optimizer, scheduler, loss_fn=loss_fn, max_iter=cfg.SOLVER.MAX_ITER, start_iter=start_iter,

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
@@ -179,9 +179,3 @@ class TensorboardWriter(EventWriter):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def default_writers(output_dir: PathLike, max_iter: int, window: int = 20) -> List[EventWriter]:
-    """Console, ``output_dir/metrics.json`` and TensorBoard events in ``output_dir``."""
-    metrics = Path(output_dir) / "metrics.json"
-    return [ConsoleWriter(max_iter, window), JSONWriter(metrics, window), TensorboardWriter(output_dir, window)]
