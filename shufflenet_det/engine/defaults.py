@@ -246,11 +246,9 @@ def build_checkpointer(
     grad_scaler: Optional[torch.amp.GradScaler] = None, extra_data: Optional[Mapping[str, Any]] = None,
 ) -> Checkpointer:
     """A Checkpointer over OUTPUT_DIR that also stores the config, ``extra_data`` and the grad scaler."""
-    extra = {"grad_scaler": grad_scaler} if grad_scaler is not None else {}
-    keep_last = cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP
-    return Checkpointer(
-        model, cfg.OUTPUT_DIR, optimizer, scheduler, config=cfg, keep_last=keep_last, extra_data=extra_data, **extra
-    )
+    keep_last = cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP  # Checkpointer leaves out a grad_scaler of None
+    return Checkpointer(model, cfg.OUTPUT_DIR, optimizer, scheduler, config=cfg, keep_last=keep_last,
+                        extra_data=extra_data, grad_scaler=grad_scaler)
 
 
 def build_trainer(
