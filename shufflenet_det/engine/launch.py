@@ -65,8 +65,8 @@ def launch(
 ) -> int:
     """Run ``main_func(*args)`` in every training process and return an exit status for ``sys.exit``.
 
-    ``EngineError`` and ``CheckpointError`` are reported as one line and give their exit status (143
-    after SIGTERM); other exceptions propagate. Several machines share ``dist_url`` (machine 0's)."""
+    ``EngineError``, ``CheckpointError`` and ``ConfigError`` (status 2) are reported as one line and give
+    their exit status (143 after SIGTERM); other exceptions propagate. Several machines share ``dist_url`` (machine 0's)."""
     if all(name in os.environ for name in TORCHRUN_VARIABLES):
         if num_gpus_per_machine > 1 or num_machines > 1:
             logger.warning("Started by torchrun: --num-gpus/--num-machines are ignored (torchrun decides)")
