@@ -452,17 +452,18 @@ def test_trainer_with_loss_fn_amp_on_cpu_and_metrics(tmp_path, caplog):
         images, labels = batch
         return {"loss_cls": nn.functional.cross_entropy(net(images), labels)}
 
-    from shufflenet_det.engine import IterationTimer, LRLogger, PeriodicWriter
+    from shufflenet_det.engine import PeriodicWriter
     from shufflenet_det.engine.writers import ConsoleWriter, TensorboardWriter
 
     writers = [ConsoleWriter(7), JSONWriter(tmp_path / "metrics.json", 2), TensorboardWriter(tmp_path, 2)]
-    hooks = [IterationTimer(), LRLogger(), PeriodicWriter(writers, period=2)]
+    hooks = [PeriodicWriter(writers, period=2)]
     with caplog.at_level(logging.INFO):
         trainer = Trainer(
             model, batches, optimizer, loss_fn=loss_fn, max_iter=7, hooks=hooks, amp_enabled=True
         )
         trainer.train()
     assert "AMP runs on CUDA only" in caplog.text and "iter: 6/7" in caplog.text
+    assert "Ran 7 iterations in" in caplog.text and "waiting for data:" in caplog.text
     assert trainer.status == "finished" and trainer.iter == 7
     lines = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [line["iteration"] for line in lines] == [2, 4, 6, 7]
@@ -577,6 +578,13 @@ def test_bad_run_settings_stop_before_anything_is_written(tmp_path, capsys, over
     captured = capsys.readouterr()
     assert message in captured.out + captured.err and "Traceback" not in captured.err
     assert not run.exists()
+
+
+def test_bad_solver_choice_is_one_line(tmp_path, capsys):
+    assert run_in_process(["OUTPUT_DIR", tmp_path / "run", "SOLVER.WARMUP_METHOD", "cosine"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown SOLVER.WARMUP_METHOD 'cosine': expected one of linear, constant" in captured.out + captured.err
+    assert "Traceback" not in captured.err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

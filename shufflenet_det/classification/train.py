@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config.loading import ConfigError, config_dir, load_config
 from ..data import DatasetError, add_register_coco_argument, register_coco_datasets
-from ..engine import Checkpointer, HookBase, IterationTimer, SetupError, Trainer, build_checkpointer, build_grad_scaler
+from ..engine import Checkpointer, HookBase, SetupError, Trainer, build_checkpointer, build_grad_scaler
 from ..engine import build_lr_scheduler, build_optimizer, build_trainer, create_ddp_model, default_argument_parser
 from ..engine import default_setup, device_from_config, eval_amp_dtype, per_device_batch_size
 from ..modeling import CONV_IMPLS, apply_conv_form, create_model, model_args_from_config
@@ -285,7 +285,7 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
     trainer = Trainer(
         model, itertools.repeat(batch), optimizer, build_lr_scheduler(cfg, optimizer),
         loss_fn=ClassificationLoss(normalize, cfg.CLASSIFICATION.LABEL_SMOOTHING), max_iter=warmup + iterations,
-        hooks=[IterationTimer()], amp_enabled=cfg.SOLVER.AMP.ENABLED, amp_dtype=cfg.SHUFFLENET_DET.AMP_DTYPE,
+        amp_enabled=cfg.SOLVER.AMP.ENABLED, amp_dtype=cfg.SHUFFLENET_DET.AMP_DTYPE,
         grad_scaler=build_grad_scaler(cfg), channels_last=channels_last,
     )  # fmt: skip
     trainer.train()  # every step reads its loss back, so step times include the device's work

@@ -10,12 +10,12 @@ import platform
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Mapping, Optional
 
 import numpy as np
 import torch
+import torchvision
 from fvcore.common.config import CfgNode
 from torch import nn
 
@@ -24,15 +24,15 @@ from ..data.build import per_device_batch_size
 from ..utils.distributed import get_rank, get_world_size, is_main_process
 from ..utils.io import atomic_write
 from ..utils.logger import setup_logger
-from .checkpoint import POINTER_FILE, Checkpointer
+from .checkpoint import Checkpointer
 from .errors import SetupError
-from .hooks import EvalHook, HookBase, IterationTimer, LRLogger, PeriodicCheckpointer, PeriodicWriter
+from .hooks import EvalHook, HookBase, PeriodicCheckpointer, PeriodicWriter
 from .trainer import LossFunction, Trainer, amp_dtype_from_name
-from .writers import default_writers
+from .writers import ConsoleWriter, EventWriter, JSONWriter, TensorboardWriter
 
 logger = logging.getLogger(__name__)
 
-# Files of a training run in OUTPUT_DIR, which --overwrite removes before a new run.
+# Files of a training run in OUTPUT_DIR (last_checkpoint is checkpoint.POINTER_FILE), which --overwrite removes.
 _RUN_FILES = re.compile(
     r"^(model_\d{7,}\.pth|model_final\.pth|last_checkpoint|metrics\.json|events\.out\.tfevents\..*)$"
 )
@@ -74,11 +74,8 @@ def check_output_dir(output_dir: str, min_free_gb: float) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SetupError(f"cannot create OUTPUT_DIR '{output_dir}': {error.strerror or error}") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-            pass
-    except OSError as error:
-        raise SetupError(f"OUTPUT_DIR '{output_dir}' is not writable: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SetupError(f"OUTPUT_DIR '{output_dir}' is not writable: no permission to write in it")
     free_gb = shutil.disk_usage(path).free / 2**30
     if free_gb < min_free_gb:
         raise SetupError(
@@ -92,9 +89,10 @@ def device_from_config(cfg: CfgNode) -> torch.device:
     try:
         device = torch.device(cfg.MODEL.DEVICE)
     except RuntimeError:
-        raise SetupError(f"MODEL.DEVICE '{cfg.MODEL.DEVICE}' is not a device: use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise SetupError(f"MODEL.DEVICE '{cfg.MODEL.DEVICE}' is not supported: use cpu, cuda or cuda:N")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        problem = "is not a device" if device is None else "is not supported"
+        raise SetupError(f"MODEL.DEVICE '{cfg.MODEL.DEVICE}' {problem}: use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SetupError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but no CUDA device is visible: set MODEL.DEVICE cpu")
     return device
@@ -115,23 +113,6 @@ def check_run_settings(cfg: CfgNode, training: bool = True) -> None:
         raise SetupError(f"SOLVER.IMS_PER_BATCH (the global batch) must be positive, got {cfg.SOLVER.IMS_PER_BATCH}")
 
 
-def _prepare_run_files(output_dir: str, overwrite: bool) -> None:
-    """Refuse to start a new run over a checkpoint pointer, or metrics / events without one (a run stopped
-    before its first checkpoint, or someone's files), unless ``overwrite`` (then delete them)."""
-    path = Path(output_dir)
-    found = sorted(p.name for p in path.iterdir() if p.name == POINTER_FILE or _RUN_FILES.match(p.name))
-    if found and not overwrite:
-        raise SetupError(
-            f"OUTPUT_DIR '{output_dir}' holds a training run already ({', '.join(found[:3])}): pass --resume "
-            "to continue it, --overwrite to replace it, or choose another OUTPUT_DIR"
-        )
-    if found:
-        removed = [p for p in path.iterdir() if _RUN_FILES.match(p.name)]
-        for file in removed:
-            file.unlink()
-        logger.info("--overwrite: removed %d file(s) of the previous run in %s", len(removed), output_dir)
-
-
 def seed_all(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (all devices) random generators."""
     random.seed(seed)
@@ -145,21 +126,6 @@ def set_deterministic(seed: int = 0) -> None:
     seed_all(seed)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-
-
-def environment_info() -> str:
-    """One line: Python, torch, torchvision, devices, processes."""
-    import torchvision
-
-    if torch.cuda.is_available():
-        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
-        device = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {', '.join(names)}"
-    else:
-        device = f"CPU only, {torch.get_num_threads()} threads"
-    return (
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}, {device}, {get_world_size()} process(es)"
-    )
 
 
 def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> int:
@@ -188,14 +154,28 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None) -> in
         check_output_dir(output_dir, cfg.SHUFFLENET_DET.MIN_FREE_DISK_GB)
     setup_logger(output_dir if main else None, distributed_rank=rank)
     if main and not resume:
-        _prepare_run_files(output_dir, bool(getattr(args, "overwrite", False)))
-    logger.info("Rank %d of %d. %s", rank, get_world_size(), environment_info())
+        # A new run over an earlier run's files (also metrics of one stopped before its first checkpoint)
+        # needs --overwrite, which deletes them.
+        found = sorted(p for p in Path(output_dir).iterdir() if _RUN_FILES.match(p.name))
+        if found and not getattr(args, "overwrite", False):
+            raise SetupError(
+                f"OUTPUT_DIR '{output_dir}' holds a training run already ({', '.join(p.name for p in found[:3])}): "
+                "pass --resume to continue it, --overwrite to replace it, or choose another OUTPUT_DIR"
+            )
+        for file in found:
+            file.unlink()
+        if found:
+            logger.info("--overwrite: removed %d file(s) of the previous run in %s", len(found), output_dir)
+    if torch.cuda.is_available():
+        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+        device = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {', '.join(names)}"
+    else:
+        device = f"CPU only, {torch.get_num_threads()} threads"
+    logger.info("Rank %d of %d. Python %s, torch %s, torchvision %s, %s", rank, get_world_size(),
+                platform.python_version(), torch.__version__, torchvision.__version__, device)
     scale_to_world_size(cfg, get_world_size())
     if training:
-        try:
-            per_device_batch_size(cfg)  # the global batch must split evenly over the processes
-        except ConfigError as error:
-            raise SetupError(str(error)) from None
+        per_device_batch_size(cfg)  # ConfigError unless the global batch splits evenly over the processes
     if args is not None:
         logger.info("Arguments: %s", vars(args))
     if main and keep_config_file:
@@ -236,9 +216,8 @@ def scale_to_world_size(cfg: CfgNode, world_size: int) -> None:
     old = (solver.IMS_PER_BATCH, solver.BASE_LR, solver.MAX_ITER)
     solver.IMS_PER_BATCH = solver.IMS_PER_BATCH // reference * world_size
     solver.BASE_LR *= scale
-    solver.MAX_ITER = int(round(solver.MAX_ITER / scale))
+    solver.MAX_ITER, solver.WARMUP_ITERS = (int(round(n / scale)) for n in (solver.MAX_ITER, solver.WARMUP_ITERS))
     solver.STEPS = tuple(int(round(step / scale)) for step in solver.STEPS)
-    solver.WARMUP_ITERS = int(round(solver.WARMUP_ITERS / scale))
     solver.CHECKPOINT_PERIOD = max(1, int(round(solver.CHECKPOINT_PERIOD / scale)))
     if cfg.TEST.EVAL_PERIOD > 0:
         cfg.TEST.EVAL_PERIOD = max(1, int(round(cfg.TEST.EVAL_PERIOD / scale)))
@@ -267,25 +246,9 @@ def build_checkpointer(
     grad_scaler: Optional[torch.amp.GradScaler] = None, extra_data: Optional[Mapping[str, Any]] = None,
 ) -> Checkpointer:
     """A Checkpointer over OUTPUT_DIR that also stores the config, ``extra_data`` and the grad scaler."""
-    extra = {"grad_scaler": grad_scaler} if grad_scaler is not None else {}
-    keep_last = cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP
-    return Checkpointer(
-        model, cfg.OUTPUT_DIR, optimizer, scheduler, config=cfg, keep_last=keep_last, extra_data=extra_data, **extra
-    )
-
-
-def build_hooks(
-    cfg: CfgNode, checkpointer: Checkpointer, eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None
-) -> List[HookBase]:
-    """Timer, LR logging, periodic checkpoints, evaluation (with ``eval_function``) and metric writers
-    (console, metrics.json, TensorBoard on the main process), in the order they must run."""
-    checkpoints = PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)
-    hooks: List[HookBase] = [IterationTimer(), LRLogger(), checkpoints]
-    if eval_function is not None:
-        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
-    period = cfg.SHUFFLENET_DET.LOG_PERIOD
-    writers = default_writers(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER, window=period) if is_main_process() else []
-    return hooks + [PeriodicWriter(writers, period)]
+    keep_last = cfg.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP  # Checkpointer leaves out a grad_scaler of None
+    return Checkpointer(model, cfg.OUTPUT_DIR, optimizer, scheduler, config=cfg, keep_last=keep_last,
+                        extra_data=extra_data, grad_scaler=grad_scaler)
 
 
 def build_trainer(
@@ -294,10 +257,18 @@ def build_trainer(
     loss_fn: Optional[LossFunction] = None, eval_function: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
     grad_scaler: Optional[torch.amp.GradScaler] = None, extra_hooks: Iterable[HookBase] = (),
 ) -> Trainer:
-    """A Trainer with ``build_hooks``' hooks (``extra_hooks`` run before the writers) and the AMP,
-    bad-batch and channels_last settings of ``cfg``."""
-    hooks = build_hooks(cfg, checkpointer, eval_function)
-    hooks[-1:-1] = list(extra_hooks)
+    """A Trainer with the AMP, bad-batch and channels_last settings of ``cfg`` and the standard hooks, in the
+    order they must run: periodic checkpoints, evaluation (with ``eval_function``), ``extra_hooks``, metric
+    writers (console, metrics.json, TensorBoard on the main process)."""
+    hooks: List[HookBase] = [PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
+    if eval_function is not None:
+        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, eval_function))
+    period, output_dir = cfg.SHUFFLENET_DET.LOG_PERIOD, Path(cfg.OUTPUT_DIR)
+    writers: List[EventWriter] = []
+    if is_main_process():
+        metrics = JSONWriter(output_dir / "metrics.json", period)
+        writers = [ConsoleWriter(cfg.SOLVER.MAX_ITER, period), metrics, TensorboardWriter(output_dir, period)]
+    hooks += [*extra_hooks, PeriodicWriter(writers, period)]
     return Trainer(
         model, data_loader, optimizer, scheduler, loss_fn=loss_fn, max_iter=cfg.SOLVER.MAX_ITER, start_iter=start_iter,
         hooks=hooks, amp_enabled=cfg.SOLVER.AMP.ENABLED, amp_dtype=cfg.SHUFFLENET_DET.AMP_DTYPE, grad_scaler=grad_scaler,

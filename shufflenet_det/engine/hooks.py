@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
-import math
 import numbers
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
+from ..config.loading import ConfigError
 from ..utils.distributed import synchronize
 from .checkpoint import FINAL_NAME, Checkpointer, periodic_checkpoint_name
 from .writers import EventWriter, max_memory_mb
@@ -40,52 +38,6 @@ class HookBase:
 
     def after_step(self) -> None:
         pass
-
-
-class IterationTimer(HookBase):
-    """Records each step's duration as ``time`` (hooks after it excluded when it comes first), and at the
-    end logs the share of step time spent waiting for data (``data_time``)."""
-
-    def __init__(self) -> None:
-        self._train_start = self._step_start = self._step_seconds = self._data_seconds = 0.0
-
-    def before_train(self) -> None:
-        self._train_start = time.perf_counter()
-        self._step_seconds = self._data_seconds = 0.0
-
-    def before_step(self) -> None:
-        self._step_start = time.perf_counter()
-
-    def after_step(self) -> None:
-        seconds = time.perf_counter() - self._step_start
-        storage = self.trainer.storage
-        storage.put_scalar("time", seconds)
-        self._step_seconds += seconds
-        if storage.has("data_time"):
-            self._data_seconds += storage.history("data_time").latest()
-
-    def after_train(self) -> None:
-        done = self.trainer.iter - self.trainer.start_iter
-        elapsed = time.perf_counter() - self._train_start
-        if done > 0:
-            logger.info(
-                "Ran %d iterations in %s (%.4f s/it including hooks); waiting for data: %.1f%% of step time",
-                done, datetime.timedelta(seconds=int(elapsed)), elapsed / done,
-                100 * self._data_seconds / max(self._step_seconds, 1e-9),
-            )
-
-
-class LRLogger(HookBase):
-    """Records the learning rate of the coming iteration as ``lr``: the largest parameter group's, so bias
-    or norm groups with their own factors do not hide the main rate."""
-
-    def before_train(self) -> None:
-        sizes = [sum(p.numel() for p in group["params"]) for group in self.trainer.optimizer.param_groups]
-        self._group = sizes.index(max(sizes))
-
-    def before_step(self) -> None:
-        lr = self.trainer.optimizer.param_groups[self._group]["lr"]
-        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
 
 
 class PeriodicCheckpointer(HookBase):
@@ -159,7 +111,7 @@ class PeriodicWriter(HookBase):
 
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         if period <= 0:
-            raise ValueError(f"SHUFFLENET_DET.LOG_PERIOD must be positive, got {period}")
+            raise ConfigError(f"SHUFFLENET_DET.LOG_PERIOD must be positive, got {period}")
         self.writers = list(writers)
         self.period = period
         self._written_iter: Optional[int] = None
@@ -184,14 +136,12 @@ class PeriodicWriter(HookBase):
     def _write(self) -> None:
         storage = self.trainer.storage
         self._written_iter = storage.iter
-        if not self.writers:
-            return
         if storage.has("time"):
             remaining = self.trainer.max_iter - self.trainer.iter
             eta = storage.history("time").median(self.period) * remaining
             storage.put_scalar("eta_seconds", eta, smoothing_hint=False)
         memory = max_memory_mb()
-        if memory is not None and math.isfinite(memory):
+        if memory is not None:
             storage.put_scalar("max_mem_mb", memory, smoothing_hint=False)
         for writer in self.writers:
             writer.write(storage)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from ..config.loading import ConfigError
 from ..utils.distributed import get_world_size
 from ..utils.io import CheckpointError
 from .errors import EngineError, SetupError
@@ -64,8 +65,8 @@ def launch(
 ) -> int:
     """Run ``main_func(*args)`` in every training process and return an exit status for ``sys.exit``.
 
-    ``EngineError`` and ``CheckpointError`` are reported as one line and give their exit status (143
-    after SIGTERM); other exceptions propagate. Several machines share ``dist_url`` (machine 0's)."""
+    ``EngineError``, ``CheckpointError`` and ``ConfigError`` (status 2) are reported as one line and give
+    their exit status (143 after SIGTERM); other exceptions propagate. Several machines share ``dist_url`` (machine 0's)."""
     if all(name in os.environ for name in TORCHRUN_VARIABLES):
         if num_gpus_per_machine > 1 or num_machines > 1:
             logger.warning("Started by torchrun: --num-gpus/--num-machines are ignored (torchrun decides)")
@@ -144,9 +145,9 @@ def _worker(
 def _run_reporting_errors(main_func: Callable[..., Any], args: Sequence[Any]) -> int:
     try:
         result = main_func(*args)
-    except (EngineError, CheckpointError) as error:
+    except (EngineError, CheckpointError, ConfigError) as error:
         report_error(error)
-        return getattr(error, "exit_code", 1)
+        return getattr(error, "exit_code", 2 if isinstance(error, ConfigError) else 1)
     return result if isinstance(result, int) else 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import logging
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
@@ -28,6 +28,12 @@ CLIP_TYPES = ("value", "norm", "full_model")
 OPTIMIZERS = ("SGD", "AdamW")
 WARMUP_METHODS = ("linear", "constant")
 SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupLinearLR")
+
+
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    """A one-line ``ConfigError`` for a config value that is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"unknown {key} '{value}': expected one of {', '.join(choices)}")
 
 
 def get_param_groups(
@@ -60,12 +66,9 @@ def add_gradient_clipping(
     """Clip gradients before every ``optimizer.step()`` as detectron2 does: ``"value"`` clamps elements,
     ``"norm"`` each parameter's gradient norm on its own, ``"full_model"`` their total norm. As a step
     pre-hook it runs after a ``GradScaler`` has unscaled the gradients."""
-    if clip_type not in CLIP_TYPES:
-        raise ValueError(
-            f"unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE '{clip_type}': expected one of {', '.join(CLIP_TYPES)}"
-        )
+    check_choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type, CLIP_TYPES)
     if clip_value <= 0:
-        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be positive, got {clip_value}")
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be positive, got {clip_value}")
 
     def clip_before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
@@ -85,8 +88,7 @@ def add_gradient_clipping(
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """SOLVER.OPTIMIZER (SGD with MOMENTUM / NESTEROV, or AdamW) over ``get_param_groups`` of ``model``."""
     solver = cfg.SOLVER
-    if solver.OPTIMIZER not in OPTIMIZERS:
-        raise ConfigError(f"unknown SOLVER.OPTIMIZER '{solver.OPTIMIZER}': expected one of {', '.join(OPTIMIZERS)}")
+    check_choice("SOLVER.OPTIMIZER", solver.OPTIMIZER, OPTIMIZERS)
     param_groups = get_param_groups(
         model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.WEIGHT_DECAY_NORM, solver.WEIGHT_DECAY_BIAS,
         solver.BIAS_LR_FACTOR,
@@ -108,34 +110,8 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
 
 
 class WarmupLRScheduler(LambdaLR):
-    """``LambdaLR`` with the factor ``warmup(i) * decay(i)`` of iteration index ``i``: a pure function of
-    ``i``, so setting the iteration (resume) restores it exactly. Over ``warmup_iters`` iterations
-    ``"linear"`` ramps from ``warmup_factor`` to 1, ``"constant"`` holds it. Step once per iteration; the
-    state dict is ``{"last_iter", "base_lrs"}``, as in checkpoints of earlier versions."""
-
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, decay: Callable[[int], float], warmup_factor: float = 0.001,
-        warmup_iters: int = 1000, warmup_method: str = "linear",
-    ) -> None:
-        if warmup_method not in WARMUP_METHODS:
-            raise ValueError(
-                f"unknown SOLVER.WARMUP_METHOD '{warmup_method}': expected one of {', '.join(WARMUP_METHODS)}"
-            )
-        self.decay = decay
-        self.warmup_factor = warmup_factor
-        self.warmup_iters = warmup_iters
-        self.warmup_method = warmup_method
-        super().__init__(optimizer, self.multiplier)
-
-    def multiplier(self, iteration: int) -> float:
-        if iteration >= self.warmup_iters:
-            warmup = 1.0
-        elif self.warmup_method == "constant":
-            warmup = self.warmup_factor
-        else:
-            alpha = iteration / self.warmup_iters
-            warmup = self.warmup_factor * (1.0 - alpha) + alpha
-        return warmup * self.decay(iteration)
+    """``LambdaLR`` whose factor is a pure function of the iteration index, so setting the iteration (resume)
+    restores it exactly. Step once per iteration; the state dict is ``{"last_iter", "base_lrs"}``."""
 
     def set_iteration(self, iteration: int) -> None:
         """Jump to ``iteration`` and set the optimizer's learning rates for it."""
@@ -168,14 +144,14 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Warmup
     fvcore's ``MultiStepParamScheduler`` moves steps one early once MAX_ITER reaches 10^6."""
     solver = cfg.SOLVER
     name, max_iter = solver.LR_SCHEDULER_NAME, solver.MAX_ITER
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown SOLVER.LR_SCHEDULER_NAME '{name}': expected one of {', '.join(SCHEDULERS)}")
+    check_choice("SOLVER.LR_SCHEDULER_NAME", name, SCHEDULERS)
+    check_choice("SOLVER.WARMUP_METHOD", solver.WARMUP_METHOD, WARMUP_METHODS)
     if max_iter <= 0:
-        raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
+        raise ConfigError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
     if name == "WarmupMultiStepLR":
         steps, gamma = list(solver.STEPS), solver.GAMMA
         if steps != sorted(steps):
-            raise ValueError(f"SOLVER.STEPS must be increasing, got {tuple(steps)}")
+            raise ConfigError(f"SOLVER.STEPS must be increasing, got {tuple(steps)}")
         late_steps = [step for step in steps if step > max_iter]
         if late_steps:
             logger.warning("SOLVER.STEPS %s lie beyond SOLVER.MAX_ITER=%d and will never be reached", late_steps, max_iter)
@@ -191,4 +167,14 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Warmup
             # Scaled here, not by the curve's end_value: fvcore's linear form rounds differently.
             return end_factor + (1.0 - end_factor) * curve(min(iteration, max_iter) / max_iter)
 
-    return WarmupLRScheduler(optimizer, decay, solver.WARMUP_FACTOR, solver.WARMUP_ITERS, solver.WARMUP_METHOD)
+    warmup_iters, warmup_factor, linear = solver.WARMUP_ITERS, solver.WARMUP_FACTOR, solver.WARMUP_METHOD == "linear"
+
+    def factor(iteration: int) -> float:
+        # detectron2's legacy warmup: "linear" ramps from WARMUP_FACTOR to 1, "constant" holds it.
+        warmup = 1.0
+        if iteration < warmup_iters:
+            alpha = iteration / warmup_iters if linear else 0.0
+            warmup = warmup_factor * (1.0 - alpha) + alpha
+        return warmup * decay(iteration)
+
+    return WarmupLRScheduler(optimizer, factor)

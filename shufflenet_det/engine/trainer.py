@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -99,17 +100,12 @@ class Trainer:
         self.storage = EventStorage(start_iter)
         self.status = "created"  # then "running", and "finished", "interrupted" or "failed"
         self.interrupt_checkpoint: Optional[Path] = None  # set by the checkpoint hook on interruption
-        self._hooks: List[HookBase] = []
+        self._hooks = list(hooks)
+        for hook in self._hooks:
+            hook.trainer = weakref.proxy(self)  # type: ignore[assignment]  # no reference cycle
         self._data_iter: Optional[Iterator[Any]] = None
         self._bad_in_row = 0
         self._stop_signals: List[int] = []
-        self.register_hooks(hooks)
-
-    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
-        """Append ``hooks``; they run in registration order."""
-        for hook in hooks:
-            hook.trainer = weakref.proxy(self)  # type: ignore[assignment]  # no reference cycle
-            self._hooks.append(hook)
 
     def train(self) -> None:
         """Run iterations ``start_iter`` .. ``max_iter - 1``."""
@@ -122,13 +118,20 @@ class Trainer:
             self.scheduler.set_iteration(self.start_iter)
         self.model.train()
         self.status = "running"
+        # The logged lr is the largest parameter group's: bias or norm groups' factors do not hide it.
+        sizes = [sum(p.numel() for p in group["params"]) for group in self.optimizer.param_groups]
+        lr_group = self.optimizer.param_groups[sizes.index(max(sizes))]
+        train_start = time.perf_counter()
         with stop_on_signals(_announce_stop) as self._stop_signals:
             try:
                 self._call_hooks("before_train")
                 while self.iter < self.max_iter:
                     self.storage.iter = self.iter + 1
+                    self.storage.put_scalar("lr", lr_group["lr"], smoothing_hint=False)
                     self._call_hooks("before_step")
+                    step_start = time.perf_counter()
                     stop = self.run_step()
+                    self.storage.put_scalar("time", time.perf_counter() - step_start)
                     self.iter += 1
                     self._call_hooks("after_step")
                     if stop and self.iter < self.max_iter:
@@ -140,6 +143,13 @@ class Trainer:
                 self.status = "failed"
                 raise
             finally:
+                done, elapsed = self.iter - self.start_iter, time.perf_counter() - train_start
+                if done > 0:  # data_time and time were put once per step
+                    data, step = (self.storage.history(name).global_avg() for name in ("data_time", "time"))
+                    logger.info(
+                        "Ran %d iterations in %s (%.4f s/it including hooks); waiting for data: %.1f%% of step time",
+                        done, datetime.timedelta(seconds=int(elapsed)), elapsed / done, 100 * data / max(step, 1e-9),
+                    )
                 self._call_hooks("after_train")
         if self.status == "interrupted":
             signum = self._stop_signals[0] if self._stop_signals else signal.SIGTERM

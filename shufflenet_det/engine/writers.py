@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
@@ -49,21 +50,15 @@ class EventStorage:
     def has(self, name: str) -> bool:
         return name in self._histories
 
-    def latest_smoothed(self, window: int) -> Dict[str, Tuple[float, int]]:
-        """``{name: (value, iteration it was put at)}`` of each scalar's latest put, smoothed ones as the
-        median over the last ``window`` values."""
-        latest = {}
-        for name, buffer in self._histories.items():
-            value, iteration = buffer.values()[-1]
-            latest[name] = (float(buffer.median(window)) if self._smoothing[name] else value, iteration)
-        return latest
-
     def new_scalars(self, window: int, after_iter: int) -> Dict[int, Dict[str, float]]:
-        """Scalars put after ``after_iter``, smoothed over ``window``, grouped by iteration (ascending)."""
+        """Each scalar's latest value if put after ``after_iter`` (smoothed ones: the median over the last
+        ``window`` values), grouped by the iteration it was put at (ascending)."""
         by_iter: Dict[int, Dict[str, float]] = {}
-        for name, (value, iteration) in sorted(self.latest_smoothed(window).items()):
+        for name, buffer in sorted(self._histories.items()):
+            value, iteration = buffer.values()[-1]
             if iteration > after_iter:
-                by_iter.setdefault(iteration, {})[name] = value
+                smoothed = float(buffer.median(window)) if self._smoothing[name] else value
+                by_iter.setdefault(iteration, {})[name] = smoothed
         return dict(sorted(by_iter.items()))
 
 
@@ -101,7 +96,7 @@ class ConsoleWriter(EventWriter):
 
     def write(self, storage: EventStorage) -> None:
         iteration = storage.iter
-        current = {name: value for name, (value, at) in storage.latest_smoothed(self.window).items() if at == iteration}
+        current = storage.new_scalars(self.window, iteration - 1).get(iteration, {})
         parts = [f"iter: {iteration}/{self.max_iter}"]
         if "eta_seconds" in current:
             parts.append(f"eta: {datetime.timedelta(seconds=int(current['eta_seconds']))}")
@@ -127,32 +122,15 @@ class JSONWriter(EventWriter):
 
     def start(self, start_iter: int) -> None:
         self._last_written = start_iter
-        if self.path.exists():
-            self._drop_lines_after(start_iter)
-        self._handle = open(self.path, "a", encoding="utf-8")
-
-    def _drop_lines_after(self, start_iter: int) -> None:
-        kept: List[str] = []
-        dropped = unreadable = 0
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                iteration = json.loads(line)["iteration"]
-            except (ValueError, KeyError, TypeError):  # a write cut short by a crash
-                unreadable += 1
-                continue
-            if iteration <= start_iter:
-                kept.append(line)
-            else:
-                dropped += 1
-        if unreadable:
-            logger.warning("%s: dropped %d unreadable line(s)", self.path, unreadable)
-        if dropped or unreadable:
+        text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        kept = [line for line in lines if _line_iteration(line) <= start_iter]
+        if len(kept) < len(lines):
             text = "".join(line + "\n" for line in kept)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
-        if dropped:
-            logger.info("%s: removed %d line(s) after iteration %d (resuming from there)", self.path, dropped, start_iter)
+            logger.info("%s: removed %d line(s) after iteration %d or cut short (resuming from there)",
+                        self.path, len(lines) - len(kept), start_iter)
+        self._handle = open(self.path, "a", encoding="utf-8")
 
     def write(self, storage: EventStorage) -> None:
         for iteration, scalars in storage.new_scalars(self.window, self._last_written).items():
@@ -165,6 +143,13 @@ class JSONWriter(EventWriter):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _line_iteration(line: str) -> float:
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):  # a write cut short by a crash
+        return math.inf
 
 
 class TensorboardWriter(EventWriter):
@@ -194,9 +179,3 @@ class TensorboardWriter(EventWriter):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def default_writers(output_dir: PathLike, max_iter: int, window: int = 20) -> List[EventWriter]:
-    """Console, ``output_dir/metrics.json`` and TensorBoard events in ``output_dir``."""
-    metrics = Path(output_dir) / "metrics.json"
-    return [ConsoleWriter(max_iter, window), JSONWriter(metrics, window), TensorboardWriter(output_dir, window)]

@@ -5,30 +5,15 @@ process (whose DataLoader and exit handler still stop them). Exact for the "fork
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from torch.utils.data import DataLoader
 
 _HAS_SIGMASK = hasattr(signal, "pthread_sigmask")
 _HAS_SIGWAITINFO = hasattr(signal, "sigwaitinfo")
-
-
-@contextlib.contextmanager
-def termination_signals_blocked() -> Iterator[None]:
-    """Hold back SIGINT and SIGTERM in this thread for the block: workers started meanwhile inherit the
-    mask, so no signal reaches one before :class:`WorkerSignalGuard` has run."""
-    if not _HAS_SIGMASK:
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class WorkerSignalGuard:
@@ -68,8 +53,12 @@ class SignalSafeDataLoader(DataLoader):
         super().__init__(*args, worker_init_fn=WorkerSignalGuard(os.getpid(), worker_init_fn), **kwargs)
 
     def _get_iterator(self) -> Any:
-        # Workers start here (once with persistent_workers); they inherit this thread's signal mask.
-        if self.num_workers == 0:
+        # Workers start here (once with persistent_workers) and inherit this thread's signal mask: with
+        # SIGINT and SIGTERM blocked meanwhile, none reaches a worker before WorkerSignalGuard has run.
+        if self.num_workers == 0 or not _HAS_SIGMASK:
             return super()._get_iterator()
-        with termination_signals_blocked():
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
             return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -7,16 +7,12 @@ from typing import Any, List
 import torch.distributed as dist
 
 
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def get_world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def get_rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main_process() -> bool:
@@ -24,7 +20,7 @@ def is_main_process() -> bool:
 
 
 def synchronize() -> None:
-    if is_initialized() and get_world_size() > 1:
+    if get_world_size() > 1:
         dist.barrier()
 
 
