@@ -7,6 +7,7 @@ and concatenations are not counted.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -171,18 +172,12 @@ def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[s
     """
     counts: Dict[str, int] = {}
 
-    def record(name: str, layer: nn.Module, output: torch.Tensor) -> None:
-        if isinstance(layer, nn.Conv2d):
-            per_output = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-        else:
-            per_output = layer.in_features
+    def record(layer: nn.Module, _inputs: object, output: torch.Tensor, name: str) -> None:
+        per_output = layer.in_features if isinstance(layer, nn.Linear) else layer.weight[0].numel()  # in/groups*kh*kw
         counts[name] = counts.get(name, 0) + output.numel() * per_output
 
-    handles = [
-        layer.register_forward_hook(lambda layer, _inputs, output, name=name: record(name, layer, output))
-        for name, layer in model.named_modules()
-        if isinstance(layer, (nn.Conv2d, nn.Linear))
-    ]
+    handles = [layer.register_forward_hook(functools.partial(record, name=name))
+               for name, layer in model.named_modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
     try:
         run()
     finally:
