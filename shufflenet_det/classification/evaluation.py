@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import logging
-import time
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -14,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config.loading import ConfigError
+from ..evaluation import DatasetEvaluator, inference_on_dataset
 from ..utils.distributed import get_world_size
 
 logger = logging.getLogger(__name__)
@@ -35,40 +33,39 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
     return torch.stack([hits[:, : min(k, largest)].any(dim=1).sum() for k in ks])
 
 
-@torch.no_grad()
+class TopKAccuracy(DatasetEvaluator):
+    """Top-1 / top-5 of the logits for batches with ``"label"`` and ``"skipped"`` (unreadable files passed
+    over), summed over every process."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        self.totals = torch.zeros(4, dtype=torch.int64, device=self.device)  # correct@1, correct@5, images, skipped
+
+    def process(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor) -> None:
+        labels = batch["label"].to(self.device, non_blocking=True)
+        self.totals[:2] += topk_correct(logits.float(), labels)
+        self.totals[2] += labels.numel()
+        self.totals[3] += batch["skipped"].sum().to(self.device)
+
+    def evaluate(self) -> Dict[str, Any]:
+        if get_world_size() > 1:
+            dist.all_reduce(self.totals)
+        correct1, correct5, count, skipped = (int(value) for value in self.totals.cpu())
+        if count == 0:
+            raise ValueError("evaluation saw no images")
+        top1, top5 = 100.0 * correct1 / count, 100.0 * correct5 / count
+        logger.info("Evaluated %d images: top-1 %.2f%%, top-5 %.2f%%", count, top1, top5)
+        return {"top1": top1, "top5": top5, "top1_error": 100.0 - top1, "top5_error": 100.0 - top5,
+                "num_images": count, "skipped_images": skipped}
+
+
 def evaluate_classifier(model: nn.Module, data_loader: Iterable[Mapping[str, torch.Tensor]],
                         normalize: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                        amp_dtype: Optional[torch.dtype] = None, log_period_s: float = 10.0) -> Dict[str, float]:
+                        amp_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
     """``{"top1", "top5", "top1_error", "top5_error" (%), "num_images", "skipped_images"}`` of ``model`` over
     every process's part of the data: batches of uint8 ``"image"``s that ``normalize`` makes model input on
-    ``device``, ``"label"``s and ``"skipped"`` counts. The model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.int64, device=device)  # correct@1, correct@5, images, skipped files
-    start = last_log = time.perf_counter()
-    try:
-        for done, batch in enumerate(data_loader, 1):
-            labels = batch["label"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
-                logits = model(normalize(batch["image"].to(device, non_blocking=True)))
-            totals[:2] += topk_correct(logits.float(), labels)
-            totals[2] += labels.numel()
-            totals[3] += batch["skipped"].sum().to(device)
-            now = time.perf_counter()
-            if now - last_log > log_period_s and hasattr(data_loader, "__len__"):
-                eta = datetime.timedelta(seconds=int((now - start) / done * (len(data_loader) - done)))
-                speed = int(totals[2]) / (now - start)
-                logger.info("Evaluated %d/%d batches, %.0f images/s, eta %s", done, len(data_loader), speed, eta)
-                last_log = now
-    finally:
-        model.train(was_training)
-    if get_world_size() > 1:
-        dist.all_reduce(totals)
-    correct1, correct5, count, skipped = (int(value) for value in totals.cpu())
-    if count == 0:
-        raise ValueError("evaluation saw no images")
-    top1, top5 = 100.0 * correct1 / count, 100.0 * correct5 / count
-    seconds = time.perf_counter() - start
-    logger.info("Evaluated %d images in %.1f s: top-1 %.2f%%, top-5 %.2f%%", count, seconds, top1, top5)
-    return {"top1": top1, "top5": top5, "top1_error": 100.0 - top1, "top5_error": 100.0 - top5,
-            "num_images": count, "skipped_images": skipped}
+    ``device``, ``"label"``s and ``"skipped"`` counts (the evaluation package's inference loop)."""
+    return inference_on_dataset(model, data_loader, TopKAccuracy(device), device, amp_dtype, log_period_s=10.0,
+                                inputs=lambda batch, device: normalize(batch["image"].to(device, non_blocking=True)))
