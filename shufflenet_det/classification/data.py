@@ -16,14 +16,14 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from fvcore.common.config import CfgNode
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from ..config.loading import ConfigError
 from ..data.box_crops import write_box_crops
 from ..data.catalog import DatasetError, UnknownDatasetError
-from ..data.samplers import mix_seed
+from ..data.samplers import InferenceSampler, mix_seed
 from ..engine.errors import EngineError, SetupError
 from ..utils.data_workers import SignalSafeDataLoader
 from ..utils.distributed import get_rank, get_world_size
@@ -301,9 +301,7 @@ def build_train_loader(cfg: CfgNode, dataset: Dataset, batch_size: int, seed: in
 
 
 def build_test_loader(cfg: CfgNode, dataset: Dataset) -> DataLoader:
-    """This process's share of ``dataset`` (every world_size-th image, none twice), in order."""
-    world_size = get_world_size()
-    shard = Subset(dataset, range(get_rank(), len(dataset), world_size))
-    batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // world_size)
-    return SignalSafeDataLoader(shard, batch_size, shuffle=False, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                pin_memory=torch.cuda.is_available())
+    """This process's contiguous share of ``dataset`` (``InferenceSampler``: every image once over all processes)."""
+    batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // get_world_size())
+    return SignalSafeDataLoader(dataset, batch_size, sampler=InferenceSampler(len(dataset)),
+                                num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=torch.cuda.is_available())
