@@ -295,10 +295,12 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
     model.eval()
     times = []
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
-        for _ in range(warmup + iterations):
-            start = _synchronized_time(device)
+        for _ in range(warmup + iterations):  # the previous step ended synchronized
+            start = time.perf_counter()
             model(normalize(batch["image"]))
-            times.append(_synchronized_time(device) - start)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
     setting = [f"AMP {cfg.SHUFFLENET_DET.AMP_DTYPE}"] if trainer.amp_enabled else []
     setting += ["channels_last"] if channels_last else []
     setting += [f"{torch.get_num_threads()} CPU threads"] if device.type == "cpu" else []
@@ -311,9 +313,3 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
         "train_images_per_s": batch_size / train_time,
         "inference_images_per_s": batch_size / sorted(times[warmup:])[iterations // 2],
     }
-
-
-def _synchronized_time(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
