@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -27,6 +27,7 @@ from ..data.samplers import InferenceSampler, mix_seed
 from ..engine.errors import EngineError, SetupError
 from ..utils.data_workers import SignalSafeDataLoader
 from ..utils.distributed import get_rank, get_world_size
+from ..weights import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +58,14 @@ class CorruptDatasetError(EngineError):
 
 
 @dataclass(frozen=True)
-class ImagePreprocessing:
-    """How pixels reach the model: channel order, 0-255 mean/std, evaluation resize and crop. The fields are
-    those of ``shufflenet_det.weights`` metadata, so weights can say how they want their input."""
+class ImagePreprocessing(Preprocessing):
+    """How pixels reach the model: the weights metadata's ``Preprocessing`` (channel order, 0-255 mean/std,
+    evaluation resize and crop) with the configs' defaults, checked."""
 
     input_format: str = "BGR"
     pixel_mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     pixel_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     interpolation: str = "bilinear"
-    resize_size: int = 256
-    crop_size: int = 224
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
@@ -111,10 +110,6 @@ class ImagePreprocessing:
                 changes[name] = tuple(wanted) if isinstance(wanted, list) else wanted
                 messages.append(f"{name}: config {current}, weights {wanted}")
         return replace(self, **changes), messages
-
-    def meta(self) -> Dict[str, Any]:
-        """Plain-type metadata for checkpoints."""
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
 
 
 def _rgb_to_bgr(image: torch.Tensor) -> torch.Tensor:
