@@ -1,9 +1,5 @@
-"""Parameter and multiply-add counts, and the published figures they are checked against.
-
-Multiply-adds are fvcore's traced count restricted to convolutions and linear layers (one per multiply-add,
-biases free): how the ShuffleNet and MobileNet papers count "FLOPs". BN, activations, pooling, additions
-and concatenations are not counted.
-"""
+"""Parameter and multiply-add counts, and the published figures they are checked against. Multiply-adds are
+fvcore's traced count of convolutions and linear layers only (biases free): the papers' "FLOPs"."""
 
 from __future__ import annotations
 
@@ -165,11 +161,8 @@ def count_mult_adds(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPU
 
 
 def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[str, int]:
-    """Conv + linear multiply-adds that ``run()`` makes ``model``'s layers do, by layer name.
-
-    Forward hooks on each ``nn.Conv2d`` / ``nn.Linear`` (the traced count's rule), so it also covers models
-    a tracer cannot follow, such as detectors whose RoI counts depend on the data.
-    """
+    """Conv + linear multiply-adds that ``run()`` makes ``model``'s layers do, by layer name: forward hooks,
+    so it also covers models a tracer cannot follow (detectors whose RoI counts depend on the data)."""
     counts: Dict[str, int] = {}
 
     def record(layer: nn.Module, _inputs: object, output: torch.Tensor, name: str) -> None:

@@ -1,9 +1,5 @@
-"""ImageNet-style data: class-folder datasets, the paper's transforms, a resumable sampler, loaders.
-
-Workers decode and augment (torchvision.transforms.v2) into uint8 tensors in the model's channel order;
-``Normalizer`` computes ``(x - pixel_mean) / pixel_std`` (0-255 scale) on the device, so host-to-device
-copies are a quarter of float32's.
-"""
+"""ImageNet-style data: class-folder datasets, the paper's transforms, a resumable sampler, loaders. Workers
+yield uint8 tensors in the model's channel order, ``Normalizer`` normalizes on the device (a quarter of the copy)."""
 
 from __future__ import annotations
 
@@ -162,13 +158,9 @@ class Normalizer:
 
 
 class ImageFolderDataset(datasets.ImageFolder):
-    """``ROOT/<class>/<image>`` (empty class folders allowed: a subset of ImageNet keeps all 1000 labels) as
-    ``{"image": transformed, "label": int, "skipped": int}``.
-
-    An unreadable image is logged and replaced by the next readable one; ``"skipped"`` counts the files
-    passed over. Items are indexed by ``int`` or ``(index, seed)``: with a seed, the augmentation is drawn
-    from a generator seeded with it, independent of worker processes and resumes.
-    """
+    """``ROOT/<class>/<image>`` (empty class folders allowed) as ``{"image", "label", "skipped"}``: an unreadable
+    image is logged and replaced by the next readable one (``"skipped"`` counts them). Indexed by ``(index, seed)``,
+    the augmentation is drawn from a generator seeded with ``seed``, whatever the worker process."""
 
     def __init__(self, root: Union[str, os.PathLike], transform: Callable) -> None:
         super().__init__(str(root), transform=transform, allow_empty=True)
@@ -252,13 +244,9 @@ _PERMUTATION, _AUGMENTATION = 1, 2  # what a derived seed is for
 
 
 class ResumableSampler(Sampler):
-    """An endless stream of ``(index, augmentation seed)`` for one process, from iteration ``start_iter``.
-
-    The stream concatenates per-epoch permutations of ``range(size)`` seeded by ``(seed, epoch)``; global batch
-    ``i`` is stream positions ``i*B .. i*B+B-1``, of which rank ``r`` takes its contiguous ``B / world_size``
-    slice, and each position's augmentation seed comes from ``(seed, position)``. So a batch is a function of
-    its iteration: a resumed run reads what an uninterrupted one would have, at any number of processes.
-    """
+    """An endless stream of ``(index, augmentation seed)`` for one process from iteration ``start_iter``: global
+    batch ``i`` is positions ``i*B .. i*B+B-1`` of per-epoch permutations seeded by ``(seed, epoch)`` (rank ``r``
+    takes its slice), each with a seed from ``(seed, position)``; so resumes are exact at any number of processes."""
 
     def __init__(
         self, size: int, global_batch: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1
