@@ -1,12 +1,9 @@
-"""Parameter and multiply-add counts, and the published figures they are checked against.
-
-Multiply-adds are fvcore's traced count restricted to convolutions and linear layers (one per multiply-add,
-biases free): how the ShuffleNet and MobileNet papers count "FLOPs". BN, activations, pooling, additions
-and concatenations are not counted.
-"""
+"""Parameter and multiply-add counts, and the published figures they are checked against. Multiply-adds are
+fvcore's traced count of convolutions and linear layers only (biases free): the papers' "FLOPs"."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -43,28 +40,15 @@ class ReferenceFigures:
     classifier_bias: bool = True
 
 
-# The paper's MFLOPs (millions of multiply-adds at 224x224) and top-1 error (%). Table 2's 0.5x and 0.25x
-# rows state one nominal figure (38 / 13) for all group counts; for 1x g8 Table 1's 137 is used (Table 5: 140).
-_PAPER_FIGURES = (
-    # name, MFLOPs, top-1 error, where
-    ("shufflenet_v1_x1_0_g1", 143, 33.6, "Table 1; Table 2"),
-    ("shufflenet_v1_x1_0_g2", 140, 32.7, "Table 1; Table 2"),
-    ("shufflenet_v1_x1_0_g3", 137, 32.6, "Table 1; Table 2"),
-    ("shufflenet_v1_x1_0_g4", 133, 32.8, "Table 1; Table 2"),
-    ("shufflenet_v1_x1_0_g8", 137, 32.4, "Table 1; Tables 2, 5"),
-    ("shufflenet_v1_x0_5_g1", 38, 45.1, "Table 2"),
-    ("shufflenet_v1_x0_5_g2", 38, 44.4, "Table 2"),
-    ("shufflenet_v1_x0_5_g3", 38, 43.2, "Table 2"),
-    ("shufflenet_v1_x0_5_g4", 38, 41.6, "Tables 2, 5"),
-    ("shufflenet_v1_x0_5_g8", 38, 42.3, "Table 2"),
-    ("shufflenet_v1_x0_25_g1", 13, 57.1, "Table 2"),
-    ("shufflenet_v1_x0_25_g2", 13, 56.8, "Table 2"),
-    ("shufflenet_v1_x0_25_g3", 13, 55.0, "Table 2"),
-    ("shufflenet_v1_x0_25_g4", 13, 54.2, "Table 2"),
-    ("shufflenet_v1_x0_25_g8", 13, 52.7, "Table 2"),
-    ("shufflenet_v1_x1_5_g3", 292, 28.5, "Table 5"),
-    ("shufflenet_v1_x2_0_g3", 524, 26.3, "Table 5"),
-)
+# The paper's MFLOPs (millions of multiply-adds at 224x224) and top-1 error (%) for groups 1, 2, 3, 4, 8 (Table 2;
+# 1x MFLOPs from Table 1, where g8 has 137, Table 5 140). Table 2's 0.5x and 0.25x rows state one nominal figure.
+_PAPER_TABLE2 = {
+    "x1_0": ((143, 140, 137, 133, 137), (33.6, 32.7, 32.6, 32.8, 32.4)),
+    "x0_5": ((38,) * 5, (45.1, 44.4, 43.2, 41.6, 42.3)),
+    "x0_25": ((13,) * 5, (57.1, 56.8, 55.0, 54.2, 52.7)),
+}
+_PAPER_TABLE5 = {"shufflenet_v1_x1_5_g3": (292, 28.5), "shufflenet_v1_x2_0_g3": (524, 26.3)}
+_ALSO_IN_TABLE5 = ("shufflenet_v1_x1_0_g8", "shufflenet_v1_x0_5_g4")  # Table 2 rows that Table 5 repeats
 # MobileNet v1: MFLOPs and top-1 error from the ShuffleNet paper's Table 5; parameters (rounded to 0.1M)
 # from the MobileNet paper's Table 6.
 _MOBILENET_FIGURES = (
@@ -90,7 +74,12 @@ _OFFICIAL_FIGURES = (
 
 def _collect_references() -> Dict[str, Dict[str, ReferenceFigures]]:
     references: Dict[str, Dict[str, ReferenceFigures]] = {}
-    for name, mflops, error, where in _PAPER_FIGURES:
+    paper = {f"shufflenet_v1_{width}_g{g}": figures for width, (mflops, errors) in _PAPER_TABLE2.items()
+             for g, *figures in zip((1, 2, 3, 4, 8), mflops, errors)}
+    paper.update(_PAPER_TABLE5)
+    for name, (mflops, error) in paper.items():
+        tables = "Tables 2, 5" if name in _ALSO_IN_TABLE5 else "Table 2"
+        where = "Table 5" if name in _PAPER_TABLE5 else f"Table 1; {tables}" if "x1_0" in name else tables
         references.setdefault(name, {})["paper"] = ReferenceFigures(
             "paper", f"{PAPER}, {where}", mult_adds=int(mflops * 1e6), top1_error=error
         )
@@ -108,11 +97,6 @@ def _collect_references() -> Dict[str, Dict[str, ReferenceFigures]]:
 
 
 REFERENCES = _collect_references()  # model name -> source ("paper", "official") -> figures
-
-
-def reference_figures(name: str) -> Dict[str, ReferenceFigures]:
-    """The published figures for a registered model name, by source; may be empty."""
-    return dict(REFERENCES.get(name, {}))
 
 
 @dataclass
@@ -177,25 +161,16 @@ def count_mult_adds(model: nn.Module, input_size: Sequence[int] = REFERENCE_INPU
 
 
 def count_mult_adds_while(model: nn.Module, run: Callable[[], object]) -> Dict[str, int]:
-    """Conv + linear multiply-adds that ``run()`` makes ``model``'s layers do, by layer name.
-
-    Forward hooks on each ``nn.Conv2d`` / ``nn.Linear`` (the traced count's rule), so it also covers models
-    a tracer cannot follow, such as detectors whose RoI counts depend on the data.
-    """
+    """Conv + linear multiply-adds that ``run()`` makes ``model``'s layers do, by layer name: forward hooks,
+    so it also covers models a tracer cannot follow (detectors whose RoI counts depend on the data)."""
     counts: Dict[str, int] = {}
 
-    def record(name: str, layer: nn.Module, output: torch.Tensor) -> None:
-        if isinstance(layer, nn.Conv2d):
-            per_output = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-        else:
-            per_output = layer.in_features
+    def record(layer: nn.Module, _inputs: object, output: torch.Tensor, name: str) -> None:
+        per_output = layer.in_features if isinstance(layer, nn.Linear) else layer.weight[0].numel()  # in/groups*kh*kw
         counts[name] = counts.get(name, 0) + output.numel() * per_output
 
-    handles = [
-        layer.register_forward_hook(lambda layer, _inputs, output, name=name: record(name, layer, output))
-        for name, layer in model.named_modules()
-        if isinstance(layer, (nn.Conv2d, nn.Linear))
-    ]
+    handles = [layer.register_forward_hook(functools.partial(record, name=name))
+               for name, layer in model.named_modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
     try:
         run()
     finally:
@@ -235,7 +210,7 @@ def analyze_models(names: Iterable[str], input_size: Sequence[int] = REFERENCE_I
     rows = []
     for name in names:
         result = complexity(create_model(name).eval(), input_size)
-        references = compare_with_references(result, reference_figures(name))
+        references = compare_with_references(result, REFERENCES.get(name, {}))
         rows.append({"arch": name, **asdict(result), "input_size": list(result.input_size), "references": references})
     return rows
 

@@ -4,7 +4,6 @@
 from .data import CorruptDatasetError, DatasetMissingError, ImageFolderDataset, ImagePreprocessing  # noqa: F401
 from .data import Normalizer, ResumableSampler, build_dataset, build_test_loader, build_test_transform  # noqa: F401
 from .data import build_train_loader, build_train_transform, dataset_root  # noqa: F401
-from .evaluation import evaluate_classifier, label_smoothing_cross_entropy, topk_correct  # noqa: F401
 from .train import ClassificationLoss, accuracy_table, argument_parser, benchmark_classifier  # noqa: F401
-from .train import build_classifier, checkpoint_meta, list_classification_configs, main  # noqa: F401
-from .train import load_classification_config  # noqa: F401
+from .train import build_classifier, checkpoint_meta, evaluate_classifier, label_smoothing_cross_entropy  # noqa: F401
+from .train import list_classification_configs, load_classification_config, main, topk_correct  # noqa: F401

@@ -1,32 +1,29 @@
-"""ImageNet-style data: class-folder datasets, the paper's transforms, a resumable sampler, loaders.
-
-Workers decode and augment (torchvision.transforms.v2) into uint8 tensors in the model's channel order;
-``Normalizer`` computes ``(x - pixel_mean) / pixel_std`` (0-255 scale) on the device, so host-to-device
-copies are a quarter of float32's.
-"""
+"""ImageNet-style data: class-folder datasets, the paper's transforms, a resumable sampler, loaders. Workers
+yield uint8 tensors in the model's channel order, ``Normalizer`` normalizes on the device (a quarter of the copy)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from fvcore.common.config import CfgNode
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from ..config.loading import ConfigError
 from ..data.box_crops import write_box_crops
 from ..data.catalog import DatasetError, UnknownDatasetError
-from ..data.samplers import mix_seed
+from ..data.samplers import InferenceSampler, mix_seed
 from ..engine.errors import EngineError, SetupError
 from ..utils.data_workers import SignalSafeDataLoader
 from ..utils.distributed import get_rank, get_world_size
+from ..weights import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +54,14 @@ class CorruptDatasetError(EngineError):
 
 
 @dataclass(frozen=True)
-class ImagePreprocessing:
-    """How pixels reach the model: channel order, 0-255 mean/std, evaluation resize and crop. The fields are
-    those of ``shufflenet_det.weights`` metadata, so weights can say how they want their input."""
+class ImagePreprocessing(Preprocessing):
+    """How pixels reach the model: the weights metadata's ``Preprocessing`` (channel order, 0-255 mean/std,
+    evaluation resize and crop) with the configs' defaults, checked."""
 
     input_format: str = "BGR"
     pixel_mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     pixel_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     interpolation: str = "bilinear"
-    resize_size: int = 256
-    crop_size: int = 224
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
@@ -111,10 +106,6 @@ class ImagePreprocessing:
                 changes[name] = tuple(wanted) if isinstance(wanted, list) else wanted
                 messages.append(f"{name}: config {current}, weights {wanted}")
         return replace(self, **changes), messages
-
-    def meta(self) -> Dict[str, Any]:
-        """Plain-type metadata for checkpoints."""
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
 
 
 def _rgb_to_bgr(image: torch.Tensor) -> torch.Tensor:
@@ -167,13 +158,9 @@ class Normalizer:
 
 
 class ImageFolderDataset(datasets.ImageFolder):
-    """``ROOT/<class>/<image>`` (empty class folders allowed: a subset of ImageNet keeps all 1000 labels) as
-    ``{"image": transformed, "label": int, "skipped": int}``.
-
-    An unreadable image is logged and replaced by the next readable one; ``"skipped"`` counts the files
-    passed over. Items are indexed by ``int`` or ``(index, seed)``: with a seed, the augmentation is drawn
-    from a generator seeded with it, independent of worker processes and resumes.
-    """
+    """``ROOT/<class>/<image>`` (empty class folders allowed) as ``{"image", "label", "skipped"}``: an unreadable
+    image is logged and replaced by the next readable one (``"skipped"`` counts them). Indexed by ``(index, seed)``,
+    the augmentation is drawn from a generator seeded with ``seed``, whatever the worker process."""
 
     def __init__(self, root: Union[str, os.PathLike], transform: Callable) -> None:
         super().__init__(str(root), transform=transform, allow_empty=True)
@@ -257,13 +244,9 @@ _PERMUTATION, _AUGMENTATION = 1, 2  # what a derived seed is for
 
 
 class ResumableSampler(Sampler):
-    """An endless stream of ``(index, augmentation seed)`` for one process, from iteration ``start_iter``.
-
-    The stream concatenates per-epoch permutations of ``range(size)`` seeded by ``(seed, epoch)``; global batch
-    ``i`` is stream positions ``i*B .. i*B+B-1``, of which rank ``r`` takes its contiguous ``B / world_size``
-    slice, and each position's augmentation seed comes from ``(seed, position)``. So a batch is a function of
-    its iteration: a resumed run reads what an uninterrupted one would have, at any number of processes.
-    """
+    """An endless stream of ``(index, augmentation seed)`` for one process from iteration ``start_iter``: global
+    batch ``i`` is positions ``i*B .. i*B+B-1`` of per-epoch permutations seeded by ``(seed, epoch)`` (rank ``r``
+    takes its slice), each with a seed from ``(seed, position)``; so resumes are exact at any number of processes."""
 
     def __init__(
         self, size: int, global_batch: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1
@@ -301,9 +284,7 @@ def build_train_loader(cfg: CfgNode, dataset: Dataset, batch_size: int, seed: in
 
 
 def build_test_loader(cfg: CfgNode, dataset: Dataset) -> DataLoader:
-    """This process's share of ``dataset`` (every world_size-th image, none twice), in order."""
-    world_size = get_world_size()
-    shard = Subset(dataset, range(get_rank(), len(dataset), world_size))
-    batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // world_size)
-    return SignalSafeDataLoader(shard, batch_size, shuffle=False, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                pin_memory=torch.cuda.is_available())
+    """This process's contiguous share of ``dataset`` (``InferenceSampler``: every image once over all processes)."""
+    batch_size = max(1, cfg.CLASSIFICATION.TEST_IMS_PER_BATCH // get_world_size())
+    return SignalSafeDataLoader(dataset, batch_size, sampler=InferenceSampler(len(dataset)),
+                                num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=torch.cuda.is_available())

@@ -1,9 +1,5 @@
-"""A tiny ImageNet-layout dataset of colored shapes for smoke tests, learnable in minutes on a CPU:
-
-    python -m shufflenet_det.classification.synthetic datasets/synthetic_classification
-
-writes ``ROOT/{train,val}/<shape>/*.JPEG``: each class a shape in its own hue at a random place and size.
-"""
+"""A tiny ImageNet-layout dataset of colored shapes for smoke tests (each class a shape in its own hue at a random
+place and size): ``python -m shufflenet_det.classification.synthetic ROOT`` writes ROOT/{train,val}/<shape>/*.JPEG."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """What ``tools/train_cls.py`` runs on the shared engine: ``main(args)`` trains (``--resume`` continues),
-evaluates (``--eval-only``) or measures throughput (``--benchmark``), in one process or one of several."""
+evaluates (``--eval-only``) or measures throughput (``--benchmark``), in one process or one of several; the
+recipe's label-smoothed loss and top-1 / top-5 accuracy."""
 
 from __future__ import annotations
 
@@ -11,32 +12,32 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from fvcore.common.config import CfgNode
 from torch import nn
+from torch.nn import functional as F
 
 from ..config.loading import ConfigError, config_dir, load_config
 from ..data import DatasetError, add_register_coco_argument, register_coco_datasets
 from ..engine import Checkpointer, HookBase, SetupError, Trainer, build_checkpointer, build_grad_scaler
 from ..engine import build_lr_scheduler, build_optimizer, build_trainer, create_ddp_model, default_argument_parser
 from ..engine import default_setup, device_from_config, eval_amp_dtype, per_device_batch_size
+from ..evaluation import DatasetEvaluator, inference_on_dataset
 from ..modeling import CONV_IMPLS, apply_conv_form, create_model, model_args_from_config
-from ..utils.distributed import broadcast, is_main_process
+from ..utils.distributed import broadcast, get_world_size, is_main_process
 from ..utils.io import atomic_torch_save, atomic_write, safe_torch_load
 from ..utils.logger import setup_logger
 from ..utils.text_table import format_table
-from ..weights import load_weights
+from ..weights import load_weights, model_structure
 from .data import ImagePreprocessing, Normalizer, build_dataset, build_test_loader, build_test_transform
 from .data import build_train_loader, build_train_transform
-from .evaluation import evaluate_classifier, label_smoothing_cross_entropy
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FOLDER = "classification"
-# Model properties that weights depend on but shapes do not show (see shufflenet_det.weights).
-_STRUCTURE_PROPERTIES = ("shuffle_layout", "concat_order", "activation")
 
 
 def list_classification_configs() -> List[str]:
@@ -72,9 +73,61 @@ def checkpoint_meta(model: nn.Module, preprocessing: ImagePreprocessing, classes
     """What our checkpoints record to load as pretrained weights: architecture, input format and
     normalization, class names, structure settings."""
     meta: Dict[str, Any] = {"source": "shufflenet_det", "arch": model.arch, "num_classes": len(classes)}
-    meta.update(preprocessing.meta(), classes=list(classes))
-    meta.update({key: getattr(model, key) for key in _STRUCTURE_PROPERTIES if hasattr(model, key)})
-    return meta
+    return {**meta, **preprocessing.meta(), "classes": list(classes), **model_structure(model)}
+
+
+def label_smoothing_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """Cross-entropy against ``(1 - smoothing) * one_hot + smoothing / K`` (K classes, the true one included:
+    torch's and the official recipe's definition), in float32 whatever the logits' dtype."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"CLASSIFICATION.LABEL_SMOOTHING must be in [0, 1), got {smoothing}")
+    return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> torch.Tensor:
+    """How many rows have their label among the ``k`` highest logits, for each ``k`` (capped at the
+    number of classes: with 4 classes "top-5" counts every image)."""
+    largest = min(max(ks), logits.shape[1])
+    hits = logits.topk(largest, dim=1).indices == labels.view(-1, 1)
+    return torch.stack([hits[:, : min(k, largest)].any(dim=1).sum() for k in ks])
+
+
+class TopKAccuracy(DatasetEvaluator):
+    """Top-1 / top-5 of the logits for batches with ``"label"`` and ``"skipped"`` (unreadable files passed
+    over), summed over every process."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        self.totals = torch.zeros(4, dtype=torch.int64, device=self.device)  # correct@1, correct@5, images, skipped
+
+    def process(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor) -> None:
+        labels = batch["label"].to(self.device, non_blocking=True)
+        self.totals[:2] += topk_correct(logits.float(), labels)
+        self.totals[2] += labels.numel()
+        self.totals[3] += batch["skipped"].sum().to(self.device)
+
+    def evaluate(self) -> Dict[str, Any]:
+        if get_world_size() > 1:
+            dist.all_reduce(self.totals)
+        correct1, correct5, count, skipped = (int(value) for value in self.totals.cpu())
+        if count == 0:
+            raise ValueError("evaluation saw no images")
+        top1, top5 = 100.0 * correct1 / count, 100.0 * correct5 / count
+        logger.info("Evaluated %d images: top-1 %.2f%%, top-5 %.2f%%", count, top1, top5)
+        return {"top1": top1, "top5": top5, "top1_error": 100.0 - top1, "top5_error": 100.0 - top5,
+                "num_images": count, "skipped_images": skipped}
+
+
+def evaluate_classifier(model: nn.Module, data_loader: Iterable[Mapping[str, torch.Tensor]],
+                        normalize: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                        amp_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+    """``{"top1", "top5", "top1_error", "top5_error" (%), "num_images", "skipped_images"}`` of ``model`` over
+    every process's part of the data: batches of uint8 ``"image"``s that ``normalize`` makes model input on
+    ``device``, ``"label"``s and ``"skipped"`` counts (the evaluation package's inference loop)."""
+    return inference_on_dataset(model, data_loader, TopKAccuracy(device), device, amp_dtype, log_period_s=10.0,
+                                inputs=lambda batch, device: normalize(batch["image"].to(device, non_blocking=True)))
 
 
 class ClassificationLoss(HookBase):
@@ -295,10 +348,12 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
     model.eval()
     times = []
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
-        for _ in range(warmup + iterations):
-            start = _synchronized_time(device)
+        for _ in range(warmup + iterations):  # the previous step ended synchronized
+            start = time.perf_counter()
             model(normalize(batch["image"]))
-            times.append(_synchronized_time(device) - start)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
     setting = [f"AMP {cfg.SHUFFLENET_DET.AMP_DTYPE}"] if trainer.amp_enabled else []
     setting += ["channels_last"] if channels_last else []
     setting += [f"{torch.get_num_threads()} CPU threads"] if device.type == "cpu" else []
@@ -311,9 +366,3 @@ def benchmark_classifier(cfg: CfgNode, iterations: int = 20, warmup: int = 5) ->
         "train_images_per_s": batch_size / train_time,
         "inference_images_per_s": batch_size / sorted(times[warmup:])[iterations // 2],
     }
-
-
-def _synchronized_time(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

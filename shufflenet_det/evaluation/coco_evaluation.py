@@ -219,27 +219,21 @@ def log_metrics(metrics: Mapping[str, float], dataset_name: str) -> None:
     """The 12 standard numbers as one table, per-category AP as a (class, AP) table."""
     standard = format_table(COCO_METRICS, [[metrics[name] for name in COCO_METRICS]])
     logger.info("Box AP on %s (percent):\n%s", dataset_name, standard)
-    per_class = [(name[len("AP-") :], value) for name, value in metrics.items() if name.startswith("AP-")]
-    pairs_per_row = min(3, len(per_class)) or 1
-    rows = []
-    for start in range(0, len(per_class), pairs_per_row):
-        chunk = per_class[start : start + pairs_per_row]
-        chunk += [("", None)] * (pairs_per_row - len(chunk))
-        rows.append([item for pair in chunk for item in pair])
-    headers = ["category", "AP"] * pairs_per_row
-    logger.info("Per-category box AP on %s:\n%s", dataset_name, format_table(headers, rows))
+    pairs = [(name[len("AP-") :], value) for name, value in metrics.items() if name.startswith("AP-")]
+    per_row = min(3, len(pairs)) or 1
+    pairs += [("", None)] * (-len(pairs) % per_row)
+    rows = [[item for pair in pairs[i : i + per_row] for item in pair] for i in range(0, len(pairs), per_row)]
+    logger.info("Per-category box AP on %s:\n%s", dataset_name, format_table(["category", "AP"] * per_row, rows))
 
 
 def _merge_ranks(per_rank: List[Dict[int, List[dict]]]) -> Dict[int, List[dict]]:
-    merged: Dict[int, List[dict]] = {}
+    rank_of: Dict[int, int] = {}
     for rank, predictions in enumerate(per_rank):
-        for image_id, results in predictions.items():
-            if image_id in merged:
-                first = next(index for index, other in enumerate(per_rank) if image_id in other)
-                raise ValueError(f"image id {image_id} was evaluated on rank {first} and on rank {rank}; the test "
-                                 "sampler must give every image to exactly one rank (no padding)")
-            merged[image_id] = results
-    return merged
+        for image_id in predictions:
+            if rank_of.setdefault(image_id, rank) != rank:
+                raise ValueError(f"image id {image_id} was evaluated on rank {rank_of[image_id]} and on rank {rank}; "
+                                 "the test sampler must give every image to exactly one rank (no padding)")
+    return {image_id: per_rank[rank][image_id] for image_id, rank in rank_of.items()}
 
 
 def _check_results(coco_gt: COCO, results: List[dict], image_ids: Sequence[int], source: str) -> None:

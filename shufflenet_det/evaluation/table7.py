@@ -6,45 +6,27 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..utils.text_table import format_table
 
 SIZES = (300, 600)
-
-
-@dataclass(frozen=True)
-class Table7Row:
-    """One line of Table 7: the paper's mAP (percent) per input size and the runs (configs) of ours for it."""
-
-    model: str
-    runs: Mapping[int, str]
-    paper_map: Mapping[int, float]
-    backbone_mflops: float  # multiply-adds of the classifier at 224x224
-    mflops_source: str
-
-
-def _runs(stem: str) -> Dict[int, str]:
-    return {300: f"{stem}_300", 600: stem}
-
-
 _MOBILENET_MFLOPS = "paper Table 5, from the MobileNet paper"
-TABLE7: Tuple[Table7Row, ...] = (
-    Table7Row("ShuffleNet 2x (g=3)", _runs("shufflenet_2x_frcnn"), {300: 18.7, 600: 25.0}, 524.0,
-              "paper Table 5; official ShuffleNetV1 code: 524.0M"),
-    Table7Row("ShuffleNet 1x (g=3)", _runs("shufflenet_1x_frcnn"), {300: 14.5, 600: 19.8}, 137.5,
-              "official ShuffleNetV1 code: 137.5M (paper Table 1: 137)"),
-    Table7Row("1.0 MobileNet-224 (as reported by MobileNet)", _runs("mobilenet_v1_frcnn"), {300: 16.4, 600: 19.8},
-              569.0, _MOBILENET_MFLOPS),
-    Table7Row("1.0 MobileNet-224 (paper's reimplementation)", _runs("mobilenet_v1_frcnn"), {300: 14.9, 600: 19.3},
-              569.0, _MOBILENET_MFLOPS),
+# Model, our run for 600 (+ "_300" for 300), the paper's mAP (%) at 300 and 600, the classifier's MFLOPs at 224x224
+# and where that figure comes from.
+TABLE7: Tuple[Tuple[str, str, float, float, float, str], ...] = (
+    ("ShuffleNet 2x (g=3)", "shufflenet_2x_frcnn", 18.7, 25.0, 524.0,
+     "paper Table 5; official ShuffleNetV1 code: 524.0M"),
+    ("ShuffleNet 1x (g=3)", "shufflenet_1x_frcnn", 14.5, 19.8, 137.5,
+     "official ShuffleNetV1 code: 137.5M (paper Table 1: 137)"),
+    ("1.0 MobileNet-224 (as reported by MobileNet)", "mobilenet_v1_frcnn", 16.4, 19.8, 569.0, _MOBILENET_MFLOPS),
+    ("1.0 MobileNet-224 (paper's reimplementation)", "mobilenet_v1_frcnn", 14.9, 19.3, 569.0, _MOBILENET_MFLOPS),
 )
 
 # The paper's test set, by registered name or annotation file name, as COCOEvaluator records it.
 TABLE7_DATASETS = frozenset({"coco_2017_val", "coco_2014_minival", "instances_val2017", "instances_minival2014"})
 
-RUN_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(name for row in TABLE7 for name in row.runs.values()))
+RUN_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(name for row in TABLE7 for name in (f"{row[1]}_300", row[1])))
 
 
 def find_results_file(path: str) -> str:
@@ -84,14 +66,13 @@ def collect_results(runs: Optional[Mapping[str, str]] = None,
     unknown = sorted(set(runs) - set(RUN_NAMES))
     if unknown:
         raise ValueError(f"unknown run name(s) {', '.join(unknown)}; Table 7 runs are: {', '.join(RUN_NAMES)}")
-    paths = {name: runs[name] for name in RUN_NAMES if name in runs}
-    if output_root is not None:
-        for name in RUN_NAMES:
-            paths.setdefault(name, os.path.join(output_root, name))
     box_ap: Dict[str, float] = {}
     files: Dict[str, str] = {}
     problems = []
-    for name, path in paths.items():
+    for name in RUN_NAMES:
+        path = runs.get(name) or (os.path.join(output_root, name) if output_root is not None else None)
+        if path is None:
+            continue
         results_file = find_results_file(path)
         try:
             box_ap[name] = read_box_ap(results_file)
@@ -104,12 +85,11 @@ def collect_results(runs: Optional[Mapping[str, str]] = None,
 def table7_rows(box_ap: Mapping[str, float]) -> List[Dict[str, Any]]:
     """Table 7 as records: the paper's mAP, ours (``None`` if missing) and ours - paper, per input size."""
     records = []
-    for row in TABLE7:
-        record: Dict[str, Any] = {"model": row.model, "backbone_mflops": row.backbone_mflops,
-                                  "mflops_source": row.mflops_source}
-        for size in SIZES:
-            ours, paper = box_ap.get(row.runs[size]), row.paper_map[size]
-            record.update({f"run_{size}": row.runs[size], f"paper_{size}": paper, f"ours_{size}": ours,
+    for model, run, paper_300, paper_600, mflops, source in TABLE7:
+        record: Dict[str, Any] = {"model": model, "backbone_mflops": mflops, "mflops_source": source}
+        for size, run_name, paper in ((300, f"{run}_300", paper_300), (600, run, paper_600)):
+            ours = box_ap.get(run_name)
+            record.update({f"run_{size}": run_name, f"paper_{size}": paper, f"ours_{size}": ours,
                            f"diff_{size}": None if ours is None else round(ours - paper, 2)})
         records.append(record)
     return records
@@ -117,15 +97,9 @@ def table7_rows(box_ap: Mapping[str, float]) -> List[Dict[str, Any]]:
 
 def format_table7(records: Sequence[Mapping[str, Any]]) -> str:
     """A text table: model, backbone MFLOPs, then paper / ours / difference for 300x and 600x."""
-    headers = ["model", "MFLOPs@224"]
-    for size in SIZES:
-        headers += [f"{size}x paper", f"{size}x ours", f"{size}x diff"]
-    rows = []
-    for record in records:
-        row: List[Any] = [record["model"], record["backbone_mflops"]]
-        for size in SIZES:
-            row += [record[f"paper_{size}"], record[f"ours_{size}"], record[f"diff_{size}"]]
-        rows.append(row)
+    columns = [(size, what) for size in SIZES for what in ("paper", "ours", "diff")]
+    headers = ["model", "MFLOPs@224"] + [f"{size}x {what}" for size, what in columns]
+    rows = [[r["model"], r["backbone_mflops"]] + [r[f"{what}_{size}"] for size, what in columns] for r in records]
     sources = dict.fromkeys(f"  {r['backbone_mflops']:g}: {r['mflops_source']}" for r in records)
     notes = "MFLOPs@224 = the classifier's multiply-adds at 224x224, from:\n" + "\n".join(sources)
     title = "COCO box mAP[.5:.95] on 2017 val (minival), Faster R-CNN; paper = Zhang et al. CVPR 2018 Table 7"
