@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import pickle
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,15 +18,7 @@ from ..utils.data_workers import SignalSafeDataLoader
 from ..utils.distributed import get_rank, get_world_size
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
-from .samplers import (
-    GroupedBatcher,
-    InferenceSampler,
-    TrainingSampler,
-    aspect_ratio_group,
-    batch_stream,
-    mix_seed,
-    shared_random_seed,
-)
+from .samplers import InferenceSampler, TrainingSampler, aspect_ratio_group, batch_stream, mix_seed, shared_random_seed
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +118,17 @@ def resume_position(dataset_dicts: Sequence[dict], seed: int, batch_size: int, g
             "iteration %d on (a correct, but not bit-identical, continuation)", start_iter,
         )
         return start_iter * batch_size, []
-    batcher = GroupedBatcher(batch_size, group_key)
-    batches = 0
-    for taken, (position, index) in enumerate(TrainingSampler(len(dataset_dicts), seed=seed).with_positions(), 1):
-        shape = dataset_dicts[index]
-        if batcher.add({"width": shape["width"], "height": shape["height"], "key": (position, index)}) is not None:
-            batches += 1
-            if batches == start_iter:
-                return taken, sorted(item["key"] for bucket in batcher.buckets.values() for item in bucket)
-    raise AssertionError("unreachable: the sample stream is endless")
+    waiting: Dict[int, int] = {}  # position -> index of the items taken but not yet batched
+
+    def shapes() -> Iterator[dict]:
+        for position, index in TrainingSampler(len(dataset_dicts), seed=seed).with_positions():
+            waiting[position] = index
+            yield {"width": dataset_dicts[index]["width"], "height": dataset_dicts[index]["height"], "position": position}
+
+    for batch in itertools.islice(batch_stream(shapes(), batch_size, group_key), start_iter):
+        for item in batch:
+            del waiting[item["position"]]
+    return start_iter * batch_size + len(waiting), sorted(waiting.items())
 
 
 def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Callable[[dict], dict]] = None) -> "TestLoader":
@@ -143,44 +138,31 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     sampler = InferenceSampler(len(dataset_dicts))
     loader = SignalSafeDataLoader(
         _MappedList(dataset_dicts, mapper),
-        batch_size=1,
+        batch_size=None,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_identity,
         pin_memory=torch.cuda.is_available(),
     )
-    return TestLoader(loader, len(sampler))
+    return TestLoader(loader, batch_size=1, group_key=None, num_images=len(sampler), give_up=False)
 
 
-class _SkippingLoader:
-    """Counts the images the mapper could not read (``num_failed``) and logs them without flooding the log."""
+class TrainLoader:
+    """Batches of mapped dicts (endless in training); ``num_failed`` counts the images skipped as unreadable,
+    which are logged without flooding the log."""
 
-    def __init__(self, loader: DataLoader, num_images: int) -> None:
+    def __init__(self, loader: DataLoader, batch_size: int, group_key: Optional[Callable[[dict], int]], num_images: int,
+                 give_up: bool = True) -> None:
         self.loader = loader
+        self.batch_size = batch_size
+        self.group_key = group_key
         self.num_images = num_images
         self.num_failed = 0
-
-    def _record(self, failure: ImageReadError) -> None:
-        self.num_failed += 1
-        if self.num_failed <= _LOGGED_FAILURES or self.num_failed % _FAILURE_LOG_PERIOD == 0:
-            logger.warning(
-                "skipping unreadable image %s: %s (%d skipped so far%s)", failure.file_name, failure.reason, self.num_failed,
-                "; further ones are only counted, see num_failed" if self.num_failed == _LOGGED_FAILURES else "",
-            )
-
-
-class TrainLoader(_SkippingLoader):
-    """Endless iterable of batches; ``num_failed`` counts the images skipped as unreadable."""
-
-    def __init__(self, loader: DataLoader, batch_size: int, group_key: Optional[Callable[[dict], int]], num_images: int) -> None:
-        super().__init__(loader, num_images)
-        self.batch_size = batch_size
-        self._group_key = group_key
         # Consecutive failures that mean "nothing is readable" rather than "a few bad files".
-        self._give_up_after = min(max(2 * num_images, 20), 1000)
+        self._give_up_after = min(max(2 * num_images, 20), 1000) if give_up else math.inf
 
     def __iter__(self) -> Iterator[List[dict]]:
-        return batch_stream(self._readable(), self.batch_size, self._group_key)
+        return batch_stream(self._readable(), self.batch_size, self.group_key)
 
     def _readable(self) -> Iterator[dict]:
         consecutive = 0
@@ -189,8 +171,13 @@ class TrainLoader(_SkippingLoader):
                 consecutive = 0
                 yield item
                 continue
-            self._record(item)
+            self.num_failed += 1
             consecutive += 1
+            if self.num_failed <= _LOGGED_FAILURES or self.num_failed % _FAILURE_LOG_PERIOD == 0:
+                logger.warning(
+                    "skipping unreadable image %s: %s (%d skipped so far%s)", item.file_name, item.reason, self.num_failed,
+                    "; further ones are only counted, see num_failed" if self.num_failed == _LOGGED_FAILURES else "",
+                )
             if consecutive >= self._give_up_after:
                 raise DatasetError(
                     f"the last {consecutive} training images could not be read "
@@ -198,18 +185,11 @@ class TrainLoader(_SkippingLoader):
                 )
 
 
-class TestLoader(_SkippingLoader):
+class TestLoader(TrainLoader):
     """Finite iterable of one-image batches; unreadable images are left out and counted in ``num_failed``."""
 
     def __len__(self) -> int:
         return self.num_images
-
-    def __iter__(self) -> Iterator[List[dict]]:
-        for (item,) in self.loader:
-            if isinstance(item, ImageReadError):
-                self._record(item)
-            else:
-                yield [item]
 
 
 class _MappedStream(IterableDataset):
