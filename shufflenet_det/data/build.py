@@ -74,12 +74,9 @@ def per_device_batch_size(cfg: Any) -> int:
 
 
 def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dict]] = None, start_iter: int = 0) -> "TrainLoader":
-    """An endless iterable of training batches (lists of ``cfg.SOLVER.IMS_PER_BATCH // world size`` dicts).
-
-    With SEED >= 0 the sample order and flips repeat exactly: each image's flip is drawn from a generator
-    seeded with (SEED, its position in the sample stream), whatever the number of workers or processes.
-    ``start_iter`` resumes after that many iterations with the very batches an uninterrupted run yields.
-    """
+    """Endless batches of ``per_device_batch_size(cfg)`` dicts. With SEED >= 0 each image's flip is seeded by
+    (SEED, its stream position), so runs repeat for any number of workers, and ``start_iter`` resumes with
+    the very batches an uninterrupted run yields."""
     batch_size = per_device_batch_size(cfg)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ConfigError(f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; use TrainingSampler")
@@ -104,12 +101,9 @@ def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dic
 
 def resume_position(dataset_dicts: Sequence[dict], seed: int, batch_size: int, group_key: Optional[Callable[[dict], int]],
                     start_iter: int) -> Tuple[int, List[Tuple[int, int]]]:
-    """This rank's position after ``start_iter`` batches: the number of items the batcher has taken from
-    its share of the sample stream, and the ``(position, index)`` of those still waiting in its buckets.
-
-    With aspect-ratio grouping the batcher is replayed on the dicts' width and height (no image is read).
-    The replay assumes every image was readable: a run that skipped some resumes correctly, not bit for bit.
-    """
+    """After ``start_iter`` batches: how many items this rank has taken from its sample stream, and the
+    ``(position, index)`` of those still waiting in a bucket. Grouping is replayed on the dicts' width and
+    height, assuming every image was readable (a run that skipped some resumes correctly, not bit for bit)."""
     if start_iter <= 0 or group_key is None:
         return start_iter * batch_size, []
     if any("width" not in d or "height" not in d for d in dataset_dicts):
@@ -193,9 +187,8 @@ class TestLoader(TrainLoader):
 
 
 class _MappedStream(IterableDataset):
-    """This rank's endless sample stream, ``waiting`` (a resumed run's half-filled buckets) then the sampler's
-    ``(position, index)`` pairs, mapped item by item. Each worker takes every ``num_workers``-th item; the
-    DataLoader reads the workers in turn, so items arrive in stream order."""
+    """``waiting`` then the sampler's ``(position, index)`` pairs, mapped; worker w of n maps every n-th item
+    from the w-th, and the DataLoader reads the workers in turn, so items arrive in stream order."""
 
     def __init__(self, dataset: "_MappedList", waiting: Sequence[Tuple[int, int]], sampler: TrainingSampler,
                  seed: Optional[int]) -> None:

@@ -1,6 +1,5 @@
-"""Builtin dataset names under ``$DETECTRON2_DATASETS`` (default ``./datasets``) in detectron2's layout, and
-the COCO install check of ``datasets/check_coco.py``. ``register_builtin_datasets()`` runs on import of
-``shufflenet_det.data``; call it again after changing ``DETECTRON2_DATASETS``. Registering touches no file."""
+"""Builtin dataset names under ``$DETECTRON2_DATASETS`` (default ``./datasets``, registered on import; call
+``register_builtin_datasets()`` after changing it) and the COCO install check of datasets/check_coco.py."""
 
 from __future__ import annotations
 

@@ -41,12 +41,8 @@ def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
 
 
 class DatasetMapper:
-    """Map one dataset dict to the batch dict of docs/data.md: the image as uint8 [3, H, W] at the file's own
-    size, plus in training ``"instances"`` (XYXY boxes, contiguous labels; crowd boxes left out).
-
-    Reads ``INPUT.FORMAT`` and ``INPUT.RANDOM_FLIP`` unless the keyword arguments say otherwise. Flips draw
-    from ``generator`` when set (the loaders set one per image), else from torch's global RNG.
-    """
+    """Dataset dict -> batch dict of docs/data.md (INPUT.FORMAT, INPUT.RANDOM_FLIP unless given as keywords).
+    Flips draw from ``generator`` when set (the loaders set one per image), else from torch's global RNG."""
 
     def __init__(self, cfg: Any = None, is_train: bool = True, *, image_format: Optional[str] = None,
                  random_flip: Optional[str] = None) -> None:

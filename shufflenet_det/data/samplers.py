@@ -31,9 +31,8 @@ def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple:
 
 
 class TrainingSampler(Sampler[int]):
-    """An endless stream of indices in ``range(size)``, one seeded permutation after another; rank r of w
-    takes elements r, r + w, ... ``seed=None`` draws one seed on rank 0 and shares it. ``start`` skips the
-    first ``start`` indices of this rank's share (a resumed run continues where it stopped)."""
+    """Endless seeded permutations of ``range(size)``; rank r of w takes elements r, r + w, ... from the
+    ``start``-th of its share on. ``seed=None`` shares one drawn on rank 0."""
 
     def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None,
                  rank: Optional[int] = None, world_size: Optional[int] = None, start: int = 0) -> None:

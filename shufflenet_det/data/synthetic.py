@@ -1,7 +1,5 @@
-"""A small, deterministic, learnable COCO-format detection dataset of drawn shapes (docs/data.md):
-``root/annotations/instances_{train,val}.json``, ``root/{train,val}/<image id>.jpg`` and ``root/MANIFEST.json``
-(parameters, statistics, size and sha256 of every file; written last). The same parameters give
-byte-identical files; a dataset is written to a temporary sibling folder and renamed into place."""
+"""A small, deterministic COCO-format dataset of drawn shapes (docs/data.md), with a MANIFEST.json (params,
+stats, size and sha256 of every file). Same parameters, same bytes; built in a temporary sibling folder."""
 
 from __future__ import annotations
 
@@ -57,7 +55,7 @@ class SyntheticParams:
     crowd_fraction: float = 0.03
     jpeg_quality: int = 90
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.num_train < 1 or self.num_val < 1:
             raise ValueError(f"num_train and num_val must be >= 1, got {self.num_train} and {self.num_val}")
         for name in ("difficulty", "clutter", "empty_fraction", "crowd_fraction"):
@@ -82,17 +80,15 @@ def size_range(area: float) -> str:
 
 def generate_synthetic_coco(root: PathLike, num_train: int = 240, num_val: int = 60, seed: int = 0, *,
                             overwrite: bool = False, **options: Any) -> Dict[str, Any]:
-    """Generate the dataset into ``root`` and return its manifest; ``options`` are the other fields of
-    :class:`SyntheticParams`. An existing ``root`` is only replaced with ``overwrite``, and only when it is a
-    synthetic dataset (has our manifest): a mistyped path never deletes unrelated files."""
+    """Generate the dataset into ``root`` and return its manifest. An existing ``root`` is only replaced with
+    ``overwrite`` and when it has our manifest: a mistyped path never deletes unrelated files."""
     params = SyntheticParams(num_train=num_train, num_val=num_val, seed=seed, **options)
     return _generate(Path(root), params, overwrite=overwrite)
 
 
 def ensure_synthetic_dataset(root: PathLike, params: Optional[SyntheticParams] = None) -> Dict[str, Any]:
-    """The manifest of the synthetic dataset in ``root``, generated with ``params`` (default
-    :class:`SyntheticParams`) when missing, else verified file by file (and its parameters against
-    ``params`` when given). An incomplete, damaged or foreign folder is a :class:`DatasetError`."""
+    """The manifest of the dataset in ``root``: generated when missing, else verified file by file and against
+    ``params`` when given. An incomplete, damaged or foreign folder is a :class:`DatasetError`."""
     root = Path(root)
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         logger.info("generating the synthetic dataset in %s", root.resolve())
@@ -132,7 +128,6 @@ def verify_synthetic_dataset(root: PathLike) -> Dict[str, Any]:
 
 
 def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: bool = False) -> Dict[str, Any]:
-    params.validate()
     if root.exists() and not root.is_dir():
         raise DatasetError(f"{root.resolve()} is a file, not a folder for the synthetic dataset")
     if root.exists() and any(root.iterdir()):
