@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..config.loading import ConfigError
 from ..utils.data_workers import SignalSafeDataLoader
@@ -88,15 +88,10 @@ def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dic
     group_key = aspect_ratio_group if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     start, waiting = resume_position(dataset_dicts, sampler_seed, batch_size, group_key, start_iter)
     sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=sampler_seed, start=start)
-    loader = SignalSafeDataLoader(
-        _MappedStream(_MappedList(dataset_dicts, mapper), waiting, sampler, seed),
-        batch_size=None,  # items travel one by one; the main process groups them into batches
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=_identity,
-        pin_memory=torch.cuda.is_available(),
-        generator=None if seed is None else torch.Generator().manual_seed(mix_seed(seed, get_rank(), 1)),
+    return TrainLoader(
+        cfg, _MappedStream(_MappedList(dataset_dicts, mapper), waiting, sampler, seed), len(dataset_dicts), batch_size,
+        group_key, generator=None if seed is None else torch.Generator().manual_seed(mix_seed(seed, get_rank(), 1)),
     )
-    return TrainLoader(loader, batch_size=batch_size, group_key=group_key, num_images=len(dataset_dicts))
 
 
 def resume_position(dataset_dicts: Sequence[dict], seed: int, batch_size: int, group_key: Optional[Callable[[dict], int]],
@@ -130,24 +125,18 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
     mapper = DatasetMapper(cfg, is_train=False) if mapper is None else mapper
     sampler = InferenceSampler(len(dataset_dicts))
-    loader = SignalSafeDataLoader(
-        _MappedList(dataset_dicts, mapper),
-        batch_size=None,
-        sampler=sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=_identity,
-        pin_memory=torch.cuda.is_available(),
-    )
-    return TestLoader(loader, batch_size=1, group_key=None, num_images=len(sampler), give_up=False)
+    return TestLoader(cfg, _MappedList(dataset_dicts, mapper), len(sampler), 1, None, give_up=False, sampler=sampler)
 
 
 class TrainLoader:
     """Batches of mapped dicts (endless in training); ``num_failed`` counts the images skipped as unreadable,
     which are logged without flooding the log."""
 
-    def __init__(self, loader: DataLoader, batch_size: int, group_key: Optional[Callable[[dict], int]], num_images: int,
-                 give_up: bool = True) -> None:
-        self.loader = loader
+    def __init__(self, cfg: Any, dataset: Dataset, num_images: int, batch_size: int,
+                 group_key: Optional[Callable[[dict], int]], give_up: bool = True, **loader_kwargs: Any) -> None:
+        # Items travel one by one (batch_size=None); the main process groups them into batches.
+        self.loader = SignalSafeDataLoader(dataset, batch_size=None, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                           collate_fn=_identity, pin_memory=torch.cuda.is_available(), **loader_kwargs)
         self.batch_size = batch_size
         self.group_key = group_key
         self.num_images = num_images
