@@ -24,29 +24,11 @@ BACKGROUND = "background"
 MIN_BOX_SIDE = 6
 
 
-def _context_window(box: np.ndarray, context: float, width: int, height: int) -> Tuple[int, int, int, int]:
-    """A square window around ``box`` (XYXY), ``context`` times its longer side, clipped to the image."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half = max(box[2] - box[0], box[3] - box[1]) * context / 2
-    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
-    x1, y1 = int(min(width, np.ceil(cx + half))), int(min(height, np.ceil(cy + half)))
-    return x0, y0, x1, y1
-
-
-def _overlap_fraction(window: np.ndarray, boxes: np.ndarray) -> float:
-    """The largest share of any box's area that ``window`` (XYXY) covers."""
-    if len(boxes) == 0:
-        return 0.0
-    width = np.clip(np.minimum(window[2], boxes[:, 2]) - np.maximum(window[0], boxes[:, 0]), 0, None)
-    height = np.clip(np.minimum(window[3], boxes[:, 3]) - np.maximum(window[1], boxes[:, 1]), 0, None)
-    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
-    return float((width * height / areas).max())
-
-
 def _background_windows(
     rng: np.random.Generator, boxes: np.ndarray, sides: Sequence[float], width: int, height: int, count: int
 ) -> List[Tuple[int, int, int, int]]:
     """Up to ``count`` square windows, sized like the image's objects, that cover under 10% of any box."""
+    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
     windows: List[Tuple[int, int, int, int]] = []
     for _ in range(count * 20):
         if len(windows) == count:
@@ -55,7 +37,9 @@ def _background_windows(
         side = min(side, width, height)
         x0, y0 = rng.uniform(0, width - side), rng.uniform(0, height - side)
         window = np.array([x0, y0, x0 + side, y0 + side])
-        if _overlap_fraction(window, boxes) < 0.1:
+        cover_w = np.clip(np.minimum(window[2], boxes[:, 2]) - np.maximum(window[0], boxes[:, 0]), 0, None)
+        cover_h = np.clip(np.minimum(window[3], boxes[:, 3]) - np.maximum(window[1], boxes[:, 1]), 0, None)
+        if not len(boxes) or (cover_w * cover_h / areas).max() < 0.1:
             windows.append(tuple(int(v) for v in window.round()))
     return windows
 
@@ -101,11 +85,14 @@ def _write_split(
         annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
         boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
-        crops = []
-        for index, (annotation, box) in enumerate(zip(annotations, boxes)):
-            if min(box[2] - box[0], box[3] - box[1]) >= MIN_BOX_SIDE:
-                crops.append((classes[annotation["category_id"]], index, _context_window(box, context, width, height)))
         sides = [max(b[2] - b[0], b[3] - b[1]) * context for b in boxes]
+        crops = []
+        for index, (annotation, box, side) in enumerate(zip(annotations, boxes, sides)):
+            if min(box[2] - box[0], box[3] - box[1]) >= MIN_BOX_SIDE:  # a square of `side` around it, clipped
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+                window = (x0, y0, int(min(width, np.ceil(cx + side / 2))), int(min(height, np.ceil(cy + side / 2))))
+                crops.append((classes[annotation["category_id"]], index, window))
         for index, window in enumerate(_background_windows(rng, boxes, sides, width, height, background_per_image)):
             crops.append((BACKGROUND, index, window))
         for class_name, index, (x0, y0, x1, y1) in crops:

@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import pickle
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..config.loading import ConfigError
 from ..utils.data_workers import SignalSafeDataLoader
 from ..utils.distributed import get_rank, get_world_size
 from .catalog import DatasetCatalog, DatasetError, MetadataCatalog
 from .mapper import DatasetMapper, ImageReadError
-from .samplers import (
-    GroupedBatcher,
-    InferenceSampler,
-    TrainingSampler,
-    aspect_ratio_group,
-    batch_stream,
-    mix_seed,
-    shared_random_seed,
-)
+from .samplers import InferenceSampler, TrainingSampler, aspect_ratio_group, batch_stream, mix_seed, shared_random_seed
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +74,9 @@ def per_device_batch_size(cfg: Any) -> int:
 
 
 def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dict]] = None, start_iter: int = 0) -> "TrainLoader":
-    """An endless iterable of training batches (lists of ``cfg.SOLVER.IMS_PER_BATCH // world size`` dicts).
-
-    With SEED >= 0 the sample order and flips repeat exactly: each image's flip is drawn from a generator
-    seeded with (SEED, its position in the sample stream), whatever the number of workers or processes.
-    ``start_iter`` resumes after that many iterations with the very batches an uninterrupted run yields.
-    """
+    """Endless batches of ``per_device_batch_size(cfg)`` dicts. With SEED >= 0 each image's flip is seeded by
+    (SEED, its stream position), so runs repeat for any number of workers, and ``start_iter`` resumes with
+    the very batches an uninterrupted run yields."""
     batch_size = per_device_batch_size(cfg)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ConfigError(f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; use TrainingSampler")
@@ -98,25 +88,17 @@ def build_detection_train_loader(cfg: Any, mapper: Optional[Callable[[dict], dic
     group_key = aspect_ratio_group if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     start, waiting = resume_position(dataset_dicts, sampler_seed, batch_size, group_key, start_iter)
     sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=sampler_seed, start=start)
-    loader = SignalSafeDataLoader(
-        _MappedStream(_MappedList(dataset_dicts, mapper), waiting, sampler, seed),
-        batch_size=None,  # items travel one by one; the main process groups them into batches
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=_identity,
-        pin_memory=torch.cuda.is_available(),
-        generator=None if seed is None else torch.Generator().manual_seed(mix_seed(seed, get_rank(), 1)),
+    return TrainLoader(
+        cfg, _MappedStream(_MappedList(dataset_dicts, mapper), waiting, sampler, seed), len(dataset_dicts), batch_size,
+        group_key, generator=None if seed is None else torch.Generator().manual_seed(mix_seed(seed, get_rank(), 1)),
     )
-    return TrainLoader(loader, batch_size=batch_size, group_key=group_key, num_images=len(dataset_dicts))
 
 
 def resume_position(dataset_dicts: Sequence[dict], seed: int, batch_size: int, group_key: Optional[Callable[[dict], int]],
                     start_iter: int) -> Tuple[int, List[Tuple[int, int]]]:
-    """This rank's position after ``start_iter`` batches: the number of items the batcher has taken from
-    its share of the sample stream, and the ``(position, index)`` of those still waiting in its buckets.
-
-    With aspect-ratio grouping the batcher is replayed on the dicts' width and height (no image is read).
-    The replay assumes every image was readable: a run that skipped some resumes correctly, not bit for bit.
-    """
+    """After ``start_iter`` batches: how many items this rank has taken from its sample stream, and the
+    ``(position, index)`` of those still waiting in a bucket. Grouping is replayed on the dicts' width and
+    height, assuming every image was readable (a run that skipped some resumes correctly, not bit for bit)."""
     if start_iter <= 0 or group_key is None:
         return start_iter * batch_size, []
     if any("width" not in d or "height" not in d for d in dataset_dicts):
@@ -125,15 +107,17 @@ def resume_position(dataset_dicts: Sequence[dict], seed: int, batch_size: int, g
             "iteration %d on (a correct, but not bit-identical, continuation)", start_iter,
         )
         return start_iter * batch_size, []
-    batcher = GroupedBatcher(batch_size, group_key)
-    batches = 0
-    for taken, (position, index) in enumerate(TrainingSampler(len(dataset_dicts), seed=seed).with_positions(), 1):
-        shape = dataset_dicts[index]
-        if batcher.add({"width": shape["width"], "height": shape["height"], "key": (position, index)}) is not None:
-            batches += 1
-            if batches == start_iter:
-                return taken, sorted(item["key"] for bucket in batcher.buckets.values() for item in bucket)
-    raise AssertionError("unreachable: the sample stream is endless")
+    waiting: Dict[int, int] = {}  # position -> index of the items taken but not yet batched
+
+    def shapes() -> Iterator[dict]:
+        for position, index in TrainingSampler(len(dataset_dicts), seed=seed).with_positions():
+            waiting[position] = index
+            yield {"width": dataset_dicts[index]["width"], "height": dataset_dicts[index]["height"], "position": position}
+
+    for batch in itertools.islice(batch_stream(shapes(), batch_size, group_key), start_iter):
+        for item in batch:
+            del waiting[item["position"]]
+    return start_iter * batch_size + len(waiting), sorted(waiting.items())
 
 
 def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Callable[[dict], dict]] = None) -> "TestLoader":
@@ -141,46 +125,27 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
     mapper = DatasetMapper(cfg, is_train=False) if mapper is None else mapper
     sampler = InferenceSampler(len(dataset_dicts))
-    loader = SignalSafeDataLoader(
-        _MappedList(dataset_dicts, mapper),
-        batch_size=1,
-        sampler=sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=_identity,
-        pin_memory=torch.cuda.is_available(),
-    )
-    return TestLoader(loader, len(sampler))
+    return TestLoader(cfg, _MappedList(dataset_dicts, mapper), len(sampler), 1, None, give_up=False, sampler=sampler)
 
 
-class _SkippingLoader:
-    """Counts the images the mapper could not read (``num_failed``) and logs them without flooding the log."""
+class TrainLoader:
+    """Batches of mapped dicts (endless in training); ``num_failed`` counts the images skipped as unreadable,
+    which are logged without flooding the log."""
 
-    def __init__(self, loader: DataLoader, num_images: int) -> None:
-        self.loader = loader
+    def __init__(self, cfg: Any, dataset: Dataset, num_images: int, batch_size: int,
+                 group_key: Optional[Callable[[dict], int]], give_up: bool = True, **loader_kwargs: Any) -> None:
+        # Items travel one by one (batch_size=None); the main process groups them into batches.
+        self.loader = SignalSafeDataLoader(dataset, batch_size=None, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                           collate_fn=_identity, pin_memory=torch.cuda.is_available(), **loader_kwargs)
+        self.batch_size = batch_size
+        self.group_key = group_key
         self.num_images = num_images
         self.num_failed = 0
-
-    def _record(self, failure: ImageReadError) -> None:
-        self.num_failed += 1
-        if self.num_failed <= _LOGGED_FAILURES or self.num_failed % _FAILURE_LOG_PERIOD == 0:
-            logger.warning(
-                "skipping unreadable image %s: %s (%d skipped so far%s)", failure.file_name, failure.reason, self.num_failed,
-                "; further ones are only counted, see num_failed" if self.num_failed == _LOGGED_FAILURES else "",
-            )
-
-
-class TrainLoader(_SkippingLoader):
-    """Endless iterable of batches; ``num_failed`` counts the images skipped as unreadable."""
-
-    def __init__(self, loader: DataLoader, batch_size: int, group_key: Optional[Callable[[dict], int]], num_images: int) -> None:
-        super().__init__(loader, num_images)
-        self.batch_size = batch_size
-        self._group_key = group_key
         # Consecutive failures that mean "nothing is readable" rather than "a few bad files".
-        self._give_up_after = min(max(2 * num_images, 20), 1000)
+        self._give_up_after = min(max(2 * num_images, 20), 1000) if give_up else math.inf
 
     def __iter__(self) -> Iterator[List[dict]]:
-        return batch_stream(self._readable(), self.batch_size, self._group_key)
+        return batch_stream(self._readable(), self.batch_size, self.group_key)
 
     def _readable(self) -> Iterator[dict]:
         consecutive = 0
@@ -189,8 +154,13 @@ class TrainLoader(_SkippingLoader):
                 consecutive = 0
                 yield item
                 continue
-            self._record(item)
+            self.num_failed += 1
             consecutive += 1
+            if self.num_failed <= _LOGGED_FAILURES or self.num_failed % _FAILURE_LOG_PERIOD == 0:
+                logger.warning(
+                    "skipping unreadable image %s: %s (%d skipped so far%s)", item.file_name, item.reason, self.num_failed,
+                    "; further ones are only counted, see num_failed" if self.num_failed == _LOGGED_FAILURES else "",
+                )
             if consecutive >= self._give_up_after:
                 raise DatasetError(
                     f"the last {consecutive} training images could not be read "
@@ -198,24 +168,16 @@ class TrainLoader(_SkippingLoader):
                 )
 
 
-class TestLoader(_SkippingLoader):
+class TestLoader(TrainLoader):
     """Finite iterable of one-image batches; unreadable images are left out and counted in ``num_failed``."""
 
     def __len__(self) -> int:
         return self.num_images
 
-    def __iter__(self) -> Iterator[List[dict]]:
-        for (item,) in self.loader:
-            if isinstance(item, ImageReadError):
-                self._record(item)
-            else:
-                yield [item]
-
 
 class _MappedStream(IterableDataset):
-    """This rank's endless sample stream, ``waiting`` (a resumed run's half-filled buckets) then the sampler's
-    ``(position, index)`` pairs, mapped item by item. Each worker takes every ``num_workers``-th item; the
-    DataLoader reads the workers in turn, so items arrive in stream order."""
+    """``waiting`` then the sampler's ``(position, index)`` pairs, mapped; worker w of n maps every n-th item
+    from the w-th, and the DataLoader reads the workers in turn, so items arrive in stream order."""
 
     def __init__(self, dataset: "_MappedList", waiting: Sequence[Tuple[int, int]], sampler: TrainingSampler,
                  seed: Optional[int]) -> None:

@@ -1,6 +1,5 @@
-"""Builtin dataset names under ``$DETECTRON2_DATASETS`` (default ``./datasets``) in detectron2's layout, and
-the COCO install check of ``datasets/check_coco.py``. ``register_builtin_datasets()`` runs on import of
-``shufflenet_det.data``; call it again after changing ``DETECTRON2_DATASETS``. Registering touches no file."""
+"""Builtin dataset names under ``$DETECTRON2_DATASETS`` (default ``./datasets``, registered on import; call
+``register_builtin_datasets()`` after changing it) and the COCO install check of datasets/check_coco.py."""
 
 from __future__ import annotations
 
@@ -34,23 +33,18 @@ class CocoSplit:
     annotation_archive: str
 
 
-def _split(name: str, images: str, json_name: str, annotation_archive: str) -> CocoSplit:
-    return CocoSplit(name, f"coco/{images}", f"coco/annotations/{json_name}", f"{_IMAGES_URL}{images}.zip", annotation_archive)
-
-
 _TRAINVAL_2017 = _ANNOTATIONS_URL + "annotations_trainval2017.zip"
 _TRAINVAL_2014 = _ANNOTATIONS_URL + "annotations_trainval2014.zip"
-
 COCO_SPLITS: Dict[str, CocoSplit] = {
-    split.name: split
-    for split in (
-        _split("coco_2017_train", "train2017", "instances_train2017.json", _TRAINVAL_2017),
-        _split("coco_2017_val", "val2017", "instances_val2017.json", _TRAINVAL_2017),
-        _split("coco_2017_test-dev", "test2017", "image_info_test-dev2017.json", _ANNOTATIONS_URL + "image_info_test2017.zip"),
-        _split("coco_2014_train", "train2014", "instances_train2014.json", _TRAINVAL_2014),
-        _split("coco_2014_val", "val2014", "instances_val2014.json", _TRAINVAL_2014),
-        _split("coco_2014_minival", "val2014", "instances_minival2014.json", MINIVAL_2014_URL),
-        _split("coco_2014_valminusminival", "val2014", "instances_valminusminival2014.json", MINIVAL_2014_URL),
+    name: CocoSplit(name, f"coco/{images}", f"coco/annotations/{json_name}", f"{_IMAGES_URL}{images}.zip", archive)
+    for name, images, json_name, archive in (
+        ("coco_2017_train", "train2017", "instances_train2017.json", _TRAINVAL_2017),
+        ("coco_2017_val", "val2017", "instances_val2017.json", _TRAINVAL_2017),
+        ("coco_2017_test-dev", "test2017", "image_info_test-dev2017.json", _ANNOTATIONS_URL + "image_info_test2017.zip"),
+        ("coco_2014_train", "train2014", "instances_train2014.json", _TRAINVAL_2014),
+        ("coco_2014_val", "val2014", "instances_val2014.json", _TRAINVAL_2014),
+        ("coco_2014_minival", "val2014", "instances_minival2014.json", MINIVAL_2014_URL),
+        ("coco_2014_valminusminival", "val2014", "instances_valminusminival2014.json", MINIVAL_2014_URL),
     )
 }
 
@@ -67,27 +61,28 @@ def datasets_root() -> str:
     return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
-def coco_missing_message(split: CocoSplit, root: str) -> str:
-    """What is missing for ``split`` under ``root`` and how to get it, in one paragraph."""
+def coco_missing(split: CocoSplit, root: str) -> List[str]:
+    """A line saying what is missing and which archive provides it, for each of the split's two parts."""
     json_path = os.path.abspath(os.path.join(root, split.json_file))
-    image_path = os.path.abspath(os.path.join(root, split.image_dir))
-    missing = [p for p in (json_path, image_path) if not os.path.exists(p)]
+    image_dir = os.path.abspath(os.path.join(root, split.image_dir))
     coco_dir = os.path.abspath(os.path.join(root, "coco"))
-    return (
-        f"dataset '{split.name}' not found: looked for {' and '.join(missing) or json_path}. "
-        f"The datasets root is $DETECTRON2_DATASETS (now {os.path.abspath(root)}; default ./datasets). "
-        f"Get COCO from {COCO_DOWNLOAD_PAGE}: download {split.image_archive} and {split.annotation_archive} "
-        f"and unpack both in {coco_dir} (giving {split.image_dir}/ and {split.json_file}); "
-        "see datasets/README.md and check with `python datasets/check_coco.py`."
-    )
+    missing = []
+    if not os.path.isfile(json_path):
+        missing.append(f"missing annotations {json_path}: download {split.annotation_archive} and unpack it in {coco_dir}")
+    if not os.path.isdir(image_dir):
+        missing.append(f"missing images {image_dir}/: download {split.image_archive} and unzip it in {coco_dir}")
+    return missing
 
 
 def _load_builtin_coco(split: CocoSplit, root: str) -> List[dict]:
-    json_file = os.path.join(root, split.json_file)
-    image_root = os.path.join(root, split.image_dir)
-    if not (os.path.isfile(json_file) and os.path.isdir(image_root)):
-        raise DatasetNotFoundError(coco_missing_message(split, root))
-    return load_coco_json(json_file, image_root, split.name)
+    missing = coco_missing(split, root)
+    if missing:
+        raise DatasetNotFoundError(
+            f"dataset '{split.name}' not found under $DETECTRON2_DATASETS (now {os.path.abspath(root)}; default "
+            f"./datasets): {'; '.join(missing)}. COCO is at {COCO_DOWNLOAD_PAGE}; see datasets/README.md and check "
+            "with `python datasets/check_coco.py`."
+        )
+    return load_coco_json(os.path.join(root, split.json_file), os.path.join(root, split.image_dir), split.name)
 
 
 def _load_synthetic(name: str, root: str) -> List[dict]:
@@ -148,11 +143,8 @@ def check_coco_split(split: CocoSplit, root: str, num_samples: int = 5, seed: in
     report = SplitReport(split.name)
     json_path = os.path.abspath(os.path.join(root, split.json_file))
     image_dir = os.path.abspath(os.path.join(root, split.image_dir))
-    coco_dir = os.path.abspath(os.path.join(root, "coco"))
-    if not os.path.isfile(json_path):
-        report.problem(f"missing annotations {json_path}: download {split.annotation_archive} and unpack it in {coco_dir}")
-    if not os.path.isdir(image_dir):
-        report.problem(f"missing images {image_dir}/: download {split.image_archive} and unzip it in {coco_dir}")
+    for line in coco_missing(split, root):
+        report.problem(line)
     if not os.path.isfile(json_path):
         return report
     try:

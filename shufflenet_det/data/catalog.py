@@ -23,7 +23,15 @@ class UnknownDatasetError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class _DatasetCatalog(UserDict):
+class _Catalog(UserDict):
+    def list(self) -> List[str]:
+        return sorted(self)
+
+    def remove(self, name: str) -> None:
+        self.pop(name, None)
+
+
+class _DatasetCatalog(_Catalog):
     """Name -> function returning ``List[dict]`` (detectron2's standard dataset dicts)."""
 
     def register(self, name: str, func: Callable[[], List[dict]]) -> None:
@@ -41,12 +49,6 @@ class _DatasetCatalog(UserDict):
             listed = ", ".join(self.list()) or "(none)"
             raise UnknownDatasetError(f"dataset '{name}' is not registered.{hint} Registered names: {listed}")
         return self[name]()
-
-    def list(self) -> List[str]:
-        return sorted(self)
-
-    def remove(self, name: str) -> None:
-        self.pop(name, None)
 
 
 class Metadata:
@@ -82,16 +84,10 @@ class Metadata:
         return f"Metadata({items})"
 
 
-class _MetadataCatalog(UserDict):
+class _MetadataCatalog(_Catalog):
     def get(self, name: str) -> Metadata:
         """The metadata of ``name``, created empty if it does not exist yet (detectron2 behaviour)."""
         return self.setdefault(name, Metadata(name))
-
-    def list(self) -> List[str]:
-        return sorted(self)
-
-    def remove(self, name: str) -> None:
-        self.pop(name, None)
 
 
 DatasetCatalog = _DatasetCatalog()

@@ -35,11 +35,8 @@ _MAX_LISTED = 5
 
 
 def load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str] = None) -> List[dict]:
-    """Read a COCO instances JSON into detectron2-format dataset dicts (docs/data.md), in image id order.
-
-    With ``dataset_name``, its metadata gets ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``.
-    Raises :class:`DatasetError` (:class:`DatasetNotFoundError` for missing files) naming the file.
-    """
+    """A COCO instances JSON as detectron2 dataset dicts in image id order; sets ``dataset_name``'s
+    ``thing_classes`` and id map. Bad data is a :class:`DatasetError` naming the file (docs/data.md)."""
     label = dataset_name or json_file
     start = time.perf_counter()
     path = os.path.abspath(json_file)

@@ -41,15 +41,11 @@ def read_image(file_name: str, image_format: str = "BGR") -> np.ndarray:
 
 
 class DatasetMapper:
-    """Map one dataset dict to the batch dict of docs/data.md: the image as uint8 [3, H, W] at the file's own
-    size, plus in training ``"instances"`` (XYXY boxes, contiguous labels; crowd boxes left out).
-
-    Reads ``INPUT.FORMAT`` and ``INPUT.RANDOM_FLIP`` unless the keyword arguments say otherwise. Flips draw
-    from ``generator`` when set (the loaders set one per image), else from torch's global RNG.
-    """
+    """Dataset dict -> batch dict of docs/data.md (INPUT.FORMAT, INPUT.RANDOM_FLIP unless given as keywords).
+    Flips draw from ``generator`` when set (the loaders set one per image), else from torch's global RNG."""
 
     def __init__(self, cfg: Any = None, is_train: bool = True, *, image_format: Optional[str] = None,
-                 random_flip: Optional[str] = None, flip_prob: float = 0.5) -> None:
+                 random_flip: Optional[str] = None) -> None:
         if image_format is None:
             image_format = cfg.INPUT.FORMAT if cfg is not None else "BGR"
         if random_flip is None:
@@ -61,7 +57,6 @@ class DatasetMapper:
         self.is_train = is_train
         self.image_format = image_format
         self.random_flip = random_flip if is_train else "none"
-        self.flip_prob = flip_prob
         self.generator: Optional[torch.Generator] = None
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
@@ -73,7 +68,7 @@ class DatasetMapper:
             raise ImageReadError(
                 file_name, f"its size is {width}x{height} but the dataset says {expected[1]}x{expected[0]}"
             )
-        flip = self.random_flip != "none" and torch.rand((), generator=self.generator).item() < self.flip_prob
+        flip = self.random_flip != "none" and torch.rand((), generator=self.generator).item() < 0.5
         if flip:
             image = image[:, ::-1] if self.random_flip == "horizontal" else image[::-1]
         result = {
@@ -83,12 +78,9 @@ class DatasetMapper:
             "image_id": dataset_dict["image_id"],
             "file_name": file_name,
         }
-        if self.is_train:
-            result["instances"] = self._instances(dataset_dict.get("annotations", []), height, width, flip)
-        return result
-
-    def _instances(self, annotations: list, height: int, width: int, flip: bool) -> Dict[str, torch.Tensor]:
-        kept = [ann for ann in annotations if not ann.get("iscrowd", 0)]
+        if not self.is_train:
+            return result
+        kept = [ann for ann in dataset_dict.get("annotations", []) if not ann.get("iscrowd", 0)]
         boxes = torch.tensor([ann["bbox"] for ann in kept], dtype=torch.float32).reshape(-1, 4)
         modes = [ann.get("bbox_mode", BOX_MODE_XYWH_ABS) for ann in kept]
         unknown = set(modes) - {BOX_MODE_XYWH_ABS, BOX_MODE_XYXY_ABS}
@@ -101,4 +93,5 @@ class DatasetMapper:
         elif flip:
             boxes[:, [1, 3]] = height - boxes[:, [3, 1]]
         labels = torch.tensor([ann["category_id"] for ann in kept], dtype=torch.int64)
-        return {"boxes": boxes, "labels": labels}
+        result["instances"] = {"boxes": boxes, "labels": labels}
+        return result

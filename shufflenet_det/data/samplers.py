@@ -31,9 +31,8 @@ def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple:
 
 
 class TrainingSampler(Sampler[int]):
-    """An endless stream of indices in ``range(size)``, one seeded permutation after another; rank r of w
-    takes elements r, r + w, ... ``seed=None`` draws one seed on rank 0 and shares it. ``start`` skips the
-    first ``start`` indices of this rank's share (a resumed run continues where it stopped)."""
+    """Endless seeded permutations of ``range(size)``; rank r of w takes elements r, r + w, ... from the
+    ``start``-th of its share on. ``seed=None`` shares one drawn on rank 0."""
 
     def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None,
                  rank: Optional[int] = None, world_size: Optional[int] = None, start: int = 0) -> None:
@@ -46,14 +45,12 @@ class TrainingSampler(Sampler[int]):
         self._start = start
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(self._infinite_indices(), self._first_position(), None, self._world_size)
+        return (index for _, index in self.with_positions())
 
     def with_positions(self) -> Iterator[Tuple[int, int]]:
         """This rank's indices, each with its position in the stream all ranks share (unique in the run)."""
-        return zip(itertools.count(self._first_position(), self._world_size), iter(self))
-
-    def _first_position(self) -> int:
-        return self._rank + self._start * self._world_size
+        first = self._rank + self._start * self._world_size
+        return itertools.islice(enumerate(self._infinite_indices()), first, None, self._world_size)
 
     def _infinite_indices(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self._seed)
@@ -86,33 +83,17 @@ def aspect_ratio_group(item: dict) -> int:
     return 0 if item["width"] > item["height"] else 1
 
 
-class GroupedBatcher:
-    """One bucket per ``group_key(item)`` (one for all when ``None``), handed out as a batch when full."""
-
-    def __init__(self, batch_size: int, group_key: Optional[Callable[[dict], int]] = aspect_ratio_group) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.batch_size = batch_size
-        self.group_key = group_key
-        self.buckets: Dict[int, List[dict]] = {}
-
-    def add(self, item: dict) -> Optional[List[dict]]:
-        """Put ``item`` in its bucket; returns the batch it completed, else None."""
-        bucket = self.buckets.setdefault(self.group_key(item) if self.group_key else 0, [])
-        bucket.append(item)
-        if len(bucket) < self.batch_size:
-            return None
-        batch = bucket[:]
-        bucket.clear()
-        return batch
-
-
 def batch_stream(items: Iterable[dict], batch_size: int,
                  group_key: Optional[Callable[[dict], int]] = aspect_ratio_group) -> Iterator[List[dict]]:
-    """Batches of ``batch_size`` from a stream of dicts, each of one group (default: aspect-ratio grouping);
-    ``group_key=None`` batches in order."""
-    batcher = GroupedBatcher(batch_size, group_key)
+    """Batches of ``batch_size`` from a stream of dicts, one bucket per ``group_key(item)`` (default:
+    aspect-ratio grouping), each handed out when full; ``group_key=None`` batches in order."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    buckets: Dict[int, List[dict]] = {}
     for item in items:
-        batch = batcher.add(item)
-        if batch is not None:
-            yield batch
+        key = group_key(item) if group_key else 0
+        bucket = buckets.setdefault(key, [])
+        bucket.append(item)
+        if len(bucket) == batch_size:
+            del buckets[key]
+            yield bucket

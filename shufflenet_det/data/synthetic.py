@@ -1,7 +1,5 @@
-"""A small, deterministic, learnable COCO-format detection dataset of drawn shapes (docs/data.md):
-``root/annotations/instances_{train,val}.json``, ``root/{train,val}/<image id>.jpg`` and ``root/MANIFEST.json``
-(parameters, statistics, size and sha256 of every file; written last). The same parameters give
-byte-identical files; a dataset is written to a temporary sibling folder and renamed into place."""
+"""A small, deterministic COCO-format dataset of drawn shapes (docs/data.md), with a MANIFEST.json (params,
+stats, size and sha256 of every file). Same parameters, same bytes; built in a temporary sibling folder."""
 
 from __future__ import annotations
 
@@ -29,7 +27,6 @@ SYNTHETIC_CLASSES: Tuple[str, ...] = ("circle", "rectangle", "triangle", "cross"
 MANIFEST_NAME = "MANIFEST.json"
 _FORMAT = "shufflenet-det synthetic shapes"
 _GENERATOR_VERSION = 1
-_SPLITS = ("train", "val")
 _VAL_ID_OFFSET = 1_000_000  # val image ids never collide with train ids
 
 # Target sqrt(area) ranges per COCO size range, kept clear of the 32 / 96 borders.
@@ -59,10 +56,6 @@ class SyntheticParams:
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
-        for name in ("short_side", "aspect_ratio"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-
-    def validate(self) -> None:
         if self.num_train < 1 or self.num_val < 1:
             raise ValueError(f"num_train and num_val must be >= 1, got {self.num_train} and {self.num_val}")
         for name in ("difficulty", "clutter", "empty_fraction", "crowd_fraction"):
@@ -77,7 +70,7 @@ class SyntheticParams:
             raise ValueError(f"aspect_ratio must be an increasing positive pair, got {self.aspect_ratio}")
 
     def to_json(self) -> Dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in asdict(self).items()}
 
 
 def size_range(area: float) -> str:
@@ -87,26 +80,24 @@ def size_range(area: float) -> str:
 
 def generate_synthetic_coco(root: PathLike, num_train: int = 240, num_val: int = 60, seed: int = 0, *,
                             overwrite: bool = False, **options: Any) -> Dict[str, Any]:
-    """Generate the dataset into ``root`` and return its manifest; ``options`` are the other fields of
-    :class:`SyntheticParams`. An existing ``root`` is only replaced with ``overwrite``, and only when it is a
-    synthetic dataset (has our manifest): a mistyped path never deletes unrelated files."""
+    """Generate the dataset into ``root`` and return its manifest. An existing ``root`` is only replaced with
+    ``overwrite`` and when it has our manifest: a mistyped path never deletes unrelated files."""
     params = SyntheticParams(num_train=num_train, num_val=num_val, seed=seed, **options)
     return _generate(Path(root), params, overwrite=overwrite)
 
 
 def ensure_synthetic_dataset(root: PathLike, params: Optional[SyntheticParams] = None) -> Dict[str, Any]:
-    """The manifest of the synthetic dataset in ``root``, generated with ``params`` (default
-    :class:`SyntheticParams`) when missing, else verified file by file (and its parameters against
-    ``params`` when given). An incomplete, damaged or foreign folder is a :class:`DatasetError`."""
+    """The manifest of the dataset in ``root``: generated when missing, else verified file by file and against
+    ``params`` when given. An incomplete, damaged or foreign folder is a :class:`DatasetError`."""
     root = Path(root)
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         logger.info("generating the synthetic dataset in %s", root.resolve())
         return _generate(root, params or SyntheticParams(), overwrite=False, race_ok=True)
     manifest = verify_synthetic_dataset(root)
-    existing = SyntheticParams(**manifest["params"])
-    if params is not None and existing != params:
-        old, new = existing.to_json(), params.to_json()
-        diff = ", ".join(f"{key}: {old[key]} vs {new[key]}" for key in old if old[key] != new[key])
+    old = manifest["params"]
+    new = old if params is None else params.to_json()
+    diff = ", ".join(f"{key}: {old[key]} vs {new[key]}" for key in old if old[key] != new[key])
+    if diff:
         raise DatasetError(
             f"{root.resolve()} holds a synthetic dataset generated with other parameters ({diff}); "
             f"regenerate it with `python datasets/make_synthetic.py --root {root} --overwrite` plus your options"
@@ -137,7 +128,6 @@ def verify_synthetic_dataset(root: PathLike) -> Dict[str, Any]:
 
 
 def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: bool = False) -> Dict[str, Any]:
-    params.validate()
     if root.exists() and not root.is_dir():
         raise DatasetError(f"{root.resolve()} is a file, not a folder for the synthetic dataset")
     if root.exists() and any(root.iterdir()):
@@ -152,8 +142,8 @@ def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: boo
     try:
         manifest = _write_dataset(tmp, params)
         if overwrite and root.exists() and any(root.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / root.name)
+            old = tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent)
+            os.replace(root, old)  # onto the empty folder
             os.rename(tmp, root)
             shutil.rmtree(old)
         else:
@@ -164,7 +154,7 @@ def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: boo
                 # the same bytes, so use theirs after checking it.
                 if not (race_ok and root.is_dir()):
                     raise
-                verify_synthetic_dataset(root)
+                manifest = verify_synthetic_dataset(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -174,7 +164,7 @@ def _generate(root: Path, params: SyntheticParams, overwrite: bool, race_ok: boo
         root.resolve(), stats["train"]["images"], stats["val"]["images"],
         stats["train"]["annotations"], stats["val"]["annotations"], time.perf_counter() - start,
     )
-    return _read_manifest(root) or manifest
+    return manifest
 
 
 def _read_manifest(root: Path) -> Optional[Dict[str, Any]]:
@@ -196,12 +186,34 @@ def _write_dataset(out: Path, params: SyntheticParams) -> Dict[str, Any]:
         path.write_bytes(data)
         files[relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SYNTHETIC_CLASSES)]
+    info = {"description": _FORMAT, "version": str(_GENERATOR_VERSION), "params": params.to_json()}
     stats = {}
-    for split_index, split in enumerate(_SPLITS):
-        num_images = params.num_train if split == "train" else params.num_val
-        coco, images = _generate_split(params, split_index, num_images)
-        for image_info, encoded in zip(coco["images"], images):
-            write(f"{split}/{image_info['file_name']}", encoded)
+    for split_index, split in enumerate(("train", "val")):
+        rng = np.random.default_rng([params.seed, split_index])
+        num_images = params.num_val if split_index else params.num_train
+        id_offset = _VAL_ID_OFFSET if split_index else 0
+        images, annotations = [], []
+        for index in range(num_images):
+            image_id = id_offset + index + 1
+            empty = _every_nth(index, params.empty_fraction) and index > 0
+            # Counted from the other end, so crowd images do not coincide with empty ones.
+            crowd = not empty and _every_nth(num_images - 1 - index, params.crowd_fraction) and index > 0
+            # The first image of each split holds one object of every size range, so any split covers all three.
+            forced = ("small", "medium", "large") if index == 0 else None
+            pixels, objects = _render_image(rng, params, empty=empty, crowd=crowd, forced_sizes=forced)
+            ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
+            if not ok:
+                raise RuntimeError("OpenCV could not encode a JPEG image")
+            file_name = f"{image_id:07d}.jpg"
+            write(f"{split}/{file_name}", jpeg.tobytes())
+            images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
+            for obj in objects:
+                annotations.append(
+                    {"id": len(annotations) + 1 + id_offset, "image_id": image_id, "category_id": obj.category + 1,
+                     "bbox": [float(v) for v in obj.bbox], "area": float(obj.area), "iscrowd": int(obj.crowd)}
+                )
+        coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
         write(f"annotations/instances_{split}.json", _dumps(coco).encode("utf-8"))
         stats[split] = _split_stats(coco)
     manifest = {
@@ -221,7 +233,6 @@ def _dumps(obj: Any) -> str:
 
 
 def _split_stats(coco: Dict[str, Any]) -> Dict[str, Any]:
-    names = {cat["id"]: cat["name"] for cat in coco["categories"]}
     objects = [ann for ann in coco["annotations"] if not ann["iscrowd"]]
     with_objects = {ann["image_id"] for ann in objects}
     return {
@@ -229,7 +240,7 @@ def _split_stats(coco: Dict[str, Any]) -> Dict[str, Any]:
         "annotations": len(objects),
         "crowd_annotations": len(coco["annotations"]) - len(objects),
         "images_without_objects": len(coco["images"]) - len(with_objects),
-        "per_category": {names[k]: v for k, v in sorted(Counter(ann["category_id"] for ann in objects).items())},
+        "per_category": {SYNTHETIC_CLASSES[k - 1]: v for k, v in sorted(Counter(ann["category_id"] for ann in objects).items())},
         "per_size": {k: v for k, v in sorted(Counter(size_range(ann["area"]) for ann in objects).items())},
     }
 
@@ -237,35 +248,6 @@ def _split_stats(coco: Dict[str, Any]) -> Dict[str, Any]:
 def _every_nth(index: int, fraction: float) -> bool:
     """True for floor(n * fraction) of the first n indices, evenly spread."""
     return math.floor((index + 1) * fraction) > math.floor(index * fraction)
-
-
-def _generate_split(params: SyntheticParams, split_index: int, num_images: int) -> Tuple[Dict[str, Any], List[bytes]]:
-    rng = np.random.default_rng([params.seed, split_index])
-    id_offset = _VAL_ID_OFFSET if split_index else 0
-    images, annotations, encoded = [], [], []
-    for index in range(num_images):
-        image_id = id_offset + index + 1
-        empty = _every_nth(index, params.empty_fraction) and index > 0
-        # Counted from the other end, so crowd images do not coincide with empty ones.
-        crowd = not empty and _every_nth(num_images - 1 - index, params.crowd_fraction) and index > 0
-        # The first image of each split holds one object of every size range, so any split covers all three.
-        forced = ("small", "medium", "large") if index == 0 else None
-        pixels, objects = _render_image(rng, params, empty=empty, crowd=crowd, forced_sizes=forced)
-        ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
-        if not ok:
-            raise RuntimeError("OpenCV could not encode a JPEG image")
-        encoded.append(jpeg.tobytes())
-        file_name = f"{image_id:07d}.jpg"
-        images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
-        for obj in objects:
-            annotations.append(
-                {"id": len(annotations) + 1 + id_offset, "image_id": image_id, "category_id": obj.category + 1,
-                 "bbox": [float(v) for v in obj.bbox], "area": float(obj.area), "iscrowd": int(obj.crowd)}
-            )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SYNTHETIC_CLASSES)]
-    info = {"description": _FORMAT, "version": str(_GENERATOR_VERSION), "params": params.to_json()}
-    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
-    return coco, encoded
 
 
 @dataclass
