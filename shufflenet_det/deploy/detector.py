@@ -20,7 +20,7 @@ from torchvision.ops import boxes as box_ops
 from ..config.loading import ConfigError, load_config
 from ..detection.checkpoint import warn_if_untrained
 from ..detection.detector import build_detector
-from ..detection.pooler import RoIPooler
+from ..detection.pooler import RoIPooler, rois_with_image_index
 from ..detection.proposals import BatchedProposalRPN, greedy_nms_first_k
 from ..detection.roi_align import pool_window, roi_windows
 from ..detection.speed import PLAIN, apply_speed_forms
@@ -201,25 +201,18 @@ class PooledBoxHead(nn.Module):
     def forward(self, rois: Tuple[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
         feature_map, proposals = rois
         pooler, size = self.pooler, self.pooler.output_size
-        windows = []  # per RoI: its channels-last window of the map and weights, or None
-        for image, boxes in enumerate(proposals):
-            hwc = feature_map[image].permute(1, 2, 0).contiguous()
-            for window in roi_windows(boxes, image, hwc.shape[0], hwc.shape[1], size, pooler.spatial_scale,
-                                      pooler.sampling_ratio, pooler.aligned):
-                if window is None:  # the RoI lies entirely outside the map
-                    windows.append(None)
-                    continue
-                _, top, bottom, left, right, row_weights, column_weights = window
-                windows.append((hwc[top:bottom, left:right].reshape(bottom - top, -1), row_weights, column_weights))
+        hwc = feature_map.permute(0, 2, 3, 1).contiguous()
+        windows = roi_windows(rois_with_image_index(proposals, feature_map.device), hwc.shape[1], hwc.shape[2], size,
+                              pooler.spatial_scale, pooler.sampling_ratio, pooler.aligned)
         buffer = feature_map.new_zeros(self.chunk, size, size, feature_map.shape[1])
         outputs = []
         for start in range(0, len(windows), self.chunk):
             chunk = windows[start : start + self.chunk]
             for window, pooled in zip(chunk, buffer):
                 if window is None:
-                    pooled.zero_()  # RoIAlign gives zeros
+                    pooled.zero_()  # the RoI lies entirely outside the map: RoIAlign gives zeros
                 else:
-                    pool_window(*window, pooled)
+                    pool_window(hwc, window, pooled)
             outputs.append(self.head(buffer)[: len(chunk)])
         return torch.cat(outputs) if outputs else self.head(buffer)[:0]
 
