@@ -63,7 +63,8 @@ class DeferringRoIPooler(RoIPooler):
     """``pooler``, except that training calls recording gradients return ``DeferredRoIs`` (for a recomputing head)."""
 
     def __init__(self, pooler: RoIPooler) -> None:
-        super().__init__(pooler.feature_name, pooler.output_size, pooler.spatial_scale, pooler.sampling_ratio, pooler.aligned)
+        super().__init__(pooler.feature_name, pooler.output_size, pooler.spatial_scale, pooler.sampling_ratio,
+                         pooler.aligned)
         self.pooler = pooler
 
     def align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
