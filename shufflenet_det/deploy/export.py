@@ -1,7 +1,5 @@
-"""Export any module to ONNX or TorchScript, and open ONNX models in ONNX Runtime tuned for latency.
-
-Files are written atomically and never replace an existing file unless ``overwrite=True``.
-"""
+"""Export any module to ONNX or TorchScript (written atomically, never replacing a file unless ``overwrite=True``),
+and open ONNX models in ONNX Runtime tuned for latency."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Run a model in one of several CPU backends behind one interface, for benchmarks and checks.
-
-Every backend but "eager" runs a deploy copy (``deploy_rewrite``) in its fastest measured form
-(docs/speed.md); the user's model is never modified.
-"""
+"""Run a model in one of several CPU backends behind one interface, for benchmarks and checks: every backend but
+"eager" runs a deploy copy (``deploy_rewrite``) in its fastest measured form; the given model is never modified."""
 
 from __future__ import annotations
 

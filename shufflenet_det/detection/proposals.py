@@ -1,9 +1,6 @@
-"""RPN proposal selection for all images of a batch at once, with an NMS that stops at the boxes kept.
-
-torchvision selects proposals image by image, its GPU NMS scanning every box (12000 in C4 training) in
-one thread block. ``greedy_nms_first_k`` resolves greedy NMS a block of boxes at a time with batched
-matrix operations for all images, and stops once each has its POST_NMS_TOPK boxes.
-"""
+"""RPN proposal selection for all images of a batch at once, with an NMS that stops at the boxes kept (torchvision's
+goes image by image, its GPU NMS scanning every box, 12000 in C4 training, in one thread block):
+``greedy_nms_first_k`` resolves greedy NMS a block of boxes at a time with batched matrix operations."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""RoIAlign as two small matrix products per RoI, with its backward: torchvision's results, faster on CPUs.
-
-A pooled RoI is ``Wy @ window @ Wx^T``: ``window`` is the part of the map the RoI touches, ``Wy`` / ``Wx``
-[S, rows / columns] hold each bin's averaged bilinear weights, built term by term as torchvision's kernel
-does (so results agree to float rounding). Backward is the transposed products added into the window,
-without the per-sample scatter that dominates torchvision's CPU kernel. One RoI at a time: for CPUs.
-"""
+"""RoIAlign as two small matrix products per RoI, ``Wy @ window @ Wx^T`` over the part of the map it touches (bin
+weights built term by term as torchvision's kernel does: its results to float rounding), and the backward as the
+transposed products, without the per-sample scatter that dominates torchvision's CPU kernel. For CPUs."""
 
 from __future__ import annotations
 
