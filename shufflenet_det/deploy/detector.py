@@ -79,22 +79,19 @@ class PerClassNMSRoIHeads(RoIHeads):
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(decoded, probabilities, image_shapes):
             boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-            kept_boxes, kept_scores, kept_labels = [], [], []
+            kept = []
             for label in range(1, num_classes):
                 class_boxes, class_scores = boxes[:, label], scores[:, label]
                 keep = torch.where(class_scores > self.score_thresh)[0]
-                class_boxes, class_scores = class_boxes[keep], class_scores[keep]
-                keep = box_ops.remove_small_boxes(class_boxes, min_size=1e-2)
-                class_boxes, class_scores = class_boxes[keep], class_scores[keep]
-                keep = box_ops.nms(class_boxes, class_scores, self.nms_thresh)[: self.detections_per_img]
-                kept_boxes.append(class_boxes[keep])
-                kept_scores.append(class_scores[keep])
-                kept_labels.append(torch.full_like(keep, label))
-            scores = torch.cat(kept_scores)
-            best = scores.sort(descending=True).indices[: self.detections_per_img]
-            all_boxes.append(torch.cat(kept_boxes)[best])
-            all_scores.append(scores[best])
-            all_labels.append(torch.cat(kept_labels)[best])
+                keep = keep[box_ops.remove_small_boxes(class_boxes[keep], min_size=1e-2)]
+                keep = keep[box_ops.nms(class_boxes[keep], class_scores[keep], self.nms_thresh)]
+                keep = keep[: self.detections_per_img]
+                kept.append((class_boxes[keep], class_scores[keep], torch.full_like(keep, label)))
+            image_boxes, image_scores, image_labels = (torch.cat(parts) for parts in zip(*kept))
+            best = image_scores.sort(descending=True).indices[: self.detections_per_img]
+            all_boxes.append(image_boxes[best])
+            all_scores.append(image_scores[best])
+            all_labels.append(image_labels[best])
         return all_boxes, all_scores, all_labels
 
 
@@ -182,13 +179,9 @@ class _Adapter(nn.Module):
 
 
 class PooledBoxHead(nn.Module):
-    """RoIAlign as two small matrix products per RoI (``detection.roi_align``: torchvision's ``roi_align`` to float
-    rounding, with ``pooler``'s settings) and the per-RoI head, ``chunk`` RoIs at a time through one buffer.
-
-    ``forward((feature_map, proposals))`` returns the head's [R, D] features; ``head`` takes channels-last
-    pooled RoIs [chunk, S, S, C] (the last chunk's extra rows are dropped). Small chunks keep the head's
-    activations in cache: chunks of 2-8 RoIs ran the ShuffleNet 1x head about 1.6x faster than all 300.
-    """
+    """``forward((feature_map, proposals))``: the per-RoI ``head``'s [R, D] features, ``chunk`` RoIs at a time pooled
+    into one channels-last buffer [chunk, S, S, C] (``detection.roi_align`` with ``pooler``'s settings). Small chunks
+    keep the head's activations in cache: 2-8 RoIs ran the ShuffleNet 1x head about 1.6x faster than all 300."""
 
     def __init__(self, pooler: RoIPooler, head: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4) -> None:
         super().__init__()
@@ -248,14 +241,10 @@ def deploy_detector(
     detector: GeneralizedRCNN, threads: int = 1, roi_chunk: int = 4, example_size: Tuple[int, int] = (320, 320),
     opset: int = MIN_OPSET,
 ) -> GeneralizedRCNN:
-    """A copy of ``detector`` (eval mode, same call and outputs) for fast CPU inference.
-
-    The trunk (dynamic height / width, traced at ``example_size``), the RPN head and the per-RoI box head
-    run in ONNX Runtime sessions (``threads`` intra-op threads) exported from ``deploy_rewrite(...,
-    "onnxruntime")``; RoIAlign runs with the box head on ``roi_chunk`` RoIs at a time (``PooledBoxHead``);
-    the RPN is ``EarlyStopRPN``. The rest stays torchvision's (on torch's threads). The copy holds
-    ONNX Runtime sessions: it cannot be deep-copied or pickled; build it again from ``detector`` instead.
-    """
+    """A copy of ``detector`` (eval mode, same call and outputs) for fast CPU inference: trunk (dynamic H / W, traced
+    at ``example_size``), RPN head and per-RoI head in ONNX Runtime sessions (``threads`` each) of ``deploy_rewrite(...,
+    "onnxruntime")``, RoIAlign with the head ``roi_chunk`` RoIs at a time (``PooledBoxHead``), ``EarlyStopRPN``; the
+    rest torchvision's. It holds ONNX Runtime sessions: build it again from ``detector``, do not copy or pickle it."""
     deployed = apply_speed_forms(deploy_rewrite(detector, "onnxruntime"), **PLAIN)
     backbone, roi_heads, name = deployed.backbone, deployed.roi_heads, deployed.backbone.feature_name
     image = torch.zeros(1, 3, *example_size)
