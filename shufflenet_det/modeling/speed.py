@@ -61,11 +61,8 @@ class FoldedConvNormAct(ConvNormAct):
 
 
 class FoldedShuffle(ChannelShuffle):
-    """A shuffle already done by the ``compress`` conv before it (its ``output_order``): passes ``x`` on.
-
-    It still reports its permutation (``ShuffleNetV1.shuffle_layout``); changing the layout would leave
-    the conv's order stale, so that is refused.
-    """
+    """A shuffle already done by the ``compress`` conv before it (its ``output_order``): passes ``x`` on. It still
+    reports its permutation (``ShuffleNetV1.shuffle_layout``); a layout change would leave that order stale: refused."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
