@@ -25,7 +25,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from torchvision.models.detection import FasterRCNN  # noqa: E402
 from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
 
-from shufflenet_det.detection.anchors import ExactAnchorGenerator  # noqa: E402
+from shufflenet_det.detection.faster_rcnn_c4 import ExactAnchorGenerator  # noqa: E402
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor  # noqa: E402
 from torchvision.models.detection.rpn import RPNHead  # noqa: E402
 from torchvision.models.detection.transform import GeneralizedRCNNTransform  # noqa: E402

@@ -20,7 +20,7 @@ from torchvision.ops import boxes as box_ops
 from ..config.loading import ConfigError, load_config
 from ..detection.checkpoint import warn_if_untrained
 from ..detection.detector import build_detector
-from ..detection.pooler import RoIPooler
+from ..detection.pooler import RoIPooler, rois_with_image_index
 from ..detection.proposals import BatchedProposalRPN, greedy_nms_first_k
 from ..detection.roi_align import pool_window, roi_windows
 from ..detection.speed import PLAIN, apply_speed_forms
@@ -79,22 +79,19 @@ class PerClassNMSRoIHeads(RoIHeads):
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(decoded, probabilities, image_shapes):
             boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-            kept_boxes, kept_scores, kept_labels = [], [], []
+            kept = []
             for label in range(1, num_classes):
                 class_boxes, class_scores = boxes[:, label], scores[:, label]
                 keep = torch.where(class_scores > self.score_thresh)[0]
-                class_boxes, class_scores = class_boxes[keep], class_scores[keep]
-                keep = box_ops.remove_small_boxes(class_boxes, min_size=1e-2)
-                class_boxes, class_scores = class_boxes[keep], class_scores[keep]
-                keep = box_ops.nms(class_boxes, class_scores, self.nms_thresh)[: self.detections_per_img]
-                kept_boxes.append(class_boxes[keep])
-                kept_scores.append(class_scores[keep])
-                kept_labels.append(torch.full_like(keep, label))
-            scores = torch.cat(kept_scores)
-            best = scores.sort(descending=True).indices[: self.detections_per_img]
-            all_boxes.append(torch.cat(kept_boxes)[best])
-            all_scores.append(scores[best])
-            all_labels.append(torch.cat(kept_labels)[best])
+                keep = keep[box_ops.remove_small_boxes(class_boxes[keep], min_size=1e-2)]
+                keep = keep[box_ops.nms(class_boxes[keep], class_scores[keep], self.nms_thresh)]
+                keep = keep[: self.detections_per_img]
+                kept.append((class_boxes[keep], class_scores[keep], torch.full_like(keep, label)))
+            image_boxes, image_scores, image_labels = (torch.cat(parts) for parts in zip(*kept))
+            best = image_scores.sort(descending=True).indices[: self.detections_per_img]
+            all_boxes.append(image_boxes[best])
+            all_scores.append(image_scores[best])
+            all_labels.append(image_labels[best])
         return all_boxes, all_scores, all_labels
 
 
@@ -182,13 +179,9 @@ class _Adapter(nn.Module):
 
 
 class PooledBoxHead(nn.Module):
-    """RoIAlign as two small matrix products per RoI (``detection.roi_align``: torchvision's ``roi_align`` to float
-    rounding, with ``pooler``'s settings) and the per-RoI head, ``chunk`` RoIs at a time through one buffer.
-
-    ``forward((feature_map, proposals))`` returns the head's [R, D] features; ``head`` takes channels-last
-    pooled RoIs [chunk, S, S, C] (the last chunk's extra rows are dropped). Small chunks keep the head's
-    activations in cache: chunks of 2-8 RoIs ran the ShuffleNet 1x head about 1.6x faster than all 300.
-    """
+    """``forward((feature_map, proposals))``: the per-RoI ``head``'s [R, D] features, ``chunk`` RoIs at a time pooled
+    into one channels-last buffer [chunk, S, S, C] (``detection.roi_align`` with ``pooler``'s settings). Small chunks
+    keep the head's activations in cache: 2-8 RoIs ran the ShuffleNet 1x head about 1.6x faster than all 300."""
 
     def __init__(self, pooler: RoIPooler, head: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4) -> None:
         super().__init__()
@@ -201,69 +194,42 @@ class PooledBoxHead(nn.Module):
     def forward(self, rois: Tuple[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
         feature_map, proposals = rois
         pooler, size = self.pooler, self.pooler.output_size
-        windows = []  # per RoI: its channels-last window of the map and weights, or None
-        for image, boxes in enumerate(proposals):
-            hwc = feature_map[image].permute(1, 2, 0).contiguous()
-            for window in roi_windows(boxes, image, hwc.shape[0], hwc.shape[1], size, pooler.spatial_scale,
-                                      pooler.sampling_ratio, pooler.aligned):
-                if window is None:  # the RoI lies entirely outside the map
-                    windows.append(None)
-                    continue
-                _, top, bottom, left, right, row_weights, column_weights = window
-                windows.append((hwc[top:bottom, left:right].reshape(bottom - top, -1), row_weights, column_weights))
+        hwc = feature_map.permute(0, 2, 3, 1).contiguous()
+        windows = roi_windows(rois_with_image_index(proposals, feature_map.device), hwc.shape[1], hwc.shape[2], size,
+                              pooler.spatial_scale, pooler.sampling_ratio, pooler.aligned)
         buffer = feature_map.new_zeros(self.chunk, size, size, feature_map.shape[1])
         outputs = []
         for start in range(0, len(windows), self.chunk):
             chunk = windows[start : start + self.chunk]
             for window, pooled in zip(chunk, buffer):
                 if window is None:
-                    pooled.zero_()  # RoIAlign gives zeros
+                    pooled.zero_()  # the RoI lies entirely outside the map: RoIAlign gives zeros
                 else:
-                    pool_window(*window, pooled)
+                    pool_window(hwc, window, pooled)
             outputs.append(self.head(buffer)[: len(chunk)])
         return torch.cat(outputs) if outputs else self.head(buffer)[:0]
 
 
-def nms_first_k(
-    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, k: Optional[int] = None, block: int = 128
-) -> torch.Tensor:
-    """``torchvision.ops.nms(boxes, scores, iou_threshold)[:k]`` (all if k is None), computing only what the
-    first ``k`` kept boxes depend on (``greedy_nms_first_k``); ties in score keep index order."""
-    limit = len(boxes) if k is None else max(min(k, len(boxes)), 0)
-    everything = torch.ones(1, len(boxes), dtype=torch.bool, device=boxes.device)
-    indices, counts = greedy_nms_first_k(boxes[None], scores[None], everything, iou_threshold, limit, block)
-    return indices[0, : int(counts[0])]
-
-
-def batched_nms_first_k(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float, k: int
-) -> torch.Tensor:
-    """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:k]``, computing only the first
-    ``k`` + 1 kept boxes of each group. torchvision orders kept boxes of several groups, or of over 1000
-    boxes, with an unstable sort: where equal scores decide the order or the cut, this calls torchvision."""
-    kept = [
-        members[nms_first_k(boxes[members], scores[members], iou_threshold, k + 1)]
-        for members in (torch.nonzero(groups == group).flatten() for group in torch.unique(groups))
-    ]
-    kept = torch.cat(kept) if kept else groups.new_zeros(0)
-    kept = kept.sort().values
-    kept = kept[scores[kept].sort(descending=True, stable=True).indices][: k + 1]
-    if bool((scores[kept][1:] == scores[kept][:-1]).any()):
-        return box_ops.batched_nms(boxes, scores, groups, iou_threshold)[:k]
-    return kept[:k]
-
-
 class EarlyStopRPN(BatchedProposalRPN):
-    """torchvision's RPN whose NMS stops at POST_NMS_TOPK_TEST kept boxes, image by image: the same proposals
-    in the same order, ties in score included (6000 boxes: about 65 ms less per image on one core)."""
+    """torchvision's RPN whose NMS stops at POST_NMS_TOPK_TEST kept boxes: the same proposals in the same order,
+    ties in score included (6000 boxes: about 65 ms less per image on one core)."""
 
-    def select(
-        self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor
-    ) -> List[torch.Tensor]:
+    nms_block = 128
+
+    def select(self, boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor) -> List[torch.Tensor]:
         limit = self.post_nms_top_n()
-        return self.select_per_image(
-            boxes, scores, levels, valid, lambda b, s, groups: batched_nms_first_k(b, s, groups, self.nms_thresh, limit)
-        )
+        keep, counts = greedy_nms_first_k(boxes, scores, valid, self.nms_thresh, limit + 1, self.nms_block)
+        selected = []
+        for image, kept in enumerate(counts.tolist()):
+            index = keep[image, :kept]
+            if bool((scores[image, index][1:] == scores[image, index][:-1]).any()):
+                # torchvision orders over 1000 boxes with an unstable sort: where equal scores decide the order
+                # or the cut, it decides.
+                members = valid[image].nonzero().flatten()
+                b, s = boxes[image, members], scores[image, members]
+                index = members[box_ops.batched_nms(b, s, torch.zeros_like(members), self.nms_thresh)]
+            selected.append(index[:limit])
+        return selected
 
 
 def _per_level(head: nn.Module, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -275,14 +241,10 @@ def deploy_detector(
     detector: GeneralizedRCNN, threads: int = 1, roi_chunk: int = 4, example_size: Tuple[int, int] = (320, 320),
     opset: int = MIN_OPSET,
 ) -> GeneralizedRCNN:
-    """A copy of ``detector`` (eval mode, same call and outputs) for fast CPU inference.
-
-    The trunk (dynamic height / width, traced at ``example_size``), the RPN head and the per-RoI box head
-    run in ONNX Runtime sessions (``threads`` intra-op threads) exported from ``deploy_rewrite(...,
-    "onnxruntime")``; RoIAlign runs with the box head on ``roi_chunk`` RoIs at a time (``PooledBoxHead``);
-    the RPN is ``EarlyStopRPN``. The rest stays torchvision's (on torch's threads). The copy holds
-    ONNX Runtime sessions: it cannot be deep-copied or pickled; build it again from ``detector`` instead.
-    """
+    """A copy of ``detector`` (eval mode, same call and outputs) for fast CPU inference: trunk (dynamic H / W, traced
+    at ``example_size``), RPN head and per-RoI head in ONNX Runtime sessions (``threads`` each) of ``deploy_rewrite(...,
+    "onnxruntime")``, RoIAlign with the head ``roi_chunk`` RoIs at a time (``PooledBoxHead``), ``EarlyStopRPN``; the
+    rest torchvision's. It holds ONNX Runtime sessions: build it again from ``detector``, do not copy or pickle it."""
     deployed = apply_speed_forms(deploy_rewrite(detector, "onnxruntime"), **PLAIN)
     backbone, roi_heads, name = deployed.backbone, deployed.roi_heads, deployed.backbone.feature_name
     image = torch.zeros(1, 3, *example_size)

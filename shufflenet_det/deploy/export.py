@@ -1,7 +1,5 @@
-"""Export any module to ONNX or TorchScript, and open ONNX models in ONNX Runtime tuned for latency.
-
-Files are written atomically and never replace an existing file unless ``overwrite=True``.
-"""
+"""Export any module to ONNX or TorchScript (written atomically, never replacing a file unless ``overwrite=True``),
+and open ONNX models in ONNX Runtime tuned for latency."""
 
 from __future__ import annotations
 
@@ -35,11 +33,9 @@ def onnx_bytes(
     dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None,
     opset: int = MIN_OPSET,
 ) -> bytes:
-    """The ONNX serialization of ``model`` (in eval mode) traced with ``example_inputs``.
-
-    ``dynamic`` frees batch, height and width of every 4-D input (static graphs let ONNX Runtime plan
-    memory and fuse more); ``dynamic_axes`` ({name: {axis: symbol}}) adds or overrides axes.
-    """
+    """The ONNX serialization of ``model`` (in eval mode) traced with ``example_inputs``. ``dynamic`` frees batch,
+    height and width of every 4-D input (static graphs let ONNX Runtime plan memory and fuse more);
+    ``dynamic_axes`` ({name: {axis: symbol}}) adds or overrides axes."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
     inputs = _as_tuple(example_inputs)
@@ -110,13 +106,9 @@ def create_ort_session(
     profile_prefix: Optional[str] = None,
     spinning: bool = True,
 ):
-    """An ONNX Runtime CPU session for an ONNX file or serialized model, one request at a time.
-
-    ``optimization``: graph level "none", "basic", "extended" or "all" (adds the x86 NCHWc layouts and
-    conv+add+activation fusions); ``threads``: the intra-op pool; ``profile_prefix`` turns on the per-node
-    profiler (``session.end_profiling()`` returns the JSON file); ``spinning=False`` lets idle workers sleep
-    (slower to wake, far steadier for sessions called many times per request on a busy machine).
-    """
+    """An ONNX Runtime CPU session for an ONNX file or serialized model, one request at a time. ``optimization``:
+    graph level ("all" adds the x86 NCHWc layouts and conv+add+activation fusions); ``profile_prefix`` turns on the
+    per-node profiler; ``spinning=False`` lets idle workers sleep (steadier for many calls on a busy machine)."""
     import onnxruntime as ort
 
     if optimization not in ORT_LEVELS:

@@ -1,11 +1,5 @@
-"""Inference-only copies of a model with the same outputs: BatchNorm folded, ShuffleNet units rewritten.
-
-Each function returns a new eval-mode model (a plain module tree for export and benchmarks; its state dict
-keys differ) and leaves the given one alone. ``optimize_shufflenet`` runs a unit's grouped 1x1 convs as
-"grouped" (as trained), "dense" (block-diagonal weight: ``groups`` times the multiply-adds) or "matmul" (one
-batched matrix product), and its shuffle as "reshape" (as trained), "gather" (one fixed-index Gather where it
-moves least data, ``_gather_unit``) or "fold" (a dense ``compress`` writing its rows already shuffled).
-"""
+"""Inference-only copies of a model with the same outputs (new eval-mode plain module trees for export and
+benchmarks; state dict keys differ): BatchNorm folded, ShuffleNet units in the forms of ``optimize_shufflenet``."""
 
 from __future__ import annotations
 
@@ -21,6 +15,8 @@ from ..modeling.layers import ChannelShuffle
 from ..modeling.shufflenet import ShuffleUnit
 from ..modeling.speed import apply_conv_form, block_diagonal_weight
 
+# Grouped 1x1 convs as trained, block-diagonal dense (``groups`` times the multiply-adds) or one batched matmul;
+# the shuffle as trained, one fixed-index Gather where it moves least data, or a dense compress's row order.
 POINTWISE_MODES = ("grouped", "dense", "matmul")
 SHUFFLE_MODES = ("reshape", "gather", "fold")
 # Zero-channel padding that ``align`` may add, as a fraction of a unit's 1x1-conv multiply-adds: +20% paid

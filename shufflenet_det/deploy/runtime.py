@@ -1,8 +1,5 @@
-"""Run a model in one of several CPU backends behind one interface, for benchmarks and checks.
-
-Every backend but "eager" runs a deploy copy (``deploy_rewrite``) in its fastest measured form
-(docs/speed.md); the user's model is never modified.
-"""
+"""Run a model in one of several CPU backends behind one interface, for benchmarks and checks: every backend but
+"eager" runs a deploy copy (``deploy_rewrite``) in its fastest measured form; the given model is never modified."""
 
 from __future__ import annotations
 
@@ -67,12 +64,9 @@ def create_runner(
     static_shape: bool = True,
     rewrite: Optional[Dict[str, Any]] = None,
 ) -> Runner:
-    """Prepare ``model`` for ``backend`` ("eager" runs it as given, in eval mode).
-
-    ``example_input`` fixes the size for tracing, compiling and ONNX export (with ``static_shape`` the ONNX
-    graph keeps it: faster). ``threads``: torch's intra-op threads (process-wide) or the ONNX Runtime
-    session's. ``rewrite`` overrides the backend's ShuffleNet form (``deploy_rewrite``).
-    """
+    """Prepare ``model`` for ``backend`` ("eager": as given, in eval mode). ``example_input`` fixes the size for
+    tracing, compiling and ONNX export (kept in the ONNX graph with ``static_shape``: faster); ``threads``: torch's
+    (process-wide) or the ONNX Runtime session's; ``rewrite`` overrides the backend's form (``deploy_rewrite``)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     torch.set_num_threads(threads)

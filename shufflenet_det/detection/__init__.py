@@ -1,24 +1,10 @@
-"""C4 Faster R-CNN on torchvision with ShuffleNet v1 / MobileNet v1 backbones (no FPN)."""
+"""C4 Faster R-CNN on torchvision with ShuffleNet v1 / MobileNet v1 backbones (no FPN): torchvision-style builders,
+``build_detector(cfg)`` and the speed forms. The names imported here are the API."""
 
-from .backbone import (BACKBONE_REGISTRY, C4Backbone, C4BoxHead, build_backbone, build_mobilenet_v1_backbone,
-                       build_shufflenet_v1_backbone, preprocessing_mismatches, split_c4)
+from .backbone import C4Backbone, C4BoxHead, build_backbone, preprocessing_mismatches, split_c4
 from .detector import build_detector, check_detector_config, detector_options
-from .faster_rcnn_c4 import (DETECTION_MODELS, FasterRCNNC4, assemble_c4_detector, fasterrcnn_c4,
+from .faster_rcnn_c4 import (DETECTION_MODELS, DetectionTransform, FasterRCNNC4, assemble_c4_detector, fasterrcnn_c4,
                              fasterrcnn_mobilenet_v1_x1_0_c4, fasterrcnn_shufflenet_v1_x0_5_g3_c4,
                              fasterrcnn_shufflenet_v1_x1_0_g3_c4, fasterrcnn_shufflenet_v1_x2_0_g3_c4)
 from .pooler import POOLER_TYPES, RoIPooler, pooler_aligned
 from .speed import apply_speed_forms, speed_options
-from .transform import DetectionTransform
-
-__all__ = [
-    # modules
-    "C4Backbone", "C4BoxHead", "DetectionTransform", "FasterRCNNC4", "RoIPooler",
-    # torchvision-style builders
-    "DETECTION_MODELS", "fasterrcnn_c4", "fasterrcnn_mobilenet_v1_x1_0_c4", "fasterrcnn_shufflenet_v1_x0_5_g3_c4",
-    "fasterrcnn_shufflenet_v1_x1_0_g3_c4", "fasterrcnn_shufflenet_v1_x2_0_g3_c4",
-    # from a config
-    "BACKBONE_REGISTRY", "build_backbone", "build_detector", "build_mobilenet_v1_backbone",
-    "build_shufflenet_v1_backbone", "check_detector_config", "detector_options", "preprocessing_mismatches",
-    # assembly and speed forms
-    "POOLER_TYPES", "apply_speed_forms", "assemble_c4_detector", "pooler_aligned", "speed_options", "split_c4",
-]

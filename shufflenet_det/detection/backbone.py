@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
@@ -16,13 +15,10 @@ from torch import nn
 
 from ..config.loading import ConfigError
 from ..modeling import StagedNetwork, model_args_from_config
-from ..utils.registry import Registry
 from ..weights import build_model
 from .checkpoint import read_detector_checkpoint
 
 logger = logging.getLogger(__name__)
-
-BACKBONE_REGISTRY = Registry("backbone")
 
 # A MODEL.WEIGHTS value with one of these endings (or a folder part) is a file path, not a weight name.
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".ckpt", ".bin", ".safetensors")
@@ -65,26 +61,7 @@ def split_c4(network: StagedNetwork, feature_name: str = "res4", stride: int = 1
 
 
 def build_backbone(cfg: CfgNode) -> StagedNetwork:
-    """The classification network named by MODEL.BACKBONE.NAME, with its weights, norm and FREEZE_AT."""
-    name = cfg.MODEL.BACKBONE.NAME
-    if name not in BACKBONE_REGISTRY:
-        raise ConfigError(f"MODEL.BACKBONE.NAME: {BACKBONE_REGISTRY.unknown_message(name)}")
-    return BACKBONE_REGISTRY.get(name)(cfg)
-
-
-@BACKBONE_REGISTRY.register()
-def build_shufflenet_v1_backbone(cfg: CfgNode) -> StagedNetwork:
-    """ShuffleNet v1 from MODEL.SHUFFLENET (WIDTH_MULT, GROUPS, CHANNEL_SHUFFLE, NORM)."""
-    return _build_network(cfg)
-
-
-@BACKBONE_REGISTRY.register()
-def build_mobilenet_v1_backbone(cfg: CfgNode) -> StagedNetwork:
-    """MobileNet v1 from MODEL.MOBILENET (WIDTH_MULT, NORM)."""
-    return _build_network(cfg)
-
-
-def _build_network(cfg: CfgNode) -> StagedNetwork:
+    """The network of MODEL.BACKBONE.NAME and MODEL.SHUFFLENET / MOBILENET, with its weights, norm and FREEZE_AT."""
     arch, kwargs, node = model_args_from_config(cfg)
     weights, norm, freeze_at, norm_key = cfg.MODEL.WEIGHTS, kwargs["norm"], kwargs["freeze_at"], f"{node}.NORM"
     if weights and names_a_file(weights) and not os.path.isfile(weights):
@@ -116,16 +93,14 @@ def names_a_file(weights: str) -> bool:
 
 
 def preprocessing_mismatches(
-    meta: Optional[Any], input_format: str, pixel_mean: Sequence[float], pixel_std: Sequence[float]
+    meta: Optional[Mapping[str, Any]], input_format: str, pixel_mean: Sequence[float], pixel_std: Sequence[float]
 ) -> List[str]:
-    """One message per key where the weights' metadata (``load_weights``'s mapping or object: ``input_format``,
-    ``pixel_mean``, ``pixel_std`` on 0-255, ``source``) differs from the config; absent fields match."""
-    if meta is None:
-        return []
-    field = meta.get if isinstance(meta, Mapping) else lambda name: getattr(meta, name, None)
-    source = field("source") or "these weights"
+    """One message per key where the weights' metadata (``load_weights``'s: ``input_format``, ``pixel_mean``,
+    ``pixel_std`` on 0-255, ``source``) differs from the config; absent fields match."""
+    meta = meta or {}
+    source = meta.get("source") or "these weights"
     messages = []
-    expected_format = field("input_format")
+    expected_format = meta.get("input_format")
     if expected_format and str(expected_format).upper() != input_format.upper():
         messages.append(
             f"{source} weights expect {expected_format} input but INPUT.FORMAT is {input_format}; "
@@ -133,9 +108,9 @@ def preprocessing_mismatches(
         )
     for name, configured in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
         key = f"MODEL.{name.upper()}"
-        if field(name) is None:
+        if meta.get(name) is None:
             continue
-        expected = [float(value) for value in field(name)]
+        expected = [float(value) for value in meta[name]]
         if len(expected) != len(configured) or any(abs(a - b) > 1e-3 for a, b in zip(expected, configured)):
             messages.append(
                 f"{source} weights were trained with {name} {expected} (0-255 scale) but {key} is "

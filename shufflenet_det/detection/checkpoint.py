@@ -43,11 +43,8 @@ def warn_if_untrained(weights: str) -> None:
 
 
 def load_detector_weights(model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> None:
-    """Load a whole detector strictly; a mismatch is a ConfigError naming ``source`` and the first keys.
-
-    BatchNorm's step counters are not compared: a detector trained with BN loads into one with FrozenBN
-    (the same in eval mode), and back.
-    """
+    """Load a whole detector strictly (a mismatch is a ConfigError naming ``source`` and the first keys), but for
+    BatchNorm's step counters: one trained with BN loads into one with FrozenBN and back (same in eval mode)."""
     own = model.state_dict()
     counter = "num_batches_tracked"
     state_dict = {key: value for key, value in checkpoint["model"].items() if key in own or not key.endswith(counter)}

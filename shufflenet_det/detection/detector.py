@@ -31,11 +31,9 @@ _FIXED_SETTINGS = (
 
 
 def build_detector(cfg: CfgNode) -> FasterRCNNC4:
-    """The C4 Faster R-CNN that ``cfg`` describes, on MODEL.DEVICE, in SHUFFLENET_DET's speed forms.
-
-    It takes [3, H, W] images (0-255, INPUT.FORMAT) and in training targets ``{"boxes": XYXY, "labels":
-    1..NUM_CLASSES}``; it returns losses, or ``[{"boxes", "labels", "scores"}]`` in image coordinates.
-    """
+    """The C4 Faster R-CNN that ``cfg`` describes, on MODEL.DEVICE, in SHUFFLENET_DET's speed forms: [3, H, W] images
+    (0-255, INPUT.FORMAT) and in training targets ``{"boxes": XYXY, "labels": 1..NUM_CLASSES}`` in; losses, or
+    ``[{"boxes", "labels", "scores"}]`` in image coordinates out."""
     check_detector_config(cfg)
     network = build_backbone(cfg)
     checkpoint = read_detector_checkpoint(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
@@ -120,8 +118,7 @@ def check_detector_config(cfg: CfgNode) -> None:
         raise ConfigError(
             f"MODEL.RPN.IOU_THRESHOLDS needs [background, foreground], got {list(cfg.MODEL.RPN.IOU_THRESHOLDS)}"
         )
-    roi_iou_thresholds(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS, cfg.MODEL.ROI_HEADS.IOU_LABELS)
-    pooler_aligned(cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
+    detector_options(cfg)  # the RoI heads' IoU thresholds and POOLER_TYPE
     if not cfg.INPUT.MIN_SIZE_TRAIN or min(cfg.INPUT.MIN_SIZE_TRAIN) <= 0 or cfg.INPUT.MIN_SIZE_TEST <= 0:
         raise ConfigError("INPUT.MIN_SIZE_TRAIN and INPUT.MIN_SIZE_TEST must be positive sizes")
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:

@@ -1,32 +1,31 @@
-"""C4 Faster R-CNN (no FPN) built like torchvision's detectors: ``GeneralizedRCNN`` with a stride-16
-trunk, torchvision's RPN and RoIHeads, and the network's last stage run per RoI as the box head.
-
-Module names (checkpoints rely on them): ``backbone.body.<stages>``, ``rpn.anchor_generator``,
-``rpn.head``, ``roi_heads.box_roi_pool``, ``roi_heads.box_head.<last stage>``, ``roi_heads.box_predictor``.
-"""
+"""C4 Faster R-CNN (no FPN) as torchvision builds detectors: ``GeneralizedRCNN``, a stride-16 trunk, torchvision's RPN
+and RoIHeads, the network's last stage run per RoI as box head. Checkpoints rely on the module names (``backbone.body``,
+``rpn.anchor_generator``, ``rpn.head``, ``roi_heads.box_roi_pool`` / ``box_head`` / ``box_predictor``)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..modeling import MODEL_REGISTRY
 from ..weights import apply_structure, build_model, model_structure
 from ..weights.catalog import MEGVII_PREPROCESSING
-from .anchors import ExactAnchorGenerator
 from .backbone import C4Backbone, C4BoxHead, split_c4
 from .checkpoint import load_detector_weights, read_detector_checkpoint
 from .pooler import RoIPooler
 from .proposals import C4RegionProposalNetwork
-from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +34,49 @@ C4_FEATURE = "res4"
 CHANNEL_ORDERS = ("BGR", "RGB")
 TORCHVISION_NUM_CLASSES = 91  # COCO's category ids, background included
 DEFAULT_FROZEN_STAGES = 2  # Table 7 freezes the stem and the first stage (detectron2's FREEZE_AT 2)
+
+
+class ExactAnchorGenerator(AnchorGenerator):
+    """torchvision's generator with detectron2's cell anchors: exact, not rounded to whole pixels. The
+    per-location order stays torchvision's (ratio-major; ``torchvision_to_d2_state_dict`` maps it)."""
+
+    def generate_anchors(self, scales: Sequence[int], aspect_ratios: Sequence[float], dtype=torch.float32,
+                         device=torch.device("cpu")) -> torch.Tensor:
+        corners = []
+        for ratio in aspect_ratios:
+            for size in scales:
+                # detectron2's definition: area size**2, height / width = ratio.
+                width = math.sqrt(float(size) ** 2 / float(ratio))
+                height = float(ratio) * width
+                corners.append([-width / 2, -height / 2, width / 2, height / 2])
+        return torch.tensor(corners, dtype=dtype, device=device)
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """``GeneralizedRCNNTransform`` whose ``train()`` / ``eval()`` switch between a train and a test
+    (min_size, max_size) pair (training draws a shorter side per image from ``min_size_train``, as
+    detectron2's "choice" sampling). Integer images become float; ``reverse_channels`` swaps RGB <-> BGR
+    before ``image_mean`` / ``image_std`` (input scale, backbone order) apply."""
+
+    def __init__(
+        self, min_size_train: Sequence[int], max_size_train: int, min_size_test: int, max_size_test: int,
+        image_mean: Sequence[float], image_std: Sequence[float], reverse_channels: bool = False, **kwargs: Any,
+    ) -> None:
+        super().__init__(tuple(min_size_train), max_size_train, list(image_mean), list(image_std), **kwargs)
+        self.train_sizes = (tuple(min_size_train), max_size_train)
+        self.test_sizes = ((min_size_test,), max_size_test)
+        self.reverse_channels = reverse_channels
+
+    def train(self, mode: bool = True) -> "DetectionTransform":
+        self.min_size, self.max_size = self.train_sizes if mode else self.test_sizes
+        return super().train(mode)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if not image.is_floating_point():
+            image = image.float()
+        if self.reverse_channels:
+            image = image[torch.tensor([2, 1, 0], device=image.device)]  # a gather, not flip(): any ONNX opset
+        return super().normalize(image)
 
 
 class FasterRCNNC4(GeneralizedRCNN):

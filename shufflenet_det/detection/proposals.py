@@ -1,18 +1,14 @@
-"""RPN proposal selection for all images of a batch at once, with an NMS that stops at the boxes kept.
-
-torchvision selects proposals image by image, its GPU NMS scanning every box (12000 in C4 training) in
-one thread block. ``greedy_nms_first_k`` resolves greedy NMS a block of boxes at a time with batched
-matrix operations for all images, and stops once each has its POST_NMS_TOPK boxes.
-"""
+"""RPN proposal selection for all images of a batch at once, with an NMS that stops at the boxes kept (torchvision's
+goes image by image, its GPU NMS scanning every box, 12000 in C4 training, in one thread block):
+``greedy_nms_first_k`` resolves greedy NMS a block of boxes at a time with batched matrix operations."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import torch
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import boxes as box_ops
 
 
 def iou_above(
@@ -97,29 +93,19 @@ class C4RegionProposalNetwork(RegionProposalNetwork):
 
 
 class BatchedProposalRPN(C4RegionProposalNetwork):
-    """torchvision's RPN with ``filter_proposals`` run for all images at once: the same proposals in the
-    same order (equal scores in index order). ``candidates`` does top-k, sigmoid, clipping and the size and
-    score filters for the batch; ``select`` does the NMS (per image with several feature levels)."""
+    """torchvision's RPN with ``filter_proposals`` run for all images at once (the C4 RPN's single level):
+    the same proposals in the same order (equal scores in index order). ``select`` is the NMS."""
+
+    nms_block = 1024  # boxes per step of ``greedy_nms_first_k``
 
     def filter_proposals(
         self, proposals: torch.Tensor, objectness: torch.Tensor, image_shapes: List[Tuple[int, int]],
         num_anchors_per_level: List[int],
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        boxes, scores, levels, valid = self.candidates(proposals, objectness, image_shapes, num_anchors_per_level)
-        selected = self.select(boxes, scores, levels, valid)
-        return [boxes[n, keep] for n, keep in enumerate(selected)], [scores[n, keep] for n, keep in enumerate(selected)]
-
-    def candidates(
-        self, proposals: torch.Tensor, objectness: torch.Tensor, image_shapes: List[Tuple[int, int]],
-        num_anchors_per_level: List[int],
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Boxes [N, M, 4] (top PRE_NMS_TOPK per level, clipped), scores, levels and validity [N, M]."""
+        # Top PRE_NMS_TOPK, sigmoid, clipping, then the size and score filters as validity [N, M].
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
         top = self._get_top_n_idx(objectness, num_anchors_per_level)
-        level_of_anchor = torch.repeat_interleave(
-            torch.arange(len(num_anchors_per_level)), torch.tensor(num_anchors_per_level)
-        ).to(proposals.device)
         rows = torch.arange(num_images, device=proposals.device)[:, None]
         boxes, scores = proposals[rows, top], torch.sigmoid(objectness[rows, top])
         sizes = torch.tensor(image_shapes, dtype=boxes.dtype, device=boxes.device)  # [N, (height, width)]
@@ -127,28 +113,10 @@ class BatchedProposalRPN(C4RegionProposalNetwork):
         boxes = torch.minimum(boxes.clamp(min=0), limits)
         widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
         valid = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
-        return boxes, scores, level_of_anchor[top], valid
+        selected = self.select(boxes, scores, valid)
+        return [boxes[n, keep] for n, keep in enumerate(selected)], [scores[n, keep] for n, keep in enumerate(selected)]
 
-    def select(
-        self, boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor
-    ) -> List[torch.Tensor]:
-        """Per image, the indices (into M) of its proposals: NMS per level, the best POST_NMS_TOPK."""
-        limit = self.post_nms_top_n()
-        if bool((levels > 0).any()):
-            return self.select_per_image(
-                boxes, scores, levels, valid,
-                lambda b, s, groups: box_ops.batched_nms(b, s, groups, self.nms_thresh)[:limit],
-            )
-        keep, counts = greedy_nms_first_k(boxes, scores, valid, self.nms_thresh, limit)
+    def select(self, boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor) -> List[torch.Tensor]:
+        """Per image, the indices (into M) of its proposals: NMS, then the best POST_NMS_TOPK."""
+        keep, counts = greedy_nms_first_k(boxes, scores, valid, self.nms_thresh, self.post_nms_top_n(), self.nms_block)
         return [keep[image, :kept] for image, kept in enumerate(counts.tolist())]
-
-    @staticmethod
-    def select_per_image(
-        boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor, valid: torch.Tensor,
-        nms: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> List[torch.Tensor]:
-        """``nms(boxes, scores, levels)`` (kept indices) on each image's valid boxes, mapped back into M."""
-        members = [row.nonzero().flatten() for row in valid]
-        return [
-            index[nms(b[index], s[index], group[index])] for b, s, group, index in zip(boxes, scores, levels, members)
-        ]

@@ -1,10 +1,6 @@
-"""RoIAlign as two small matrix products per RoI, with its backward: torchvision's results, faster on CPUs.
-
-A pooled RoI is ``Wy @ window @ Wx^T``: ``window`` is the part of the map the RoI touches, ``Wy`` / ``Wx``
-[S, rows / columns] hold each bin's averaged bilinear weights, built term by term as torchvision's kernel
-does (so results agree to float rounding). Backward is the transposed products added into the window,
-without the per-sample scatter that dominates torchvision's CPU kernel. One RoI at a time: for CPUs.
-"""
+"""RoIAlign as two small matrix products per RoI, ``Wy @ window @ Wx^T`` over the part of the map it touches (bin
+weights built term by term as torchvision's kernel does: its results to float rounding), and the backward as the
+transposed products, without the per-sample scatter that dominates torchvision's CPU kernel. For CPUs."""
 
 from __future__ import annotations
 
@@ -52,30 +48,32 @@ def weight_support(weights: torch.Tensor) -> Tuple[List[int], List[int]]:
 
 
 def roi_windows(
-    boxes: torch.Tensor, image: int, height: int, width: int, output_size: int, spatial_scale: float,
-    sampling_ratio: int, aligned: bool,
+    rois: torch.Tensor, height: int, width: int, output_size: int, spatial_scale: float, sampling_ratio: int,
+    aligned: bool,
 ) -> List[Window]:
-    """The window of the map and its weights for each of ``boxes`` (XYXY, image pixels) on map ``image``."""
-    corners = boxes.to(torch.promote_types(boxes.dtype, torch.float32)) * spatial_scale - (0.5 if aligned else 0.0)
+    """The window of the map and its weights for each of ``rois`` [R, 5] (image index, XYXY in image pixels)."""
+    corners = rois[:, 1:].to(torch.promote_types(rois.dtype, torch.float32)) * spatial_scale - (0.5 if aligned else 0.0)
     start, extent = corners[:, :2], corners[:, 2:] - corners[:, :2]
     if not aligned:
         extent = extent.clamp(min=1.0)
     grid = (torch.full_like(extent, sampling_ratio) if sampling_ratio > 0 else torch.ceil(extent / output_size)).long()
     rows = axis_weights(start[:, 1], extent[:, 1], output_size, grid[:, 1], height)
     columns = axis_weights(start[:, 0], extent[:, 0], output_size, grid[:, 0], width)
+    images = rois[:, 0].long().tolist()
     windows: List[Window] = []
     for index, (top, bottom, left, right) in enumerate(zip(*weight_support(rows), *weight_support(columns))):
         if bottom > top and right > left:
-            windows.append((image, top, bottom, left, right, rows[index, :, top:bottom], columns[index, :, left:right]))
+            windows.append((images[index], top, bottom, left, right, rows[index, :, top:bottom],
+                            columns[index, :, left:right]))
         else:
             windows.append(None)
     return windows
 
 
-def pool_window(
-    patch: torch.Tensor, row_weights: torch.Tensor, column_weights: torch.Tensor, out: torch.Tensor
-) -> None:
-    """One pooled RoI into ``out`` [S, S, C]; ``patch`` is the channels-last window as [rows, columns * C]."""
+def pool_window(hwc: torch.Tensor, window: Window, out: torch.Tensor) -> None:
+    """One pooled RoI into ``out`` [S, S, C] from the channels-last map ``hwc`` [N, H, W, C]."""
+    image, top, bottom, left, right, row_weights, column_weights = window
+    patch = hwc[image, top:bottom, left:right].reshape(bottom - top, -1)
     rows = torch.mm(row_weights, patch).view(row_weights.shape[0], column_weights.shape[1], out.shape[-1])
     torch.matmul(column_weights, rows, out=out)
 
@@ -88,20 +86,13 @@ class _SeparableRoIAlign(torch.autograd.Function):
         with torch.autocast(feature_map.device.type, enabled=False):
             hwc = feature_map.detach().to(compute_dtype).permute(0, 2, 3, 1).contiguous()
             _, height, width, channels = hwc.shape
-            windows: List[Tuple[int, Window]] = []
-            for image in range(feature_map.shape[0]):
-                members = (rois[:, 0] == image).nonzero().flatten()
-                found = roi_windows(rois[members, 1:].to(compute_dtype), image, height, width, output_size,
-                                    spatial_scale, sampling_ratio, aligned)
-                windows.extend(zip(members.tolist(), found))
-            windows.sort(key=lambda entry: entry[0])
+            windows = roi_windows(rois.to(compute_dtype), height, width, output_size, spatial_scale, sampling_ratio,
+                                  aligned)
             pooled = hwc.new_zeros(len(rois), output_size, output_size, channels)
-            for roi, window in windows:
+            for roi, window in enumerate(windows):
                 if window is not None:
-                    image, top, bottom, left, right, row_weights, column_weights = window
-                    patch = hwc[image, top:bottom, left:right].reshape(bottom - top, -1)
-                    pool_window(patch, row_weights, column_weights, pooled[roi])
-        ctx.windows = [window for _, window in windows]
+                    pool_window(hwc, window, pooled[roi])
+        ctx.windows = windows
         ctx.map_shape, ctx.map_dtype, ctx.compute_dtype = hwc.shape, feature_map.dtype, compute_dtype
         return pooled.permute(0, 3, 1, 2).to(feature_map.dtype)
 

@@ -1,12 +1,11 @@
 """Faster forms of a built C4 detector, applied in place by ``apply_speed_forms``: the same outputs and gradients
-(tests compare both) from the same parameters and buffers under the same names, so checkpoints load alike in
-every form. Convs: ``apply_conv_form``; RoIAlign: ``SeparableRoIPooler`` (a several times faster backward on
-CPUs, slow on GPUs); RPN: ``BatchedProposalRPN`` (all images at once); per-RoI head: ``FastBoxHead``.
-"""
+(tests compare both) from the same parameters and buffers under the same names, so checkpoints load in every form.
+Convs: ``apply_conv_form``; RPN: ``BatchedProposalRPN``; RoIAlign: ``SeparableRoIPooler``; head: ``FastBoxHead``."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Union
+from functools import partial
+from typing import Any, Callable, Dict, List, NamedTuple, Union
 
 import torch
 from fvcore.common.config import CfgNode
@@ -27,29 +26,20 @@ RPN_NMS_IMPLS = ("torchvision", "batched")
 # GPU inference pads RoI counts to multiples of ROI_BUCKET: cuDNN plans every new input shape anew (without
 # buckets an H100 evaluated the quickstart model at 0.12 s per image, 6x its training step).
 ROI_BUCKET = 64
-# RoIs per recomputed slice: bounds the activations alive at once in backward (ShuffleNet 1x in
-# bfloat16: about 1.1 MB per RoI, 2x about twice that).
-RECOMPUTE_CHUNK = 1024
 # Every form off: the detector as built.
 PLAIN = dict(conv="modules", roi_align="torchvision", rpn_nms="torchvision", recompute_box_head=False)
 
 
-class DeferredRoIs:
-    """RoIs [R, 5] (image index, XYXY) to pool later, a slice at a time: ``pooled(start, stop)`` [n, C, S, S]."""
+class DeferredRoIs(NamedTuple):
+    """RoIs [R, 5] (image index, XYXY) that ``pool`` turns into pooled RoIs [n, C, S, S] later, a slice at a time."""
 
-    def __init__(self, pool: Callable[[torch.Tensor], torch.Tensor], rois: torch.Tensor) -> None:
-        self.pool = pool
-        self.rois = rois
-
-    def __len__(self) -> int:
-        return len(self.rois)
-
-    def pooled(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
-        return self.pool(self.rois[start:stop])
+    pool: Callable[[torch.Tensor], torch.Tensor]
+    rois: torch.Tensor
 
 
 class SeparableRoIPooler(RoIPooler):
-    """RoIAlign as two small matrix products per RoI (``separable_roi_align``)."""
+    """RoIAlign as two small matrix products per RoI (``separable_roi_align``: a several times faster backward on
+    CPUs, slow on GPUs)."""
 
     def align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
         if not isinstance(rois, torch.Tensor):
@@ -63,7 +53,8 @@ class DeferringRoIPooler(RoIPooler):
     """``pooler``, except that training calls recording gradients return ``DeferredRoIs`` (for a recomputing head)."""
 
     def __init__(self, pooler: RoIPooler) -> None:
-        super().__init__(pooler.feature_name, pooler.output_size, pooler.spatial_scale, pooler.sampling_ratio, pooler.aligned)
+        super().__init__(pooler.feature_name, pooler.output_size, pooler.spatial_scale, pooler.sampling_ratio,
+                         pooler.aligned)
         self.pooler = pooler
 
     def align(self, feature_map: torch.Tensor, rois: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
@@ -73,8 +64,7 @@ class DeferringRoIPooler(RoIPooler):
         if not (self.training and torch.is_grad_enabled()):
             return super().forward(features, proposals)
         feature_map = features[self.feature_name]
-        rois = rois_with_image_index(proposals, feature_map.device)
-        return DeferredRoIs(lambda chosen: self.align(feature_map, chosen), rois)
+        return DeferredRoIs(partial(self.align, feature_map), rois_with_image_index(proposals, feature_map.device))
 
 
 class FastBoxHead(C4BoxHead):
@@ -83,7 +73,8 @@ class FastBoxHead(C4BoxHead):
     training on ``recompute_chunk`` RoIs at a time under activation checkpointing, keeping none of their
     activations (nor pooled RoIs, with ``DeferringRoIPooler``): backward runs each slice again."""
 
-    recompute_chunk = RECOMPUTE_CHUNK
+    # Bounds the activations alive at once in backward (ShuffleNet 1x in bfloat16: about 1.1 MB per RoI).
+    recompute_chunk = 1024
 
     def __init__(self, head: C4BoxHead, roi_bucket: int = 0, recompute: bool = False) -> None:
         if recompute and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in head.modules()):
@@ -95,22 +86,14 @@ class FastBoxHead(C4BoxHead):
 
     def forward(self, rois: Union[torch.Tensor, DeferredRoIs]) -> torch.Tensor:
         if isinstance(rois, DeferredRoIs) or (self.recompute and self.training and torch.is_grad_enabled()):
-            return self._recomputed(rois)
+            pool, rois = rois if isinstance(rois, DeferredRoIs) else (nn.Identity(), rois)
+            run = partial(checkpoint, lambda part: C4BoxHead.forward(self, pool(part)), use_reentrant=False)
+            return torch.cat([run(part) for part in rois.split(self.recompute_chunk)])
         count = rois.shape[0]
         padding = -count % self.roi_bucket if self.roi_bucket and not self.training else 0
         if padding:
             rois = torch.cat([rois, rois.new_zeros((padding, *rois.shape[1:]))])
         return super().forward(rois)[:count]
-
-    def _recomputed(self, rois: Union[torch.Tensor, DeferredRoIs]) -> torch.Tensor:
-        pooled = rois.pooled if isinstance(rois, DeferredRoIs) else lambda start, stop: rois[start:stop]
-        if len(rois) == 0:
-            return super().forward(pooled(0, 0))
-        chunk = self.recompute_chunk
-        return torch.cat([
-            checkpoint(lambda start: C4BoxHead.forward(self, pooled(start, start + chunk)), start, use_reentrant=False)
-            for start in range(0, len(rois), chunk)
-        ])
 
 
 def fast_box_head(head: C4BoxHead, recompute: bool = False, device: Device = None) -> C4BoxHead:

@@ -1,12 +1,5 @@
-"""Faster forms of ``ConvNormAct`` and ShuffleNet's shuffle, applied in place to a built model (``apply_conv_form``).
-
-Forms swap module classes only (same state dict keys, outputs and gradients; tests compare both).
-``CONV_IMPLS`` (SHUFFLENET_DET.CONV_IMPL): "modules" as built (the only form whose convs forward hooks see);
-"folded": FrozenBatchNorm2d folded into the conv weight at each call (one kernel; trainable BN stays a module);
-"dense": folded, grouped 1x1 convs as block-diagonal dense ones (far better on GPU matrix units, about 1.5x
-slower on CPUs) and the shuffle as the row order of a folded ungrouped ``compress``; "auto": "dense" on CUDA,
-else "folded".
-"""
+"""Faster forms of ``ConvNormAct`` and ShuffleNet's shuffle, applied in place to a built model by ``apply_conv_form``:
+module classes swapped only (same state dict keys, outputs and gradients; tests compare both)."""
 
 from __future__ import annotations
 
@@ -20,6 +13,9 @@ from torchvision.ops import FrozenBatchNorm2d
 from .layers import ChannelShuffle, ConvNormAct
 from .shufflenet import ShuffleUnit
 
+# SHUFFLENET_DET.CONV_IMPL: "modules" as built (the only form whose convs forward hooks see); "folded": FrozenBN folded
+# into the conv weight at each call; "dense": folded, grouped 1x1 convs as block-diagonal dense ones (far better on GPU
+# matrix units, 1.5x slower on CPUs), the shuffle as a folded ``compress``'s row order; "auto": "dense" on CUDA.
 CONV_IMPLS = ("auto", "modules", "folded", "dense")
 
 
@@ -65,11 +61,8 @@ class FoldedConvNormAct(ConvNormAct):
 
 
 class FoldedShuffle(ChannelShuffle):
-    """A shuffle already done by the ``compress`` conv before it (its ``output_order``): passes ``x`` on.
-
-    It still reports its permutation (``ShuffleNetV1.shuffle_layout``); changing the layout would leave
-    the conv's order stale, so that is refused.
-    """
+    """A shuffle already done by the ``compress`` conv before it (its ``output_order``): passes ``x`` on. It still
+    reports its permutation (``ShuffleNetV1.shuffle_layout``); a layout change would leave that order stale: refused."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
