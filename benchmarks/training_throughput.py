@@ -42,11 +42,11 @@ from benchmarks.detector_latency import (
     build_random_torchvision_detector,
     in_model_range,
 )
+from benchmarks.host_memory import peak_resident_bytes, reset_peak_resident, resident_bytes, track_freed_memory
 from shufflenet_det.analysis import count_mult_adds_while
 from shufflenet_det.config import load_config, split_trailing_overrides
 from shufflenet_det.detection.detector import check_detector_config
 from shufflenet_det.modeling import CONV_IMPLS
-from shufflenet_det.utils.host_memory import peak_resident_bytes, reset_peak_resident, resident_bytes, track_freed_memory
 from shufflenet_det.utils.io import OutputPathError, check_output_file
 from shufflenet_det.utils.text_table import format_table
 
@@ -160,7 +160,7 @@ def measure_training(
 ) -> Tuple[float, float]:
     """Median ms per training step (forward, backward, SGD step) and the peak GiB of the timed steps:
     on a GPU the allocator's peak, on a CPU the peak resident memory above ``baseline_bytes`` (taken
-    before the model was built, with ``track_freed_memory()`` on; utils/host_memory.py); NaN if unknown."""
+    before the model was built, with ``track_freed_memory()`` on; benchmarks/host_memory.py); NaN if unknown."""
     device = images[0].device
     parameters = [p for p in model.parameters() if p.requires_grad]
     # A tiny learning rate keeps random weights from diverging within the timed steps.

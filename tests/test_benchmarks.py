@@ -109,7 +109,7 @@ def test_benchmark_measures_each_variant_and_skips_a_failing_one(small_inputs, m
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak resident memory needs Linux's /proc")
 def test_cpu_peak_memory_follows_the_live_tensors_of_the_timed_steps():
-    from shufflenet_det.utils.host_memory import resident_bytes, track_freed_memory
+    from benchmarks.host_memory import resident_bytes, track_freed_memory
 
     assert track_freed_memory()
     baseline = resident_bytes()
