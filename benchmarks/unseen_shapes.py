@@ -12,11 +12,8 @@ earlier ones. (datasets/synthetic*/ is git-ignored.)
 
     D=datasets/synthetic_unseen  # also: --num-train 240 --num-val 60 --seed 0 --overwrite
     python benchmarks/unseen_shapes.py --root $D
-    python tools/train_net.py --config quickstart.yaml \\
-        --register-coco unseen_train $D/annotations/instances_train.json $D/train \\
-        --register-coco unseen_val $D/annotations/instances_val.json $D/val \\
-        DATASETS.TRAIN "('unseen_train',)" DATASETS.TEST "('unseen_val',)" \\
-        MODEL.ROI_HEADS.NUM_CLASSES 5 OUTPUT_DIR output/unseen
+
+then README's two quickstart steps on it through --register-coco (docs/quickstart.md has the commands).
 """
 
 import argparse
