@@ -25,7 +25,7 @@ from ...config.loading import resolve_config_path
 from ...data.builtin import SYNTHETIC_DIRNAME, SYNTHETIC_SPLITS, datasets_root
 from ...data.catalog import DatasetError
 from ...data.synthetic import ensure_synthetic_dataset
-from ...engine.optimizer import OPTIMIZERS
+from ...engine.optimizer import OPTIMIZERS, check_choice
 from ...utils.io import CheckpointError, atomic_write
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout
 from .config import setup_d2_cfg
@@ -54,9 +54,7 @@ class ShuffleNetTrainer(DefaultTrainer):
         (a key of ours: detectron2's yacs config has SGD only)."""
         if cfg.SOLVER.OPTIMIZER == "SGD":
             return super().build_optimizer(cfg, model)
-        if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
-            choices = ", ".join(OPTIMIZERS)
-            raise ValueError(f"unknown SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}': expected one of {choices}")
+        check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
