@@ -232,9 +232,10 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     eval_function = None
     if val_set is not None:
         val_loader, normalize = build_test_loader(cfg, val_set), Normalizer(preprocessing, channels_last)
+        amp_dtype = eval_amp_dtype(cfg, device)
 
         def eval_function() -> Dict[str, Any]:
-            results.update(evaluate_classifier(model, val_loader, normalize, device, eval_amp_dtype(cfg, device)))
+            results.update(evaluate_classifier(model, val_loader, normalize, device, amp_dtype))
             return {options.VAL_SPLIT: results}
 
     trainer = build_trainer(

@@ -55,7 +55,10 @@ def inference_on_dataset(
         device = first.device if first is not None else "cpu"
     device = torch.device(device)
     autocast = torch.autocast(device.type, amp_dtype_from_name(amp_dtype)) if amp_dtype else contextlib.nullcontext()
-    total = len(data_loader) if hasattr(data_loader, "__len__") else None
+    try:
+        total = len(data_loader)
+    except TypeError:  # a DataLoader over an IterableDataset has __len__ but may not know its length
+        total = None
     if total is not None:
         num_warmup = min(num_warmup, max(total - 1, 0))
     logger.info("Start inference on %s batches", total if total is not None else "an unknown number of")
