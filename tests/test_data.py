@@ -111,6 +111,11 @@ def test_catalog_registers_lazily_and_names_unknown_datasets(tmp_path, catalog_n
         DatasetCatalog.get("lazy_ds")
     with pytest.raises(KeyError, match="already registered"):
         register_coco_instances("lazy_ds", "x.json", "x")
+    with pytest.raises(KeyError, match="already registered"):
+        DatasetCatalog["lazy_ds"] = lambda: []  # item assignment gets register's checks
+    with pytest.raises(TypeError, match=r"MetadataCatalog.get\('lazy_ds'\).set"):
+        MetadataCatalog["lazy_ds"] = object()
+    assert MetadataCatalog.get("lazy_ds") is meta
     with pytest.raises(UnknownDatasetError) as error:
         DatasetCatalog.get("lazy_dss")
     assert "Did you mean: lazy_ds" in str(error.value) and "coco_2017_train" in str(error.value)

@@ -4,8 +4,7 @@ a dataset name maps to a function returning its dataset dicts, run only when ask
 from __future__ import annotations
 
 import difflib
-from collections import UserDict
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 
 class DatasetError(RuntimeError):
@@ -23,12 +22,20 @@ class UnknownDatasetError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class _Catalog(UserDict):
+class _Catalog:
+    """Name -> entry. Not a Mapping: as in detectron2, ``get`` loads a dataset or creates its metadata."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[str, Any] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def list(self) -> List[str]:
-        return sorted(self)
+        return sorted(self._entries)
 
     def remove(self, name: str) -> None:
-        self.pop(name, None)
+        self._entries.pop(name, None)
 
 
 class _DatasetCatalog(_Catalog):
@@ -39,16 +46,18 @@ class _DatasetCatalog(_Catalog):
             raise TypeError(f"DatasetCatalog.register('{name}', ...) needs a function, got {type(func).__name__}")
         if name in self:
             raise KeyError(f"dataset '{name}' is already registered; DatasetCatalog.remove('{name}') first")
-        self[name] = func
+        self._entries[name] = func
+
+    __setitem__ = register  # ``DatasetCatalog[name] = func`` gets the same checks
 
     def get(self, name: str) -> List[dict]:
         """Load and return the dataset dicts of ``name`` (runs its loading function every call)."""
         if name not in self:
-            close = difflib.get_close_matches(name, list(self), n=3)
+            close = difflib.get_close_matches(name, self.list(), n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             listed = ", ".join(self.list()) or "(none)"
             raise UnknownDatasetError(f"dataset '{name}' is not registered.{hint} Registered names: {listed}")
-        return self[name]()
+        return self._entries[name]()
 
 
 class Metadata:
@@ -85,9 +94,14 @@ class Metadata:
 
 
 class _MetadataCatalog(_Catalog):
+    def __setitem__(self, name: str, value: Any) -> None:
+        raise TypeError(f"set metadata with MetadataCatalog.get('{name}').set(...), not by item assignment")
+
     def get(self, name: str) -> Metadata:
         """The metadata of ``name``, created empty if it does not exist yet (detectron2 behaviour)."""
-        return self.setdefault(name, Metadata(name))
+        if name not in self._entries:
+            self._entries[name] = Metadata(name)
+        return self._entries[name]
 
 
 DatasetCatalog = _DatasetCatalog()
