@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import pickle
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -124,28 +123,18 @@ def build_detection_test_loader(cfg: Any, dataset_name: str, mapper: Optional[Ca
     """Batches of one dict per image of ``dataset_name``, this rank's contiguous share (InferenceSampler)."""
     dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
     mapper = DatasetMapper(cfg, is_train=False) if mapper is None else mapper
-    sampler = InferenceSampler(len(dataset_dicts))
-    return TestLoader(cfg, _MappedList(dataset_dicts, mapper), len(sampler), 1, None, give_up=False, sampler=sampler)
+    return TestLoader(cfg, _MappedList(dataset_dicts, mapper), sampler=InferenceSampler(len(dataset_dicts)))
 
 
-class TrainLoader:
-    """Batches of mapped dicts (endless in training); ``num_failed`` counts the images skipped as unreadable,
-    which are logged without flooding the log."""
+class _SkippingLoader:
+    """Mapped dicts from a DataLoader over ``dataset``; unreadable images are logged without flooding the
+    log, counted in ``num_failed`` and left out."""
 
-    def __init__(self, cfg: Any, dataset: Dataset, num_images: int, batch_size: int,
-                 group_key: Optional[Callable[[dict], int]], give_up: bool = True, **loader_kwargs: Any) -> None:
+    def __init__(self, cfg: Any, dataset: Dataset, **loader_kwargs: Any) -> None:
         # Items travel one by one (batch_size=None); the main process groups them into batches.
         self.loader = SignalSafeDataLoader(dataset, batch_size=None, num_workers=cfg.DATALOADER.NUM_WORKERS,
                                            collate_fn=_identity, pin_memory=torch.cuda.is_available(), **loader_kwargs)
-        self.batch_size = batch_size
-        self.group_key = group_key
-        self.num_images = num_images
         self.num_failed = 0
-        # Consecutive failures that mean "nothing is readable" rather than "a few bad files".
-        self._give_up_after = min(max(2 * num_images, 20), 1000) if give_up else math.inf
-
-    def __iter__(self) -> Iterator[List[dict]]:
-        return batch_stream(self._readable(), self.batch_size, self.group_key)
 
     def _readable(self) -> Iterator[dict]:
         consecutive = 0
@@ -161,18 +150,43 @@ class TrainLoader:
                     "skipping unreadable image %s: %s (%d skipped so far%s)", item.file_name, item.reason, self.num_failed,
                     "; further ones are only counted, see num_failed" if self.num_failed == _LOGGED_FAILURES else "",
                 )
-            if consecutive >= self._give_up_after:
-                raise DatasetError(
-                    f"the last {consecutive} training images could not be read "
-                    f"(e.g. {item.file_name}: {item.reason}); check the dataset's image folder"
-                )
+            self._failed_in_a_row(consecutive, item)
+
+    def _failed_in_a_row(self, consecutive: int, error: ImageReadError) -> None:
+        """Called after each unreadable image; a finite pass needs no limit, it ends by itself."""
 
 
-class TestLoader(TrainLoader):
-    """Finite iterable of one-image batches; unreadable images are left out and counted in ``num_failed``."""
+class TrainLoader(_SkippingLoader):
+    """Endless batches of ``batch_size`` mapped dicts (grouped by ``group_key`` when given); gives up when so
+    many images in a row are unreadable that nothing is."""
+
+    def __init__(self, cfg: Any, dataset: Dataset, num_images: int, batch_size: int,
+                 group_key: Optional[Callable[[dict], int]], **loader_kwargs: Any) -> None:
+        super().__init__(cfg, dataset, **loader_kwargs)
+        self.batch_size = batch_size
+        self.group_key = group_key
+        # Consecutive failures that mean "nothing is readable" rather than "a few bad files".
+        self._give_up_after = min(max(2 * num_images, 20), 1000)
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        return batch_stream(self._readable(), self.batch_size, self.group_key)
+
+    def _failed_in_a_row(self, consecutive: int, error: ImageReadError) -> None:
+        if consecutive >= self._give_up_after:
+            raise DatasetError(
+                f"the last {consecutive} training images could not be read "
+                f"(e.g. {error.file_name}: {error.reason}); check the dataset's image folder"
+            )
+
+
+class TestLoader(_SkippingLoader):
+    """One-image batches, each image of the sampler's share once; unreadable images are left out."""
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        return ([item] for item in self._readable())
 
     def __len__(self) -> int:
-        return self.num_images
+        return len(self.loader)  # the sampler's share, unreadable images included
 
 
 class _MappedStream(IterableDataset):
