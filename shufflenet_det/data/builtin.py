@@ -7,13 +7,13 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 
 from .catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
-from .coco import COCO_CATEGORIES, COCO_THING_CLASSES, load_coco_json
-from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic_dataset
+from .coco import COCO_CATEGORIES, load_coco_json
+from .synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic_dataset
 
 COCO_DOWNLOAD_PAGE = "https://cocodataset.org/#download"
 _IMAGES_URL = "http://images.cocodataset.org/zips/"
@@ -95,27 +95,26 @@ def _load_synthetic(name: str, root: str) -> List[dict]:
 def register_builtin_datasets(root: Optional[str] = None) -> None:
     """(Re-)register the builtin COCO and synthetic names under ``root`` (default :func:`datasets_root`)."""
     root = datasets_root() if root is None else os.path.expanduser(root)
-    for name in list(COCO_SPLITS) + list(SYNTHETIC_SPLITS):
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
     for split in COCO_SPLITS.values():
-        DatasetCatalog.register(split.name, lambda split=split: _load_builtin_coco(split, root))
-        MetadataCatalog.get(split.name).set(
-            json_file=os.path.join(root, split.json_file),
-            image_root=os.path.join(root, split.image_dir),
-            evaluator_type="coco",
-            thing_classes=list(COCO_THING_CLASSES),
-            thing_dataset_id_to_contiguous_id={cat_id: i for i, (cat_id, _) in enumerate(COCO_CATEGORIES)},
-        )
+        _register(split.name, lambda split=split: _load_builtin_coco(split, root), os.path.join(root, split.json_file),
+                  os.path.join(root, split.image_dir), COCO_CATEGORIES)
+    synthetic_root = os.path.join(root, SYNTHETIC_DIRNAME)
     for name, (image_dir, json_file) in SYNTHETIC_SPLITS.items():
-        DatasetCatalog.register(name, lambda name=name: _load_synthetic(name, root))
-        MetadataCatalog.get(name).set(
-            json_file=os.path.join(root, SYNTHETIC_DIRNAME, json_file),
-            image_root=os.path.join(root, SYNTHETIC_DIRNAME, image_dir),
-            evaluator_type="coco",
-            thing_classes=list(SYNTHETIC_CLASSES),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
-        )
+        _register(name, lambda name=name: _load_synthetic(name, root), os.path.join(synthetic_root, json_file),
+                  os.path.join(synthetic_root, image_dir), SYNTHETIC_CATEGORIES)
+
+
+def _register(name: str, load: Callable[[], List[dict]], json_file: str, image_root: str,
+              categories: Sequence[Tuple[int, str]]) -> None:
+    """Replace ``name``'s entries; its classes are known before loading, from ``(dataset id, name)`` pairs."""
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="coco",
+        thing_classes=[class_name for _, class_name in categories],
+        thing_dataset_id_to_contiguous_id={cat_id: i for i, (cat_id, _) in enumerate(categories)},
+    )
 
 
 @dataclass

@@ -24,6 +24,8 @@ from .catalog import DatasetError
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES: Tuple[str, ...] = ("circle", "rectangle", "triangle", "cross", "ring")
+# (JSON category id, name), as COCO_CATEGORIES: the one place that numbers the classes from 1.
+SYNTHETIC_CATEGORIES: Tuple[Tuple[int, str], ...] = tuple(enumerate(SYNTHETIC_CLASSES, start=1))
 MANIFEST_NAME = "MANIFEST.json"
 _FORMAT = "shufflenet-det synthetic shapes"
 _GENERATOR_VERSION = 1
@@ -186,7 +188,7 @@ def _write_dataset(out: Path, params: SyntheticParams) -> Dict[str, Any]:
         path.write_bytes(data)
         files[relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SYNTHETIC_CLASSES)]
+    categories = [{"id": cat_id, "name": name, "supercategory": "shape"} for cat_id, name in SYNTHETIC_CATEGORIES]
     info = {"description": _FORMAT, "version": str(_GENERATOR_VERSION), "params": params.to_json()}
     stats = {}
     for split_index, split in enumerate(("train", "val")):
@@ -210,7 +212,7 @@ def _write_dataset(out: Path, params: SyntheticParams) -> Dict[str, Any]:
             images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
             for obj in objects:
                 annotations.append(
-                    {"id": len(annotations) + 1 + id_offset, "image_id": image_id, "category_id": obj.category + 1,
+                    {"id": len(annotations) + 1 + id_offset, "image_id": image_id, "category_id": SYNTHETIC_CATEGORIES[obj.category][0],
                      "bbox": [float(v) for v in obj.bbox], "area": float(obj.area), "iscrowd": int(obj.crowd)}
                 )
         coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
@@ -235,12 +237,13 @@ def _dumps(obj: Any) -> str:
 def _split_stats(coco: Dict[str, Any]) -> Dict[str, Any]:
     objects = [ann for ann in coco["annotations"] if not ann["iscrowd"]]
     with_objects = {ann["image_id"] for ann in objects}
+    per_category = Counter(ann["category_id"] for ann in objects)
     return {
         "images": len(coco["images"]),
         "annotations": len(objects),
         "crowd_annotations": len(coco["annotations"]) - len(objects),
         "images_without_objects": len(coco["images"]) - len(with_objects),
-        "per_category": {SYNTHETIC_CLASSES[k - 1]: v for k, v in sorted(Counter(ann["category_id"] for ann in objects).items())},
+        "per_category": {name: per_category[cat_id] for cat_id, name in SYNTHETIC_CATEGORIES if per_category[cat_id]},
         "per_size": {k: v for k, v in sorted(Counter(size_range(ann["area"]) for ann in objects).items())},
     }
 
