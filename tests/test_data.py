@@ -479,7 +479,11 @@ def test_check_coco_exit_codes(tmp_path, capsys):
     assert "1 of 2 image files are missing" in capsys.readouterr().out
     (coco / "val2017" / "2.png").write_bytes(b"broken")
     assert check_coco.main(["--root", str(tmp_path), "--splits", "coco_2017_val"]) == 1
-    assert "2.png does not decode" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 of 2 sampled images are broken" in out and "2.png: OpenCV cannot decode it" in out
+    write_image(coco / "val2017" / "2.png", 41, 30)
+    assert check_coco.main(["--root", str(tmp_path), "--splits", "coco_2017_val"]) == 1
+    assert "2.png: its size is 41x30 but the dataset says 40x30" in capsys.readouterr().out
 
     assert check_coco.main(["--root", str(tmp_path), "--splits", "coco_2099"]) == 2
     assert "unknown split(s) coco_2099" in capsys.readouterr().err

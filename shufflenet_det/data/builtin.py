@@ -9,10 +9,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
-
 from .catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
 from .coco import COCO_CATEGORIES, load_coco_json
+from .mapper import DatasetMapper, ImageReadError
 from .synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic_dataset
 
 COCO_DOWNLOAD_PAGE = "https://cocodataset.org/#download"
@@ -170,13 +169,14 @@ def check_coco_split(split: CocoSplit, root: str, num_samples: int = 5, seed: in
     else:
         report.lines.append(f"{image_dir}/: all {len(images)} image files present")
     samples = random.Random(seed).sample(present, min(num_samples, len(present)))
+    mapper = DatasetMapper(is_train=False)  # the checks, and messages, that loading for training or testing gives
     bad = []
     for image in samples:
-        pixels = cv2.imread(os.path.join(image_dir, image["file_name"]), cv2.IMREAD_COLOR)
-        if pixels is None:
-            bad.append(f"{image['file_name']} does not decode")
-        elif pixels.shape[:2] != (image["height"], image["width"]):
-            bad.append(f"{image['file_name']} is {pixels.shape[1]}x{pixels.shape[0]}, annotated {image['width']}x{image['height']}")
+        try:
+            mapper({"file_name": os.path.join(image_dir, image["file_name"]), "height": image["height"],
+                    "width": image["width"], "image_id": image.get("id")})
+        except ImageReadError as error:
+            bad.append(str(error))
     if bad:
         report.problem(f"{len(bad)} of {len(samples)} sampled images are broken: {'; '.join(bad)}")
     elif samples:
