@@ -1,17 +1,14 @@
 """Builtin dataset names under ``$DETECTRON2_DATASETS`` (default ``./datasets``, registered on import; call
-``register_builtin_datasets()`` after changing it) and the COCO install check of datasets/check_coco.py."""
+``register_builtin_datasets()`` after changing it), with what datasets/check_coco.py needs to check COCO."""
 
 from __future__ import annotations
 
-import json
 import os
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
 from .coco import COCO_CATEGORIES, load_coco_json
-from .mapper import DatasetMapper, ImageReadError
 from .synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic_dataset
 
 COCO_DOWNLOAD_PAGE = "https://cocodataset.org/#download"
@@ -114,71 +111,3 @@ def _register(name: str, load: Callable[[], List[dict]], json_file: str, image_r
         thing_classes=[class_name for _, class_name in categories],
         thing_dataset_id_to_contiguous_id={cat_id: i for i, (cat_id, _) in enumerate(categories)},
     )
-
-
-@dataclass
-class SplitReport:
-    name: str
-    ok: bool = True
-    lines: List[str] = field(default_factory=list)
-
-    def problem(self, text: str) -> None:
-        self.ok = False
-        self.lines.append(text)
-
-
-def check_coco(root: str, splits: List[str], num_samples: int = 5) -> List[SplitReport]:
-    """Reports for the named builtin splits; raises ValueError for unknown names."""
-    unknown = [name for name in splits if name not in COCO_SPLITS]
-    if unknown:
-        raise ValueError(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(COCO_SPLITS)}")
-    return [check_coco_split(COCO_SPLITS[name], root, num_samples) for name in splits]
-
-
-def check_coco_split(split: CocoSplit, root: str, num_samples: int = 5, seed: int = 0) -> SplitReport:
-    """Check that the split's JSON parses, its image folder holds every listed file and sampled images decode
-    at their annotated size. Missing pieces come with the archive that provides them."""
-    report = SplitReport(split.name)
-    json_path = os.path.abspath(os.path.join(root, split.json_file))
-    image_dir = os.path.abspath(os.path.join(root, split.image_dir))
-    for line in coco_missing(split, root):
-        report.problem(line)
-    if not os.path.isfile(json_path):
-        return report
-    try:
-        with open(json_path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-        images = data["images"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        report.problem(f"{json_path} is not a readable COCO file ({type(error).__name__}: {error}); download it again")
-        return report
-    report.lines.append(
-        f"{json_path}: {len(images)} images, {len(data.get('annotations') or [])} annotations, "
-        f"{len(data.get('categories') or [])} categories"
-    )
-    if not os.path.isdir(image_dir):
-        return report
-    on_disk = set(os.listdir(image_dir))
-    present = [image for image in images if image["file_name"] in on_disk]
-    missing = [image["file_name"] for image in images if image["file_name"] not in on_disk]
-    if missing:
-        report.problem(
-            f"{len(missing)} of {len(images)} image files are missing from {image_dir}/ (e.g. {', '.join(missing[:3])}); "
-            f"unzip {split.image_archive} there again"
-        )
-    else:
-        report.lines.append(f"{image_dir}/: all {len(images)} image files present")
-    samples = random.Random(seed).sample(present, min(num_samples, len(present)))
-    mapper = DatasetMapper(is_train=False)  # the checks, and messages, that loading for training or testing gives
-    bad = []
-    for image in samples:
-        try:
-            mapper({"file_name": os.path.join(image_dir, image["file_name"]), "height": image["height"],
-                    "width": image["width"], "image_id": image.get("id")})
-        except ImageReadError as error:
-            bad.append(str(error))
-    if bad:
-        report.problem(f"{len(bad)} of {len(samples)} sampled images are broken: {'; '.join(bad)}")
-    elif samples:
-        report.lines.append(f"{len(samples)} sampled images decode at their annotated size")
-    return report
