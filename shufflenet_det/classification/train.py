@@ -78,9 +78,7 @@ def checkpoint_meta(model: nn.Module, preprocessing: ImagePreprocessing, classes
 
 def label_smoothing_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
     """Cross-entropy against ``(1 - smoothing) * one_hot + smoothing / K`` (K classes, the true one included:
-    torch's and the official recipe's definition), in float32 whatever the logits' dtype."""
-    if not 0.0 <= smoothing < 1.0:
-        raise ConfigError(f"CLASSIFICATION.LABEL_SMOOTHING must be in [0, 1), got {smoothing}")
+    torch's and the official recipe's definition), in float32; ``ClassificationLoss`` checks the configured value."""
     return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
 
 
