@@ -170,12 +170,11 @@ def main(args: argparse.Namespace) -> int:
         register_coco_datasets(args.register_coco)
         cfg = load_classification_config(args.config, args.opts)
         if args.benchmark:
-            results = benchmark_classifier(cfg, args.benchmark_iters)
             logger.info(
-                "Benchmark %s: batch %d, %dx%d, %s: training %.1f images/s, inference %.1f images/s",
-                *(results[key] for key in ("arch", "batch_size", "image_size", "image_size", "setting")),
-                results["train_images_per_s"], results["inference_images_per_s"],
-            )  # fmt: skip
+                "Benchmark %(arch)s: batch %(batch_size)d, %(image_size)dx%(image_size)d, %(setting)s: training "
+                "%(train_images_per_s).1f images/s, inference %(inference_images_per_s).1f images/s",
+                benchmark_classifier(cfg, args.benchmark_iters),
+            )
             return 0
         return run_evaluation(cfg, args) if args.eval_only else run_training(cfg, args)
     except (ConfigError, DatasetError) as error:
