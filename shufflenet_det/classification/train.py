@@ -222,14 +222,12 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     logger.info("Data order seed %d; training from iteration %d", data_seed, start_iter)
 
     loader = build_train_loader(cfg, train_set, per_device_batch_size(cfg), data_seed, start_iter)
-    loss = ClassificationLoss(
-        Normalizer(preprocessing, channels_last), options.LABEL_SMOOTHING, cfg.SHUFFLENET_DET.LOG_PERIOD
-    )
+    normalize = Normalizer(preprocessing, channels_last)  # for training and evaluation
+    loss = ClassificationLoss(normalize, options.LABEL_SMOOTHING, cfg.SHUFFLENET_DET.LOG_PERIOD)
     results: Dict[str, Any] = {}
     eval_function = None
     if val_set is not None:
-        val_loader, normalize = build_test_loader(cfg, val_set), Normalizer(preprocessing, channels_last)
-        amp_dtype = eval_amp_dtype(cfg, device)
+        val_loader, amp_dtype = build_test_loader(cfg, val_set), eval_amp_dtype(cfg, device)
 
         def eval_function() -> Dict[str, Any]:
             results.update(evaluate_classifier(model, val_loader, normalize, device, amp_dtype))
