@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from shufflenet_det.classification import (
+    ClassificationLoss,
     CorruptDatasetError,
     DatasetMissingError,
     ImageFolderDataset,
@@ -196,7 +197,7 @@ def test_label_smoothing_loss_matches_hand_computation():
     assert label_smoothing_cross_entropy(logits, labels, 0.0).item() == pytest.approx(plain.item(), rel=1e-6)
     assert label_smoothing_cross_entropy(logits.bfloat16(), labels).dtype == torch.float32
     with pytest.raises(ValueError, match="LABEL_SMOOTHING"):
-        label_smoothing_cross_entropy(logits, labels, 1.0)
+        ClassificationLoss(lambda images: images, 1.0)
 
 
 def test_topk_counts_and_caps_k_at_the_number_of_classes():

@@ -78,9 +78,7 @@ def checkpoint_meta(model: nn.Module, preprocessing: ImagePreprocessing, classes
 
 def label_smoothing_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
     """Cross-entropy against ``(1 - smoothing) * one_hot + smoothing / K`` (K classes, the true one included:
-    torch's and the official recipe's definition), in float32 whatever the logits' dtype."""
-    if not 0.0 <= smoothing < 1.0:
-        raise ConfigError(f"CLASSIFICATION.LABEL_SMOOTHING must be in [0, 1), got {smoothing}")
+    torch's and the official recipe's definition), in float32; ``ClassificationLoss`` checks the configured value."""
     return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
 
 
@@ -172,12 +170,11 @@ def main(args: argparse.Namespace) -> int:
         register_coco_datasets(args.register_coco)
         cfg = load_classification_config(args.config, args.opts)
         if args.benchmark:
-            results = benchmark_classifier(cfg, args.benchmark_iters)
             logger.info(
-                "Benchmark %s: batch %d, %dx%d, %s: training %.1f images/s, inference %.1f images/s",
-                *(results[key] for key in ("arch", "batch_size", "image_size", "image_size", "setting")),
-                results["train_images_per_s"], results["inference_images_per_s"],
-            )  # fmt: skip
+                "Benchmark %(arch)s: batch %(batch_size)d, %(image_size)dx%(image_size)d, %(setting)s: training "
+                "%(train_images_per_s).1f images/s, inference %(inference_images_per_s).1f images/s",
+                benchmark_classifier(cfg, args.benchmark_iters),
+            )
             return 0
         return run_evaluation(cfg, args) if args.eval_only else run_training(cfg, args)
     except (ConfigError, DatasetError) as error:
@@ -225,14 +222,12 @@ def run_training(cfg: CfgNode, args: argparse.Namespace) -> int:
     logger.info("Data order seed %d; training from iteration %d", data_seed, start_iter)
 
     loader = build_train_loader(cfg, train_set, per_device_batch_size(cfg), data_seed, start_iter)
-    loss = ClassificationLoss(
-        Normalizer(preprocessing, channels_last), options.LABEL_SMOOTHING, cfg.SHUFFLENET_DET.LOG_PERIOD
-    )
+    normalize = Normalizer(preprocessing, channels_last)  # for training and evaluation
+    loss = ClassificationLoss(normalize, options.LABEL_SMOOTHING, cfg.SHUFFLENET_DET.LOG_PERIOD)
     results: Dict[str, Any] = {}
     eval_function = None
     if val_set is not None:
-        val_loader, normalize = build_test_loader(cfg, val_set), Normalizer(preprocessing, channels_last)
-        amp_dtype = eval_amp_dtype(cfg, device)
+        val_loader, amp_dtype = build_test_loader(cfg, val_set), eval_amp_dtype(cfg, device)
 
         def eval_function() -> Dict[str, Any]:
             results.update(evaluate_classifier(model, val_loader, normalize, device, amp_dtype))

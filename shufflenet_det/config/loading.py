@@ -25,8 +25,7 @@ def config_dir() -> Path:
 
 
 def list_configs() -> List[str]:
-    folder = config_dir()
-    return sorted(path.stem for path in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted(path.stem for path in config_dir().glob("*.yaml"))  # none if the folder is missing
 
 
 def split_trailing_overrides(values: Sequence[str]) -> tuple:

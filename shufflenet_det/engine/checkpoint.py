@@ -61,13 +61,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     keys = numpy["keys"].numpy().astype(np.uint32)
     np.random.set_state((numpy["name"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"]))
     random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
-    cuda_states = state.get("cuda")
-    if cuda_states is not None and torch.cuda.is_available():
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        else:
-            count = torch.cuda.device_count()
-            logger.warning("CUDA RNG state saved for %d devices, %d visible: not restored", len(cuda_states), count)
+    cuda_states, count = state.get("cuda"), torch.cuda.device_count()
+    if cuda_states is not None and len(cuda_states) == count:
+        torch.cuda.set_rng_state_all(cuda_states)
+    elif cuda_states is not None and count:
+        logger.warning("CUDA RNG state saved for %d devices, %d visible: not restored", len(cuda_states), count)
 
 
 class Checkpointer(_FvcoreCheckpointer):
