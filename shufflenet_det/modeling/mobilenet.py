@@ -75,5 +75,3 @@ for _width in WIDTH_MULTS:
     _name = f"mobilenet_v1_{width_tag(_width)}"
     _doc = f"MobileNet v1 {_width}. Keyword arguments: num_classes, norm, activation."
     globals()[_name] = register_model(_name, MobileNetV1, _doc, "mobilenet_v1", width_mult=_width)
-
-__all__ = ["MobileNetV1"] + [name for name in list(globals()) if name.startswith("mobilenet_v1_x")]

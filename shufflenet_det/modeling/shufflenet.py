@@ -162,7 +162,3 @@ for _groups in GROUPS:
                 "channel_shuffle (False gives the paper's Table 3 ablation), norm.")
         _fixed = {"width_mult": _width, "groups": _groups}
         globals()[_name] = register_model(_name, ShuffleNetV1, _doc, "shufflenet_v1", **_fixed)
-
-__all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_channels"] + [
-    name for name in list(globals()) if name.startswith("shufflenet_v1_x")
-]
