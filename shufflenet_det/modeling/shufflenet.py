@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import ChannelShuffle, ConvNormAct, init_weights, make_divisible
+from .layers import ChannelShuffle, ConvNormAct, init_weights
 from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
@@ -50,8 +50,12 @@ def shufflenet_v1_channels(width_mult: float, groups: int) -> Tuple[int, List[in
     official = _OFFICIAL_CHANNELS.get((groups, float(width_mult)))
     if official is not None:
         return official[0], list(official[1:])
-    stage2 = make_divisible(_STAGE2_CHANNELS_1X[groups] * width_mult, 4 * groups)
-    stem = make_divisible(24 * width_mult, groups)
+
+    def multiple_of(divisor: int, value: float) -> int:  # the nearest one (halves up), at least ``divisor``
+        return max(divisor, int(value / divisor + 0.5) * divisor)
+
+    stage2 = multiple_of(4 * groups, _STAGE2_CHANNELS_1X[groups] * width_mult)
+    stem = multiple_of(groups, 24 * width_mult)
     return stem, [stage2, 2 * stage2, 4 * stage2]
 
 

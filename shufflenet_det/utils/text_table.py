@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 
 def format_number(value: Any, digits: int = 3) -> str:
@@ -41,8 +41,8 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def first_items(items: Sequence[Any], count: int = 4) -> str:
-    """The first ``count`` items, and how many there are in all when some are left out."""
+def first_items(items: Sequence[Any], count: int = 4, show: Callable[[Any], str] = repr) -> str:
+    """The first ``count`` items as ``show`` writes them, and how many there are in all when some are left out."""
     items = list(items)
-    shown = ", ".join(repr(item) for item in items[:count])
+    shown = ", ".join(show(item) for item in items[:count])
     return shown + (f", ... ({len(items)} in all)" if len(items) > count else "")
