@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import ConvNormAct, init_weights
+from .layers import ConvNormAct
 from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
@@ -53,7 +53,6 @@ class MobileNetV1(StagedNetwork):
             setattr(self, name, nn.Sequential(*layers))
             feature_info.append(FeatureInfo(name, in_channels, stride))
         self._finish(feature_info, num_classes)
-        init_weights(self)
         self.set_activation(activation)
 
     @property

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import ChannelShuffle, ConvNormAct, init_weights
+from .layers import ChannelShuffle, ConvNormAct
 from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
@@ -124,17 +124,14 @@ class ShuffleNetV1(StagedNetwork):
             setattr(self, name, nn.Sequential(*blocks))
             feature_info.append(FeatureInfo(name, out_channels, 2 ** (index + 3)))
         self._finish(feature_info, num_classes)
-        init_weights(self)
 
     @property
     def shuffle_layout(self) -> str:
         """Which permutation the shuffles apply: "paper", "inverse" (the official release's) or "none"."""
-        layouts = {m.inverse for m in self.modules() if isinstance(m, ChannelShuffle)}
-        if not layouts:
-            return "none"
-        if len(layouts) > 1:
-            return "mixed"
-        return "inverse" if layouts.pop() else "paper"
+        layouts = {"inverse" if m.inverse else "paper" for m in self.modules() if isinstance(m, ChannelShuffle)}
+        if len(layouts) != 1:
+            return "mixed" if layouts else "none"
+        return layouts.pop()
 
     def set_shuffle_layout(self, layout: str) -> None:
         if layout not in ("paper", "inverse"):
@@ -146,10 +143,9 @@ class ShuffleNetV1(StagedNetwork):
     @property
     def concat_order(self) -> str:
         """Stride-2 units' output: "shortcut_first" (official, the default) or "branch_first" (pytorchcv)."""
-        orders = {m.shortcut_first for m in self.modules() if isinstance(m, ShuffleUnit) and m.stride == 2}
-        if len(orders) > 1:
-            return "mixed"
-        return "shortcut_first" if orders.pop() else "branch_first"
+        orders = {"shortcut_first" if m.shortcut_first else "branch_first"
+                  for m in self.modules() if isinstance(m, ShuffleUnit) and m.stride == 2}
+        return orders.pop() if len(orders) == 1 else "mixed"
 
     def set_concat_order(self, order: str) -> None:
         if order not in CONCAT_ORDERS:
