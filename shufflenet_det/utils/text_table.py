@@ -18,8 +18,7 @@ def format_number(value: Any, digits: int = 3) -> str:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
     """A pipe table: text columns left-aligned, numeric columns right-aligned."""
     cells: List[List[str]] = [[format_number(value, digits) for value in row] for row in rows]
-    columns = list(zip(*([list(headers)] + cells))) if cells else [(header,) for header in headers]
-    widths = [max(len(text) for text in column) for column in columns]
+    widths = [max(map(len, column)) for column in zip(headers, *cells)]
     numeric = [
         bool(rows) and all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
         for i in range(len(headers))
