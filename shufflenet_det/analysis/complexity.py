@@ -257,14 +257,9 @@ def format_breakdown(row: Mapping) -> str:
         f"({row['params_without_classifier_bias']:,} without the classifier bias), "
         f"{total:,} multiply-adds ({_millions(total)}M)"
     ]
-    stage_width = max(map(len, stages), default=5)
-    lines.append(f"  {'stage'.ljust(stage_width)}  {'params':>10}  {'MAdds':>13}  {'share':>6}")
-    for name, count in stages.items():
-        share = f"{100 * count / total:.1f}%" if total else ""
-        params = row["params_by_stage"].get(name)
-        lines.append(
-            f"  {name.ljust(stage_width)}  {'' if params is None else f'{params:,}':>10}  {count:>13,}  {share:>6}"
-        )
+    stage_rows = [[name, row["params_by_stage"].get(name), count, 100 * count / total if total else None]
+                  for name, count in stages.items()]
+    lines.append(text_table.format_table(["stage", "params", "MAdds", "share %"], stage_rows, digits=1))
     if row["references"] and (height, width) != REFERENCE_INPUT_SIZE:
         lines.append(f"  (published multiply-adds are for 224x224, so they are not compared at {height}x{width})")
     for source, figures in row["references"].items():

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -254,8 +255,4 @@ def _check_results(coco_gt: COCO, results: List[dict], image_ids: Sequence[int],
 
 
 def _write_json(path: str, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle)
-
-    atomic_write(path, write, overwrite=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj), encoding="utf-8"), overwrite=True)

@@ -79,12 +79,6 @@ def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def make_divisible(value: float, divisor: int, minimum: Optional[int] = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (halves up), at least ``minimum``."""
-    minimum = divisor if minimum is None else minimum
-    return max(minimum, int(value / divisor + 0.5) * divisor)
-
-
 def init_weights(model: nn.Module) -> None:
     """torchvision's classifier initialization: He-normal convs, unit BatchNorm, small normal classifier."""
     for module in model.modules():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import ConvNormAct, init_weights
+from .layers import ConvNormAct
 from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
@@ -53,7 +53,6 @@ class MobileNetV1(StagedNetwork):
             setattr(self, name, nn.Sequential(*layers))
             feature_info.append(FeatureInfo(name, in_channels, stride))
         self._finish(feature_info, num_classes)
-        init_weights(self)
         self.set_activation(activation)
 
     @property
@@ -75,5 +74,3 @@ for _width in WIDTH_MULTS:
     _name = f"mobilenet_v1_{width_tag(_width)}"
     _doc = f"MobileNet v1 {_width}. Keyword arguments: num_classes, norm, activation."
     globals()[_name] = register_model(_name, MobileNetV1, _doc, "mobilenet_v1", width_mult=_width)
-
-__all__ = ["MobileNetV1"] + [name for name in list(globals()) if name.startswith("mobilenet_v1_x")]

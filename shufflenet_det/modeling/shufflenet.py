@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import ChannelShuffle, ConvNormAct, init_weights, make_divisible
+from .layers import ChannelShuffle, ConvNormAct
 from .registry import register_model, width_tag
 from .staged import FeatureInfo, StagedNetwork
 
@@ -50,8 +50,12 @@ def shufflenet_v1_channels(width_mult: float, groups: int) -> Tuple[int, List[in
     official = _OFFICIAL_CHANNELS.get((groups, float(width_mult)))
     if official is not None:
         return official[0], list(official[1:])
-    stage2 = make_divisible(_STAGE2_CHANNELS_1X[groups] * width_mult, 4 * groups)
-    stem = make_divisible(24 * width_mult, groups)
+
+    def multiple_of(divisor: int, value: float) -> int:  # the nearest one (halves up), at least ``divisor``
+        return max(divisor, int(value / divisor + 0.5) * divisor)
+
+    stage2 = multiple_of(4 * groups, _STAGE2_CHANNELS_1X[groups] * width_mult)
+    stem = multiple_of(groups, 24 * width_mult)
     return stem, [stage2, 2 * stage2, 4 * stage2]
 
 
@@ -120,17 +124,14 @@ class ShuffleNetV1(StagedNetwork):
             setattr(self, name, nn.Sequential(*blocks))
             feature_info.append(FeatureInfo(name, out_channels, 2 ** (index + 3)))
         self._finish(feature_info, num_classes)
-        init_weights(self)
 
     @property
     def shuffle_layout(self) -> str:
         """Which permutation the shuffles apply: "paper", "inverse" (the official release's) or "none"."""
-        layouts = {m.inverse for m in self.modules() if isinstance(m, ChannelShuffle)}
-        if not layouts:
-            return "none"
-        if len(layouts) > 1:
-            return "mixed"
-        return "inverse" if layouts.pop() else "paper"
+        layouts = {"inverse" if m.inverse else "paper" for m in self.modules() if isinstance(m, ChannelShuffle)}
+        if len(layouts) != 1:
+            return "mixed" if layouts else "none"
+        return layouts.pop()
 
     def set_shuffle_layout(self, layout: str) -> None:
         if layout not in ("paper", "inverse"):
@@ -142,10 +143,9 @@ class ShuffleNetV1(StagedNetwork):
     @property
     def concat_order(self) -> str:
         """Stride-2 units' output: "shortcut_first" (official, the default) or "branch_first" (pytorchcv)."""
-        orders = {m.shortcut_first for m in self.modules() if isinstance(m, ShuffleUnit) and m.stride == 2}
-        if len(orders) > 1:
-            return "mixed"
-        return "shortcut_first" if orders.pop() else "branch_first"
+        orders = {"shortcut_first" if m.shortcut_first else "branch_first"
+                  for m in self.modules() if isinstance(m, ShuffleUnit) and m.stride == 2}
+        return orders.pop() if len(orders) == 1 else "mixed"
 
     def set_concat_order(self, order: str) -> None:
         if order not in CONCAT_ORDERS:
@@ -162,7 +162,3 @@ for _groups in GROUPS:
                 "channel_shuffle (False gives the paper's Table 3 ablation), norm.")
         _fixed = {"width_mult": _width, "groups": _groups}
         globals()[_name] = register_model(_name, ShuffleNetV1, _doc, "shufflenet_v1", **_fixed)
-
-__all__ = ["ShuffleNetV1", "ShuffleUnit", "shufflenet_v1_channels"] + [
-    name for name in list(globals()) if name.startswith("shufflenet_v1_x")
-]

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .layers import convert_frozen_batchnorm
+from .layers import convert_frozen_batchnorm, init_weights
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class FeatureInfo:
 
 
 class StagedNetwork(nn.Module):
-    """Base class: subclasses build their stages, then call ``_finish(feature_info, num_classes)``."""
+    """Base class: subclasses build their stages, then call ``_finish(feature_info, num_classes)`` (which adds the
+    classifier and initializes every weight)."""
 
     feature_info: List[FeatureInfo]
 
@@ -30,6 +31,7 @@ class StagedNetwork(nn.Module):
         self.num_classes = num_classes
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.feature_info[-1].channels, num_classes)
+        init_weights(self)
 
     @property
     def stage_names(self) -> List[str]:

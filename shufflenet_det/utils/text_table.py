@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 
 def format_number(value: Any, digits: int = 3) -> str:
@@ -18,8 +18,7 @@ def format_number(value: Any, digits: int = 3) -> str:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
     """A pipe table: text columns left-aligned, numeric columns right-aligned."""
     cells: List[List[str]] = [[format_number(value, digits) for value in row] for row in rows]
-    columns = list(zip(*([list(headers)] + cells))) if cells else [(header,) for header in headers]
-    widths = [max(len(text) for text in column) for column in columns]
+    widths = [max(map(len, column)) for column in zip(headers, *cells)]
     numeric = [
         bool(rows) and all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
         for i in range(len(headers))
@@ -41,8 +40,8 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def first_items(items: Sequence[Any], count: int = 4) -> str:
-    """The first ``count`` items, and how many there are in all when some are left out."""
+def first_items(items: Sequence[Any], count: int = 4, show: Callable[[Any], str] = repr) -> str:
+    """The first ``count`` items as ``show`` writes them, and how many there are in all when some are left out."""
     items = list(items)
-    shown = ", ".join(repr(item) for item in items[:count])
+    shown = ", ".join(show(item) for item in items[:count])
     return shown + (f", ... ({len(items)} in all)" if len(items) > count else "")

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..modeling.registry import MODEL_REGISTRY, create_model, list_models
 from ..utils.io import CheckpointError
+from ..utils.text_table import first_items
 from .catalog import SOURCE_PREPROCESSING, Preprocessing, download_weights, find_pretrained, list_pretrained
 from .converters import CONVERTERS
 from .formats import SOURCES, StateDict, read_checkpoint, unpack_checkpoint
@@ -165,13 +166,9 @@ def _shape_problems(expected: Shapes, found: Shapes, skipped: Sequence[str] = ()
     missing = [k for k in expected if k not in found and k not in skipped]
     unexpected = [k for k in found if k not in expected]
     wrong = [k for k in expected if k in found and expected[k] != found[k]]
-    parts = []
-    for title, keys, describe in (
+    problems = (
         ("shape mismatch", wrong, lambda k: f"{k} {list(found[k])} vs model {list(expected[k])}"),
         ("missing", missing, lambda k: f"{k} {list(expected[k])}"),
         ("unexpected", unexpected, lambda k: f"{k} {list(found[k])}"),
-    ):
-        if keys:
-            more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
-            parts.append(f"{title}: " + ", ".join(describe(k) for k in keys[:limit]) + more)
-    return "; ".join(parts)
+    )
+    return "; ".join(f"{title}: {first_items(keys, limit, describe)}" for title, keys, describe in problems if keys)

@@ -1,6 +1,7 @@
 """detectron2 plugin: ``import shufflenet_det.integrations.d2`` registers the ShuffleNet v1 / MobileNet v1 C4
 backbones and ``ShuffleNetC4ROIHeads``; ``add_shufflenet_config(cfg)`` adds our keys to a detectron2 config.
-Training and evaluation helpers are in ``.train``; nothing else in shufflenet_det imports this package."""
+Training and evaluation helpers are in ``.train``; nothing else in shufflenet_det imports this package. The names
+imported here are the API."""
 
 try:
     import detectron2  # noqa: F401
@@ -16,9 +17,3 @@ from .backbone import ShuffleNetC4Backbone, build_mobilenet_v1_backbone, build_s
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout, classifier_to_d2_state_dict, torchvision_to_d2_state_dict
 from .config import add_shufflenet_config, get_shufflenet_d2_cfg, setup_d2_cfg
 from .roi_heads import ShuffleNetC4ROIHeads
-
-__all__ = [
-    "ShuffleNetC4Backbone", "ShuffleNetC4ROIHeads", "ShuffleNetCheckpointer", "add_shufflenet_config", "anchor_layout",
-    "build_mobilenet_v1_backbone", "build_shufflenet_v1_backbone", "classifier_to_d2_state_dict",
-    "get_shufflenet_d2_cfg", "network_from_cfg", "setup_d2_cfg", "torchvision_to_d2_state_dict",
-]
