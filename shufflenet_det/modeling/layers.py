@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
 NORMS = {"BN": nn.BatchNorm2d, "FrozenBN": FrozenBatchNorm2d, "SyncBN": nn.SyncBatchNorm}  # detectron2's names
@@ -34,12 +35,13 @@ class ConvNormAct(nn.Sequential):
 def channel_shuffle(x: torch.Tensor, groups: int, inverse: bool = False) -> torch.Tensor:
     """The paper's shuffle: view channels as (groups, n), transpose, flatten. ``inverse=True`` applies the
     inverse permutation (view as (n, groups)), the official release's: some of its checkpoints need it."""
-    batch, channels, height, width = x.shape
-    if inverse:
-        x = x.view(batch, channels // groups, groups, height, width)
-    else:
-        x = x.view(batch, groups, channels // groups, height, width)
-    return x.transpose(1, 2).reshape(batch, channels, height, width)
+    if torch.onnx.is_in_onnx_export():  # ONNX has no channel-shuffle operator: export the reshapes
+        batch, channels, height, width = x.shape
+        shape = (channels // groups, groups) if inverse else (groups, channels // groups)
+        return x.view(batch, *shape, height, width).transpose(1, 2).reshape(batch, channels, height, width)
+    # torch's operator keeps a channels_last input channels_last (the reshapes would not, and the
+    # following convolutions would run slower in the other layout).
+    return F.channel_shuffle(x, x.shape[1] // groups if inverse else groups)
 
 
 class ChannelShuffle(nn.Module):
