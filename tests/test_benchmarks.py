@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import detector_latency, table8, training_throughput
+from benchmarks import channel_shuffle, detector_latency, table8, training_throughput
 from benchmarks.common import time_interleaved
 from benchmarks.training_throughput import Variant, random_batch
 
@@ -314,3 +314,19 @@ def test_table8_errors_and_json(tmp_path, capsys):
     assert "Speedup" not in capsys.readouterr().out
     assert table8.main(args) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_channel_shuffle_forms_agree_and_the_benchmark_restores_the_models_form(capsys):
+    import shufflenet_det.modeling.layers as layers
+
+    x = torch.randn(2, 12, 3, 5).contiguous(memory_format=torch.channels_last)
+    for inverse in (False, True):
+        expected = channel_shuffle.reshape_shuffle(x, 3, inverse)
+        assert torch.equal(layers.channel_shuffle(x, 3, inverse), expected)
+        assert not torch.equal(expected, x)
+    assert layers.channel_shuffle(x, 3).is_contiguous(memory_format=torch.channels_last)
+    original = layers.channel_shuffle
+    channel_shuffle.main(["--models", "shufflenet_v1_x0_5_g3", "--sizes", "64x64", "--runs", "2", "--warmup", "0"])
+    assert layers.channel_shuffle is original
+    row = [line for line in capsys.readouterr().out.splitlines() if "64x64 eager" in line]
+    assert len(row) == 1
