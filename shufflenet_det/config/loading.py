@@ -18,6 +18,12 @@ class ConfigError(ValueError):
     """A config that cannot be used: missing file, unknown key, bad value. The message is one line."""
 
 
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    """A one-line ``ConfigError`` for a config value that is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"unknown {key} '{value}': expected one of {', '.join(choices)}")
+
+
 def config_dir() -> Path:
     """The repository's ``configs/`` folder (found beside the package, else under the current directory)."""
     beside_package = Path(__file__).resolve().parents[2] / "configs"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import logging
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from fvcore.common.config import CfgNode
@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.hooks import RemovableHandle
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..config.loading import ConfigError
+from ..config.loading import ConfigError, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,6 @@ CLIP_TYPES = ("value", "norm", "full_model")
 OPTIMIZERS = ("SGD", "AdamW")
 WARMUP_METHODS = ("linear", "constant")
 SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupLinearLR")
-
-
-def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
-    """A one-line ``ConfigError`` for a config value that is not one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"unknown {key} '{value}': expected one of {', '.join(choices)}")
 
 
 def get_param_groups(

@@ -21,11 +21,11 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
-from ...config.loading import resolve_config_path
+from ...config.loading import check_choice, resolve_config_path
 from ...data.builtin import SYNTHETIC_DIRNAME, SYNTHETIC_SPLITS, datasets_root
 from ...data.catalog import DatasetError
 from ...data.synthetic import ensure_synthetic_dataset
-from ...engine.optimizer import OPTIMIZERS, check_choice
+from ...engine.optimizer import OPTIMIZERS
 from ...utils.io import CheckpointError, atomic_write
 from .checkpoint import ShuffleNetCheckpointer, anchor_layout
 from .config import setup_d2_cfg
