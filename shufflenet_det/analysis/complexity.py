@@ -40,15 +40,29 @@ class ReferenceFigures:
     classifier_bias: bool = True
 
 
-# The paper's MFLOPs (millions of multiply-adds at 224x224) and top-1 error (%) for groups 1, 2, 3, 4, 8 (Table 2;
-# 1x MFLOPs from Table 1, where g8 has 137, Table 5 140). Table 2's 0.5x and 0.25x rows state one nominal figure.
-_PAPER_TABLE2 = {
-    "x1_0": ((143, 140, 137, 133, 137), (33.6, 32.7, 32.6, 32.8, 32.4)),
-    "x0_5": ((38,) * 5, (45.1, 44.4, 43.2, 41.6, 42.3)),
-    "x0_25": ((13,) * 5, (57.1, 56.8, 55.0, 54.2, 52.7)),
-}
-_PAPER_TABLE5 = {"shufflenet_v1_x1_5_g3": (292, 28.5), "shufflenet_v1_x2_0_g3": (524, 26.3)}
-_ALSO_IN_TABLE5 = ("shufflenet_v1_x1_0_g8", "shufflenet_v1_x0_5_g4")  # Table 2 rows that Table 5 repeats
+# The paper's MFLOPs (millions of multiply-adds at 224x224) and top-1 error (%), as the paper states them, with
+# where. Table 2's 0.5x and 0.25x rows state one nominal figure for all group counts; 1x g8: Table 1's 137
+# (Table 5: 140).
+_PAPER_FIGURES = (
+    # name, MFLOPs, top-1 error, where
+    ("shufflenet_v1_x1_0_g1", 143, 33.6, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g2", 140, 32.7, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g3", 137, 32.6, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g4", 133, 32.8, "Table 1; Table 2"),
+    ("shufflenet_v1_x1_0_g8", 137, 32.4, "Table 1; Tables 2, 5"),
+    ("shufflenet_v1_x0_5_g1", 38, 45.1, "Table 2"),
+    ("shufflenet_v1_x0_5_g2", 38, 44.4, "Table 2"),
+    ("shufflenet_v1_x0_5_g3", 38, 43.2, "Table 2"),
+    ("shufflenet_v1_x0_5_g4", 38, 41.6, "Tables 2, 5"),
+    ("shufflenet_v1_x0_5_g8", 38, 42.3, "Table 2"),
+    ("shufflenet_v1_x0_25_g1", 13, 57.1, "Table 2"),
+    ("shufflenet_v1_x0_25_g2", 13, 56.8, "Table 2"),
+    ("shufflenet_v1_x0_25_g3", 13, 55.0, "Table 2"),
+    ("shufflenet_v1_x0_25_g4", 13, 54.2, "Table 2"),
+    ("shufflenet_v1_x0_25_g8", 13, 52.7, "Table 2"),
+    ("shufflenet_v1_x1_5_g3", 292, 28.5, "Table 5"),
+    ("shufflenet_v1_x2_0_g3", 524, 26.3, "Table 5"),
+)
 # MobileNet v1: MFLOPs and top-1 error from the ShuffleNet paper's Table 5; parameters (rounded to 0.1M)
 # from the MobileNet paper's Table 6.
 _MOBILENET_FIGURES = (
@@ -72,14 +86,10 @@ _OFFICIAL_FIGURES = (
     ("shufflenet_v1_x2_0_g8", 6_521_232, 521.9e6, 27.1),
 )
 
+
 def _collect_references() -> Dict[str, Dict[str, ReferenceFigures]]:
     references: Dict[str, Dict[str, ReferenceFigures]] = {}
-    paper = {f"shufflenet_v1_{width}_g{g}": figures for width, (mflops, errors) in _PAPER_TABLE2.items()
-             for g, *figures in zip((1, 2, 3, 4, 8), mflops, errors)}
-    paper.update(_PAPER_TABLE5)
-    for name, (mflops, error) in paper.items():
-        tables = "Tables 2, 5" if name in _ALSO_IN_TABLE5 else "Table 2"
-        where = "Table 5" if name in _PAPER_TABLE5 else f"Table 1; {tables}" if "x1_0" in name else tables
+    for name, mflops, error, where in _PAPER_FIGURES:
         references.setdefault(name, {})["paper"] = ReferenceFigures(
             "paper", f"{PAPER}, {where}", mult_adds=int(mflops * 1e6), top1_error=error
         )
