@@ -234,3 +234,14 @@ def test_export_tool_writes_torchscript_and_onnx(tmp_path, capsys):
     assert export_main(common + ["--format", "onnx", "--output", str(onnx_path), "--overwrite"]) == 0
     session = create_ort_session(onnx_path)
     assert session.run(None, {"input": torch.rand(1, 3, 96, 80).numpy()})[0].shape == (1, 1000)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_channel_shuffle_exports_to_onnx_for_any_height_and_width(inverse):
+    pytest.importorskip("onnxruntime")
+    session = create_ort_session(onnx_bytes(ChannelShuffle(3, inverse), torch.randn(1, 12, 4, 6)))
+    for shape in ((1, 12, 4, 6), (2, 12, 7, 3)):
+        x = torch.randn(*shape)
+        (exported,) = session.run(None, {"input": x.numpy()})
+        assert torch.equal(torch.from_numpy(exported), channel_shuffle(x, 3, inverse))
+        assert not torch.equal(torch.from_numpy(exported), x)

@@ -20,6 +20,19 @@ ORT_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
 Inputs = Union[torch.Tensor, Tuple[object, ...]]
 
 
+def _channel_shuffle_symbolic(g, x, groups):
+    """ONNX has no channel shuffle: (N, C, H, W) -> (N, groups, C / groups, H, W), swap axes 1 and 2, flatten back,
+    with H and W read at run time (``groups`` is a value too: the inverse shuffle's is computed from C)."""
+    def constant(values):
+        return g.op("Constant", value_t=torch.tensor(values))
+
+    height_width = g.op("Slice", g.op("Shape", x), constant([2]), constant([4]))
+    groups = g.op("Reshape", g.op("Cast", groups, to_i=7), constant([1]))  # int64, one element
+    split = g.op("Concat", constant([0]), groups, constant([-1]), height_width, axis_i=0)
+    merged = g.op("Concat", constant([0, -1]), height_width, axis_i=0)
+    return g.op("Reshape", g.op("Transpose", g.op("Reshape", x, split), perm_i=[0, 2, 1, 3, 4]), merged)
+
+
 def _as_tuple(example_inputs: Inputs) -> Tuple[object, ...]:
     return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
@@ -56,6 +69,7 @@ def onnx_bytes(
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript-based exporter on purpose: the dynamo exporter needs onnxscript.
             warnings.simplefilter("ignore")
+            torch.onnx.register_custom_op_symbolic("aten::channel_shuffle", _channel_shuffle_symbolic, MIN_OPSET)
             torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=opset, input_names=names,
                               output_names=list(output_names) if output_names else None,
                               dynamic_axes=axes or None, do_constant_folding=True)

@@ -34,13 +34,8 @@ class ConvNormAct(nn.Sequential):
 
 def channel_shuffle(x: torch.Tensor, groups: int, inverse: bool = False) -> torch.Tensor:
     """The paper's shuffle: view channels as (groups, n), transpose, flatten. ``inverse=True`` applies the
-    inverse permutation (view as (n, groups)), the official release's: some of its checkpoints need it."""
-    if torch.onnx.is_in_onnx_export():  # ONNX has no channel-shuffle operator: export the reshapes
-        batch, channels, height, width = x.shape
-        shape = (channels // groups, groups) if inverse else (groups, channels // groups)
-        return x.view(batch, *shape, height, width).transpose(1, 2).reshape(batch, channels, height, width)
-    # torch's operator keeps a channels_last input channels_last (the reshapes would not, and the
-    # following convolutions would run slower in the other layout).
+    inverse permutation (view as (n, groups)), the official release's: some of its checkpoints need it.
+    torch's operator, unlike those reshapes, keeps a channels_last input channels_last (faster convs after it)."""
     return F.channel_shuffle(x, x.shape[1] // groups if inverse else groups)
 
 
