@@ -122,6 +122,18 @@ def test_settings_reach_torchvision():
     sizes = model.rpn.anchor_generator.sizes
     assert sizes == ((32, 64, 128, 256, 512),)
     assert model.transform.image_mean == [0.0, 0.0, 0.0] and model.transform.image_std == [1.0, 1.0, 1.0]
+    assert model.rpn.head.conv[0][0].out_channels == model.backbone.out_channels == 480  # CONV_DIMS [-1]
+
+
+def test_rpn_conv_dims_narrows_the_rpn_conv_and_trains():
+    model = build(tiny_cfg("quickstart", "MODEL.RPN.CONV_DIMS", "[32]")).train()
+    head = model.rpn.head
+    assert (head.conv[0][0].in_channels, head.conv[0][0].out_channels) == (model.backbone.out_channels, 32)
+    assert head.cls_logits.in_channels == head.bbox_pred.in_channels == 32
+    images = [random_image(64, 80, 1).float(), random_image(72, 96, 2).float()]
+    losses = model(images, targets(5))
+    sum(losses.values()).backward()
+    assert head.conv[0][0].weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------- data contract
@@ -492,6 +504,8 @@ def test_bgr_and_rgb_give_the_same_detections_when_swapped_consistently():
     (["MODEL.SHUFFLENET.WIDTH_MULT", "0.6"], "shufflenet_v1_x0_6_g3"),
     (["MODEL.BACKBONE.NAME", "build_shufflenet_backbone"], "expected 'build_shufflenet_v1_backbone' or 'build_mob"),
     (["SHUFFLENET_DET.CONV_IMPL", "fast"], "SHUFFLENET_DET.CONV_IMPL must be one of auto, modules"),
+    (["MODEL.RPN.CONV_DIMS", "[64, 64]"], r"MODEL.RPN.CONV_DIMS must be one width .*got \[64, 64\]"),
+    (["MODEL.RPN.CONV_DIMS", "[0]"], r"MODEL.RPN.CONV_DIMS must be one width .*got \[0\]"),
 ])
 def test_bad_settings_are_one_line_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -22,7 +22,6 @@ _FIXED_SETTINGS = (
     ("MODEL.LOAD_PROPOSALS", False),
     ("MODEL.PROPOSAL_GENERATOR.NAME", "RPN"),
     ("MODEL.ANCHOR_GENERATOR.OFFSET", 0.0),
-    ("MODEL.RPN.CONV_DIMS", [-1]),
     ("MODEL.RPN.IOU_LABELS", [0, -1, 1]),
     ("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", True),
     ("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False),
@@ -70,7 +69,7 @@ def detector_options(cfg: CfgNode) -> Dict[str, Any]:
         rpn_post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN, rpn_post_nms_top_n_test=rpn.POST_NMS_TOPK_TEST,
         rpn_nms_thresh=rpn.NMS_THRESH, rpn_fg_iou_thresh=rpn_fg_iou, rpn_bg_iou_thresh=rpn_bg_iou,
         rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE, rpn_positive_fraction=rpn.POSITIVE_FRACTION,
-        rpn_bbox_reg_weights=tuple(rpn.BBOX_REG_WEIGHTS),
+        rpn_bbox_reg_weights=tuple(rpn.BBOX_REG_WEIGHTS), rpn_conv_dim=rpn.CONV_DIMS[0],
         box_pooler_resolution=box_head.POOLER_RESOLUTION, box_pooler_sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
         box_pooler_aligned=pooler_aligned(box_head.POOLER_TYPE),
         box_score_thresh=roi.SCORE_THRESH_TEST, box_nms_thresh=roi.NMS_THRESH_TEST,
@@ -114,6 +113,11 @@ def check_detector_config(cfg: CfgNode) -> None:
     for key in ("MODEL.RPN.IN_FEATURES", "MODEL.ROI_HEADS.IN_FEATURES"):
         if len(_get(cfg, key)) != 1 or _get(cfg, key)[0] != cfg.MODEL.RPN.IN_FEATURES[0]:
             raise ConfigError(f"{key} must name the one C4 feature, e.g. ['res4'], got {list(_get(cfg, key))}")
+    conv_dims = list(cfg.MODEL.RPN.CONV_DIMS)
+    if len(conv_dims) != 1 or not (conv_dims[0] == -1 or conv_dims[0] > 0):
+        raise ConfigError(
+            f"MODEL.RPN.CONV_DIMS must be one width for the RPN's one 3x3 conv ([-1]: the feature's), got {conv_dims}"
+        )
     if len(cfg.MODEL.RPN.IOU_THRESHOLDS) != 2:
         raise ConfigError(
             f"MODEL.RPN.IOU_THRESHOLDS needs [background, foreground], got {list(cfg.MODEL.RPN.IOU_THRESHOLDS)}"

@@ -112,7 +112,7 @@ def assemble_c4_detector(
     rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
     rpn_nms_thresh: float = 0.7, rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3,
     rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5, rpn_score_thresh: float = 0.0,
-    rpn_bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    rpn_bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), rpn_conv_dim: int = -1,
     # RoIAlign and box head
     box_pooler_resolution: int = 14, box_pooler_sampling_ratio: int = 0, box_pooler_aligned: bool = True,
     box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5, box_detections_per_img: int = 100,
@@ -124,7 +124,7 @@ def assemble_c4_detector(
     """The C4 detector from a trunk and a per-RoI head (``split_c4``); the defaults are Table 7's recipe.
 
     Argument names are torchvision ``FasterRCNN``'s (``num_classes`` counts the background), plus anchors,
-    RPN box weights and RoIAlign settings. Inputs come in ``input_format`` with white at ``input_scale``;
+    RPN box weights, the RPN conv's width (``rpn_conv_dim``, -1: the feature's) and RoIAlign settings. Inputs come in ``input_format`` with white at ``input_scale``;
     the backbone expects ``backbone_format`` and ``(x - pixel_mean) / pixel_std`` on 0-255. torchvision's
     ``image_mean`` / ``image_std``, when given, replace them and are in the input's scale and order.
     """
@@ -150,7 +150,7 @@ def assemble_c4_detector(
     )
     anchor_generator = ExactAnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_aspect_ratios),))
     rpn = C4RegionProposalNetwork(
-        anchor_generator, RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
+        anchor_generator, _rpn_head(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], rpn_conv_dim),
         rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction,
         dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
         dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
@@ -171,6 +171,21 @@ def _backbone_scale(values: Sequence[float], input_scale: float, reverse_channel
     """Per-channel values given on the input's scale and channel order, on 0-255 in the backbone's order."""
     values = [value * 255.0 / input_scale for value in values]
     return values[::-1] if reverse_channels else values
+
+
+def _rpn_head(in_channels: int, num_anchors: int, conv_dim: int) -> RPNHead:
+    """torchvision's RPN head; with ``conv_dim`` > 0 (detectron2's MODEL.RPN.CONV_DIMS [conv_dim]) its 3x3 conv
+    maps the feature to that many channels: on a small trunk a narrower conv costs far less than the trunk's width."""
+    if conv_dim == -1 or conv_dim == in_channels:
+        return RPNHead(in_channels, num_anchors)
+    if conv_dim < 1:
+        raise ValueError(f"rpn_conv_dim must be -1 (the feature's width) or positive, got {conv_dim}")
+    head = RPNHead(conv_dim, num_anchors)
+    conv = nn.Conv2d(in_channels, conv_dim, kernel_size=3, padding=1)
+    nn.init.normal_(conv.weight, std=0.01)  # torchvision's RPN initialization
+    nn.init.constant_(conv.bias, 0)
+    head.conv[0][0] = conv
+    return head
 
 
 def _box_predictor(in_channels: int, num_classes: int) -> FastRCNNPredictor:
