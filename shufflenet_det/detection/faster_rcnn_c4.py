@@ -124,9 +124,10 @@ def assemble_c4_detector(
     """The C4 detector from a trunk and a per-RoI head (``split_c4``); the defaults are Table 7's recipe.
 
     Argument names are torchvision ``FasterRCNN``'s (``num_classes`` counts the background), plus anchors,
-    RPN box weights, the RPN conv's width (``rpn_conv_dim``, -1: the feature's) and RoIAlign settings. Inputs come in ``input_format`` with white at ``input_scale``;
-    the backbone expects ``backbone_format`` and ``(x - pixel_mean) / pixel_std`` on 0-255. torchvision's
-    ``image_mean`` / ``image_std``, when given, replace them and are in the input's scale and order.
+    RPN box weights, the RPN conv's width (``rpn_conv_dim``, -1: the feature's) and RoIAlign settings.
+    Inputs come in ``input_format`` with white at ``input_scale``; the backbone expects ``backbone_format``
+    and ``(x - pixel_mean) / pixel_std`` on 0-255. torchvision's ``image_mean`` / ``image_std``, when given,
+    replace them and are in the input's scale and order.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background class too, so it must be at least 2, got {num_classes}")
@@ -150,7 +151,8 @@ def assemble_c4_detector(
     )
     anchor_generator = ExactAnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_aspect_ratios),))
     rpn = C4RegionProposalNetwork(
-        anchor_generator, _rpn_head(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], rpn_conv_dim),
+        anchor_generator,
+        _rpn_head(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], rpn_conv_dim),
         rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction,
         dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
         dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
