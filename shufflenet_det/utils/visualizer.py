@@ -33,9 +33,11 @@ def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, labels: Sequence[i
         name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
         text = f"{name} {score:.2f}"
         (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        # Above the box, moved inside the image where it would be cut off at an edge.
         top = max(y0 - height - baseline - 2, 0)
-        cv2.rectangle(canvas, (x0, top), (x0 + width + 2, top + height + baseline + 2), color, cv2.FILLED)
+        left = max(min(x0, canvas.shape[1] - width - 2), 0)
+        cv2.rectangle(canvas, (left, top), (left + width + 2, top + height + baseline + 2), color, cv2.FILLED)
         text_color = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)
-        cv2.putText(canvas, text, (x0 + 1, top + height + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color, 1,
+        cv2.putText(canvas, text, (left + 1, top + height + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color, 1,
                     cv2.LINE_AA)
     return canvas
