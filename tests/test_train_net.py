@@ -120,6 +120,7 @@ def test_eval_only_reproduces_the_final_evaluation(trained_run, easy_dataset, tm
         (["--eval-only", "MODEL.WEIGHTS", "out/model_final.pth"], "training writes OUTPUT_DIR/model_final.pth"),
         (["--eval-only", "--resume"], "no checkpoint in OUTPUT_DIR"),
         (["MODEL.ROI_HEADS.NUM_CLASSES", "3"], "has 5 categories but MODEL.ROI_HEADS.NUM_CLASSES is 3"),
+        (["SHUFFLENET_DET.VIS_SCORE_THRESH", "70.0"], "SHUFFLENET_DET.VIS_SCORE_THRESH must be between 0 and 1"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
@@ -192,6 +193,19 @@ def test_demo_draws_detections_and_reports_unreadable_inputs(trained_run, easy_d
     counts = [int(n) for n in re.findall(r"val/\d+\.jpg: (\d+) detection", log)]
     assert len(counts) == 16 and sum(counts) > 0  # the trained model finds objects on synthetic images
 
+    # Without --confidence-threshold the config's SHUFFLENET_DET.VIS_SCORE_THRESH decides what is drawn.
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO / "tools" / "demo.py"), "--config", "quickstart.yaml",
+            "--weights", str(output / "model_final.pth"), "--output", str(tmp_path / "demo_cfg"),
+            "--input", str(easy_dataset / "val"), "INPUT.MIN_SIZE_TEST", "192", "INPUT.MAX_SIZE_TEST", "320",
+            "SHUFFLENET_DET.VIS_SCORE_THRESH", "0.05",
+        ],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    drawn = [int(n) for n in re.findall(r"val/\d+\.jpg: (\d+) detection", result.stdout + result.stderr)]
+    assert result.returncode == 0 and drawn == counts, (drawn, counts)
+
 
 def run_demo(*args):
     return subprocess.run(
@@ -212,6 +226,8 @@ def test_demo_never_replaces_files_unasked(easy_dataset, tmp_path):
         "would replace it": ("--input", str(photo), "--output", str(photos), "--overwrite"),
         "no image files": ("--input", str(tmp_path / "*.png"), "--output", str(tmp_path / "out")),
         "--confidence-threshold must be between 0 and 1": ("--input", str(photo), "--confidence-threshold", "5"),
+        "SHUFFLENET_DET.VIS_SCORE_THRESH must be between 0 and 1": (
+            "--input", str(photo), "SHUFFLENET_DET.VIS_SCORE_THRESH", "-0.5"),
         "missing.pth: no such file": ("--input", str(photo), "--weights", str(tmp_path / "missing.pth")),
     }
     for message, args in refusals.items():
@@ -231,3 +247,17 @@ def test_demo_never_replaces_files_unasked(easy_dataset, tmp_path):
     assert (out / "1.jpg").read_bytes() == b"keep me"
     assert run_demo("--input", str(photo), "--output", str(out), "--overwrite").returncode == 0
     assert (out / "1.jpg").read_bytes()[:2] == b"\xff\xd8"  # a new drawing (JPEG) in its place
+
+
+def test_drawing_threshold_comes_from_the_command_line_or_the_config():
+    from shufflenet_det.config import load_config
+    from shufflenet_det.config.loading import ConfigError
+    from shufflenet_det.detection.demo import drawing_threshold
+
+    cfg = load_config("quickstart.yaml", ["SHUFFLENET_DET.VIS_SCORE_THRESH", "0.3"])
+    assert drawing_threshold(cfg) == 0.3
+    assert drawing_threshold(cfg, 0.6) == 0.6 and drawing_threshold(cfg, 0.0) == 0.0  # the command line wins
+    with pytest.raises(ConfigError, match="--confidence-threshold must be between 0 and 1"):
+        drawing_threshold(cfg, 50.0)
+    with pytest.raises(ConfigError, match="SHUFFLENET_DET.VIS_SCORE_THRESH must be between 0 and 1"):
+        drawing_threshold(load_config("quickstart.yaml", ["SHUFFLENET_DET.VIS_SCORE_THRESH", "1.5"]))

@@ -26,6 +26,7 @@ from shufflenet_det.detection.demo import (  # noqa: E402
     Predictor,
     check_outputs,
     class_names_for,
+    drawing_threshold,
     expand_inputs,
     run_on_images,
     run_on_video,
@@ -41,7 +42,10 @@ def main() -> int:
     parser.add_argument("--video-input", metavar="FILE", help="a video to annotate frame by frame")
     parser.add_argument("--output", default="output/demo", help="folder for the annotated files (NAME.jpg, NAME.mp4)")
     parser.add_argument("--overwrite", action="store_true", help="replace annotated files already in --output")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw boxes scoring at least this (0-1)")
+    parser.add_argument(
+        "--confidence-threshold", type=float, metavar="SCORE",
+        help="draw boxes scoring at least this (0-1; default: the config's SHUFFLENET_DET.VIS_SCORE_THRESH)",
+    )
     parser.add_argument("--weights", help="a trained detector (same as MODEL.WEIGHTS)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args()
@@ -51,8 +55,6 @@ def main() -> int:
         parser.error(str(error))
     if not args.input and not args.video_input:
         parser.error("give --input and/or --video-input")
-    if not 0 <= args.confidence_threshold <= 1:
-        parser.error(f"--confidence-threshold must be between 0 and 1 (a score), got {args.confidence_threshold}")
     if args.weights and not os.path.isfile(args.weights):
         parser.error(f"--weights {args.weights}: no such file (a trained detector, e.g. output/quickstart/model_final.pth)")
     setup_logger(None)
@@ -64,12 +66,13 @@ def main() -> int:
         if args.video_input:
             check_outputs([args.video_input], args.output, ".mp4", args.overwrite)
         cfg = load_config(args.config, opts)
+        threshold = drawing_threshold(cfg, args.confidence_threshold)
         model = build_detector(cfg)
     except (ConfigError, CheckpointError, DemoInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     warn_if_untrained(cfg.MODEL.WEIGHTS)
-    predictor = Predictor(model, cfg.INPUT.FORMAT, class_names_for(cfg), args.confidence_threshold)
+    predictor = Predictor(model, cfg.INPUT.FORMAT, class_names_for(cfg), threshold)
     failed = []
     if args.input:
         failed += run_on_images(predictor, images, args.output).failed

@@ -16,6 +16,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from ..config.loading import ConfigError
 from ..data import COCO_THING_CLASSES, MetadataCatalog, UnknownDatasetError
 from ..utils.io import OutputPathError, check_output_file
 from ..utils.visualizer import draw_detections
@@ -87,6 +88,15 @@ def class_names_for(cfg: CfgNode) -> Optional[List[str]]:
         if classes:
             return list(classes)
     return list(COCO_THING_CLASSES) if cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(COCO_THING_CLASSES) else None
+
+
+def drawing_threshold(cfg: CfgNode, override: Optional[float] = None) -> float:
+    """The score from which boxes are drawn: ``override`` (``--confidence-threshold``) or the config's."""
+    value, source = (cfg.SHUFFLENET_DET.VIS_SCORE_THRESH, "SHUFFLENET_DET.VIS_SCORE_THRESH") if override is None \
+        else (override, "--confidence-threshold")
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{source} must be between 0 and 1 (a score), got {value}")
+    return value
 
 
 class Predictor:

@@ -23,7 +23,7 @@ from ..evaluation import COCOEvaluator, inference_on_dataset
 from ..utils.distributed import is_main_process
 from .backbone import names_a_file
 from .checkpoint import warn_if_untrained
-from .demo import Predictor, run_on_images
+from .demo import Predictor, drawing_threshold, run_on_images
 from .detector import build_detector
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
     if is_main_process() and num_vis > 0 and cfg.DATASETS.TEST:
         name, vis_dir = cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "vis")
         classes = MetadataCatalog.get(name).get("thing_classes")
-        predictor = Predictor(model, cfg.INPUT.FORMAT, classes, cfg.SHUFFLENET_DET.VIS_SCORE_THRESH)
+        predictor = Predictor(model, cfg.INPUT.FORMAT, classes, drawing_threshold(cfg))
         files = [record["file_name"] for record in DatasetCatalog.get(name)[:num_vis]]
         written = run_on_images(predictor, files, vis_dir).written
         logger.info("Detections drawn on %d %s images in %s", len(written), name, vis_dir)
@@ -139,6 +139,7 @@ def evaluate_only(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from ``--config`` and the trailing overrides, extra datasets, then the engine's start-up."""
     cfg = load_config(args.config, args.opts)
+    drawing_threshold(cfg)  # a bad one fails now, not after training
     register_coco_datasets(args.register_coco)
     default_setup(cfg, args)
     return cfg
