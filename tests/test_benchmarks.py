@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import channel_shuffle, detector_latency, table8, training_throughput
+from benchmarks import channel_shuffle, detector_latency, drawn_boxes, table8, training_throughput
 from benchmarks.common import time_interleaved
 from benchmarks.training_throughput import Variant, random_batch
 
@@ -330,3 +330,29 @@ def test_channel_shuffle_forms_agree_and_the_benchmark_restores_the_models_form(
     assert layers.channel_shuffle is original
     row = [line for line in capsys.readouterr().out.splitlines() if "64x64 eager" in line]
     assert len(row) == 1
+
+
+def test_drawn_boxes_judges_each_image_as_a_user_would():
+    objects = torch.tensor([[0.0, 0.0, 100.0, 100.0], [200.0, 200.0, 220.0, 220.0]])  # one 100 px, one small
+    labels = torch.tensor([1, 2])
+    judge = drawn_boxes.judge_image
+    # The large object boxed once with its name; the small one missed: still clean.
+    assert judge(objects, labels, torch.tensor([[2.0, 0.0, 100.0, 98.0]]), torch.tensor([1]))["clean images"] == 1
+    drawn = torch.tensor([
+        [2.0, 0.0, 100.0, 98.0],      # right
+        [0.0, 0.0, 100.0, 100.0],     # a second box on it: "on an object"
+        [0.0, 0.0, 100.0, 100.0],     # another name on it: "on an object"
+        [0.0, 50.0, 100.0, 100.0],    # its lower half: IoU 0.5, a right box again, so "on an object" too
+        [0.0, 0.0, 30.0, 30.0],       # a corner: IoU 0.09, "background"
+        [0.0, 0.0, 40.0, 40.0],       # a larger corner: IoU 0.16, "on a part"
+        [200.0, 200.0, 220.0, 220.0], # the small object, right
+        [300.0, 300.0, 350.0, 350.0], # background
+    ])
+    counts = judge(objects, labels, drawn, torch.tensor([1, 1, 3, 1, 1, 1, 2, 4]))
+    assert counts["boxed 32px+"] == 1 and counts["boxed small"] == 1 and counts["clean images"] == 0
+    assert (counts["other: on an object"], counts["other: on a part"], counts["other: background"]) == (3, 1, 2)
+    # Named wrongly, the large object counts as missed and its box as another one on it.
+    counts = judge(objects, labels, drawn[:1], torch.tensor([2]))
+    assert counts["missed 32px+"] == 1 and counts["missed small"] == 1 and counts["other: on an object"] == 1
+    empty = judge(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), drawn[:1], torch.tensor([1]))
+    assert empty["other: background"] == 1 and empty["clean images"] == 0 and empty["images"] == 1
