@@ -100,8 +100,9 @@ _C.SHUFFLENET_DET.MAX_BAD_BATCHES = 0
 # Images drawn with their detections at the end of training, for a first look.
 _C.SHUFFLENET_DET.NUM_VIS_IMAGES = 4
 _C.SHUFFLENET_DET.VIS_SCORE_THRESH = 0.5
-# Intra-op CPU threads per training process (0: torch's default). On a small CPU machine one thread often
-# wins: the data loader's workers need the other cores.
+# Intra-op CPU threads per training process (0: torch's default). On a small CPU machine one thread wins
+# when the data loader's workers need the other cores (the quickstart's crop classifier), not when they
+# mostly wait (its detector).
 _C.SHUFFLENET_DET.TORCH_THREADS = 0
 # Periodic checkpoints kept in OUTPUT_DIR, newest first (0 keeps all); model_final.pth is never deleted.
 _C.SHUFFLENET_DET.CHECKPOINTS_TO_KEEP = 3
