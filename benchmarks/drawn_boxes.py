@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     totals = {threshold: Counter() for threshold in args.thresholds}
     for record in records:
         image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
+        if image is None:
+            print(f"{record['file_name']}: not an image OpenCV can read, skipped", file=sys.stderr)
+            continue
         if cfg.INPUT.FORMAT == "RGB":
             image = image[:, :, ::-1].copy()
         with torch.no_grad():
