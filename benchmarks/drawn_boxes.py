@@ -35,6 +35,7 @@ from shufflenet_det.data import (  # noqa: E402
     register_coco_datasets,
 )
 from shufflenet_det.detection import build_detector  # noqa: E402
+from shufflenet_det.detection.demo import Predictor  # noqa: E402
 from shufflenet_det.utils.io import CheckpointError  # noqa: E402
 
 SMALL_AREA = 32 * 32
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg = load_config(args.config, list(args.opts) + ["MODEL.WEIGHTS", args.weights])
         register_coco_datasets(args.register_coco)
         records = DatasetCatalog.get(cfg.DATASETS.TEST[0])
-        model = build_detector(cfg).eval()
+        predictor = Predictor(build_detector(cfg), cfg.INPUT.FORMAT, None, 0.0)
     except (ConfigError, DatasetError, UnknownDatasetError, CheckpointError) as error:
         parser.error(str(error))
     totals = {threshold: Counter() for threshold in args.thresholds}
@@ -87,10 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if image is None:
             print(f"{record['file_name']}: not an image OpenCV can read, skipped", file=sys.stderr)
             continue
-        if cfg.INPUT.FORMAT == "RGB":
-            image = image[:, :, ::-1].copy()
-        with torch.no_grad():
-            output = model([torch.from_numpy(image).permute(2, 0, 1)])[0]
+        output = predictor.detect(image)
         objects = record.get("annotations", [])
         gt_boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in objects)]).reshape(-1, 4)
         gt_labels = torch.tensor([a["category_id"] + 1 for a in objects], dtype=torch.long)

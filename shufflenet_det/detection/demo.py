@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -110,12 +110,16 @@ class Predictor:
         self.device = next(model.parameters()).device
 
     @torch.no_grad()
-    def __call__(self, image_bgr: np.ndarray):
+    def detect(self, image_bgr: np.ndarray) -> Dict[str, torch.Tensor]:
+        """All of the model's detections on one BGR frame (boxes, scores, labels from 1), on the CPU."""
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(self.device)
-        output = self.model([tensor])[0]
+        return {key: value.cpu() for key, value in self.model([tensor])[0].items()}
+
+    def __call__(self, image_bgr: np.ndarray):
+        output = self.detect(image_bgr)
         keep = output["scores"] >= self.threshold
-        boxes, labels, scores = output["boxes"][keep].cpu(), output["labels"][keep] - 1, output["scores"][keep]
+        boxes, labels, scores = output["boxes"][keep], output["labels"][keep] - 1, output["scores"][keep]
         drawn = draw_detections(image_bgr, boxes.numpy(), labels.tolist(), scores.tolist(), self.class_names)
         return drawn, int(keep.sum())
 
