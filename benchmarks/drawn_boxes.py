@@ -8,7 +8,7 @@ when every object of 32 px and more (box area >= 32 x 32, COCO's "small" limit) 
 else is drawn; smaller objects count when boxed, and are not required.
 
     python benchmarks/drawn_boxes.py --config quickstart.yaml --weights output/quickstart/model_final.pth
-    python benchmarks/drawn_boxes.py --config quickstart.yaml --weights W --thresholds 0.5 0.7 INPUT.MIN_SIZE_TEST 384
+    python benchmarks/drawn_boxes.py --thresholds 0.5 0.7 --config quickstart.yaml --weights W INPUT.MIN_SIZE_TEST 384
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--weights", required=True, help="a trained detector")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8],
+                        help="drawing thresholds to count at; before the other options when config overrides follow")
     add_register_coco_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args(argv)
